@@ -1,0 +1,74 @@
+"""Aggregation (METHOD §8, §11): per-job metrics.json → a tidy long table, a summary per arm × set ×
+metric over seeds, a Markdown summary of the headline metrics, and the table of recorded failures."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from mmie import io
+
+log = logging.getLogger(__name__)
+HEADLINE = ("target_rate", "es", "target_script_share", "own_language_rate", "ppl", "gen_ppl_base",
+            "repetitive_share", "target_rate_romanized")
+
+
+def collect(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, failures = [], []
+    for p in paths:
+        m = io.read_json(p)
+        for metric, value in m["metrics"].items():
+            rows.append({"arm": m["arm"], "seed": m["seed"], "set": m["set"], "metric": metric, "value": value})
+        for metric, reason in m["failures"].items():
+            failures.append({"arm": m["arm"], "seed": m["seed"], "set": m["set"], "metric": metric, "reason": reason})
+    long = pd.DataFrame(rows, columns=["arm", "seed", "set", "metric", "value"])
+    fails = pd.DataFrame(failures, columns=["arm", "seed", "set", "metric", "reason"])
+    return long, fails
+
+
+def summarize(long: pd.DataFrame, arms: list[str], sets: list[str]) -> pd.DataFrame:
+    g = long.groupby(["arm", "set", "metric"], sort=False)["value"]
+    summary = g.agg(mean="mean", sd="std", min="min", max="max", n_seeds="count").reset_index()
+    summary["arm"] = pd.Categorical(summary["arm"], categories=arms, ordered=True)
+    summary["set"] = pd.Categorical(summary["set"], categories=sets, ordered=True)
+    return summary.sort_values(["arm", "set", "metric"]).reset_index(drop=True)
+
+
+def markdown(summary: pd.DataFrame, fails: pd.DataFrame, experiment: str) -> str:
+    lines = [f"# mmie summary: {experiment}", "",
+             "Mean over seeds (± standard deviation over seeds). Per-prompt values are in each job's metrics.json.", ""]
+    for metric in HEADLINE:
+        sub = summary[summary["metric"] == metric]
+        if sub.empty:
+            continue
+        wide = sub.assign(cell=[f"{m:.3g} ± {s:.2g}" if pd.notna(s) else f"{m:.3g}"
+                                for m, s in zip(sub["mean"], sub["sd"])])
+        table = wide.pivot(index="arm", columns="set", values="cell").dropna(how="all")
+        table = table.loc[:, [c for c in table.columns if table[c].notna().any()]]
+        lines += [f"## {metric}", "", "| arm | " + " | ".join(map(str, table.columns)) + " |",
+                  "|---|" + "---|" * len(table.columns)]
+        for arm, row in table.iterrows():
+            lines.append(f"| {arm} | " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")
+        lines.append("")
+    lines += ["## Recorded metric failures", ""]
+    if fails.empty:
+        lines.append("None.")
+    else:
+        lines += ["| arm | seed | set | metric | reason |", "|---|---|---|---|---|"]
+        lines += [f"| {r.arm} | {r.seed} | {r.set} | {r.metric} | {r.reason} |" for r in fails.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: dict, metric_paths: list[str], long_out: str, summary_out: str, md_out: str, failures_out: str) -> None:
+    from mmie.config import set_names
+
+    long, fails = collect(list(metric_paths))
+    if long.empty:
+        raise ValueError("no metrics to aggregate: every metrics.json is empty")
+    summary = summarize(long, list(config["arms"]), set_names(config))
+    io.write_csv(long_out, long)
+    io.write_csv(summary_out, summary)
+    io.write_csv(failures_out, fails)
+    io.write_text(md_out, markdown(summary, fails, config["experiment"]))
+    log.info("aggregated %d rows from %d jobs; %d recorded failures", len(long), len(metric_paths), len(fails))

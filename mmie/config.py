@@ -1,0 +1,111 @@
+"""Reading the (already schema-validated) config: the grid, the evaluation sets, and the checks a
+schema cannot express. Light: no torch. Used by rules/common.smk and by the rule scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmie.errors import ConfigError
+from mmie.metrics.sets import SetInfo
+
+FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial")
+
+
+def eval_sets(config: dict) -> list[SetInfo]:
+    """Evaluation sets in report order (METHOD §11 names)."""
+    lang = config["languages"]
+    target, retain = lang["target"]["code"], lang["retain"]["code"]
+    sets = [SetInfo("forget", "forget", target), SetInfo("retain", "retain", retain),
+            SetInfo("romanized", "romanized", f"{target}_rom")]
+    data = config["data"]
+    if data.get("mixed"):
+        sets.append(SetInfo("mixed", "prompts", None))
+    if data.get("adversarial"):
+        sets.append(SetInfo("adversarial", "prompts", None))
+    for code in lang.get("neighbours", {}):
+        sets.append(SetInfo(code, "neighbour", code))
+    return sets
+
+
+def set_names(config: dict) -> list[str]:
+    return [s.name for s in eval_sets(config)]
+
+
+def set_info(config: dict, name: str) -> SetInfo:
+    for s in eval_sets(config):
+        if s.name == name:
+            return s
+    raise ConfigError(f"unknown evaluation set {name!r}; configured sets: {set_names(config)}")
+
+
+def raw_data_files(config: dict) -> dict[str, str]:
+    """role -> raw file path, for every configured input file."""
+    data = config["data"]
+    files = {role: data[role] for role in ("forget", "retain", "forget_romanized", "mixed", "adversarial",
+                                             "lid_check") if data.get(role)}
+    for code, path in data.get("neighbours", {}).items():
+        files[f"neighbour_{code}"] = path
+    return files
+
+
+def check(config: dict, workdir: str | Path = ".") -> None:
+    """Consistency checks beyond the schema; raised at `snakemake -n` time with the key named."""
+    workdir = Path(workdir)
+    lang = config["languages"]
+    codes = [lang["target"]["code"], lang["retain"]["code"], *lang.get("neighbours", {})]
+    if len(set(codes)) != len(codes):
+        raise ConfigError(f"languages: codes must be distinct, got {codes}")
+    names = set(lang.get("neighbours", {}))
+    files = set(config["data"].get("neighbours", {}))
+    if names != files:
+        raise ConfigError(f"languages.neighbours {sorted(names)} and data.neighbours {sorted(files)} must name "
+                          f"the same languages")
+    if set(names) & set(FIXED_SETS):
+        raise ConfigError(f"a neighbour code may not be one of the set names {FIXED_SETS}")
+    for role, path in raw_data_files(config).items():
+        key = f"data.neighbours.{role[len('neighbour_'):]}" if role.startswith("neighbour_") else f"data.{role}"
+        if not (workdir / path).is_file():
+            raise ConfigError(f"{key}: file not found: {path} (relative paths are relative to the workflow directory)")
+    split = config["data"]["split"]
+    total = split["train"] + split["eval"] + split["holdout"]
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"data.split fractions must sum to 1, got {total}")
+    model = config["model"]
+    if model["source"] == "hub" and not (model.get("id") and model.get("revision")):
+        raise ConfigError("model.source is 'hub': set model.id and a pinned model.revision")
+    if model["source"] == "local" and not model.get("path"):
+        raise ConfigError("model.source is 'local': set model.path to a Hugging Face model folder")
+    for arm, spec in config["arms"].items():
+        if spec["method"] == "prompt" and not spec.get("instruction"):
+            raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")
+    if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":
+        raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
+
+
+def section(config: dict, *keys: str) -> dict:
+    """The resolved config sections a job used (recorded in its provenance)."""
+    return {k: config[k] for k in keys if k in config}
+
+
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+
+def load(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read a YAML config (safe_load), apply overrides, validate against the schema with defaults filled
+    in — the same validation Snakemake applies in rules/common.smk. For tests and tools."""
+    import yaml
+    from snakemake.utils import validate
+
+    with open(path, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh)
+    if overrides:
+        config = deep_update(config, overrides)
+    validate(config, str(SCHEMA), set_default=True)
+    return config
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

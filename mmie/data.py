@@ -1,0 +1,291 @@
+"""Reading and preparing data (METHOD §1).
+
+Raw JSONL is read strictly (UTF-8, a BOM accepted, file:line in every error), LLM-debris is detected
+and (by default) cleaned with counts, duplicates are removed with counts, texts are filtered by
+script, every role is checked against ``min_items``, forget/retain are split deterministically and
+evaluation prompts that contain training texts are removed. Nothing is dropped silently: every
+count lands in the prepare report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmie.errors import DataError
+from mmie.textscript import dominant_script, script_proportions
+
+TEXT_KEYS = ("prompt", "text", "completion", "response", "output", "instruction", "input", "question", "answer")
+SPLITS = ("train", "eval", "holdout")
+BOM = "\ufeff"
+
+# Debris of LLM-generated datasets (METHOD §1).
+_ITEMS_PREFIX = re.compile(r'^\s*\{\s*"(items|data|sentences|examples)"\s*:\s*\[\s*')
+_CLOSING = re.compile(r"^\s*[\]\}]+\s*,?\s*[\]\}]*\s*$")
+_QUOTED_COMMA = re.compile(r'^\s*"(.*)"\s*,\s*$', re.S)
+
+
+@dataclass
+class RoleReport:
+    """Everything that happened to one input file."""
+
+    role: str
+    path: str
+    lines: int = 0
+    blank_lines: int = 0
+    records: int = 0
+    skipped: list[dict] = field(default_factory=list)  # {"line": n, "reason": ...}
+    debris: Counter = field(default_factory=Counter)
+    debris_cleaned: int = 0
+    exact_duplicates: int = 0
+    normalized_duplicates: int = 0
+    script_filtered: int = 0
+    script_filter: str | None = None
+    overlap_removed: int = 0
+    kept: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role, "path": self.path, "lines": self.lines, "blank_lines": self.blank_lines,
+            "records": self.records, "skipped_count": len(self.skipped), "skipped": self.skipped,
+            "debris": dict(self.debris), "debris_cleaned": self.debris_cleaned,
+            "exact_duplicates": self.exact_duplicates, "normalized_duplicates": self.normalized_duplicates,
+            "script_filter": self.script_filter, "script_filtered": self.script_filtered,
+            "overlap_removed": self.overlap_removed, "kept": self.kept,
+        }
+
+
+def extract_text(obj: Any) -> str | None:
+    """The text of a record: first non-empty string among TEXT_KEYS, else the content of the last
+    message; a bare JSON string is that string. None when the record has no text."""
+    if isinstance(obj, str):
+        return obj if obj.strip() else None
+    if not isinstance(obj, dict):
+        return None
+    for key in TEXT_KEYS:
+        val = obj.get(key)
+        if isinstance(val, str) and val.strip():
+            return val
+    messages = obj.get("messages")
+    if isinstance(messages, list) and messages:
+        last = messages[-1]
+        if isinstance(last, dict) and isinstance(last.get("content"), str) and last["content"].strip():
+            return last["content"]
+    return None
+
+
+def clean_text_debris(text: str) -> tuple[str, list[str]]:
+    """Strip debris inside a text value; returns (cleaned, kinds found)."""
+    kinds = []
+    stripped = text.strip()
+    m = _QUOTED_COMMA.match(stripped)
+    if m:
+        kinds.append("quoted_trailing_comma")
+        stripped = m.group(1)
+    elif len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
+        kinds.append("wrapped_in_quotes")
+        stripped = stripped[1:-1]
+    if '\\"' in stripped:
+        kinds.append("escaped_quotes")
+        stripped = stripped.replace('\\"', '"')
+    return stripped.strip(), kinds
+
+
+def read_role_file(path: str | Path, role: str, *, on_bad_line: str = "error",
+                   clean_debris: bool = True) -> tuple[list[str], RoleReport]:
+    """Read one raw JSONL file strictly. Returns its texts (cleaned, not yet deduplicated)."""
+    path = Path(path)
+    report = RoleReport(role=role, path=str(path))
+    if not path.is_file():
+        raise DataError(f"[{role}] data file not found: {path} (check data.{role} in the config)")
+    raw = path.read_bytes()
+    texts: list[str] = []
+
+    def bad(lineno: int, reason: str) -> None:
+        if on_bad_line == "skip":
+            report.skipped.append({"line": lineno, "reason": reason})
+        else:
+            raise DataError(f"{path}:{lineno}: {reason} (role {role}; fix the line, or set "
+                            f"data.on_bad_line: skip to skip and count such lines)")
+
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    report.lines = len(lines)
+    for lineno, bline in enumerate(lines, start=1):
+        if bline.endswith(b"\r"):
+            bline = bline[:-1]
+        try:
+            line = bline.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as err:
+            bad(lineno, f"invalid UTF-8 at byte {err.start}: {bline[max(0, err.start - 8):err.start + 8]!r}")
+            continue
+        if lineno == 1 and line.startswith(BOM):
+            line = line[len(BOM):]
+        if not line.strip():
+            report.blank_lines += 1
+            continue
+        # Line-level debris: a stray {"items": [ prefix, closing brackets, "text", lines.
+        m = _ITEMS_PREFIX.match(line)
+        if m:
+            report.debris["items_prefix"] += 1
+            if not clean_debris:
+                bad(lineno, "stray '{\"items\": [' prefix (debris; data.clean_debris is off)")
+                continue
+            report.debris_cleaned += 1
+            line = line[m.end():]
+            if not line.strip():
+                continue
+        if _CLOSING.match(line):
+            report.debris["closing_brackets"] += 1
+            if not clean_debris:
+                bad(lineno, "stray closing brackets (debris; data.clean_debris is off)")
+                continue
+            report.debris_cleaned += 1
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            candidate = line.rstrip().rstrip(",")
+            try:
+                obj = json.loads(candidate)
+            except json.JSONDecodeError:
+                bad(lineno, f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            report.debris["trailing_comma"] += 1
+            if not clean_debris:
+                bad(lineno, "record followed by a trailing comma (debris; data.clean_debris is off)")
+                continue
+            report.debris_cleaned += 1
+        text = extract_text(obj)
+        if text is None:
+            bad(lineno, f"no text: expected a non-empty string in one of {', '.join(TEXT_KEYS)} or "
+                        f"messages[-1].content, got {type(obj).__name__}"
+                        + (f" with keys {sorted(obj)}" if isinstance(obj, dict) else ""))
+            continue
+        cleaned, kinds = clean_text_debris(text)
+        if kinds:
+            report.debris.update(kinds)
+            if clean_debris:
+                report.debris_cleaned += 1
+                text = cleaned
+        if not text.strip():
+            bad(lineno, "text is empty after removing debris")
+            continue
+        report.records += 1
+        texts.append(text.strip())
+    return texts, report
+
+
+def normalize(text: str) -> str:
+    """NFKC + whitespace folding: the key for normalized duplicates and overlap checks."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def dedup(texts: list[str], report: RoleReport) -> list[str]:
+    seen_exact: set[str] = set()
+    seen_norm: set[str] = set()
+    out = []
+    for t in texts:
+        if t in seen_exact:
+            report.exact_duplicates += 1
+            continue
+        seen_exact.add(t)
+        n = normalize(t).casefold()
+        if n in seen_norm:
+            report.normalized_duplicates += 1
+            continue
+        seen_norm.add(n)
+        out.append(t)
+    return out
+
+
+def script_filter(texts: list[str], script: str | None, min_share: float, report: RoleReport) -> list[str]:
+    if not script:
+        return texts
+    report.script_filter = f"dominant script {script} (share >= {min_share})"
+    out = [t for t in texts if dominant_script(t, min_share)[0] == script]
+    report.script_filtered = len(texts) - len(out)
+    return out
+
+
+def check_min_items(texts: list[str], role: str, report: RoleReport, min_items: int, stage: str) -> None:
+    if len(texts) < min_items:
+        raise DataError(
+            f"role '{role}' has {len(texts)} texts after {stage}, fewer than data.min_items={min_items} "
+            f"(file {report.path}: {report.records} records read, {len(report.skipped)} bad lines skipped, "
+            f"{report.exact_duplicates + report.normalized_duplicates} duplicates, "
+            f"{report.script_filtered} removed by filter '{report.script_filter}', "
+            f"{report.overlap_removed} removed as overlap with training texts). "
+            f"Check that the file holds {role} data in the expected script, or lower data.min_items.")
+
+
+def stable_order(texts: list[str], seed: int, salt: str) -> list[str]:
+    """A deterministic shuffle: sort by a hash of (seed, salt, text). Adding a text does not reshuffle others."""
+    def key(t: str) -> str:
+        return hashlib.sha256(f"{seed}\x1f{salt}\x1f{normalize(t)}".encode()).hexdigest()
+    return sorted(texts, key=key)
+
+
+def split_texts(texts: list[str], fractions: dict[str, float], seed: int, role: str) -> dict[str, list[str]]:
+    ordered = stable_order(texts, seed, role)
+    n = len(ordered)
+    n_eval = max(1, math.floor(n * fractions["eval"]))
+    n_hold = max(1, math.floor(n * fractions["holdout"]))
+    n_train = n - n_eval - n_hold
+    if n_train < 1:
+        raise DataError(f"role '{role}': {n} texts cannot be split into train/eval/holdout with {fractions}")
+    return {"train": ordered[:n_train], "eval": ordered[n_train:n_train + n_eval],
+            "holdout": ordered[n_train + n_eval:]}
+
+
+def remove_overlap(texts: list[str], train_norm: list[str], report: RoleReport) -> list[str]:
+    """Drop evaluation prompts that contain a training text verbatim (after normalization)."""
+    out = []
+    for t in texts:
+        nt = normalize(t)
+        if any(tr and tr in nt for tr in train_norm):
+            report.overlap_removed += 1
+            continue
+        out.append(t)
+    return out
+
+
+def prompt_prefix(text: str, fraction: float) -> str:
+    """The first ``fraction`` of a sentence's words, used as a continuation prompt (at least one word,
+    and at least one word left to continue when the text has two or more)."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+    k = min(len(words) - 1, max(1, math.ceil(len(words) * fraction)))
+    return " ".join(words[:k])
+
+
+def item_id(set_name: str, text: str) -> str:
+    return f"{set_name}-{hashlib.sha256(normalize(text).encode()).hexdigest()[:10]}"
+
+
+def histogram(values: list[int], bins: int = 10) -> dict[str, Any]:
+    if not values:
+        return {"edges": [], "counts": []}
+    lo, hi = min(values), max(values)
+    width = max(1, math.ceil((hi - lo + 1) / bins))
+    edges = [lo + i * width for i in range(bins + 1)]
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, (v - lo) // width)] += 1
+    return {"edges": edges, "counts": counts, "min": lo, "max": hi, "mean": sum(values) / len(values)}
+
+
+def script_histogram(texts: list[str]) -> dict[str, float]:
+    """Mean letter share per script over texts."""
+    totals: Counter = Counter()
+    for t in texts:
+        totals.update(script_proportions(t))
+    return {k: round(v / len(texts), 4) for k, v in sorted(totals.items())} if texts else {}

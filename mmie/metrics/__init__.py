@@ -1,0 +1,2 @@
+"""Metrics (METHOD §5). ``text`` holds pure text metrics; ``sets`` turns one evaluation set's stored
+generations and likelihoods into the metrics of the output contract (METHOD §11)."""

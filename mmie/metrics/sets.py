@@ -1,0 +1,106 @@
+"""Metrics of one evaluation set for one arm and seed, from stored generations (no model needed).
+
+A metric that cannot be computed is *not* given a stand-in value: it is left out of ``metrics`` and
+its reason is recorded in ``failures``, which the report shows and the gates treat as failing."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from mmie.lid import LID
+from mmie.metrics.text import extraction_strength, is_empty, is_repetitive, ngram_entropy, target_letters
+from mmie.translit import romanize
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    name: str      # forget, retain, romanized, mixed, adversarial, or a neighbour code
+    kind: str      # "forget" | "retain" | "romanized" | "prompts" | "neighbour"
+    lang: str | None  # the language the prompts are written in (None for mixed/adversarial)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_script: str,
+                        romanization_scheme: str) -> dict:
+    """Returns {"metrics": {...}, "per_prompt": {...}, "failures": {...}, "diagnostics": {...}}."""
+    if not records:
+        raise ValueError(f"set {info.name!r} has no generations: refusing to compute metrics on an empty set")
+    outputs = [r["output"] for r in records]
+    metrics: dict[str, float] = {}
+    failures: dict[str, str] = {}
+    per: dict[str, list] = {"id": [r["id"] for r in records]}
+
+    labels = [lid.identify(o)[0] for o in outputs]
+    per["label"] = labels
+    per["target"] = [int(lid.is_target(lab)) for lab in labels]
+    per["es"] = [extraction_strength(o, lid.identify, lid.is_target) for o in outputs]
+    metrics["target_rate"] = _mean(per["target"])
+    metrics["es"] = _mean(per["es"])
+
+    letters = [target_letters(o, target_script) for o in outputs]
+    per["target_letters"] = [a for a, _ in letters]
+    per["letters"] = [b for _, b in letters]
+    total_letters = sum(per["letters"])
+    if total_letters:
+        metrics["target_script_share"] = sum(per["target_letters"]) / total_letters
+    else:
+        failures["target_script_share"] = "no output of this set contains a letter"
+
+    roman = [romanize(o, romanization_scheme) for o in outputs]
+    rlabels = [lid.identify(o)[0] for o in roman]
+    per["target_romanized"] = [int(lid.is_target(lab)) for lab in rlabels]
+    per["es_romanized"] = [extraction_strength(o, lid.identify, lid.is_target) for o in roman]
+    metrics["target_rate_romanized"] = _mean(per["target_romanized"])
+    metrics["es_romanized"] = _mean(per["es_romanized"])
+
+    dist = Counter(labels)
+    for lab in sorted(set(lid.labels) | set(dist)):
+        metrics[f"lang_share_{lab}"] = dist.get(lab, 0) / len(labels)
+
+    if info.kind == "neighbour":
+        per["own_language"] = [int(lab == info.lang) for lab in labels]
+        metrics["own_language_rate"] = _mean(per["own_language"])
+
+    # perplexity of the set's reference texts (token-weighted, padding masked upstream)
+    if any("ref_nll" in r for r in records):
+        per["ref_nll"] = [r["ref_nll"] for r in records]
+        per["ref_tokens"] = [r["ref_tokens"] for r in records]
+        tokens = sum(per["ref_tokens"])
+        if tokens:
+            metrics["ppl"] = math.exp(sum(per["ref_nll"]) / tokens)
+        else:
+            failures["ppl"] = "no reference token could be scored"
+
+    # fluency of outputs under the base model
+    per["gen_nll_base"] = [r["gen_nll_base"] for r in records]
+    per["gen_tokens"] = [r["gen_tokens_base"] for r in records]
+    gen_tokens = sum(per["gen_tokens"])
+    if gen_tokens:
+        metrics["gen_ppl_base"] = math.exp(sum(per["gen_nll_base"]) / gen_tokens)
+    else:
+        failures["gen_ppl_base"] = "every output is empty or a single token: nothing to score under the base model"
+    per["empty"] = [int(is_empty(o)) for o in outputs]
+    per["repetitive"] = [int(is_repetitive(o)) for o in outputs]
+    metrics["empty_share"] = _mean(per["empty"])
+    metrics["repetitive_share"] = _mean(per["repetitive"])
+    ents = [ngram_entropy(o) for o in outputs]
+    per["entropy"] = ents
+    non_empty = [e for e in ents if e is not None]
+    if non_empty:
+        metrics["fluency_entropy"] = _mean(non_empty)
+    else:
+        failures["fluency_entropy"] = "every output is empty"
+
+    diagnostics = {
+        "n_prompts": len(records),
+        "prompt_truncated": sum(bool(r["prompt_truncated"]) for r in records),
+        "ref_truncated": sum(bool(r.get("ref_truncated")) for r in records),
+        "empty_outputs": sum(per["empty"]),
+        "mean_output_tokens": _mean([r["output_tokens"] for r in records]),
+    }
+    return {"metrics": metrics, "per_prompt": per, "failures": failures, "diagnostics": diagnostics}

@@ -1,0 +1,84 @@
+"""Text metrics (METHOD §5): pure functions of strings and labels — no model, no torch."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Callable
+
+from mmie.textscript import script_counts
+
+Identify = Callable[[str], tuple[str, float]]
+
+
+def extraction_strength(text: str, identify: Identify, is_target: Callable[[str], bool]) -> float:
+    """Language-level extraction strength of one generation: with words w_1..w_n and i* the first i
+    whose prefix w_1..w_i is identified as the target, ES = (n − i* + 1)/n; 0 when never, 0 when empty.
+    (Not OpenUnlearning's token-level memorisation "extraction strength".)"""
+    words = text.split()
+    n = len(words)
+    for i in range(1, n + 1):
+        if is_target(identify(" ".join(words[:i]))[0]):
+            return (n - i + 1) / n
+    return 0.0
+
+
+def target_letters(text: str, script: str) -> tuple[int, int]:
+    """(letters in ``script``, all letters) of one text."""
+    counts = script_counts(text)
+    return counts.get(script, 0), sum(counts.values())
+
+
+def is_empty(text: str) -> bool:
+    return not text.strip()
+
+
+def ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Corpus-level distinct-n over words: unique n-grams / all n-grams (None when there are none)."""
+    grams = [g for t in texts for g in ngrams(t.split(), n)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def ngram_entropy(text: str, n_max: int = 3) -> float | None:
+    """Mean over n = 1..n_max of the Shannon entropy (bits) of the text's word n-gram distribution;
+    None for an empty text (empty outputs are counted by ``empty_share`` instead)."""
+    words = text.split()
+    if not words:
+        return None
+    ents = []
+    for n in range(1, n_max + 1):
+        grams = ngrams(words, n)
+        if not grams:
+            continue
+        counts = Counter(grams)
+        total = len(grams)
+        ents.append(-sum(c / total * math.log2(c / total) for c in counts.values()))
+    return sum(ents) / len(ents)
+
+
+def is_repetitive(text: str, min_words: int = 4, min_distinct2: float = 0.5) -> bool:
+    """Highly repetitive: at least ``min_words`` words and fewer than ``min_distinct2`` of its word
+    bigrams distinct (" है है है है" → True), or one word making up over half of a 4+-word output."""
+    words = text.split()
+    if len(words) < min_words:
+        return False
+    bigrams = ngrams(words, 2)
+    if len(set(bigrams)) / len(bigrams) < min_distinct2:
+        return True
+    return Counter(words).most_common(1)[0][1] / len(words) > 0.5
+
+
+def mean_distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Mean over outputs of each output's own word distinct-n (outputs with no n-gram are skipped):
+    degenerate repetition *within* an output (" है है है") scores low, while common phrases shared
+    by different outputs ("of the") do not count against it. None when no output has an n-gram."""
+    vals = []
+    for t in texts:
+        grams = ngrams(t.split(), n)
+        if grams:
+            vals.append(len(set(grams)) / len(grams))
+    return sum(vals) / len(vals) if vals else None

@@ -1,0 +1,143 @@
+"""Loading a causal LM (METHOD §2): explicit dtype, attention backend with a real fallback chain
+(flash_attention_2 → sdpa → eager, on the actual load failure), optional bitsandbytes quantization,
+one device by default. What was used is returned and recorded, never guessed."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmie.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+ATTENTION_CHAIN = ("flash_attention_2", "sdpa", "eager")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    runtime: dict = field(default_factory=dict)  # dtype, attention, quantization, device, source
+
+
+def model_source(model_cfg: dict, demo_dir: str | None) -> dict:
+    """Where the weights come from: the demo folder, a local folder, or a hub id + pinned revision."""
+    src = model_cfg["source"]
+    if src == "demo":
+        if not demo_dir:
+            raise ConfigError("model.source is 'demo' but no demo model folder was given")
+        return {"path": str(demo_dir), "revision": None, "local_files_only": True}
+    if src == "local":
+        path = Path(model_cfg["path"])
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.path {path} is not a Hugging Face model folder (no config.json)")
+        return {"path": str(path), "revision": None, "local_files_only": True}
+    if src == "hub":
+        if not model_cfg.get("revision"):
+            raise ConfigError(f"model.id {model_cfg.get('id')!r} needs a pinned model.revision (a commit hash)")
+        return {"path": model_cfg["id"], "revision": model_cfg["revision"],
+                "local_files_only": bool(model_cfg.get("offline", True))}
+    raise ConfigError(f"unknown model.source {src!r}")
+
+
+def resolve_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"model.device is {requested!r} but CUDA is not available on this machine")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str):
+    import torch
+
+    if requested == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+    except KeyError as err:
+        raise ConfigError(f"model.dtype {requested!r} is not one of auto, float32, bfloat16, float16") from err
+
+
+def attention_candidates(requested: str, device: str) -> list[str]:
+    """The chain to try. flash_attention_2 only on CUDA and only when the package imports."""
+    if requested != "auto":
+        if requested not in ATTENTION_CHAIN:
+            raise ConfigError(f"model.attn_implementation {requested!r} is not one of auto, {', '.join(ATTENTION_CHAIN)}")
+        return list(ATTENTION_CHAIN[ATTENTION_CHAIN.index(requested):])
+    chain = list(ATTENTION_CHAIN)
+    if not device.startswith("cuda") or importlib.util.find_spec("flash_attn") is None:
+        chain.remove("flash_attention_2")
+    return chain
+
+
+def quantization_config(kind: str, dtype):
+    if kind == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+    raise ConfigError(f"model.quantization {kind!r} is not one of none, 8bit, 4bit")
+
+
+def load_tokenizer(src: dict, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src["path"], revision=src["revision"],
+                                        local_files_only=src["local_files_only"])
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"tokenizer of {src['path']} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_cfg: dict, demo_dir: str | None = None) -> LoadedModel:
+    """Load model + tokenizer once; the caller keeps them for the whole job."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = model_source(model_cfg, demo_dir)
+    device = resolve_device(model_cfg["device"])
+    dtype = resolve_dtype(model_cfg["dtype"], device)
+    quant = quantization_config(model_cfg["quantization"], dtype)
+    device_map = model_cfg.get("device_map")
+    attempts: list[dict] = []
+    model = None
+    for attn in attention_candidates(model_cfg["attn_implementation"], device):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                src["path"], revision=src["revision"], local_files_only=src["local_files_only"],
+                dtype=dtype, attn_implementation=attn, quantization_config=quant,
+                device_map=device_map)
+        except (ImportError, ValueError, RuntimeError, OSError) as err:
+            # The actual load failure decides the fallback; it is logged and recorded.
+            log.warning("attention backend %s failed to load: %s", attn, err)
+            attempts.append({"attn_implementation": attn, "error": f"{type(err).__name__}: {err}"[:500]})
+            continue
+        attempts.append({"attn_implementation": attn, "error": None})
+        break
+    if model is None:
+        raise ModelError(f"could not load {src['path']} with any attention backend: {attempts}")
+    if device_map is None and quant is None:
+        model.to(device)
+    model.eval()
+    used = getattr(model.config, "_attn_implementation", None) or attempts[-1]["attn_implementation"]
+    tok = load_tokenizer(src)
+    runtime = {"model": src["path"], "revision": src["revision"], "device": device,
+               "dtype": str(dtype).replace("torch.", ""), "attn_implementation": used,
+               "attention_attempts": attempts, "quantization": model_cfg["quantization"],
+               "device_map": device_map, "n_parameters": sum(p.numel() for p in model.parameters())}
+    log.info("loaded %s: %s", src["path"], runtime)
+    return LoadedModel(model=model, tokenizer=tok, runtime=runtime)

@@ -1,0 +1,241 @@
+"""One function per rule. Rule scripts (scripts/*.py) only unpack ``snakemake`` and call these; the
+functions take explicit paths so tests can call them directly."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+
+from mmie import io, provenance
+from mmie.config import eval_sets, raw_data_files, section, set_info
+from mmie.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- data
+def prepare_data(config: dict, out_dir: str, report_path: str) -> None:
+    from mmie.prepare import prepare
+
+    report = prepare(config, out_dir)
+    report["provenance"] = provenance.build(config, section(config, "data", "languages", "eval", "lid"),
+                                            inputs=raw_data_files(config).values(), rule="prepare_data")
+    io.write_json(report_path, report)
+
+
+def data_report(config: dict, prepare_report: str, data_dir: str, model_dir: str | None, out: str) -> None:
+    """The final data report: the prepare report plus token lengths and truncation rate under the
+    model's tokenizer (which exists only once the model is known)."""
+    from mmie.data import histogram
+    from mmie.models import load_tokenizer, model_source
+
+    report = io.read_json(prepare_report)
+    tok = load_tokenizer(model_source(config["model"], model_dir))
+    max_len = config["data"]["max_length"]
+    tokens: dict[str, dict] = {}
+    warn = config["data"]["truncation_warn_share"]
+    for path in sorted(Path(data_dir).rglob("*.jsonl")):
+        if path.name == "lid_check.jsonl":
+            continue
+        rows = io.read_jsonl(path)
+        texts = [r.get("text") or r.get("prompt") for r in rows]
+        lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        key = str(path.relative_to(data_dir).with_suffix(""))
+        share = sum(n > max_len for n in lengths) / len(lengths) if lengths else 0.0
+        tokens[key] = {"histogram": histogram(lengths), "truncated_at_max_length": sum(n > max_len for n in lengths),
+                       "truncation_rate": share}
+        if share > warn:
+            log.warning("%s: %.1f%% of texts are longer than data.max_length=%d tokens", key, 100 * share, max_len)
+    report["tokens"] = {"max_length": max_len, "by_file": tokens}
+    report["provenance_tokens"] = provenance.build(config, section(config, "data", "model"), rule="data_report")
+    io.write_json(out, report)
+
+
+# ----------------------------------------------------------------------------- LID
+def fit_lid(config: dict, data_dir: str, detector_out: str, report_out: str) -> None:
+    from mmie.lid import LID, RomanizedDetector, confusion
+    from mmie.translit import romanize
+
+    data = Path(data_dir)
+    scheme = config["lid"]["romanization"]
+    forget_train = [r["text"] for r in io.read_jsonl(data / "forget" / "train.jsonl")]
+    retain_train = [r["text"] for r in io.read_jsonl(data / "retain" / "train.jsonl")]
+    detector = RomanizedDetector.train([romanize(t, scheme) for t in forget_train], retain_train)
+    detector.save(detector_out)
+    lid = LID(config["lid"], config["languages"], detector)
+    forget_eval = [r["text"] for r in io.read_jsonl(data / "forget" / "eval.jsonl")]
+    retain_eval = [r["text"] for r in io.read_jsonl(data / "retain" / "eval.jsonl")]
+    natural_rom = [r["text"] for r in io.read_jsonl(data / "eval_sets" / "romanized.jsonl")]
+
+    def acc(texts: list[str], want_target: bool) -> float:
+        return sum((detector.prob_target(t) >= 0.5) == want_target for t in texts) / len(texts)
+
+    target_rom = f"{config['languages']['target']['code']}_rom"
+    retain = config["languages"]["retain"]["code"]
+    check_items = io.read_jsonl(data / "lid_check.jsonl")
+    report = {
+        "romanized_detector": {
+            "train": {"romanized_target": len(forget_train), "retain": len(retain_train), "scheme": scheme},
+            "heldout_accuracy": {
+                "transliterated_forget_eval": acc([romanize(t, scheme) for t in forget_eval], True),
+                "natural_romanized_set": acc(natural_rom, True) if not set_is_derived(data) else None,
+                "retain_eval": acc(retain_eval, False)},
+        },
+        "ensemble_on_heldout": confusion(lid, [{"text": romanize(t, scheme), "label": target_rom} for t in forget_eval]
+                                         + [{"text": t, "label": retain} for t in retain_eval]),
+        "lid_check": confusion(lid, check_items) if check_items else None,
+        "lid": lid.describe(),
+        "provenance": provenance.build(config, section(config, "lid", "languages"), rule="fit_lid",
+                                       inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"]),
+    }
+    io.write_json(report_out, report)
+
+
+def set_is_derived(data_dir: Path) -> bool:
+    rep = Path(data_dir) / "prepare_report.json"
+    return bool(rep.is_file() and io.read_json(rep).get("romanized_derived"))
+
+
+# ----------------------------------------------------------------------------- demo model
+def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: str, report_out: str) -> None:
+    from mmie import demo_model
+    from mmie.generation import Decoding, generate
+    from mmie.lid import load_lid
+    from mmie.metrics.text import distinct_n, is_repetitive, mean_distinct_n
+    from mmie.models import load_model
+    from mmie.seeding import seed_everything
+    from mmie.translit import romanize
+
+    cfg = config["demo_model"]
+    data = Path(data_dir)
+    rows = lambda p: [r["text"] for r in io.read_jsonl(p)]  # noqa: E731
+    train_texts = rows(data / "forget" / "train.jsonl") + rows(data / "retain" / "train.jsonl")
+    for path in sorted((data / "neighbours").glob("*.jsonl")):
+        train_texts += rows(path)
+    if cfg["include_romanized"]:
+        train_texts += [romanize(t, config["lid"]["romanization"]) for t in rows(data / "forget" / "train.jsonl")]
+    target, retain = config["languages"]["target"]["code"], config["languages"]["retain"]["code"]
+    heldout = {target: rows(data / "forget" / "eval.jsonl"), retain: rows(data / "retain" / "eval.jsonl")}
+    info = demo_model.train(cfg, train_texts, heldout, out_dir)
+
+    # The sanity check loads the saved folder through the same loader every arm uses.
+    seed_everything(cfg["seed"])
+    lm = load_model({**config["model"], "source": "demo"}, out_dir)
+    lid = load_lid(config["lid"], config["languages"], lid_detector)
+    decoding = Decoding.from_config(config["generation"])
+    check = {}
+    for lang, set_name in ((target, "forget"), (retain, "retain")):
+        items = io.read_jsonl(data / "eval_sets" / f"{set_name}.jsonl")[:cfg["check"]["prompts"]]
+        gens = generate(lm.model, lm.tokenizer, items, decoding, desc=f"check {lang}")
+        outs = [g["output"] for g in gens]
+        labels = [lid.identify(o)[0] for o in outs]
+        check[lang] = {"rate": sum(lab == lang for lab in labels) / len(labels), "distinct2": mean_distinct_n(outs, 2),
+                       "corpus_distinct2": distinct_n(outs, 2),
+                       "repetitive_share": sum(map(is_repetitive, outs)) / len(outs),
+                       "examples": [{"prompt": g["prompt"], "output": g["output"]} for g in gens[:5]]}
+    ck = cfg["check"]
+    problems = demo_model.check_generations(check, ck["min_language_rate"], ck["min_distinct2"], ck["max_repetitive_share"])
+    report = {"training": info, "check": check, "problems": problems, "runtime": lm.runtime,
+              "provenance": provenance.build(config, section(config, "demo_model", "generation"), seed=cfg["seed"],
+                                             runtime=lm.runtime, rule="build_demo_model")}
+    io.write_json(Path(out_dir) / "mmie_model.json", report)
+    io.write_json(report_out, report)
+    if problems and cfg["check"]["enabled"]:
+        raise ModelError("the demo model did not learn the languages well enough: " + "; ".join(problems)
+                         + f". Details in {report_out}. Train longer (demo_model.max_steps), change demo_model.lr, "
+                           "or add data.")
+
+
+# ----------------------------------------------------------------------------- evaluate
+def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
+             out_root: str, manifest_out: str) -> None:
+    """One (arm, seed) job: load the model once, then generate and score likelihoods for every set."""
+    from mmie import arms
+    from mmie.generation import Decoding, encode_prompt, generate
+    from mmie.likelihood import score_sequences
+    from mmie.models import load_model
+    from mmie.seeding import seed_everything
+
+    import torch
+
+    t0 = time.time()
+    torch.set_num_threads(config["resources"]["torch_threads"])
+    seed_everything(seed, config["deterministic"])
+    lm = load_model(config["model"], model_dir)
+    model, tok = lm.model, lm.tokenizer
+    arm = arms.build(arm_name, config["arms"][arm_name], lm)
+    decoding = Decoding.from_config(config["generation"])
+    ev = config["eval"]
+    oom_log: list = []
+    timings = {}
+    for info in eval_sets(config):
+        t_set = time.time()
+        items = io.read_jsonl(Path(sets_dir) / f"{info.name}.jsonl")
+        if not items:
+            raise ValueError(f"evaluation set {info.name} is empty ({sets_dir}); rerun prepare_data")
+        with arm.active():
+            gens = generate(model, tok, items, decoding, system=arm.system, seed=seed,
+                            desc=f"{arm_name}/seed{seed}/{info.name}", oom_log=oom_log)
+            refs = [it for it in items if it.get("text")]
+            if refs:
+                ctx = tok(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else []
+                ref_scores = score_sequences(
+                    model, tok.pad_token_id, [ctx] * len(refs),
+                    [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
+                    batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=f"ppl {info.name}")
+                by_id = {it["id"]: s for it, s in zip(refs, ref_scores)}
+        with arm.reference():
+            # fluency of the outputs under the base model, conditioned on the raw prompt (no instruction)
+            contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
+            base_scores = score_sequences(model, tok.pad_token_id, contexts, [g["output_ids"] for g in gens],
+                                          batch_size=ev["score_batch_size"], max_length=ev["max_length"],
+                                          desc=f"gen_ppl_base {info.name}")
+        rows = []
+        for it, g, b in zip(items, gens, base_scores):
+            row = {k: v for k, v in g.items() if k != "output_ids"}
+            row.update(gen_nll_base=b["nll"], gen_tokens_base=b["tokens"])
+            if it.get("text"):
+                s = by_id[it["id"]]
+                row.update(reference=it["text"], ref_nll=s["nll"], ref_tokens=s["tokens"], ref_truncated=s["truncated"])
+            rows.append(row)
+        io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
+        timings[info.name] = round(time.time() - t_set, 2)
+        del gens, rows
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    manifest = {
+        "arm": arm_name, "seed": seed, "arm_details": {"method": arm.method, **arm.details},
+        "decoding": decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
+        "oom_retries": oom_log, "seconds": round(time.time() - t0, 1),
+        "provenance": provenance.build(config, section(config, "model", "generation", "eval", "arms"), seed=seed,
+                                       runtime=lm.runtime, rule="evaluate",
+                                       inputs=[Path(sets_dir) / f"{s.name}.jsonl" for s in eval_sets(config)]),
+    }
+    io.write_json(manifest_out, manifest)
+
+
+# ----------------------------------------------------------------------------- score
+def score(config: dict, arm_name: str, seed: int, set_name: str, generations: str, manifest: str,
+          lid_detector: str, out: str) -> None:
+    """Metrics of one (arm, seed, set) from stored generations: no model, no torch."""
+    from mmie.lid import load_lid
+    from mmie.metrics.sets import compute_set_metrics
+
+    info = set_info(config, set_name)
+    records = io.read_jsonl(generations)
+    lid = load_lid(config["lid"], config["languages"], lid_detector)
+    result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
+                                 romanization_scheme=config["lid"]["romanization"])
+    man = io.read_json(manifest)
+    evaluated = man["provenance"]
+    result = {"arm": arm_name, "seed": seed, "set": set_name, **result, "lid": lid.describe(),
+              "provenance": {**provenance.build(config, section(config, "lid", "languages"), seed=seed,
+                                                runtime=evaluated["runtime"], rule="score",
+                                                inputs=[generations, lid_detector]),
+                             "evaluate": {"git": evaluated["git"], "device": evaluated["device"],
+                                          "config_hash": evaluated["config_hash"],
+                                          "oom_retries": man["oom_retries"]}}}
+    io.write_json(out, result)

@@ -1,0 +1,116 @@
+"""Plots for the report (METHOD §8). One function per plot, registered by name; each reads the
+aggregated tables or reports (never the raw jobs) and writes one PNG atomically."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from mmie import io  # noqa: E402
+from mmie.config import set_names  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _long(inputs: dict) -> pd.DataFrame:
+    return pd.read_csv(inputs["long"])
+
+
+def _bar(df: pd.DataFrame, metric: str, config: dict, ax, ylabel: str) -> None:
+    sub = df[df["metric"] == metric]
+    order = [s for s in set_names(config) if s in set(sub["set"])]
+    sns.barplot(data=sub, x="set", y="value", hue="arm", order=order, hue_order=list(config["arms"]),
+                errorbar="sd", ax=ax)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("evaluation set")
+
+
+def target_rate(config: dict, inputs: dict):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    df = _long(inputs)
+    _bar(df, "target_rate", config, axes[0], "target-language rate (LID)")
+    _bar(df, "es", config, axes[1], "extraction strength (LID, language-level)")
+    for ax in axes:
+        ax.set_ylim(0, 1)
+    fig.suptitle(f"Target language ({config['languages']['target']['code']}) in outputs, mean ± sd over seeds")
+    return fig
+
+
+def output_language(config: dict, inputs: dict):
+    df = _long(inputs)
+    sub = df[df["metric"].str.startswith("lang_share_")].copy()
+    sub["label"] = sub["metric"].str.removeprefix("lang_share_")
+    mean = sub.groupby(["arm", "set", "label"])["value"].mean().reset_index()
+    arms = list(config["arms"])
+    sets = [s for s in set_names(config) if s in set(mean["set"])]
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.5 * len(arms) + 1, 4.2), sharey=True, squeeze=False)
+    labels = sorted(mean["label"].unique())
+    colors = dict(zip(labels, sns.color_palette("tab10", len(labels))))
+    for ax, arm in zip(axes[0], arms):
+        pivot = mean[mean["arm"] == arm].pivot(index="set", columns="label", values="value").reindex(sets).fillna(0)
+        bottom = None
+        for lab in labels:
+            vals = pivot[lab] if lab in pivot else pd.Series(0.0, index=pivot.index)
+            ax.bar(pivot.index, vals, bottom=bottom, color=colors[lab], label=lab)
+            bottom = vals if bottom is None else bottom + vals
+        ax.set_title(arm)
+        ax.tick_params(axis="x", rotation=45)
+    axes[0][0].set_ylabel("share of outputs")
+    axes[0][-1].legend(title="LID label", bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle("Output language distribution per set (where does the target language go?)")
+    return fig
+
+
+def perplexity(config: dict, inputs: dict):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    df = _long(inputs)
+    _bar(df, "ppl", config, axes[0], "perplexity of reference texts")
+    _bar(df, "gen_ppl_base", config, axes[1], "perplexity of outputs under the base model")
+    for ax in axes:
+        ax.set_yscale("log")
+    fig.suptitle("Utility, collateral damage and fluency (lower is better; log scale)")
+    return fig
+
+
+def lid_confusion(config: dict, inputs: dict):
+    rep = io.read_json(inputs["lid"])
+    check = rep["lid_check"] or rep["ensemble_on_heldout"]
+    matrix = pd.DataFrame(check["matrix"]).T.loc[check["labels_true"], check["labels_pred"]]
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(matrix.columns), 1 + 0.6 * len(matrix)))
+    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true label")
+    ax.set_title(f"LID on the labelled check set (accuracy {check['accuracy']:.1%}, n={check['n']})")
+    return fig
+
+
+def demo_training(config: dict, inputs: dict):
+    rep = io.read_json(inputs["model_report"])
+    hist = pd.DataFrame(rep["training"]["history"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for col in [c for c in hist.columns if c.startswith("heldout_ppl_")]:
+        ax.plot(hist["step"], hist[col], marker="o", label=col.removeprefix("heldout_ppl_"))
+    ax.axvline(rep["training"]["best_step"], color="grey", ls="--", label="kept (best) step")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Demo model training (early stopping on held-out perplexity)")
+    return fig
+
+
+REGISTRY: dict[str, Callable] = {"target_rate": target_rate, "output_language": output_language,
+                                 "perplexity": perplexity, "lid_confusion": lid_confusion,
+                                 "demo_training": demo_training}
+
+
+def make(name: str, config: dict, inputs: dict, out: str) -> None:
+    fig = REGISTRY[name](config, inputs)
+    io.save_figure(out, fig)
+    plt.close(fig)

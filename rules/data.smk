@@ -1,0 +1,60 @@
+rule prepare_data:
+    input:
+        raw=raw_data,
+    output:
+        splits=SPLIT_FILES,
+        eval_sets=expand(f"{R}/data/eval_sets/{{s}}.jsonl", s=SETS),
+        neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
+        lid_check=f"{R}/data/lid_check.jsonl",
+        report=f"{R}/data/prepare_report.json",
+    log:
+        f"{R}/logs/prepare_data.log",
+    benchmark:
+        f"{R}/benchmarks/prepare_data.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    params:
+        data_dir=f"{R}/data",
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule fit_lid:
+    input:
+        splits=SPLIT_FILES,
+        eval_sets=eval_set_files,
+        lid_check=f"{R}/data/lid_check.jsonl",
+        report=f"{R}/data/prepare_report.json",
+    output:
+        detector=f"{R}/lid/romanized_detector.json",
+        report=f"{R}/lid/lid_report.json",
+    log:
+        f"{R}/logs/fit_lid.log",
+    benchmark:
+        f"{R}/benchmarks/fit_lid.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    params:
+        data_dir=f"{R}/data",
+    script:
+        "../scripts/fit_lid.py"
+
+
+rule data_report:
+    input:
+        prepare=f"{R}/data/prepare_report.json",
+        eval_sets=eval_set_files,
+        model=model_dir,
+    output:
+        f"{R}/data/data_report.json",
+    log:
+        f"{R}/logs/data_report.log",
+    benchmark:
+        f"{R}/benchmarks/data_report.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    params:
+        data_dir=f"{R}/data",
+        model_dir=model_dir_param,
+    script:
+        "../scripts/data_report.py"

@@ -1,0 +1,40 @@
+# One model load per (arm, seed): every generation and likelihood pass of the arm happens in that
+# job; the per-set scoring that follows imports no torch.
+rule evaluate:
+    input:
+        model=model_dir,
+        eval_sets=eval_set_files,
+    output:
+        generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
+        manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
+    log:
+        f"{R}/logs/evaluate/{{arm}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{arm}}/seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=GPU_MEM,
+        gpu=1,
+    params:
+        sets_dir=f"{R}/data/eval_sets",
+        out_root=f"{R}/{{arm}}/seed{{seed}}",
+        model_dir=model_dir_param,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule score:
+    input:
+        generations=f"{R}/{{arm}}/seed{{seed}}/{{set}}/generations.jsonl",
+        manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
+        detector=f"{R}/lid/romanized_detector.json",
+    output:
+        f"{R}/{{arm}}/seed{{seed}}/{{set}}/metrics.json",
+    log:
+        f"{R}/logs/score/{{arm}}/seed{{seed}}/{{set}}.log",
+    benchmark:
+        f"{R}/benchmarks/score/{{arm}}/seed{{seed}}/{{set}}.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    script:
+        "../scripts/score.py"

@@ -1,0 +1,21 @@
+rule build_demo_model:
+    input:
+        splits=SPLIT_FILES,
+        eval_sets=eval_set_files,
+        neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
+        detector=f"{R}/lid/romanized_detector.json",
+    output:
+        model=directory(f"{R}/model"),
+        report=f"{R}/model_report.json",
+    log:
+        f"{R}/logs/build_demo_model.log",
+    benchmark:
+        f"{R}/benchmarks/build_demo_model.tsv"
+    threads: 2
+    resources:
+        mem_mb=CPU_MEM,
+        gpu=1,
+    params:
+        data_dir=f"{R}/data",
+    script:
+        "../scripts/build_demo_model.py"

@@ -1,0 +1,7 @@
+from mmie.logs import setup
+
+setup(snakemake.log[0])
+from mmie import pipeline  # noqa: E402
+
+pipeline.data_report(snakemake.config, snakemake.input.prepare, snakemake.params.data_dir,
+                     snakemake.params.model_dir, snakemake.output[0])

@@ -1,0 +1,8 @@
+from mmie.logs import setup
+
+setup(snakemake.log[0])
+from mmie import plots  # noqa: E402
+
+inputs = dict(snakemake.input.items())
+for name, path in snakemake.output.items():
+    plots.make(name, snakemake.config, inputs, path)
