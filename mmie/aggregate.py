@@ -28,11 +28,22 @@ def collect(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def summarize(long: pd.DataFrame, arms: list[str], sets: list[str]) -> pd.DataFrame:
+    """Per arm × set × metric: mean, sd, min, max over seeds and the number of seeds (long form)."""
     g = long.groupby(["arm", "set", "metric"], sort=False)["value"]
     summary = g.agg(mean="mean", sd="std", min="min", max="max", n_seeds="count").reset_index()
     summary["arm"] = pd.Categorical(summary["arm"], categories=arms, ordered=True)
     summary["set"] = pd.Categorical(summary["set"], categories=sets, ordered=True)
     return summary.sort_values(["arm", "set", "metric"]).reset_index(drop=True)
+
+
+def wide(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm × set; for each metric its mean over seeds and ``<metric>_sd``."""
+    mean = summary.pivot_table(index=["arm", "set"], columns="metric", values="mean", observed=True)
+    sd = summary.pivot_table(index=["arm", "set"], columns="metric", values="sd", observed=True, dropna=False)
+    sd.columns = [f"{c}_sd" for c in sd.columns]
+    n = summary.groupby(["arm", "set"], observed=True)["n_seeds"].max().rename("n_seeds")
+    cols = [c for m in mean.columns for c in (m, f"{m}_sd")]
+    return pd.concat([n, mean, sd], axis=1)[["n_seeds"] + cols].reset_index()
 
 
 def markdown(summary: pd.DataFrame, fails: pd.DataFrame, experiment: str) -> str:
@@ -43,7 +54,7 @@ def markdown(summary: pd.DataFrame, fails: pd.DataFrame, experiment: str) -> str
         if sub.empty:
             continue
         wide = sub.assign(cell=[f"{m:.3g} ± {s:.2g}" if pd.notna(s) else f"{m:.3g}"
-                                for m, s in zip(sub["mean"], sub["sd"])])
+                                for m, s in zip(sub["mean"], sub["sd"], strict=True)])
         table = wide.pivot(index="arm", columns="set", values="cell").dropna(how="all")
         table = table.loc[:, [c for c in table.columns if table[c].notna().any()]]
         lines += [f"## {metric}", "", "| arm | " + " | ".join(map(str, table.columns)) + " |",
@@ -68,7 +79,7 @@ def run(config: dict, metric_paths: list[str], long_out: str, summary_out: str, 
         raise ValueError("no metrics to aggregate: every metrics.json is empty")
     summary = summarize(long, list(config["arms"]), set_names(config))
     io.write_csv(long_out, long)
-    io.write_csv(summary_out, summary)
+    io.write_csv(summary_out, wide(summary))
     io.write_csv(failures_out, fails)
     io.write_text(md_out, markdown(summary, fails, config["experiment"]))
     log.info("aggregated %d rows from %d jobs; %d recorded failures", len(long), len(metric_paths), len(fails))

@@ -67,6 +67,7 @@ def heldout_loss(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64
     import torch
 
     total, count = 0.0, 0
+    was_training = model.training
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(seqs), batch_size):
@@ -76,7 +77,7 @@ def heldout_loss(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64
                                                     labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
             total += float(nll)
             count += int((labels[:, 1:] != -100).sum())
-    model.train()
+    model.train(was_training)
     return total / count
 
 

@@ -142,7 +142,7 @@ class FastTextVoter:
 
     def prob(self, text: str, code: str) -> float:
         labels, probs = self._model.predict(" ".join(text.split()), k=5)
-        for lab, p in zip(labels, probs):
+        for lab, p in zip(labels, probs, strict=True):
             if lab == f"__label__{code}":
                 return float(p)
         return 0.0

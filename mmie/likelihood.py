@@ -23,7 +23,7 @@ def score_sequences(model, pad_id: int, contexts: list[list[int]], targets: list
 
     device = next(model.parameters()).device
     rows = []
-    for ctx, tgt in zip(contexts, targets):
+    for ctx, tgt in zip(contexts, targets, strict=True):
         seq = list(ctx) + list(tgt)
         truncated = len(seq) > max_length
         seq = seq[:max_length]

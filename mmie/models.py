@@ -90,22 +90,50 @@ def quantization_config(kind: str, dtype):
     raise ConfigError(f"model.quantization {kind!r} is not one of none, 8bit, 4bit")
 
 
+def _tokenizer_json_mismatch(tok, path: Path) -> list[str]:
+    """Parts of the saved tokenizer.json that the loaded tokenizer does not reproduce."""
+    import json
+
+    saved = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    loaded = json.loads(tok.backend_tokenizer.to_str())
+    return [k for k in ("normalizer", "pre_tokenizer", "model") if saved.get(k) != loaded.get(k)]
+
+
 def load_tokenizer(src: dict, padding_side: str = "left"):
-    from transformers import AutoTokenizer
+    """AutoTokenizer, checked against the folder's own tokenizer.json when there is one.
+
+    transformers 5 maps a model type to a tokenizer class that may rebuild the pre-tokenizer from
+    its own defaults (a from-scratch Qwen2 folder comes back as Qwen2Tokenizer with Qwen's split
+    regex): the model would then see different tokens from those it was trained on. The saved
+    tokenizer.json is the ground truth; when the loaded tokenizer differs from it, the file is loaded
+    as it is and the fact is recorded in ``tok.mmie_fidelity``."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok = AutoTokenizer.from_pretrained(src["path"], revision=src["revision"],
                                         local_files_only=src["local_files_only"])
+    fidelity = {"class": type(tok).__name__, "reloaded_from_tokenizer_json": False}
+    local = Path(src["path"])
+    if local.is_dir() and (local / "tokenizer.json").is_file() and getattr(tok, "backend_tokenizer", None):
+        differs = _tokenizer_json_mismatch(tok, local)
+        if differs:
+            log.warning("%s changed %s of %s/tokenizer.json; loading the file as saved", type(tok).__name__,
+                        differs, local)
+            tok = PreTrainedTokenizerFast.from_pretrained(str(local), local_files_only=True)
+            still = _tokenizer_json_mismatch(tok, local)
+            if still:
+                raise ModelError(f"cannot load {local}/tokenizer.json faithfully: {still} differ after reload")
+            fidelity.update(reloaded_from_tokenizer_json=True, auto_class_changed=differs)
     tok.padding_side = padding_side
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ModelError(f"tokenizer of {src['path']} has neither a pad nor an eos token")
         tok.pad_token = tok.eos_token
+    tok.mmie_fidelity = fidelity
     return tok
 
 
 def load_model(model_cfg: dict, demo_dir: str | None = None) -> LoadedModel:
     """Load model + tokenizer once; the caller keeps them for the whole job."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     src = model_source(model_cfg, demo_dir)
@@ -138,6 +166,6 @@ def load_model(model_cfg: dict, demo_dir: str | None = None) -> LoadedModel:
     runtime = {"model": src["path"], "revision": src["revision"], "device": device,
                "dtype": str(dtype).replace("torch.", ""), "attn_implementation": used,
                "attention_attempts": attempts, "quantization": model_cfg["quantization"],
-               "device_map": device_map, "n_parameters": sum(p.numel() for p in model.parameters())}
+               "device_map": device_map, "tokenizer": tok.mmie_fidelity, "n_parameters": sum(p.numel() for p in model.parameters())}
     log.info("loaded %s: %s", src["path"], runtime)
     return LoadedModel(model=model, tokenizer=tok, runtime=runtime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def set_is_derived(data_dir: Path) -> bool:
 # ----------------------------------------------------------------------------- demo model
 def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: str, report_out: str) -> None:
     from mmie import demo_model
+    from mmie.data import prompt_prefix
     from mmie.generation import Decoding, generate
     from mmie.lid import load_lid
     from mmie.metrics.text import distinct_n, is_repetitive, mean_distinct_n
@@ -123,15 +125,28 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
     # The sanity check loads the saved folder through the same loader every arm uses.
     seed_everything(cfg["seed"])
     lm = load_model({**config["model"], "source": "demo"}, out_dir)
+    # The reloaded folder must reproduce the training run's held-out perplexity (tokenizer and
+    # weights round-trip); a drift means the saved model is not the model that was trained.
+    for lang, texts in heldout.items():
+        seqs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:cfg["max_position"] - 1]
+                + [lm.tokenizer.eos_token_id] for t in texts]
+        reloaded = math.exp(demo_model.heldout_loss(lm.model, seqs, lm.tokenizer.pad_token_id))
+        trained = info["best_heldout"][f"heldout_ppl_{lang}"]
+        if abs(reloaded - trained) > 0.01 * trained:
+            raise ModelError(f"the saved demo model does not reproduce its training: held-out {lang} perplexity "
+                             f"{reloaded:.2f} after reload vs {trained:.2f} in training ({out_dir})")
     lid = load_lid(config["lid"], config["languages"], lid_detector)
     decoding = Decoding.from_config(config["generation"])
     check = {}
-    for lang, set_name in ((target, "forget"), (retain, "retain")):
-        items = io.read_jsonl(data / "eval_sets" / f"{set_name}.jsonl")[:cfg["check"]["prompts"]]
+    for lang, role in ((target, "forget"), (retain, "retain")):
+        # continuation prompts from the held-out split (not the capped evaluation sets)
+        items = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])}
+                 for r in io.read_jsonl(data / role / "eval.jsonl")[:cfg["check"]["prompts"]]]
         gens = generate(lm.model, lm.tokenizer, items, decoding, desc=f"check {lang}")
         outs = [g["output"] for g in gens]
         labels = [lid.identify(o)[0] for o in outs]
-        check[lang] = {"rate": sum(lab == lang for lab in labels) / len(labels), "distinct2": mean_distinct_n(outs, 2),
+        check[lang] = {"prompts": len(items), "rate": sum(lab == lang for lab in labels) / len(labels),
+                       "distinct2": mean_distinct_n(outs, 2),
                        "corpus_distinct2": distinct_n(outs, 2),
                        "repetitive_share": sum(map(is_repetitive, outs)) / len(outs),
                        "examples": [{"prompt": g["prompt"], "output": g["output"]} for g in gens[:5]]}
@@ -152,13 +167,13 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
 def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
              out_root: str, manifest_out: str) -> None:
     """One (arm, seed) job: load the model once, then generate and score likelihoods for every set."""
+    import torch
+
     from mmie import arms
     from mmie.generation import Decoding, encode_prompt, generate
     from mmie.likelihood import score_sequences
     from mmie.models import load_model
     from mmie.seeding import seed_everything
-
-    import torch
 
     t0 = time.time()
     torch.set_num_threads(config["resources"]["torch_threads"])
@@ -185,7 +200,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                     model, tok.pad_token_id, [ctx] * len(refs),
                     [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
                     batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=f"ppl {info.name}")
-                by_id = {it["id"]: s for it, s in zip(refs, ref_scores)}
+                by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
         with arm.reference():
             # fluency of the outputs under the base model, conditioned on the raw prompt (no instruction)
             contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
@@ -193,7 +208,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                                           batch_size=ev["score_batch_size"], max_length=ev["max_length"],
                                           desc=f"gen_ppl_base {info.name}")
         rows = []
-        for it, g, b in zip(items, gens, base_scores):
+        for it, g, b in zip(items, gens, base_scores, strict=True):
             row = {k: v for k, v in g.items() if k != "output_ids"}
             row.update(gen_nll_base=b["nll"], gen_tokens_base=b["tokens"])
             if it.get("text"):

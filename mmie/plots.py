@@ -51,8 +51,8 @@ def output_language(config: dict, inputs: dict):
     sets = [s for s in set_names(config) if s in set(mean["set"])]
     fig, axes = plt.subplots(1, len(arms), figsize=(4.5 * len(arms) + 1, 4.2), sharey=True, squeeze=False)
     labels = sorted(mean["label"].unique())
-    colors = dict(zip(labels, sns.color_palette("tab10", len(labels))))
-    for ax, arm in zip(axes[0], arms):
+    colors = dict(zip(labels, sns.color_palette("tab10", len(labels)), strict=True))
+    for ax, arm in zip(axes[0], arms, strict=True):
         pivot = mean[mean["arm"] == arm].pivot(index="set", columns="label", values="value").reindex(sets).fillna(0)
         bottom = None
         for lab in labels:

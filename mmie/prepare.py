@@ -9,9 +9,21 @@ from pathlib import Path
 
 from mmie import io
 from mmie.config import eval_sets
-from mmie.data import (RoleReport, check_min_items, dedup, histogram, item_id, normalize, prompt_prefix,
-                       read_role_file, remove_overlap, script_filter, script_histogram, split_texts,
-                       stable_order)
+from mmie.data import (
+    RoleReport,
+    check_min_items,
+    dedup,
+    histogram,
+    item_id,
+    normalize,
+    prompt_prefix,
+    read_role_file,
+    remove_overlap,
+    script_filter,
+    script_histogram,
+    split_texts,
+    stable_order,
+)
 from mmie.errors import DataError
 from mmie.translit import romanize
 
@@ -114,6 +126,8 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
     lid_items = read_lid_check(data["lid_check"]) if data.get("lid_check") else []
     io.write_jsonl(out / "lid_check.jsonl", lid_items)
 
+    for role, rep in reports.items():
+        rep.kept = len(texts[role])
     report = {
         "roles": {role: rep.as_dict() for role, rep in reports.items()},
         "splits": {role: {p: len(v) for p, v in parts.items()} for role, parts in splits.items()},
@@ -125,6 +139,5 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
         "length_chars": {role: histogram([len(t) for t in tx]) for role, tx in texts.items()},
     }
     for role, rep in reports.items():
-        rep.kept = len(texts[role])
         log.info("%s: %s", role, rep.as_dict())
     return report

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 import mmie.config as mcfg
 
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
-mcfg.check(config, workflow.basedir)
+mcfg.check(config)  # relative data paths are relative to the working directory
 
 EXP = config["experiment"]
 R = f"results/{EXP}"

@@ -13,8 +13,6 @@ rule prepare_data:
         f"{R}/benchmarks/prepare_data.tsv"
     resources:
         mem_mb=CPU_MEM,
-    params:
-        data_dir=f"{R}/data",
     script:
         "../scripts/prepare_data.py"
 
@@ -34,8 +32,6 @@ rule fit_lid:
         f"{R}/benchmarks/fit_lid.tsv"
     resources:
         mem_mb=CPU_MEM,
-    params:
-        data_dir=f"{R}/data",
     script:
         "../scripts/fit_lid.py"
 
@@ -54,7 +50,6 @@ rule data_report:
     resources:
         mem_mb=CPU_MEM,
     params:
-        data_dir=f"{R}/data",
         model_dir=model_dir_param,
     script:
         "../scripts/data_report.py"

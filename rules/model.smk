@@ -4,6 +4,7 @@ rule build_demo_model:
         eval_sets=eval_set_files,
         neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
         detector=f"{R}/lid/romanized_detector.json",
+        prepare=f"{R}/data/prepare_report.json",
     output:
         model=directory(f"{R}/model"),
         report=f"{R}/model_report.json",
@@ -15,7 +16,5 @@ rule build_demo_model:
     resources:
         mem_mb=CPU_MEM,
         gpu=1,
-    params:
-        data_dir=f"{R}/data",
     script:
         "../scripts/build_demo_model.py"

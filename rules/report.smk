@@ -73,6 +73,8 @@ rule plot_demo_training:
         ),
     log:
         f"{R}/logs/plot_demo_training.log",
+    benchmark:
+        f"{R}/benchmarks/plot_demo_training.tsv"
     resources:
         mem_mb=CPU_MEM,
     script:

@@ -1,7 +1,9 @@
+from pathlib import Path
+
 from mmie.logs import setup
 
 setup(snakemake.log[0])
 from mmie import pipeline  # noqa: E402
 
-pipeline.data_report(snakemake.config, snakemake.input.prepare, snakemake.params.data_dir,
+pipeline.data_report(snakemake.config, snakemake.input.prepare, str(Path(snakemake.input.prepare).parent),
                      snakemake.params.model_dir, snakemake.output[0])

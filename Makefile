@@ -1,0 +1,42 @@
+# The two commands of the README:  `make demo`  (set up + run the demo + build the report)
+#                                  `make test`  (set up + lint + the test suite, incl. an end-to-end run)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+EXPERIMENT ?= demo
+
+.PHONY: setup demo report test lint lock clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 resolves to the local CPU wheel on CPU machines; constraints.txt pins every
+# transitive dependency; pyvene/pyreft go in with --no-deps (pyreft pins transformers 4.45).
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/$(EXPERIMENT)/report.html
+	@echo "Report: results/$(EXPERIMENT)/report.html   Summary: results/$(EXPERIMENT)/summary/summary.md"
+
+report: setup
+	$(BIN)/snakemake --report results/$(EXPERIMENT)/report.html
+
+lint: setup
+	$(BIN)/ruff check mmie scripts tests benchmarks
+	$(BIN)/snakemake --lint
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+lock: setup
+	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(mmie|pyreft|pyvene)' | sed 's/+cpu//' > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf results .snakemake

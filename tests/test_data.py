@@ -1,0 +1,148 @@
+"""Data rules of METHOD §1 (and rows 3 and 12 of the reliability table)."""
+import json
+
+import pytest
+
+from conftest import write_lines
+from mmie.data import (
+    RoleReport,
+    check_min_items,
+    dedup,
+    extract_text,
+    prompt_prefix,
+    read_role_file,
+    remove_overlap,
+    script_filter,
+    split_texts,
+)
+from mmie.errors import DataError
+from mmie.textscript import dominant_script, script_proportions
+
+
+def test_extract_text_key_order_and_messages():
+    assert extract_text({"text": "b", "prompt": "a"}) == "a"
+    assert extract_text({"prompt": "  ", "answer": "x"}) == "x"
+    assert extract_text({"messages": [{"content": "q"}, {"content": "last"}]}) == "last"
+    assert extract_text("bare") == "bare"
+    assert extract_text({"text": 5}) is None
+    assert extract_text(7) is None
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    p = write_lines(tmp_path / "f.jsonl", [b'{"text": "ok"}\n', b'{"text": "bad \xff"}\n'], raw=True)
+    with pytest.raises(DataError, match=r"f\.jsonl:2: invalid UTF-8"):
+        read_role_file(p, "forget")
+    texts, rep = read_role_file(p, "forget", on_bad_line="skip")
+    assert texts == ["ok"] and rep.skipped[0]["line"] == 2
+
+
+def test_invalid_json_names_file_and_line_and_skip_counts(tmp_path):
+    p = write_lines(tmp_path / "f.jsonl", [b'{"text": "a"}\n', b'{"text": \n', b'{"text": "c"}\n'], raw=True)
+    with pytest.raises(DataError, match=r"f\.jsonl:2: not valid JSON"):
+        read_role_file(p, "retain")
+    texts, rep = read_role_file(p, "retain", on_bad_line="skip")
+    assert texts == ["a", "c"] and [s["line"] for s in rep.skipped] == [2]
+
+
+def test_bom_crlf_and_blank_lines(tmp_path):
+    p = write_lines(tmp_path / "f.jsonl", ['\ufeff{"text": "one"}\r\n'.encode(), b"\r\n", b'"two"\r\n'], raw=True)
+    texts, rep = read_role_file(p, "forget")
+    assert texts == ["one", "two"]
+    assert rep.blank_lines == 1
+
+
+def test_non_string_field_is_an_error_with_line(tmp_path):
+    p = write_lines(tmp_path / "f.jsonl", [{"text": "fine"}, {"text": 12, "id": 3}])
+    with pytest.raises(DataError, match=r"f\.jsonl:2: no text"):
+        read_role_file(p, "forget")
+
+
+def test_debris_detected_cleaned_and_counted(tmp_path):
+    raw = ['{"items": [\n', '"नमस्ते दुनिया",\n', '{"text": "\\"quoted\\","}\n', '{"text": "say \\\\\\"hi\\\\\\""}\n', "]}\n"]
+    p = tmp_path / "f.jsonl"
+    p.write_text("".join(raw), encoding="utf-8")
+    texts, rep = read_role_file(p, "forget")
+    assert texts == ["नमस्ते दुनिया", "quoted", 'say "hi"']
+    assert rep.debris["items_prefix"] == 1 and rep.debris["closing_brackets"] == 1
+    assert rep.debris["trailing_comma"] == 1 and rep.debris["quoted_trailing_comma"] == 1
+    assert rep.debris["escaped_quotes"] == 1
+    assert rep.debris_cleaned == 5
+    with pytest.raises(DataError, match="debris"):
+        read_role_file(p, "forget", clean_debris=False)
+
+
+def test_dedup_counts_exact_and_normalized():
+    rep = RoleReport("r", "p")
+    out = dedup(["a b", "a b", "a  b", "A B", "c"], rep)
+    assert out == ["a b", "c"]
+    assert rep.exact_duplicates == 1 and rep.normalized_duplicates == 2
+
+
+def test_dandas_are_script_neutral():
+    bengali = "আমি ভাত খাই।"
+    assert script_proportions(bengali) == {"bengali": 1.0}
+    assert dominant_script("ਮੈਂ ਘਰ ਜਾਂਦਾ ਹਾਂ।")[0] == "gurmukhi"
+    assert script_proportions("१२३ । ॥ 42 !") == {}
+    assert dominant_script("मेरा नाम राज है।") == ("devanagari", 1.0)
+
+
+def test_script_filter_and_min_items_error_names_everything():
+    rep = RoleReport("forget", "data/forget.jsonl")
+    rep.records = 3
+    kept = script_filter(["mera naam", "मेरा नाम", "tum kaun"], "devanagari", 0.5, rep)
+    assert kept == ["मेरा नाम"] and rep.script_filtered == 2
+    with pytest.raises(DataError) as err:
+        check_min_items(kept, "forget", rep, 5, "script filtering")
+    msg = str(err.value)
+    for needle in ("forget", "data/forget.jsonl", "devanagari", "1 texts", "min_items=5", "2 removed"):
+        assert needle in msg
+
+
+def test_split_is_deterministic_disjoint_and_seeded():
+    texts = [f"sentence number {i}" for i in range(100)]
+    fr = {"train": 0.6, "eval": 0.2, "holdout": 0.2}
+    a, b = split_texts(texts, fr, 1, "forget"), split_texts(list(reversed(texts)), fr, 1, "forget")
+    assert a == b
+    assert sorted(sum(a.values(), [])) == sorted(texts)
+    assert not set(a["train"]) & set(a["eval"]) and not set(a["eval"]) & set(a["holdout"])
+    assert split_texts(texts, fr, 2, "forget")["train"] != a["train"]
+
+
+def test_overlap_with_training_texts_is_removed_and_counted():
+    rep = RoleReport("mixed", "m")
+    out = remove_overlap(["Translate: the cat sat.  Now!", "fresh prompt"], ["the cat sat."], rep)
+    assert out == ["fresh prompt"] and rep.overlap_removed == 1
+
+
+def test_prompt_prefix_leaves_something_to_continue():
+    assert prompt_prefix("a b c d e", 0.4) == "a b"
+    assert prompt_prefix("a b", 0.9) == "a"
+    assert prompt_prefix("single", 0.5) == "single"
+
+
+def test_prepare_stops_on_empty_role_before_any_model(tmp_path, demo_config):
+    """Audit #3: a forget file in the wrong script stops prepare_data with role, file, filter and counts."""
+    from mmie.config import deep_update
+    from mmie.prepare import prepare
+
+    bad = write_lines(tmp_path / "forget.jsonl", [{"text": f"mera naam raj hai {i}"} for i in range(40)])
+    cfg = deep_update(demo_config, {"data": {"forget": str(bad)}})
+    with pytest.raises(DataError) as err:
+        prepare(cfg, tmp_path / "out")
+    msg = str(err.value)
+    assert "'forget'" in msg and str(bad) in msg and "devanagari" in msg and "40 removed" in msg
+    assert not (tmp_path / "out" / "eval_sets").exists()
+
+
+def test_prepare_demo_writes_disjoint_splits_and_report(tmp_path, demo_config):
+    from mmie.prepare import prepare
+
+    report = prepare(demo_config, tmp_path)
+    rows = {p: [json.loads(x)["text"] for x in (tmp_path / "forget" / f"{p}.jsonl").read_text().splitlines()]
+            for p in ("train", "eval", "holdout")}
+    assert not set(rows["train"]) & (set(rows["eval"]) | set(rows["holdout"]))
+    assert report["splits"]["forget"]["train"] == len(rows["train"])
+    assert report["roles"]["forget"]["kept"] >= 400
+    sets = {p.stem for p in (tmp_path / "eval_sets").glob("*.jsonl")}
+    assert sets == {"forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn"}
+    assert report["script_histogram"]["forget"]["devanagari"] > 0.99

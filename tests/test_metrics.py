@@ -1,0 +1,103 @@
+"""Text metrics and per-set metrics (METHOD §5)."""
+import math
+
+import pytest
+
+from mmie.metrics.sets import SetInfo, compute_set_metrics
+from mmie.metrics.text import (
+    distinct_n,
+    extraction_strength,
+    is_repetitive,
+    mean_distinct_n,
+    ngram_entropy,
+    target_letters,
+)
+
+
+def ident(text):
+    """A toy identifier: target once the prefix contains the word HI."""
+    return ("hi" if "HI" in text.split() else "en"), 1.0
+
+
+def is_t(label):
+    return label == "hi"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("HI HI HI HI", 1.0),            # fully target
+    ("a b HI c", (4 - 3 + 1) / 4),   # i* = 3 of n = 4
+    ("a b c", 0.0),                  # never
+    ("", 0.0),                       # empty
+    ("a b c HI", 1 / 4),
+])
+def test_extraction_strength_definition(text, expected):
+    assert extraction_strength(text, ident, is_t) == pytest.approx(expected)
+
+
+def test_script_share_repetition_entropy():
+    assert target_letters("नमस्ते hello", "devanagari") == (6, 11)
+    assert is_repetitive("है है है है है") and not is_repetitive("one two three four five")
+    assert not is_repetitive("too short")
+    assert ngram_entropy("") is None
+    assert ngram_entropy("a a a a") == pytest.approx((0 + 0 + 0) / 3)
+    assert ngram_entropy("a b c d") > 1.5
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert mean_distinct_n(["a b a b", "x y"], 2) == pytest.approx((2 / 3 + 1) / 2)
+    assert distinct_n(["a"], 2) is None
+
+
+class FakeLID:
+    labels = ["en", "hi", "hi_rom", "und", "ur"]
+
+    def identify(self, text):
+        if any("\u0900" <= c <= "\u097f" for c in text):
+            return "hi", 1.0
+        if "mera" in text:
+            return "hi_rom", 1.0
+        return ("en", 1.0) if text.strip() else ("und", 1.0)
+
+    def is_target(self, label):
+        return label in ("hi", "hi_rom")
+
+
+def rec(i, out, nll=2.0, toks=4, ref=True):
+    r = {"id": f"x{i}", "prompt": "p", "output": out, "prompt_tokens": 3, "output_tokens": len(out.split()),
+         "prompt_truncated": False, "gen_nll_base": nll, "gen_tokens_base": toks}
+    if ref:
+        r.update(ref_nll=10.0 * (i + 1), ref_tokens=5 * (i + 1), ref_truncated=False)
+    return r
+
+
+def test_set_metrics_values_and_token_weighted_ppl():
+    records = [rec(0, "मेरा नाम"), rec(1, "hello there"), rec(2, "mera naam raj")]
+    res = compute_set_metrics(records, SetInfo("forget", "forget", "hi"), FakeLID(),
+                              target_script="devanagari", romanization_scheme="iast_plain")
+    m = res["metrics"]
+    assert m["target_rate"] == pytest.approx(2 / 3)
+    assert m["lang_share_en"] == pytest.approx(1 / 3) and m["lang_share_hi_rom"] == pytest.approx(1 / 3)
+    # token-weighted: (10+20+30)/(5+10+15) = 2
+    assert m["ppl"] == pytest.approx(math.exp(60 / 30))
+    assert m["gen_ppl_base"] == pytest.approx(math.exp(6 / 12))
+    assert m["target_rate_romanized"] == pytest.approx(2 / 3)   # romanizing Devanagari keeps it the target
+    assert res["per_prompt"]["id"] == ["x0", "x1", "x2"]
+    assert res["failures"] == {}
+    assert "own_language_rate" not in m
+
+
+def test_neighbour_own_language_rate():
+    records = [rec(0, "hello"), rec(1, "मेरा")]
+    res = compute_set_metrics(records, SetInfo("ur", "neighbour", "en"), FakeLID(),
+                              target_script="devanagari", romanization_scheme="iast_plain")
+    assert res["metrics"]["own_language_rate"] == pytest.approx(0.5)
+
+
+def test_failed_metric_is_recorded_never_a_stand_in():
+    records = [rec(0, "", nll=0.0, toks=0, ref=False), rec(1, "  ", nll=0.0, toks=0, ref=False)]
+    res = compute_set_metrics(records, SetInfo("mixed", "prompts", None), FakeLID(),
+                              target_script="devanagari", romanization_scheme="iast_plain")
+    for name in ("gen_ppl_base", "fluency_entropy", "target_script_share"):
+        assert name not in res["metrics"] and name in res["failures"]
+    assert res["metrics"]["empty_share"] == 1.0
+    with pytest.raises(ValueError, match="empty set"):
+        compute_set_metrics([], SetInfo("mixed", "prompts", None), FakeLID(), target_script="devanagari",
+                            romanization_scheme="iast_plain")

@@ -1,0 +1,132 @@
+"""The workflow end to end on a reduced demo config (foundation issue, items 1, 9-11, 13).
+
+Runs from a directory whose path contains a space and an apostrophe (reliability row 11)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+EXP = "t"
+SETS = ["forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn"]
+
+
+def reduced_config(workdir: Path) -> Path:
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["experiment"] = EXP
+    cfg["seeds"] = [0]
+    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check"):
+        cfg["data"][key] = str(ROOT / cfg["data"][key])
+    cfg["data"]["neighbours"] = {k: str(ROOT / v) for k, v in cfg["data"]["neighbours"].items()}
+    cfg["eval"] = {"max_prompts": 6}
+    cfg["generation"]["max_new_tokens"] = 12
+    cfg["demo_model"] = {"check": {"prompts": 12}}
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return path
+
+
+def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
+                       str(workdir / "config.yaml"), "--cores", "2", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf") / "my run's dir"
+    workdir.mkdir()
+    reduced_config(workdir)
+    smk(workdir)
+    return workdir
+
+
+def metrics(run_dir: Path, arm: str, seed: int, set_name: str) -> dict:
+    return json.loads((run_dir / "results" / EXP / arm / f"seed{seed}" / set_name / "metrics.json").read_text())
+
+
+def test_lint_is_clean():
+    res = subprocess.run(SNAKEMAKE + ["--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_contract_output_exists_with_provenance(run_dir):
+    r = run_dir / "results" / EXP
+    for arm in ("base", "prompt"):
+        for s in SETS:
+            m = metrics(run_dir, arm, 0, s)
+            assert m["arm"] == arm and m["set"] == s and m["metrics"]["target_rate"] >= 0
+            prov = m["provenance"]
+            for key in ("config_hash", "config_section", "git", "libraries", "device", "runtime", "seed",
+                        "data_hashes"):
+                assert key in prov, key
+            assert prov["runtime"]["dtype"] == "float32" and prov["runtime"]["attn_implementation"]
+            assert len(m["per_prompt"]["id"]) == 6
+            gens = (r / arm / "seed0" / s / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+            assert len(gens) == 6 and {"id", "prompt", "output", "prompt_tokens", "output_tokens"} <= json.loads(gens[0]).keys()
+    for f in ("summary/metrics_long.csv", "summary/summary.csv", "summary/summary.md", "data/data_report.json",
+              "lid/lid_report.json", "plots/target_rate.png", "plots/lid_confusion.png", "plots/perplexity.png",
+              "plots/output_language.png", "plots/demo_training.png"):
+        assert (r / f).is_file(), f
+    header = (r / "summary" / "metrics_long.csv").read_text().splitlines()[0]
+    assert header == "arm,seed,set,metric,value"
+    report = json.loads((r / "data" / "data_report.json").read_text())
+    assert report["tokens"]["by_file"]["forget/train"]["histogram"]["counts"]
+    assert "provenance" in report
+    assert metrics(run_dir, "base", 0, "ur")["metrics"]["own_language_rate"] >= 0
+
+
+def test_demo_model_really_speaks_the_languages(run_dir):
+    rep = json.loads((run_dir / "results" / EXP / "model_report.json").read_text())
+    assert rep["problems"] == []
+    assert rep["check"]["hi"]["rate"] >= 0.7 and rep["check"]["en"]["rate"] >= 0.7
+    assert metrics(run_dir, "base", 0, "forget")["metrics"]["target_rate"] >= 0.5
+    assert metrics(run_dir, "base", 0, "retain")["metrics"]["target_rate"] <= 0.2
+
+
+def test_html_report_builds(run_dir):
+    smk(run_dir, "--report", "report.html")
+    html = (run_dir / "report.html").read_text(errors="replace")
+    assert "target_rate.png" in html and len(html) > 10_000
+
+
+def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from the "Job stats" table of a dry run."""
+    lines = (res.stdout + res.stderr).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    jobs = {}
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def test_rerun_one_target_path_reruns_only_what_it_needs(run_dir):
+    target = f"results/{EXP}/prompt/seed0/mixed/metrics.json"
+    (run_dir / target).unlink()
+    assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"score": 1}
+    shutil.rmtree(run_dir / "results" / EXP / "prompt" / "seed0" / "mixed")
+    assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"evaluate": 1, "score": 1}
+    smk(run_dir)  # restore the full result set for the other tests
+
+
+def test_same_config_and_seed_give_identical_metrics(run_dir):
+    before = {s: metrics(run_dir, "base", 0, s) for s in SETS}
+    smk(run_dir, "--forcerun", "evaluate", "--", f"results/{EXP}/base/seed0/forget/metrics.json",
+        *[f"results/{EXP}/base/seed0/{s}/metrics.json" for s in SETS])
+    for s in SETS:
+        after = metrics(run_dir, "base", 0, s)
+        assert after["metrics"] == before[s]["metrics"], s
+        assert after["per_prompt"] == before[s]["per_prompt"], s
