@@ -3,6 +3,7 @@ schema cannot express. Light: no torch. Used by rules/common.smk and by the rule
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mmie.errors import ConfigError
@@ -78,6 +79,14 @@ def check(config: dict, workdir: str | Path = ".") -> None:
     for arm, spec in config["arms"].items():
         if spec["method"] == "prompt" and not spec.get("instruction"):
             raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")
+        if spec["method"] == "reft":
+            if not (spec.get("layers") or config["layers"]["force_layers"]):
+                raise ConfigError(f"arms.{arm}: a reft arm needs layers (arms.{arm}.layers or layers.force_layers)")
+            if spec.get("intervention", "loreft") == "loreft" and spec["train"]["weight_decay"] != 0:
+                raise ConfigError(f"arms.{arm}.train.weight_decay must be 0 for LoReFT: weight decay collapses its "
+                                  f"orthogonal rotation to zero after one AdamW step")
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arm):
+            raise ConfigError(f"arms.{arm}: arm names may use letters, digits and _ . + - only")
     if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":
         raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Decoding:
     max_new_tokens: int = 64
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -85,7 +86,8 @@ def generate(model, tokenizer, items: list[dict], decoding: Decoding, *, system:
     order = sorted(range(len(items)), key=lambda i: (len(encoded[i][0]), i))
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id
-    gen_kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
+    gen_kwargs = dict(max_new_tokens=decoding.max_new_tokens, min_new_tokens=decoding.min_new_tokens,
+                      do_sample=decoding.do_sample,
                       repetition_penalty=decoding.repetition_penalty, pad_token_id=pad, eos_token_id=eos)
     if decoding.no_repeat_ngram_size:
         gen_kwargs["no_repeat_ngram_size"] = decoding.no_repeat_ngram_size

@@ -165,7 +165,7 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
-             out_root: str, manifest_out: str) -> None:
+             out_root: str, manifest_out: str, checkpoint: str | None = None) -> None:
     """One (arm, seed) job: load the model once, then generate and score likelihoods for every set."""
     import torch
 
@@ -179,8 +179,8 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
-    model, tok = lm.model, lm.tokenizer
-    arm = arms.build(arm_name, config["arms"][arm_name], lm)
+    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint)
+    model, tok = arm.model, lm.tokenizer
     decoding = Decoding.from_config(config["generation"])
     ev = config["eval"]
     oom_log: list = []
@@ -229,6 +229,8 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                                        runtime=lm.runtime, rule="evaluate",
                                        inputs=[Path(sets_dir) / f"{s.name}.jsonl" for s in eval_sets(config)]),
     }
+    if checkpoint:
+        manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
     io.write_json(manifest_out, manifest)
 
 
@@ -254,3 +256,62 @@ def score(config: dict, arm_name: str, seed: int, set_name: str, generations: st
                                           "config_hash": evaluated["config_hash"],
                                           "oom_retries": man["oom_retries"]}}}
     io.write_json(out, result)
+
+
+# ----------------------------------------------------------------------------- train
+def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, out_dir: str) -> None:
+    """One (arm, seed) unlearning run; writes the checkpoint directory atomically (temp dir + rename):
+    adapter weights, manifest.json, train_log.csv."""
+    import shutil
+    import tempfile
+
+    import pandas as pd
+    import torch
+
+    from mmie import arms, unlearn
+    from mmie.models import load_model
+    from mmie.seeding import seed_everything
+
+    spec = arms.resolve_spec(config["arms"][arm_name])
+    tcfg = spec["train"]
+    torch.set_num_threads(config["resources"]["torch_threads"])
+    seed_everything(seed, config["deterministic"])
+    lm = load_model(config["model"], model_dir)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    tok = lm.tokenizer
+    data = Path(data_dir)
+
+    def enc(path: Path, limit: int | None = None) -> list[list[int]]:
+        rows = io.read_jsonl(path)[:limit]
+        seqs = [tok(r["text"], add_special_tokens=False)["input_ids"][:tcfg["max_length"]] for r in rows]
+        return [s for s in seqs if len(s) >= 2]
+
+    forget, retain = enc(data / "forget" / "train.jsonl"), enc(data / "retain" / "train.jsonl")
+    h_forget = enc(data / "forget" / "eval.jsonl", tcfg["heldout_items"])
+    h_retain = enc(data / "retain" / "eval.jsonl", tcfg["heldout_items"])
+    seed_everything(seed, config["deterministic"])  # adapter initialisation depends only on the seed
+    adapter = arms.create_adapter(config, spec, lm.model)
+    n_trainable = sum(p.numel() for p in adapter.parameters())
+    result = unlearn.train(adapter.model, adapter, tok.pad_token_id, forget, retain, h_forget, h_retain, tcfg,
+                           seed, desc=f"train {arm_name}/seed{seed}")
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        adapter.save(tmp)
+        io.write_csv(tmp / "train_log.csv", pd.DataFrame(result.log_rows))
+        io.write_json(tmp / "manifest.json", {
+            "arm": arm_name, "seed": seed, "method": spec["method"], "spec": spec,
+            "layers": getattr(adapter, "layers", None), "trainable_parameters": n_trainable,
+            "train_texts": {"forget": len(forget), "retain": len(retain)}, "summary": result.summary,
+            "provenance": provenance.build(config, {"arm": spec, "layers": config["layers"]}, seed=seed,
+                                           runtime=lm.runtime, rule=f"train_{spec['method']}",
+                                           inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"]),
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

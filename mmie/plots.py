@@ -29,6 +29,7 @@ def _bar(df: pd.DataFrame, metric: str, config: dict, ax, ylabel: str) -> None:
                 errorbar="sd", ax=ax)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("evaluation set")
+    ax.tick_params(axis="x", rotation=30)
 
 
 def target_rate(config: dict, inputs: dict):
@@ -105,7 +106,28 @@ def demo_training(config: dict, inputs: dict):
     return fig
 
 
-REGISTRY: dict[str, Callable] = {"target_rate": target_rate, "output_language": output_language,
+def training_curves(config: dict, inputs: dict):
+    """Per trained arm: forget loss, retain KL and held-out retain perplexity / forget NLL by step."""
+    frames = []
+    for ckpt in inputs["checkpoints"]:
+        man = io.read_json(f"{ckpt}/manifest.json")
+        df = pd.read_csv(f"{ckpt}/train_log.csv")
+        df["arm"], df["seed"] = man["arm"], man["seed"]
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    panels = [("forget_loss", "forget loss"), ("retain_kl", "retain KL to base"),
+              ("retain_ppl", "held-out retain perplexity"), ("forget_nll", "held-out forget NLL")]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        sub = df.dropna(subset=[col])
+        sns.lineplot(data=sub, x="step", y=col, hue="arm", units="seed", estimator=None, ax=ax, marker="." if
+                     col in ("retain_ppl", "forget_nll") else None)
+        ax.set_ylabel(label)
+    fig.suptitle("Unlearning training curves (one line per seed)")
+    return fig
+
+
+REGISTRY: dict[str, Callable] = {"training_curves": training_curves, "target_rate": target_rate, "output_language": output_language,
                                  "perplexity": perplexity, "lid_confusion": lid_confusion,
                                  "demo_training": demo_training}
 

@@ -16,6 +16,8 @@ SEEDS = [int(s) for s in config["seeds"]]
 SETS = mcfg.set_names(config)
 NEIGHBOURS = list(config["languages"]["neighbours"])
 SPLIT_FILES = [f"{R}/data/{role}/{part}.jsonl" for role in ("forget", "retain") for part in ("train", "eval", "holdout")]
+LORA_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "lora"]
+REFT_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "reft"]
 GPU_MEM = config["resources"]["gpu_mem_mb"]
 CPU_MEM = config["resources"]["cpu_mem_mb"]
 
@@ -46,6 +48,26 @@ def model_dir_param(wildcards=None):
     return model_dir() or None
 
 
+def arm_regex(arms):
+    # a pattern that matches nothing when the list is empty
+    return "|".join(re.escape(a) for a in arms) or "(?!x)x"
+
+
+def checkpoint_dir(wildcards):
+    """The checkpoint an (arm, seed) evaluation loads; none for untrained arms."""
+    if config["arms"][wildcards.arm]["method"] in ("lora", "reft"):
+        return f"{R}/checkpoints/{wildcards.arm}/seed{wildcards.seed}"
+    return []
+
+
+def checkpoint_param(wildcards):
+    return checkpoint_dir(wildcards) or None
+
+
+def train_logs(wildcards=None):
+    return expand(f"{R}/checkpoints/{{arm}}/seed{{seed}}", arm=LORA_ARMS + REFT_ARMS, seed=SEEDS)
+
+
 def eval_set_files(wildcards=None):
     return [f"{R}/data/eval_sets/{s}.jsonl" for s in SETS]
 
@@ -63,7 +85,7 @@ def final_outputs():
 
 PLOTS = ["target_rate", "output_language", "perplexity", "lid_confusion"] + (
     ["demo_training"] if config["model"]["source"] == "demo" else []
-)
+) + (["training_curves"] if LORA_ARMS + REFT_ARMS else [])
 
 
 def plot_inputs(wildcards):

@@ -4,6 +4,7 @@ rule evaluate:
     input:
         model=model_dir,
         eval_sets=eval_set_files,
+        checkpoint=checkpoint_dir,
     output:
         generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
@@ -19,6 +20,7 @@ rule evaluate:
         sets_dir=f"{R}/data/eval_sets",
         out_root=f"{R}/{{arm}}/seed{{seed}}",
         model_dir=model_dir_param,
+        checkpoint=checkpoint_param,
     script:
         "../scripts/evaluate.py"
 

@@ -79,3 +79,22 @@ rule plot_demo_training:
         mem_mb=CPU_MEM,
     script:
         "../scripts/plot_demo_training.py"
+
+
+rule plot_training_curves:
+    input:
+        checkpoints=train_logs,
+    output:
+        report(
+            f"{R}/plots/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Trained arms",
+        ),
+    log:
+        f"{R}/logs/plot_training_curves.log",
+    benchmark:
+        f"{R}/benchmarks/plot_training_curves.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    script:
+        "../scripts/plot_training_curves.py"

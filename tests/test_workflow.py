@@ -28,6 +28,8 @@ def reduced_config(workdir: Path) -> Path:
     cfg["eval"] = {"max_prompts": 6}
     cfg["generation"]["max_new_tokens"] = 12
     cfg["demo_model"] = {"check": {"prompts": 12}}
+    for arm in ("lora", "reft"):
+        cfg["arms"][arm]["train"].update(max_steps=6, eval_every=3)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return path
@@ -62,7 +64,7 @@ def test_lint_is_clean():
 
 def test_every_contract_output_exists_with_provenance(run_dir):
     r = run_dir / "results" / EXP
-    for arm in ("base", "prompt"):
+    for arm in ("base", "prompt", "lora", "reft"):
         for s in SETS:
             m = metrics(run_dir, arm, 0, s)
             assert m["arm"] == arm and m["set"] == s and m["metrics"]["target_rate"] >= 0
@@ -120,6 +122,25 @@ def test_rerun_one_target_path_reruns_only_what_it_needs(run_dir):
     shutil.rmtree(run_dir / "results" / EXP / "prompt" / "seed0" / "mixed")
     assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"evaluate": 1, "score": 1}
     smk(run_dir)  # restore the full result set for the other tests
+
+
+def test_deleting_a_checkpoint_reruns_exactly_that_seeds_training_and_evaluation(run_dir):
+    ckpt = run_dir / "results" / EXP / "checkpoints" / "lora" / "seed0"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["arm"] == "lora" and manifest["seed"] == 0 and manifest["summary"]["tokens_per_second"] > 0
+    assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "train_log.csv").is_file()
+    shutil.rmtree(ckpt)
+    target = f"results/{EXP}/lora/seed0/forget/metrics.json"
+    assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"train_lora": 1, "evaluate": 1, "score": 1}
+    smk(run_dir)
+    assert (ckpt / "manifest.json").is_file()
+
+
+def test_trained_arms_record_their_checkpoint(run_dir):
+    for arm in ("lora", "reft"):
+        man = json.loads((run_dir / "results" / EXP / arm / "seed0" / "evaluate.json").read_text())
+        assert man["checkpoint"]["kept_step"] >= 0 and man["arm_details"]["checkpoint"].endswith(f"{arm}/seed0")
+    assert (run_dir / "results" / EXP / "plots" / "training_curves.png").is_file()
 
 
 def test_same_config_and_seed_give_identical_metrics(run_dir):

@@ -1,0 +1,82 @@
+"""LoRA arm (METHOD §6) with peft: trained with an unlearning objective, saved with peft's own API,
+loaded with ``PeftModel.from_pretrained`` and verified key by key and value by value (the old
+script saved adapters that then loaded nothing)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from mmie.errors import ModelError
+
+WEIGHTS = "adapter_model.safetensors"
+
+
+class LoraAdapter:
+    method = "lora"
+
+    def __init__(self, peft_model) -> None:
+        self.model = peft_model
+
+    @classmethod
+    def create(cls, model, spec: dict) -> "LoraAdapter":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
+                         target_modules=list(spec["targets"]), bias="none", task_type="CAUSAL_LM")
+        return cls(get_peft_model(model, cfg))
+
+    def parameters(self):
+        return [p for n, p in self.model.named_parameters() if "lora_" in n]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        yield
+
+    def reference(self):
+        """The base model: the same weights with the adapter disabled."""
+        return self.model.disable_adapter()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        res = set_peft_model_state_dict(self.model, state)
+        if res.unexpected_keys:
+            raise ModelError(f"LoRA state has unexpected keys: {sorted(res.unexpected_keys)[:5]}")
+
+    def save(self, out_dir: str | Path) -> None:
+        self.model.save_pretrained(str(out_dir))
+        if not (Path(out_dir) / WEIGHTS).is_file():
+            raise ModelError(f"peft did not write {WEIGHTS} into {out_dir}")
+
+    @classmethod
+    def load(cls, model, ckpt_dir: str | Path) -> "LoraAdapter":
+        """Load strictly: every saved tensor must land in the model, and every adapter tensor of the
+        model must come from the file, with identical values."""
+        from peft import PeftModel, get_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(ckpt_dir)
+        if not (path / WEIGHTS).is_file():
+            raise ModelError(f"no LoRA weights in {path} (expected {WEIGHTS}); rerun its train rule")
+        saved = load_file(str(path / WEIGHTS))
+        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        loaded = get_peft_model_state_dict(peft_model)
+        missing = sorted(set(saved) - set(loaded))
+        unexpected = sorted(set(loaded) - set(saved))
+        if missing or unexpected:
+            raise ModelError(f"LoRA checkpoint {path} does not match the model: keys in the file but not the "
+                             f"model {missing[:5]}, keys of the model not in the file {unexpected[:5]}")
+        for k, v in saved.items():
+            if not torch.equal(loaded[k].detach().cpu(), v.cpu()):
+                raise ModelError(f"LoRA checkpoint {path}: tensor {k} did not load (values differ)")
+        peft_model.eval()
+        return cls(peft_model)

@@ -1,0 +1,120 @@
+"""ReFT arm (METHOD §6): pyreft interventions (LoReFT by default) on the residual stream after the
+selected layers, applied at every position through mmie's own hook context manager, so batched
+generation and likelihoods work exactly as for every other arm. Saved as safetensors plus a config,
+loaded strictly.
+
+pyreft's LoReFT rotation is an orthogonal parametrization: AdamW weight decay turns it into a zero
+matrix after one step (the intervention then does nothing), so ``weight_decay`` must be 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mmie.errors import ConfigError, ModelError
+from mmie.hooks import check_layers, edit_layer_outputs, to_hidden
+
+WEIGHTS = "reft_weights.safetensors"
+CONFIG = "reft_config.json"
+
+
+def intervention_class(kind: str):
+    import pyreft
+
+    classes = {"loreft": pyreft.LoreftIntervention, "noreft": pyreft.NoreftIntervention}
+    if kind not in classes:
+        raise ConfigError(f"ReFT intervention {kind!r} is not one of {sorted(classes)}")
+    return classes[kind]
+
+
+class ReftAdapter:
+    method = "reft"
+
+    def __init__(self, model, layers: list[int], rank: int, kind: str) -> None:
+        check_layers(model, layers)
+        self.model = model
+        self.layers = list(layers)
+        self.rank, self.kind = rank, kind
+        cls = intervention_class(kind)
+        hidden = model.config.hidden_size
+        extra = {"add_bias": True} if kind == "noreft" else {}
+        self.interventions = torch.nn.ModuleDict({
+            str(layer): cls(embed_dim=hidden, low_rank_dimension=rank, dtype=torch.float32, **extra)
+            for layer in self.layers})
+        self.interventions.to(next(model.parameters()).device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def create(cls, model, spec: dict, layers: list[int]) -> "ReftAdapter":
+        if spec["intervention"] == "loreft" and spec["train"]["weight_decay"] != 0:
+            raise ConfigError("ReFT with LoReFT needs train.weight_decay: 0 (weight decay collapses its orthogonal "
+                              "rotation to zero after one AdamW step)")
+        return cls(model, layers, spec["rank"], spec["intervention"])
+
+    def parameters(self):
+        return list(self.interventions.parameters())
+
+    def _edit(self, layer: int):
+        module = self.interventions[str(layer)]
+
+        def fn(hidden: torch.Tensor) -> torch.Tensor:
+            to_hidden(module, hidden)
+            return module(hidden.float()).to(hidden.dtype)
+        return fn
+
+    def active(self):
+        return edit_layer_outputs(self.model, {layer: self._edit(layer) for layer in self.layers})
+
+    def reference(self):
+        """The base model: no hook is attached outside ``active()``."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"layer{layer}.{k}": v.detach().clone().contiguous()
+                for layer in self.layers for k, v in self.interventions[str(layer)].state_dict().items()}
+
+    def expected_keys(self) -> set[str]:
+        return set(self.state_dict())
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.expected_keys()
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ModelError(f"ReFT state does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for layer in self.layers:
+            prefix = f"layer{layer}."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            self.interventions[str(layer)].load_state_dict(sub)
+        self.interventions.to(next(self.model.parameters()).device)
+        for k, v in self.state_dict().items():
+            if not torch.allclose(v.cpu(), state[k].cpu(), atol=1e-6):
+                raise ModelError(f"ReFT tensor {k} did not load (values differ)")
+
+    def save(self, out_dir: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        save_file(self.state_dict(), str(out / WEIGHTS))
+        (out / CONFIG).write_text(json.dumps({"layers": self.layers, "rank": self.rank, "intervention": self.kind,
+                                              "embed_dim": self.model.config.hidden_size}, indent=2))
+
+    @classmethod
+    def load(cls, model, ckpt_dir: str | Path) -> "ReftAdapter":
+        from safetensors.torch import load_file
+
+        path = Path(ckpt_dir)
+        if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+            raise ModelError(f"no ReFT checkpoint in {path} (expected {WEIGHTS} and {CONFIG}); rerun its train rule")
+        cfg = json.loads((path / CONFIG).read_text())
+        if cfg["embed_dim"] != model.config.hidden_size:
+            raise ModelError(f"ReFT checkpoint {path} was trained for hidden size {cfg['embed_dim']}, "
+                             f"the model has {model.config.hidden_size}")
+        adapter = cls(model, cfg["layers"], cfg["rank"], cfg["intervention"])
+        adapter.load_state_dict(load_file(str(path / WEIGHTS)))
+        adapter.interventions.eval()
+        return adapter

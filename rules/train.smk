@@ -1,0 +1,45 @@
+# Trained arms: one job per (arm, seed), each writing its own checkpoint directory (never shared
+# between seeds). Deleting a checkpoint and asking for one of its metric files reruns exactly that
+# seed's training and evaluation.
+rule train_lora:
+    input:
+        model=model_dir,
+        splits=SPLIT_FILES,
+    output:
+        directory(f"{R}/checkpoints/{{arm}}/seed{{seed}}"),
+    wildcard_constraints:
+        arm=arm_regex(LORA_ARMS),
+    log:
+        f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=GPU_MEM,
+        gpu=1,
+    params:
+        model_dir=model_dir_param,
+    script:
+        "../scripts/train_adapter.py"
+
+
+rule train_reft:
+    input:
+        model=model_dir,
+        splits=SPLIT_FILES,
+    output:
+        directory(f"{R}/checkpoints/{{arm}}/seed{{seed}}"),
+    wildcard_constraints:
+        arm=arm_regex(REFT_ARMS),
+    log:
+        f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=GPU_MEM,
+        gpu=1,
+    params:
+        model_dir=model_dir_param,
+    script:
+        "../scripts/train_adapter.py"

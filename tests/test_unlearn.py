@@ -1,0 +1,170 @@
+"""Trained arms (issue: LoRA / ReFT): objectives, hygiene, strict checkpoints, hooks."""
+import copy
+
+import pytest
+import torch
+
+from mmie import unlearn
+from mmie.arms.lora import LoraAdapter
+from mmie.arms.reft import ReftAdapter
+from mmie.errors import ConfigError, ModelError
+from mmie.hooks import hook_count
+
+TRAIN = {"objective": "npo", "beta": 0.1, "bound": 10.0, "retain_kl": 1.0, "retain_nll": 0.0, "lr": 5e-3,
+         "weight_decay": 0.0, "max_steps": 12, "warmup_steps": 2, "batch_size": 4, "grad_clip": 1.0,
+         "eval_every": 4, "max_retain_ppl_ratio": 50.0, "max_length": 32, "heldout_items": 8}
+
+
+@pytest.fixture()
+def fresh(tiny_lm):
+    model, tok = tiny_lm
+    return copy.deepcopy(model).eval(), tok
+
+
+def seqs(tok, texts):
+    return [tok(t, add_special_tokens=False)["input_ids"][:32] for t in texts]
+
+
+@pytest.fixture()
+def data(tiny_lm, demo_texts):
+    _, tok = tiny_lm
+    return {"forget": seqs(tok, demo_texts["hi"][:40]), "retain": seqs(tok, demo_texts["en"][:40]),
+            "h_forget": seqs(tok, demo_texts["hi"][200:208]), "h_retain": seqs(tok, demo_texts["en"][200:208])}
+
+
+def logits(model, tok, text="मेरा नाम राज है and the weather"):
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        return model(**ids).logits.clone()
+
+
+def test_losses_are_token_averaged_and_ignore_padding(fresh):
+    model, tok = fresh
+    a, b = [5, 6, 7, 8, 9], [10, 11, 12]
+    ids1, m1 = unlearn.pad_batch([a], tok.pad_token_id, "cpu")
+    ids2, m2 = unlearn.pad_batch([a, a + [3] * 0], tok.pad_token_id, "cpu")
+    ids3, m3 = unlearn.pad_batch([b, a], tok.pad_token_id, "cpu")   # b is padded to a's length
+    with torch.no_grad():
+        lp1, v1 = unlearn.token_logprobs(model(input_ids=ids1, attention_mask=m1).logits, ids1, m1)
+        lp3, v3 = unlearn.token_logprobs(model(input_ids=ids3, attention_mask=m3).logits, ids3, m3)
+        lp2, v2 = unlearn.token_logprobs(model(input_ids=ids2, attention_mask=m2).logits, ids2, m2)
+    assert v3[0].sum() == len(b) - 1 and v3[1].sum() == len(a) - 1
+    # the padded positions of b contribute nothing: row 1 of the mixed batch equals a alone
+    assert torch.allclose(unlearn.masked_mean(lp3[1:], v3[1:]), unlearn.masked_mean(lp1, v1), atol=1e-5)
+    for kind in ("ga", "bounded", "npo"):
+        l1 = unlearn.forget_loss(kind, lp1, v1, lp1.detach() - 0.1, 0.1, 10.0)
+        l2 = unlearn.forget_loss(kind, lp2, v2, lp2.detach() - 0.1, 0.1, 10.0)
+        assert torch.allclose(l1, l2, atol=1e-5), kind
+    with torch.no_grad():
+        lg = model(input_ids=ids3, attention_mask=m3).logits
+    assert float(unlearn.kl_to_reference(lg, lg, m3)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_npo_at_reference_equals_its_known_value():
+    lp = torch.full((2, 4), -2.0)
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    # ratio 0: -(2/beta) log sigmoid(0) = (2/beta) log 2
+    assert float(unlearn.forget_loss("npo", lp, valid, lp.clone(), 0.1, 10.0)) == pytest.approx(20 * 0.693147, rel=1e-5)
+    assert float(unlearn.forget_loss("ga", lp, valid, None, 0.1, 10.0)) == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("method", ["lora", "reft"])
+def test_training_raises_forget_loss_and_leaves_the_base_untouched(fresh, data, method):
+    model, tok = fresh
+    before = logits(model, tok)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    adapter = (LoraAdapter.create(model, {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]})
+               if method == "lora" else ReftAdapter(model, [1], 2, "loreft"))
+    res = unlearn.train(adapter.model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                        data["h_retain"], {**TRAIN, "objective": "ga", "lr": 5e-2}, seed=0)
+    evals = [r for r in res.log_rows if "forget_nll" in r]
+    assert evals[-1]["forget_nll"] > evals[0]["forget_nll"] + 0.05       # forgetting goes the intended way
+    with adapter.reference():
+        assert torch.allclose(logits(adapter.model, tok), before, atol=1e-5)  # the frozen reference
+    base_now = adapter.model.get_base_model().state_dict() if method == "lora" else model.state_dict()
+    for k, v in weights.items():
+        if k in base_now:
+            assert torch.equal(base_now[k], v), k
+    assert res.summary["tokens_per_second"] > 0
+
+
+def test_lora_save_load_round_trip_and_strictness(fresh, data, tmp_path, tiny_lm):
+    model, tok = fresh
+    torch.manual_seed(1)
+    adapter = LoraAdapter.create(model, {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]})
+    unlearn.train(adapter.model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                  data["h_retain"], {**TRAIN, "max_steps": 4}, seed=0)
+    trained = logits(adapter.model, tok)
+    adapter.save(tmp_path)
+    again = LoraAdapter.load(copy.deepcopy(tiny_lm[0]).eval(), tmp_path)
+    assert torch.allclose(logits(again.model, tok), trained, atol=1e-6)
+    assert not torch.allclose(trained, logits(tiny_lm[0], tok), atol=1e-4)   # the adapter does something
+    # a checkpoint with a renamed tensor is refused
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tmp_path / "adapter_model.safetensors"))
+    key = next(iter(sd))
+    sd[key.replace("q_proj", "k_proj")] = sd.pop(key)
+    save_file(sd, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(ModelError, match="does not match"):
+        LoraAdapter.load(copy.deepcopy(tiny_lm[0]).eval(), tmp_path)
+
+
+def test_reft_save_load_round_trip(fresh, data, tmp_path, tiny_lm):
+    model, tok = fresh
+    torch.manual_seed(2)
+    adapter = ReftAdapter(model, [0, 1], 2, "loreft")
+    unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                  data["h_retain"], {**TRAIN, "max_steps": 4}, seed=0)
+    with adapter.active():
+        trained = logits(model, tok)
+    adapter.save(tmp_path)
+    fresh_model = copy.deepcopy(tiny_lm[0]).eval()
+    again = ReftAdapter.load(fresh_model, tmp_path)
+    with again.active():
+        assert torch.allclose(logits(fresh_model, tok), trained, atol=1e-5)
+    assert not torch.allclose(trained, logits(fresh_model, tok), atol=1e-4)
+    # the rotation stayed orthogonal (no weight-decay collapse)
+    r = again.interventions["0"].rotate_layer.weight
+    assert torch.allclose(r.T @ r, torch.eye(r.shape[1]), atol=1e-4)
+
+
+def test_reft_rejects_weight_decay_and_bad_layers(fresh):
+    model, _ = fresh
+    with pytest.raises(ConfigError, match="weight_decay"):
+        ReftAdapter.create(model, {"intervention": "loreft", "rank": 2, "train": {"weight_decay": 0.01}}, [0])
+    with pytest.raises(ConfigError, match="do not exist"):
+        ReftAdapter(model, [7], 2, "loreft")
+
+
+def test_reft_hooks_are_removed_when_an_exception_is_raised(fresh):
+    model, tok = fresh
+    clean = logits(model, tok)
+    adapter = ReftAdapter(model, [0, 1], 2, "loreft")
+    with pytest.raises(RuntimeError, match="boom"):
+        with adapter.active():
+            assert hook_count(model) == 2
+            raise RuntimeError("boom")
+    assert hook_count(model) == 0
+    assert torch.allclose(logits(model, tok), clean)
+
+
+def test_nan_guard_stops_with_the_step_and_writes_no_checkpoint(fresh, data, monkeypatch, tmp_path):
+    model, tok = fresh
+    adapter = ReftAdapter(model, [0], 2, "loreft")
+    real_forward = model.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] >= 5:    # two grad-enabled forwards per step: step 3 is poisoned
+                out.logits = out.logits * float("nan")
+        return out
+
+    monkeypatch.setattr(model, "forward", poisoned)
+    with pytest.raises(unlearn.NonFiniteError, match="step 3"):
+        unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                      data["h_retain"], TRAIN, seed=0)
