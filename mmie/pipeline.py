@@ -47,8 +47,8 @@ def data_report(config: dict, prepare_report: str, data_dir: str, model_dir: str
         share = sum(n > max_len for n in lengths) / len(lengths) if lengths else 0.0
         tokens[key] = {"histogram": histogram(lengths), "truncated_at_max_length": sum(n > max_len for n in lengths),
                        "truncation_rate": share}
-        if share > warn:
-            log.warning("%s: %.1f%% of texts are longer than data.max_length=%d tokens", key, 100 * share, max_len)
+        warn_truncation(key, sum(n > max_len for n in lengths), len(lengths), warn,
+                        f"texts (longer than data.max_length={max_len} tokens)")
     report["tokens"] = {"max_length": max_len, "by_file": tokens}
     report["provenance_tokens"] = provenance.build(config, section(config, "data", "model"), rule="data_report")
     io.write_json(out, report)
@@ -163,6 +163,13 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
                            "or add data.")
 
 
+def warn_truncation(name: str, truncated: int, total: int, limit: float, what: str) -> None:
+    """Log a warning when more than ``limit`` of a set's prompts or texts were truncated."""
+    if total and truncated / total > limit:
+        log.warning("%s: %.1f%% of %s were truncated (%d of %d; warning threshold data.truncation_warn_share=%s)",
+                    name, 100 * truncated / total, what, truncated, total, limit)
+
+
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
              out_root: str, manifest_out: str, checkpoint: str | None = None) -> None:
@@ -215,6 +222,10 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                 s = by_id[it["id"]]
                 row.update(reference=it["text"], ref_nll=s["nll"], ref_tokens=s["tokens"], ref_truncated=s["truncated"])
             rows.append(row)
+        limit = config["data"]["truncation_warn_share"]
+        warn_truncation(info.name, sum(r["prompt_truncated"] for r in rows), len(rows), limit, "prompts")
+        warn_truncation(info.name, sum(bool(r.get("ref_truncated")) for r in rows), len(rows), limit,
+                        "reference texts")
         io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
         timings[info.name] = round(time.time() - t_set, 2)
         del gens, rows

@@ -1,8 +1,11 @@
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,3 +48,64 @@ def tiny_lm(demo_texts):
     cfg = {"hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate_size": 64, "max_position": 128}
     model = build_model(cfg, tok).eval()
     return model, tok
+
+
+# ----------------------------------------------------------------------------- the reduced workflow
+SENTINEL = "sentinel-key-3f9c2a"
+SENTINEL_ENV = {"GEMINI_API_KEY": SENTINEL, "GOOGLE_API_KEY": SENTINEL}
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+EXP = "t"
+SETS = ["forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn"]
+
+
+def reduced_config(workdir: Path) -> Path:
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["experiment"] = EXP
+    cfg["seeds"] = [0]
+    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check"):
+        cfg["data"][key] = str(ROOT / cfg["data"][key])
+    cfg["data"]["neighbours"] = {k: str(ROOT / v) for k, v in cfg["data"]["neighbours"].items()}
+    cfg["eval"] = {"max_prompts": 6}
+    cfg["generation"]["max_new_tokens"] = 12
+    cfg["demo_model"] = {"check": {"prompts": 12}}
+    for arm in ("lora", "reft"):
+        cfg["arms"][arm]["train"].update(max_steps=6, eval_every=3)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return path
+
+
+def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
+                       str(workdir / "config.yaml"), "--cores", "2", *args]
+    env = {**os.environ, **SENTINEL_ENV}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return res
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """The reduced demo, run once per session from a path with a space and an apostrophe, with a
+    sentinel API key in the environment (it must never reach an output)."""
+    workdir = tmp_path_factory.mktemp("wf") / "my run's dir"
+    workdir.mkdir()
+    reduced_config(workdir)
+    smk(workdir)
+    return workdir
+
+
+def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from the "Job stats" table of a dry run."""
+    lines = (res.stdout + res.stderr).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    jobs = {}
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+

@@ -168,3 +168,20 @@ def test_nan_guard_stops_with_the_step_and_writes_no_checkpoint(fresh, data, mon
     with pytest.raises(unlearn.NonFiniteError, match="step 3"):
         unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
                       data["h_retain"], TRAIN, seed=0)
+
+
+def _train_lora(tiny_lm, data, seed):
+    from mmie.seeding import seed_everything
+
+    model = copy.deepcopy(tiny_lm[0]).eval()
+    seed_everything(seed)
+    adapter = LoraAdapter.create(model, {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]})
+    unlearn.train(adapter.model, adapter, tiny_lm[1].pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                  data["h_retain"], {**TRAIN, "max_steps": 4}, seed=seed)
+    return adapter.state_dict()
+
+
+def test_same_seed_same_adapter_different_seed_different_run(tiny_lm, data):
+    a, b, c = _train_lora(tiny_lm, data, 0), _train_lora(tiny_lm, data, 0), _train_lora(tiny_lm, data, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)

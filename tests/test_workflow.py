@@ -4,55 +4,13 @@ Runs from a directory whose path contains a space and an apostrophe (reliability
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT
+from conftest import EXP, ROOT, SETS, SNAKEMAKE, planned_jobs, smk
 
 pytestmark = pytest.mark.slow
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-EXP = "t"
-SETS = ["forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn"]
-
-
-def reduced_config(workdir: Path) -> Path:
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg["experiment"] = EXP
-    cfg["seeds"] = [0]
-    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check"):
-        cfg["data"][key] = str(ROOT / cfg["data"][key])
-    cfg["data"]["neighbours"] = {k: str(ROOT / v) for k, v in cfg["data"]["neighbours"].items()}
-    cfg["eval"] = {"max_prompts": 6}
-    cfg["generation"]["max_new_tokens"] = 12
-    cfg["demo_model"] = {"check": {"prompts": 12}}
-    for arm in ("lora", "reft"):
-        cfg["arms"][arm]["train"].update(max_steps=6, eval_every=3)
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    return path
-
-
-def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
-                       str(workdir / "config.yaml"), "--cores", "2", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
-    return res
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("wf") / "my run's dir"
-    workdir.mkdir()
-    reduced_config(workdir)
-    smk(workdir)
-    return workdir
-
-
 def metrics(run_dir: Path, arm: str, seed: int, set_name: str) -> dict:
     return json.loads((run_dir / "results" / EXP / arm / f"seed{seed}" / set_name / "metrics.json").read_text())
 
@@ -102,37 +60,30 @@ def test_html_report_builds(run_dir):
     assert "target_rate.png" in html and len(html) > 10_000
 
 
-def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule -> job count from the "Job stats" table of a dry run."""
-    lines = (res.stdout + res.stderr).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
-    jobs = {}
-    for line in lines[start + 3:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
 def test_rerun_one_target_path_reruns_only_what_it_needs(run_dir):
     target = f"results/{EXP}/prompt/seed0/mixed/metrics.json"
     (run_dir / target).unlink()
     assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"score": 1}
     shutil.rmtree(run_dir / "results" / EXP / "prompt" / "seed0" / "mixed")
     assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"evaluate": 1, "score": 1}
-    smk(run_dir)  # restore the full result set for the other tests
+    smk(run_dir, "--", *[f"results/{EXP}/prompt/seed0/{s}/metrics.json" for s in SETS])  # restore
 
 
-def test_deleting_a_checkpoint_reruns_exactly_that_seeds_training_and_evaluation(run_dir):
+def test_retraining_one_seed_by_target_path_reruns_exactly_that_seed(run_dir):
     ckpt = run_dir / "results" / EXP / "checkpoints" / "lora" / "seed0"
     manifest = json.loads((ckpt / "manifest.json").read_text())
     assert manifest["arm"] == "lora" and manifest["seed"] == 0 and manifest["summary"]["tokens_per_second"] > 0
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "train_log.csv").is_file()
-    shutil.rmtree(ckpt)
     target = f"results/{EXP}/lora/seed0/forget/metrics.json"
-    assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"train_lora": 1, "evaluate": 1, "score": 1}
-    smk(run_dir)
+    expected = {"train_lora": 1, "evaluate": 1, "score": 1}
+    # (a) force the training rule for just this target
+    assert planned_jobs(smk(run_dir, "-n", "--forcerun", "train_lora", "--", target)) == expected
+    # (b) delete the seed's checkpoint and its results (Snakemake never reruns a job whose outputs
+    # exist because an upstream file was deleted, so the results go too)
+    shutil.rmtree(ckpt)
+    shutil.rmtree(run_dir / "results" / EXP / "lora" / "seed0")
+    assert planned_jobs(smk(run_dir, "-n", "--", target)) == expected
+    smk(run_dir, "--", *[f"results/{EXP}/lora/seed0/{s}/metrics.json" for s in SETS])  # restore
     assert (ckpt / "manifest.json").is_file()
 
 
