@@ -146,8 +146,8 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
         l_rnll = -masked_mean(r_lp, r_valid)
         loss = l_forget + cfg["retain_kl"] * l_kl + cfg["retain_nll"] * l_rnll
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"{desc}: non-finite loss at step {step} (forget {float(l_forget)}, "
-                                 f"KL {float(l_kl)}, retain NLL {float(l_rnll)}); no checkpoint was written. "
+            raise NonFiniteError(f"{desc}: non-finite loss at step {step} (forget {l_forget.item()}, "
+                                 f"KL {l_kl.item()}, retain NLL {l_rnll.item()}); no checkpoint was written. "
                                  f"Lower the learning rate or use the 'bounded' objective.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
