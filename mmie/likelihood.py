@@ -67,3 +67,80 @@ def perplexity(nll_sum: float, tokens: int) -> float:
     if tokens <= 0:
         raise ValueError("perplexity of zero tokens is undefined")
     return math.exp(nll_sum / tokens)
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if s:
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list[int]], *, batch_size: int = 16,
+             max_length: int = 256, desc: str = "token KL") -> list[dict]:
+    """Per item: Σ over the target's predicted tokens of KL(p_base ‖ p_arm) and the token count.
+
+    The base distribution is the model with the arm switched off and no context; the arm's is the
+    model with the arm on and the arm's context (its instruction, if any) in front of the text."""
+    import torch
+
+    device = next(model.parameters()).device
+    targets = [t[:max(2, max_length - len(arm_context))] for t in targets]
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(targets), batch_size), desc=desc, unit="batch", mininterval=2.0):
+            batch = targets[start:start + batch_size]
+            ids, mask = _right_pad(batch, pad_id, device)
+            with arm.reference():
+                ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            ctx_ids, ctx_mask = _right_pad([arm_context + t for t in batch], pad_id, device)
+            with arm.active():
+                cur = torch.log_softmax(model(input_ids=ctx_ids, attention_mask=ctx_mask).logits.float(), dim=-1)
+            c = len(arm_context)
+            for r, t in enumerate(batch):
+                n = len(t) - 1  # positions that predict t[1:]
+                if n <= 0:
+                    out.append({"kl": 0.0, "tokens": 0})
+                    continue
+                p_ref = ref[r, :n]
+                p_cur = cur[r, c:c + n]
+                kl = (p_ref.exp() * (p_ref - p_cur)).sum(-1).clamp(min=0).sum()
+                if not torch.isfinite(kl):
+                    raise FloatingPointError(f"{desc}: non-finite KL for item {start + r}")
+                out.append({"kl": float(kl), "tokens": n})
+    return out
+
+
+def mia_scores(model, pad_id: int, seqs: list[list[int]], *, k: float = 0.2, batch_size: int = 16,
+               desc: str = "MIA") -> list[dict]:
+    """Per sequence: the loss score (−mean NLL) and the Min-K%++ score (mean of the lowest ``k``
+    fraction of per-token (log p(x_t) − μ_t)/σ_t, with μ_t, σ_t the mean and standard deviation of
+    log p under the model's next-token distribution). Higher = more member-like."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(seqs), batch_size), desc=desc, unit="batch", mininterval=2.0):
+            batch = seqs[start:start + batch_size]
+            ids, mask = _right_pad(batch, pad_id, device)
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)[:, :-1]
+            tok = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            sigma = ((p * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=1e-12).sqrt()
+            z = (tok - mu) / sigma
+            for r, s in enumerate(batch):
+                n = len(s) - 1
+                if n <= 0:
+                    raise ValueError(f"{desc}: sequence {start + r} is too short for a membership score")
+                zr, tr = z[r, :n], tok[r, :n]
+                kk = max(1, int(round(k * n)))
+                out.append({"loss_score": float(tr.mean()), "mink_pp": float(zr.sort().values[:kk].mean())})
+    return out

@@ -172,13 +172,13 @@ def warn_truncation(name: str, truncated: int, total: int, limit: float, what: s
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
-             out_root: str, manifest_out: str, checkpoint: str | None = None) -> None:
+             out_root: str, manifest_out: str, checkpoint: str | None = None, mia_out: str | None = None) -> None:
     """One (arm, seed) job: load the model once, then generate and score likelihoods for every set."""
     import torch
 
     from mmie import arms
     from mmie.generation import Decoding, encode_prompt, generate
-    from mmie.likelihood import score_sequences
+    from mmie.likelihood import kl_items, mia_scores, score_sequences
     from mmie.models import load_model
     from mmie.seeding import seed_everything
 
@@ -208,6 +208,13 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                     [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
                     batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=f"ppl {info.name}")
                 by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
+                if info.kind == "retain":
+                    # token KL to base on retain texts (reference and arm passes in one place)
+                    kls = kl_items(model, arm, tok.pad_token_id, ctx,
+                                   [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
+                                   batch_size=ev["score_batch_size"], max_length=ev["max_length"])
+                    for it, k in zip(refs, kls, strict=True):
+                        by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
         with arm.reference():
             # fluency of the outputs under the base model, conditioned on the raw prompt (no instruction)
             contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
@@ -221,6 +228,8 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
             if it.get("text"):
                 s = by_id[it["id"]]
                 row.update(reference=it["text"], ref_nll=s["nll"], ref_tokens=s["tokens"], ref_truncated=s["truncated"])
+                if "kl" in s:
+                    row.update(kl=s["kl"], kl_tokens=s["kl_tokens"])
             rows.append(row)
         limit = config["data"]["truncation_warn_share"]
         warn_truncation(info.name, sum(r["prompt_truncated"] for r in rows), len(rows), limit, "prompts")
@@ -232,6 +241,17 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if mia_out:
+        # membership inference: forget/train (members, seen by the base model's training when it is
+        # the demo model) vs forget/holdout (never seen) — same language, so it measures memorisation
+        data_root = Path(sets_dir).parent
+        n = ev["mia_max_items"]
+        rows = [(r, 1) for r in io.read_jsonl(data_root / "forget" / "train.jsonl")[:n]] + \
+               [(r, 0) for r in io.read_jsonl(data_root / "forget" / "holdout.jsonl")[:n]]
+        seqs = [tok(r["text"], add_special_tokens=False)["input_ids"][:ev["max_length"]] for r, _ in rows]
+        with arm.active():
+            scores = mia_scores(model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"])
+        io.write_jsonl(mia_out, ({"id": r["id"], "member": m, **s} for (r, m), s in zip(rows, scores, strict=True)))
     manifest = {
         "arm": arm_name, "seed": seed, "arm_details": {"method": arm.method, **arm.details},
         "decoding": decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
@@ -247,7 +267,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
 
 # ----------------------------------------------------------------------------- score
 def score(config: dict, arm_name: str, seed: int, set_name: str, generations: str, manifest: str,
-          lid_detector: str, out: str) -> None:
+          lid_detector: str, out: str, mia: str | None = None) -> None:
     """Metrics of one (arm, seed, set) from stored generations: no model, no torch."""
     from mmie.lid import load_lid
     from mmie.metrics.sets import compute_set_metrics
@@ -257,6 +277,15 @@ def score(config: dict, arm_name: str, seed: int, set_name: str, generations: st
     lid = load_lid(config["lid"], config["languages"], lid_detector)
     result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
                                  romanization_scheme=config["lid"]["romanization"])
+    if mia:
+        from mmie.metrics.text import auc
+
+        rows = io.read_jsonl(mia)
+        mem = [r for r in rows if r["member"] == 1]
+        non = [r for r in rows if r["member"] == 0]
+        result["metrics"]["mia_auc"] = auc([r["mink_pp"] for r in mem], [r["mink_pp"] for r in non])
+        result["metrics"]["mia_auc_loss"] = auc([r["loss_score"] for r in mem], [r["loss_score"] for r in non])
+        result["mia"] = {k: [r[k] for r in rows] for k in ("id", "member", "mink_pp", "loss_score")}
     man = io.read_json(manifest)
     evaluated = man["provenance"]
     result = {"arm": arm_name, "seed": seed, "set": set_name, **result, "lid": lid.describe(),
@@ -326,3 +355,32 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# ----------------------------------------------------------------------------- statistics
+def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
+          decisions_out: str, results_out: str) -> None:
+    import pandas as pd
+
+    from mmie import gates as G
+    from mmie import results_page
+    from mmie.config import set_names
+
+    t0 = time.time()
+    res = G.Results(list(metric_paths))
+    arms, sets, seeds = list(config["arms"]), set_names(config), [int(s) for s in config["seeds"]]
+    cfg = config["stats"]
+    iv = pd.DataFrame(G.intervals(res, arms, sets, seeds, cfg))
+    gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
+    gate_specs = [g for g in gate_specs if g["set"] in sets]
+    rows, decisions = G.decide(res, arms, gate_specs, seeds, cfg)
+    columns = ["arm", "gate", "metric", "set", "value", "threshold", "ci_low", "ci_high", "p_adjusted", "passed",
+               "reason", "direction", "relative", "factor", "p_value"]
+    gates = pd.DataFrame(rows, columns=columns)
+    io.write_csv(intervals_out, iv)
+    io.write_csv(headline_out, results_page.headline(iv, arms, sets))
+    io.write_csv(gates_out, gates)
+    io.write_json(decisions_out, {**decisions, "_provenance": provenance.build(
+        config, section(config, "stats", "gates"), rule="stats", inputs=list(metric_paths))})
+    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config))
+    log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)

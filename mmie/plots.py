@@ -127,7 +127,95 @@ def training_curves(config: dict, inputs: dict):
     return fig
 
 
-REGISTRY: dict[str, Callable] = {"training_curves": training_curves, "target_rate": target_rate, "output_language": output_language,
+def _intervals(inputs: dict) -> pd.DataFrame:
+    return pd.read_csv(inputs["intervals"])
+
+
+def _ci_bars(ax, iv: pd.DataFrame, metric: str, config: dict, ylabel: str) -> None:
+    sub = iv[iv.metric == metric]
+    arms = [a for a in config["arms"] if a in set(sub.arm)]
+    sets = [s for s in set_names(config) if s in set(sub.set)]
+    width = 0.8 / max(1, len(arms))
+    palette = sns.color_palette("tab10", len(arms))
+    for i, arm in enumerate(arms):
+        rows = sub[sub.arm == arm].set_index("set").reindex(sets)
+        x = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(sets))]
+        err = [rows.estimate - rows.ci_low, rows.ci_high - rows.estimate]
+        ax.bar(x, rows.estimate, width=width, yerr=err, capsize=2, color=palette[i], label=arm)
+    ax.set_xticks(range(len(sets)), sets, rotation=30)
+    ax.set_ylabel(ylabel)
+    ax.legend(title="arm", fontsize="small")
+
+
+def es_ci(config: dict, inputs: dict):
+    iv = _intervals(inputs)
+    fig, axes = plt.subplots(2, 1, figsize=(12, 8))
+    _ci_bars(axes[0], iv, "es", config, "extraction strength (ES)")
+    _ci_bars(axes[1], iv, "target_rate", config, "target-language rate")
+    for ax in axes:
+        ax.set_ylim(0, 1.05)
+    fig.suptitle("Target language by arm and set, with 95% hierarchical-bootstrap intervals")
+    return fig
+
+
+def tradeoff(config: dict, inputs: dict):
+    iv = _intervals(inputs).set_index(["arm", "set", "metric"])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    base_ppl = iv.loc[("base", "retain", "ppl"), "estimate"]
+    for arm in config["arms"]:
+        try:
+            es = iv.loc[(arm, "forget", "es")]
+            ppl = iv.loc[(arm, "retain", "ppl")]
+        except KeyError:
+            continue
+        ax.errorbar(ppl.estimate / base_ppl, es.estimate,
+                    xerr=[[(ppl.estimate - ppl.ci_low) / base_ppl], [(ppl.ci_high - ppl.estimate) / base_ppl]],
+                    yerr=[[es.estimate - es.ci_low], [es.ci_high - es.estimate]], fmt="o", capsize=3, label=arm)
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("retain perplexity / base (utility cost →)")
+    ax.set_ylabel("ES on forget prompts (↓ better)")
+    ax.set_title("Forgetting vs utility")
+    ax.legend()
+    return fig
+
+
+def neighbours(config: dict, inputs: dict):
+    iv = _intervals(inputs).set_index(["arm", "set", "metric"])["estimate"]
+    codes = list(config["languages"]["neighbours"])
+    arms = [a for a in config["arms"] if a != "base"]
+    leak = pd.DataFrame(index=arms, columns=codes, dtype=float)
+    own = pd.DataFrame(index=arms, columns=codes, dtype=float)
+    for a in arms:
+        for c in codes:
+            try:
+                leak.loc[a, c] = iv[(a, c, "target_rate")] - iv[("base", c, "target_rate")]
+                own.loc[a, c] = iv[(a, c, "own_language_rate")] - iv[("base", c, "own_language_rate")]
+            except KeyError:
+                continue
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.5 + 0.5 * len(arms)))
+    sns.heatmap(leak, annot=True, fmt=".2f", cmap="Reds", vmin=0, ax=axes[0], cbar=False)
+    axes[0].set_title("leakage: Δ target rate vs base")
+    sns.heatmap(own, annot=True, fmt=".2f", cmap="RdBu", center=0, ax=axes[1], cbar=False)
+    axes[1].set_title("collateral: Δ own-language rate vs base")
+    fig.suptitle("Neighbour languages")
+    return fig
+
+
+def mia(config: dict, inputs: dict):
+    iv = _intervals(inputs)
+    sub = iv[(iv.metric == "mia_auc") & (iv.set == "forget")].set_index("arm").reindex(list(config["arms"])).dropna()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(sub.index, sub.estimate, yerr=[sub.estimate - sub.ci_low, sub.ci_high - sub.estimate], capsize=3)
+    ax.axhline(0.5, color="grey", ls="--", label="chance")
+    ax.set_ylabel("MIA AUC (Min-K%++), forget/train vs forget/holdout")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Membership inference")
+    return fig
+
+
+REGISTRY: dict[str, Callable] = {"es_ci": es_ci, "tradeoff": tradeoff, "neighbours": neighbours, "mia": mia,
+                                 "training_curves": training_curves, "target_rate": target_rate, "output_language": output_language,
                                  "perplexity": perplexity, "lid_confusion": lid_confusion,
                                  "demo_training": demo_training}
 

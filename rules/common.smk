@@ -68,6 +68,11 @@ def train_logs(wildcards=None):
     return expand(f"{R}/checkpoints/{{arm}}/seed{{seed}}", arm=LORA_ARMS + REFT_ARMS, seed=SEEDS)
 
 
+def mia_for_set(wildcards):
+    """Membership-inference scores feed the metrics of the forget set only."""
+    return f"{R}/{wildcards.arm}/seed{wildcards.seed}/mia.jsonl" if wildcards.set == "forget" else []
+
+
 def eval_set_files(wildcards=None):
     return [f"{R}/data/eval_sets/{s}.jsonl" for s in SETS]
 
@@ -78,15 +83,17 @@ def all_metrics(wildcards=None):
 
 def final_outputs():
     out = [f"{R}/summary/metrics_long.csv", f"{R}/summary/summary.csv", f"{R}/summary/summary.md",
+           f"{R}/summary/gates.csv", f"{R}/summary/decisions.json", f"{R}/summary/results.md",
            f"{R}/data/data_report.json", f"{R}/lid/lid_report.json"]
     out += expand(f"{R}/plots/{{name}}.png", name=PLOTS)
     return out
 
 
-PLOTS = ["target_rate", "output_language", "perplexity", "lid_confusion"] + (
+PLOTS = ["target_rate", "output_language", "perplexity", "lid_confusion", "es_ci", "tradeoff", "neighbours", "mia"] + (
     ["demo_training"] if config["model"]["source"] == "demo" else []
 ) + (["training_curves"] if LORA_ARMS + REFT_ARMS else [])
 
 
 def plot_inputs(wildcards):
-    return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json"}
+    return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json",
+            "intervals": f"{R}/summary/intervals.csv"}

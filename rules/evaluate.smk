@@ -5,9 +5,11 @@ rule evaluate:
         model=model_dir,
         eval_sets=eval_set_files,
         checkpoint=checkpoint_dir,
+        mia=[f"{R}/data/forget/train.jsonl", f"{R}/data/forget/holdout.jsonl"],
     output:
         generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
+        mia=f"{R}/{{arm}}/seed{{seed}}/mia.jsonl",
     log:
         f"{R}/logs/evaluate/{{arm}}/seed{{seed}}.log",
     benchmark:
@@ -30,6 +32,7 @@ rule score:
         generations=f"{R}/{{arm}}/seed{{seed}}/{{set}}/generations.jsonl",
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
         detector=f"{R}/lid/romanized_detector.json",
+        mia=mia_for_set,
     output:
         f"{R}/{{arm}}/seed{{seed}}/{{set}}/metrics.json",
     log:

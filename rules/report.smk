@@ -52,6 +52,26 @@ rule plots:
             caption="../report/lid_confusion.rst",
             category="Language ID",
         ),
+        es_ci=report(
+            f"{R}/plots/es_ci.png",
+            caption="../report/es_ci.rst",
+            category="Results",
+        ),
+        tradeoff=report(
+            f"{R}/plots/tradeoff.png",
+            caption="../report/tradeoff.rst",
+            category="Results",
+        ),
+        neighbours=report(
+            f"{R}/plots/neighbours.png",
+            caption="../report/neighbours.rst",
+            category="Results",
+        ),
+        mia=report(
+            f"{R}/plots/mia.png",
+            caption="../report/mia.rst",
+            category="Results",
+        ),
     log:
         f"{R}/logs/plots.log",
     benchmark:
@@ -98,3 +118,38 @@ rule plot_training_curves:
         mem_mb=CPU_MEM,
     script:
         "../scripts/plot_training_curves.py"
+
+
+rule stats:
+    input:
+        metrics=all_metrics,
+    output:
+        intervals=report(
+            f"{R}/summary/intervals.csv",
+            caption="../report/intervals.rst",
+            category="Tables",
+        ),
+        headline=report(
+            f"{R}/summary/headline.csv",
+            caption="../report/headline.rst",
+            category="Results",
+        ),
+        gates=report(
+            f"{R}/summary/gates.csv",
+            caption="../report/gates.rst",
+            category="Results",
+        ),
+        decisions=f"{R}/summary/decisions.json",
+        results=report(
+            f"{R}/summary/results.md",
+            caption="../report/results.rst",
+            category="Results",
+        ),
+    log:
+        f"{R}/logs/stats.log",
+    benchmark:
+        f"{R}/benchmarks/stats.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    script:
+        "../scripts/stats.py"

@@ -5,4 +5,5 @@ from mmie import pipeline  # noqa: E402
 
 pipeline.evaluate(snakemake.config, snakemake.wildcards.arm, int(snakemake.wildcards.seed),
                   snakemake.params.model_dir, snakemake.params.sets_dir, snakemake.params.out_root,
-                  snakemake.output.manifest, snakemake.params.checkpoint)
+                  snakemake.output.manifest, snakemake.params.checkpoint,
+                  snakemake.output.mia)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import EXP, ROOT, SETS, SNAKEMAKE, planned_jobs, smk
 
@@ -102,3 +103,41 @@ def test_same_config_and_seed_give_identical_metrics(run_dir):
         after = metrics(run_dir, "base", 0, s)
         assert after["metrics"] == before[s]["metrics"], s
         assert after["per_prompt"] == before[s]["per_prompt"], s
+
+
+def test_every_output_validates_against_the_results_schema(run_dir):
+    import csv
+
+    import jsonschema
+
+    schema = yaml.safe_load((ROOT / "config" / "results.schema.yaml").read_text())
+    r = run_dir / "results" / EXP
+
+    def check(instance, name):
+        jsonschema.validate(instance, {"$ref": f"#/$defs/{name}", "$defs": schema["$defs"]})
+
+    files = list(r.glob("*/seed*/*/metrics.json"))
+    assert len(files) == 4 * len(SETS)
+    for f in files:
+        check(json.loads(f.read_text()), "metrics_json")
+    check(json.loads((r / "summary" / "decisions.json").read_text()), "decisions_json")
+    for f in r.glob("checkpoints/*/seed*/manifest.json"):
+        check(json.loads(f.read_text()), "checkpoint_manifest")
+    for rel, columns in schema["x-csv-columns"].items():
+        with open(r / rel, newline="") as fh:
+            header = next(csv.reader(fh))
+        assert header[:len(columns)] == columns, rel
+
+
+def test_statistics_gates_and_results_page(run_dir):
+    r = run_dir / "results" / EXP / "summary"
+    decisions = json.loads((r / "decisions.json").read_text())
+    assert set(decisions) - {"_provenance"} == {"prompt", "lora", "reft"}
+    page = (r / "results.md").read_text()
+    for arm in ("base", "prompt", "lora", "reft"):
+        assert f"**{arm}**" in page
+    assert "mia_auc" in (r / "intervals.csv").read_text()
+    forget = json.loads((run_dir / "results" / EXP / "lora" / "seed0" / "forget" / "metrics.json").read_text())
+    assert 0 <= forget["metrics"]["mia_auc"] <= 1 and len(forget["mia"]["id"]) > 0
+    retain = json.loads((run_dir / "results" / EXP / "base" / "seed0" / "retain" / "metrics.json").read_text())
+    assert retain["metrics"]["token_kl"] == pytest.approx(0.0, abs=1e-6)   # base against itself

@@ -76,6 +76,14 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
         else:
             failures["ppl"] = "no reference token could be scored"
 
+    if any("kl" in r for r in records):
+        per["kl"] = [r["kl"] for r in records]
+        per["kl_tokens"] = [r["kl_tokens"] for r in records]
+        if sum(per["kl_tokens"]):
+            metrics["token_kl"] = sum(per["kl"]) / sum(per["kl_tokens"])
+        else:
+            failures["token_kl"] = "no retain token could be scored"
+
     # fluency of outputs under the base model
     per["gen_nll_base"] = [r["gen_nll_base"] for r in records]
     per["gen_tokens"] = [r["gen_tokens_base"] for r in records]

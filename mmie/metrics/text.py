@@ -82,3 +82,15 @@ def mean_distinct_n(texts: list[str], n: int = 2) -> float | None:
         if grams:
             vals.append(len(set(grams)) / len(grams))
     return sum(vals) / len(vals) if vals else None
+
+
+def auc(positive: list[float], negative: list[float]) -> float:
+    """ROC AUC that a positive scores higher than a negative (ties count half; Mann–Whitney U)."""
+    if not positive or not negative:
+        raise ValueError("AUC needs at least one positive and one negative score")
+    import numpy as np
+
+    pos, neg = np.asarray(positive, float), np.asarray(negative, float)
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))

@@ -1,0 +1,7 @@
+from mmie.logs import setup
+
+setup(snakemake.log[0])
+from mmie import pipeline  # noqa: E402
+
+o = snakemake.output
+pipeline.stats(snakemake.config, list(snakemake.input.metrics), o.intervals, o.headline, o.gates, o.decisions, o.results)
