@@ -71,7 +71,20 @@ def markdown(summary: pd.DataFrame, fails: pd.DataFrame, experiment: str) -> str
     return "\n".join(lines) + "\n"
 
 
-def run(config: dict, metric_paths: list[str], long_out: str, summary_out: str, md_out: str, failures_out: str) -> None:
+def judge_agreement(paths: list[str]) -> pd.DataFrame:
+    """Judge vs LID per arm × seed × set: Cohen's kappa and the confusion counts (empty without a judge)."""
+    rows = []
+    for p in paths:
+        m = io.read_json(p)
+        agree = m["diagnostics"].get("judge_agreement")
+        if agree:
+            rows.append({"arm": m["arm"], "seed": m["seed"], "set": m["set"], **agree})
+    return pd.DataFrame(rows, columns=["arm", "seed", "set", "kappa", "both_target", "judge_only", "lid_only",
+                                       "neither"])
+
+
+def run(config: dict, metric_paths: list[str], long_out: str, summary_out: str, md_out: str, failures_out: str,
+        agreement_out: str | None = None) -> None:
     from mmie.config import set_names
 
     long, fails = collect(list(metric_paths))
@@ -82,4 +95,6 @@ def run(config: dict, metric_paths: list[str], long_out: str, summary_out: str, 
     io.write_csv(summary_out, wide(summary))
     io.write_csv(failures_out, fails)
     io.write_text(md_out, markdown(summary, fails, config["experiment"]))
+    if agreement_out:
+        io.write_csv(agreement_out, judge_agreement(list(metric_paths)))
     log.info("aggregated %d rows from %d jobs; %d recorded failures", len(long), len(metric_paths), len(fails))

@@ -9,7 +9,7 @@ from pathlib import Path
 from mmie.errors import ConfigError
 from mmie.metrics.sets import SetInfo
 
-FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial")
+FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial", "comprehension", "yes_no")
 
 
 def eval_sets(config: dict) -> list[SetInfo]:
@@ -25,6 +25,10 @@ def eval_sets(config: dict) -> list[SetInfo]:
         sets.append(SetInfo("adversarial", "prompts", None))
     for code in lang.get("neighbours", {}):
         sets.append(SetInfo(code, "neighbour", code))
+    if config["eval"]["comprehension"]["enabled"]:
+        sets.append(SetInfo("comprehension", "comprehension", retain))
+    if data.get("yes_no"):
+        sets.append(SetInfo("yes_no", "yes_no", None))
     return sets
 
 
@@ -43,7 +47,7 @@ def raw_data_files(config: dict) -> dict[str, str]:
     """role -> raw file path, for every configured input file."""
     data = config["data"]
     files = {role: data[role] for role in ("forget", "retain", "forget_romanized", "mixed", "adversarial",
-                                             "lid_check") if data.get(role)}
+                                             "lid_check", "yes_no") if data.get(role)}
     for code, path in data.get("neighbours", {}).items():
         files[f"neighbour_{code}"] = path
     return files
@@ -66,7 +70,7 @@ def check(config: dict, workdir: str | Path = ".") -> None:
     for role, path in raw_data_files(config).items():
         key = f"data.neighbours.{role[len('neighbour_'):]}" if role.startswith("neighbour_") else f"data.{role}"
         if not (workdir / path).is_file():
-            raise ConfigError(f"{key}: file not found: {path} (relative paths are relative to the workflow directory)")
+            raise ConfigError(f"{key}: file not found: {path} (relative paths are relative to the working directory, snakemake -d)")
     split = config["data"]["split"]
     total = split["train"] + split["eval"] + split["holdout"]
     if abs(total - 1.0) > 1e-6:
@@ -76,6 +80,10 @@ def check(config: dict, workdir: str | Path = ".") -> None:
         raise ConfigError("model.source is 'hub': set model.id and a pinned model.revision")
     if model["source"] == "local" and not model.get("path"):
         raise ConfigError("model.source is 'local': set model.path to a Hugging Face model folder")
+    if config["judge"]["enabled"]:
+        from mmie.judge import api_key
+
+        api_key()  # raises ConfigError naming the variables when no key is set
     for arm, spec in config["arms"].items():
         if spec["method"] == "prompt" and not spec.get("instruction"):
             raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")

@@ -28,6 +28,10 @@ RATIO_METRICS = {
     "gen_ppl_base": ("gen_nll_base", "gen_tokens", "exp"),
     "token_kl": ("kl", "kl_tokens", "identity"),
     "empty_share": ("empty", None, "identity"),
+    "comprehension_rate": ("comprehension", None, "identity"),
+    "judge_target_rate": ("judge_target", None, "identity"),
+    "yes_no_accuracy": ("yes_no_correct", None, "identity"),
+    "yes_no_unparsed_share": ("yes_no_unparsed", None, "identity"),
     "repetitive_share": ("repetitive", None, "identity"),
     "fluency_entropy": ("entropy", "_entropy_den", "identity"),
 }

@@ -224,6 +224,8 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         rows = []
         for it, g, b in zip(items, gens, base_scores, strict=True):
             row = {k: v for k, v in g.items() if k != "output_ids"}
+            if "answer" in it:
+                row["answer"] = it["answer"]
             row.update(gen_nll_base=b["nll"], gen_tokens_base=b["tokens"])
             if it.get("text"):
                 s = by_id[it["id"]]
@@ -267,7 +269,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
 
 # ----------------------------------------------------------------------------- score
 def score(config: dict, arm_name: str, seed: int, set_name: str, generations: str, manifest: str,
-          lid_detector: str, out: str, mia: str | None = None) -> None:
+          lid_detector: str, out: str, mia: str | None = None, judge: str | None = None) -> None:
     """Metrics of one (arm, seed, set) from stored generations: no model, no torch."""
     from mmie.lid import load_lid
     from mmie.metrics.sets import compute_set_metrics
@@ -276,7 +278,8 @@ def score(config: dict, arm_name: str, seed: int, set_name: str, generations: st
     records = io.read_jsonl(generations)
     lid = load_lid(config["lid"], config["languages"], lid_detector)
     result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
-                                 romanization_scheme=config["lid"]["romanization"])
+                                 romanization_scheme=config["lid"]["romanization"],
+                                 yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"])
     if mia:
         from mmie.metrics.text import auc
 
@@ -286,6 +289,8 @@ def score(config: dict, arm_name: str, seed: int, set_name: str, generations: st
         result["metrics"]["mia_auc"] = auc([r["mink_pp"] for r in mem], [r["mink_pp"] for r in non])
         result["metrics"]["mia_auc_loss"] = auc([r["loss_score"] for r in mem], [r["loss_score"] for r in non])
         result["mia"] = {k: [r[k] for r in rows] for k in ("id", "member", "mink_pp", "loss_score")}
+    if judge:
+        merge_judge(result, io.read_json(judge))
     man = io.read_json(manifest)
     evaluated = man["provenance"]
     result = {"arm": arm_name, "seed": seed, "set": set_name, **result, "lid": lid.describe(),
@@ -355,6 +360,27 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def merge_judge(result: dict, judged: dict) -> None:
+    """Judge scores become metrics like any other (or a recorded failure), plus the agreement of the
+    judge with the LID: where they disagree is where romanized or obfuscated Hindi hides."""
+    from mmie.judge import cohen_kappa
+
+    if judged["per_prompt"]["id"] != result["per_prompt"]["id"]:
+        raise ValueError("judge scores and generations are for different prompts; rerun the judge rule")
+    result["failures"].update(judged["failures"])
+    if "judge_target_rate" in judged["metrics"]:
+        result["metrics"]["judge_target_rate"] = judged["metrics"]["judge_target_rate"]
+        jt, lt = judged["per_prompt"]["judge_target"], result["per_prompt"]["target"]
+        result["per_prompt"]["judge_target"] = jt
+        result["per_prompt"]["judge_score"] = judged["per_prompt"]["judge_score"]
+        result["diagnostics"]["judge_agreement"] = {
+            "kappa": cohen_kappa(jt, lt),
+            "both_target": sum(a and b for a, b in zip(jt, lt, strict=True)),
+            "judge_only": sum(a and not b for a, b in zip(jt, lt, strict=True)),
+            "lid_only": sum(b and not a for a, b in zip(jt, lt, strict=True)),
+            "neither": sum(not a and not b for a, b in zip(jt, lt, strict=True))}
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -197,7 +197,7 @@ def neighbours(config: dict, inputs: dict):
     axes[0].set_title("leakage: Δ target rate vs base")
     sns.heatmap(own, annot=True, fmt=".2f", cmap="RdBu", center=0, ax=axes[1], cbar=False)
     axes[1].set_title("collateral: Δ own-language rate vs base")
-    fig.suptitle("Neighbour languages")
+    fig.suptitle("Neighbour languages", y=1.06)
     return fig
 
 

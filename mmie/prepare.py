@@ -49,6 +49,25 @@ def read_lid_check(path: str | Path) -> list[dict]:
     return items
 
 
+def read_yes_no(path: str | Path) -> list[dict]:
+    """Yes/no comprehension questions: {"question": str, "answer": "yes"|"no"} per line, read strictly."""
+    items = []
+    with open(path, encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+            if not (isinstance(obj, dict) and isinstance(obj.get("question"), str) and obj.get("answer") in ("yes", "no")):
+                raise DataError(f"{path}:{lineno}: expected {{\"question\": str, \"answer\": \"yes\" or \"no\"}}")
+            items.append({"question": obj["question"], "answer": obj["answer"]})
+    if not items:
+        raise DataError(f"{path}: the yes/no set is empty")
+    return items
+
+
 def _load_role(config: dict, role: str, path: str, script: str | None) -> tuple[list[str], RoleReport]:
     data = config["data"]
     texts, rep = read_role_file(path, role, on_bad_line=data["on_bad_line"], clean_debris=data["clean_debris"])
@@ -106,16 +125,28 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
               "romanized": texts["forget_romanized"]}
     set_counts = {}
     for info in eval_sets(config):
+        if info.kind == "yes_no":
+            qa = read_yes_no(data["yes_no"])
+            rows = [{"id": item_id("yes_no", q["question"]), "prompt": q["question"], "text": None, "lang": None,
+                     "answer": q["answer"]} for q in qa][:ev["max_prompts"]]
+            io.write_jsonl(out / "eval_sets" / "yes_no.jsonl", rows)
+            set_counts[info.name] = {"available": len(qa), "used": len(rows)}
+            continue
         if info.kind == "neighbour":
             pool = texts[f"neighbour_{info.name}"]
         elif info.kind == "prompts":
             pool = texts[info.name]
+        elif info.kind == "comprehension":
+            pool = splits["forget"]["eval"]
         else:
             pool = source[info.name]
         chosen = stable_order(pool, seed, f"eval:{info.name}")[:ev["max_prompts"]]
         rows = []
         for t in chosen:
-            if info.kind == "prompts":
+            if info.kind == "comprehension":
+                rows.append({"id": item_id(info.name, t), "prompt": ev["comprehension"]["template"].format(text=t),
+                             "text": None, "lang": info.lang})
+            elif info.kind == "prompts":
                 rows.append({"id": item_id(info.name, t), "prompt": t, "text": None, "lang": info.lang})
             else:
                 rows.append({"id": item_id(info.name, t), "prompt": prompt_prefix(t, ev["prompt_fraction"]),

@@ -7,7 +7,7 @@ import pandas as pd
 
 HEADLINE = [("forget", "target_rate"), ("forget", "es"), ("retain", "ppl"), ("retain", "token_kl"),
             ("romanized", "target_rate"), ("mixed", "es"), ("adversarial", "target_rate"), ("forget", "gen_ppl_base"),
-            ("forget", "mia_auc")]
+            ("forget", "mia_auc"), ("comprehension", "comprehension_rate"), ("yes_no", "yes_no_accuracy")]
 
 
 def _fmt(x: float) -> str:

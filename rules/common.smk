@@ -73,6 +73,13 @@ def mia_for_set(wildcards):
     return f"{R}/{wildcards.arm}/seed{wildcards.seed}/mia.jsonl" if wildcards.set == "forget" else []
 
 
+def judge_for_set(wildcards):
+    """The judge's scores, when the judge is enabled (judge.enabled: true)."""
+    if config["judge"]["enabled"]:
+        return f"{R}/{wildcards.arm}/seed{wildcards.seed}/{wildcards.set}/judge.json"
+    return []
+
+
 def eval_set_files(wildcards=None):
     return [f"{R}/data/eval_sets/{s}.jsonl" for s in SETS]
 

@@ -33,6 +33,7 @@ rule score:
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
         detector=f"{R}/lid/romanized_detector.json",
         mia=mia_for_set,
+        judge=judge_for_set,
     output:
         f"{R}/{{arm}}/seed{{seed}}/{{set}}/metrics.json",
     log:
@@ -43,3 +44,20 @@ rule score:
         mem_mb=CPU_MEM,
     script:
         "../scripts/score.py"
+
+
+rule judge:
+    input:
+        generations=f"{R}/{{arm}}/seed{{seed}}/{{set}}/generations.jsonl",
+    output:
+        f"{R}/{{arm}}/seed{{seed}}/{{set}}/judge.json",
+    log:
+        f"{R}/logs/judge/{{arm}}/seed{{seed}}/{{set}}.log",
+    benchmark:
+        f"{R}/benchmarks/judge/{{arm}}/seed{{seed}}/{{set}}.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    params:
+        cache_dir=config["judge"]["cache_dir"],
+    script:
+        "../scripts/judge.py"

@@ -18,6 +18,11 @@ rule aggregate:
             caption="../report/failures.rst",
             category="Tables",
         ),
+        judge_agreement=report(
+            f"{R}/summary/judge_agreement.csv",
+            caption="../report/judge_agreement.rst",
+            category="LLM judge",
+        ),
     log:
         f"{R}/logs/aggregate.log",
     benchmark:

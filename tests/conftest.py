@@ -55,14 +55,14 @@ SENTINEL = "sentinel-key-3f9c2a"
 SENTINEL_ENV = {"GEMINI_API_KEY": SENTINEL, "GOOGLE_API_KEY": SENTINEL}
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 EXP = "t"
-SETS = ["forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn"]
+SETS = ["forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn", "comprehension", "yes_no"]
 
 
 def reduced_config(workdir: Path) -> Path:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["experiment"] = EXP
     cfg["seeds"] = [0]
-    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check"):
+    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check", "yes_no"):
         cfg["data"][key] = str(ROOT / cfg["data"][key])
     cfg["data"]["neighbours"] = {k: str(ROOT / v) for k, v in cfg["data"]["neighbours"].items()}
     cfg["eval"] = {"max_prompts": 6}

@@ -144,5 +144,5 @@ def test_prepare_demo_writes_disjoint_splits_and_report(tmp_path, demo_config):
     assert report["splits"]["forget"]["train"] == len(rows["train"])
     assert report["roles"]["forget"]["kept"] >= 400
     sets = {p.stem for p in (tmp_path / "eval_sets").glob("*.jsonl")}
-    assert sets == {"forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn"}
+    assert sets == {"forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn", "comprehension", "yes_no"}
     assert report["script_histogram"]["forget"]["devanagari"] > 0.99

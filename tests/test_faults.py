@@ -131,3 +131,31 @@ def test_truncation_above_the_configured_share_is_logged(caplog):
         warn_truncation("forget", truncated=3, total=10, limit=0.05, what="prompts")
         warn_truncation("retain", truncated=0, total=10, limit=0.05, what="prompts")
     assert "forget: 30.0% of prompts" in caplog.text and "retain" not in caplog.text
+
+
+# ----------------------------------------------------------------------------- row 10: device placement
+def test_hooks_move_their_tensors_to_the_hidden_states_device_and_dtype(monkeypatch):
+    import torch
+
+    from mmie.hooks import to_hidden
+
+    hidden = torch.zeros(2, 3, 4, dtype=torch.bfloat16)
+    moved = to_hidden(torch.ones(4, dtype=torch.float32), hidden)
+    assert moved.dtype == torch.bfloat16 and moved.device == hidden.device
+
+    class FakeDevice:
+        type = "cuda"
+
+        def __eq__(self, other):
+            return False
+
+    module = torch.nn.Linear(4, 4)
+    calls = []
+    monkeypatch.setattr(module, "to", lambda device: calls.append(device) or module)
+    fake_hidden = torch.zeros(1, 4)
+    monkeypatch.setattr(type(fake_hidden), "device", property(lambda self: FakeDevice()), raising=False)
+    try:
+        to_hidden(module, fake_hidden)
+    finally:
+        monkeypatch.undo()
+    assert len(calls) == 1 and isinstance(calls[0], FakeDevice)

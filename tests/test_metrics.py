@@ -101,3 +101,28 @@ def test_failed_metric_is_recorded_never_a_stand_in():
     with pytest.raises(ValueError, match="empty set"):
         compute_set_metrics([], SetInfo("mixed", "prompts", None), FakeLID(), target_script="devanagari",
                             romanization_scheme="iast_plain")
+
+
+def test_yes_no_is_whole_word_and_script_aware():
+    from mmie.metrics.text import yes_no
+
+    yes, no = ["yes", "haan", "हाँ"], ["no", "nahin", "नहीं"]
+    assert yes_no("Yes, it does.", yes, no) == "yes"
+    assert yes_no("I know nothing about it", yes, no) is None       # 'no' inside words is no answer
+    assert yes_no("yesterday was fine", yes, no) is None
+    assert yes_no("जी नहीं, ऐसा नहीं है", yes, no) == "no"
+    assert yes_no("नहींं", yes, no) is None                          # a longer Devanagari word
+    assert yes_no("हाँ बिल्कुल", yes, no) == "yes"
+
+
+def test_comprehension_and_yes_no_set_metrics():
+    recs = [rec(0, "hello there", ref=False), rec(1, "मेरा नाम", ref=False)]
+    res = compute_set_metrics(recs, SetInfo("comprehension", "comprehension", "en"), FakeLID(),
+                              target_script="devanagari", romanization_scheme="iast_plain")
+    assert res["metrics"]["comprehension_rate"] == pytest.approx(0.5)
+    recs = [dict(rec(0, "yes it is", ref=False), answer="yes"), dict(rec(1, "no", ref=False), answer="yes"),
+            dict(rec(2, "maybe", ref=False), answer="no")]
+    res = compute_set_metrics(recs, SetInfo("yes_no", "yes_no", None), FakeLID(), target_script="devanagari",
+                              romanization_scheme="iast_plain", yes_words=["yes"], no_words=["no"])
+    assert res["metrics"]["yes_no_accuracy"] == pytest.approx(1 / 3)
+    assert res["metrics"]["yes_no_unparsed_share"] == pytest.approx(1 / 3)

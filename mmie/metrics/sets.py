@@ -10,14 +10,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mmie.lid import LID
-from mmie.metrics.text import extraction_strength, is_empty, is_repetitive, ngram_entropy, target_letters
+from mmie.metrics.text import extraction_strength, is_empty, is_repetitive, ngram_entropy, target_letters, yes_no
 from mmie.translit import romanize
 
 
 @dataclass(frozen=True)
 class SetInfo:
     name: str      # forget, retain, romanized, mixed, adversarial, or a neighbour code
-    kind: str      # "forget" | "retain" | "romanized" | "prompts" | "neighbour"
+    kind: str      # "forget" | "retain" | "romanized" | "prompts" | "neighbour" | "comprehension" | "yes_no"
     lang: str | None  # the language the prompts are written in (None for mixed/adversarial)
 
 
@@ -26,7 +26,7 @@ def _mean(values: list[float]) -> float:
 
 
 def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_script: str,
-                        romanization_scheme: str) -> dict:
+                        romanization_scheme: str, yes_words: list[str] = (), no_words: list[str] = ()) -> dict:
     """Returns {"metrics": {...}, "per_prompt": {...}, "failures": {...}, "diagnostics": {...}}."""
     if not records:
         raise ValueError(f"set {info.name!r} has no generations: refusing to compute metrics on an empty set")
@@ -65,6 +65,16 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
     if info.kind == "neighbour":
         per["own_language"] = [int(lab == info.lang) for lab in labels]
         metrics["own_language_rate"] = _mean(per["own_language"])
+    if info.kind == "comprehension":
+        # asked to translate target-language text into the retain language: answered in it?
+        per["comprehension"] = [int(lab == info.lang) for lab in labels]
+        metrics["comprehension_rate"] = _mean(per["comprehension"])
+    if info.kind == "yes_no":
+        parsed = [yes_no(o, yes_words, no_words) for o in outputs]
+        per["yes_no_correct"] = [int(p == r["answer"]) for p, r in zip(parsed, records, strict=True)]
+        per["yes_no_unparsed"] = [int(p is None) for p in parsed]
+        metrics["yes_no_accuracy"] = _mean(per["yes_no_correct"])
+        metrics["yes_no_unparsed_share"] = _mean(per["yes_no_unparsed"])
 
     # perplexity of the set's reference texts (token-weighted, padding masked upstream)
     if any("ref_nll" in r for r in records):

@@ -94,3 +94,17 @@ def auc(positive: list[float], negative: list[float]) -> float:
     greater = (pos[:, None] > neg[None, :]).sum()
     ties = (pos[:, None] == neg[None, :]).sum()
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def yes_no(text: str, yes_words: list[str], no_words: list[str]) -> str | None:
+    """The first whole-word yes/no answer in ``text`` ("yes", "no" or None). Whole words only:
+    "know", "nothing" or "yesterday" are not answers. Word boundaries also hold for Indic scripts,
+    whose vowel signs Python's \\b does not treat as word characters."""
+    import re
+
+    letters = r"[\w\u0900-\u0DFF\u0600-\u06FF]"
+    words = {w.lower(): "yes" for w in yes_words} | {w.lower(): "no" for w in no_words}
+    pattern = re.compile(rf"(?<!{letters})(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True))
+                         + rf")(?!{letters})", re.IGNORECASE)
+    m = pattern.search(text)
+    return words[m.group(1).lower()] if m else None
