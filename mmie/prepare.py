@@ -30,9 +30,11 @@ from mmie.translit import romanize
 log = logging.getLogger(__name__)
 
 
-def read_lid_check(path: str | Path) -> list[dict]:
-    """The labelled LID check set: {text, label} per line, read strictly."""
+def read_records(path: str | Path, fields: dict, what: str) -> list[dict]:
+    """A small labelled JSONL file read strictly: every line an object whose ``fields`` pass their
+    checks ({name: (check, description)}); errors name file and line."""
     items = []
+    expected = ", ".join(f"{k}: {desc}" for k, (_, desc) in fields.items())
     with open(path, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -41,31 +43,27 @@ def read_lid_check(path: str | Path) -> list[dict]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            if not (isinstance(obj, dict) and isinstance(obj.get("text"), str) and isinstance(obj.get("label"), str)):
-                raise DataError(f"{path}:{lineno}: expected {{\"text\": str, \"label\": str}}")
-            items.append({"text": obj["text"], "label": obj["label"]})
+            if not (isinstance(obj, dict) and all(ok(obj.get(k)) for k, (ok, _) in fields.items())):
+                raise DataError(f"{path}:{lineno}: expected an object with {expected}")
+            items.append({k: obj[k] for k in fields})
     if not items:
-        raise DataError(f"{path}: the LID check set is empty")
+        raise DataError(f"{path}: the {what} is empty")
     return items
+
+
+def _is_str(x) -> bool:
+    return isinstance(x, str)
+
+
+def read_lid_check(path: str | Path) -> list[dict]:
+    """The labelled LID check set: {text, label} per line."""
+    return read_records(path, {"text": (_is_str, "str"), "label": (_is_str, "str")}, "LID check set")
 
 
 def read_yes_no(path: str | Path) -> list[dict]:
-    """Yes/no comprehension questions: {"question": str, "answer": "yes"|"no"} per line, read strictly."""
-    items = []
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            if not (isinstance(obj, dict) and isinstance(obj.get("question"), str) and obj.get("answer") in ("yes", "no")):
-                raise DataError(f"{path}:{lineno}: expected {{\"question\": str, \"answer\": \"yes\" or \"no\"}}")
-            items.append({"question": obj["question"], "answer": obj["answer"]})
-    if not items:
-        raise DataError(f"{path}: the yes/no set is empty")
-    return items
+    """Yes/no comprehension questions: {"question": str, "answer": "yes"|"no"} per line."""
+    return read_records(path, {"question": (_is_str, "str"), "answer": (lambda a: a in ("yes", "no"), '"yes" or "no"')},
+                        "yes/no set")
 
 
 def _load_role(config: dict, role: str, path: str, script: str | None) -> tuple[list[str], RoleReport]:
