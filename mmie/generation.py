@@ -39,6 +39,19 @@ def uses_template(tokenizer, decoding: Decoding) -> bool:
     return has if decoding.chat_template == "auto" else decoding.chat_template == "on"
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts in front of any text (Gemma's <bos>; nothing for Qwen2). Every
+    sequence mmie builds from raw text starts with them, as the model saw in training."""
+    cached = getattr(tokenizer, "_mmie_prefix", None)
+    if cached is not None:
+        return list(cached)
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    prefix = full[:len(full) - len(plain)] if full[len(full) - len(plain):] == plain else []
+    tokenizer._mmie_prefix = list(prefix)
+    return list(prefix)
+
+
 def encode_prompt(tokenizer, prompt: str, system: str | None, decoding: Decoding) -> tuple[list[int], bool]:
     """Token ids of one prompt, and whether its content was truncated (before the template)."""
     content_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -50,7 +63,8 @@ def encode_prompt(tokenizer, prompt: str, system: str | None, decoding: Decoding
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
-        ids = (tokenizer(system + "\n", add_special_tokens=False)["input_ids"] if system else []) + \
+        ids = special_prefix(tokenizer) + \
+            (tokenizer(system + "\n", add_special_tokens=False)["input_ids"] if system else []) + \
             (content_ids[:decoding.max_prompt_tokens] if truncated else content_ids)
     return ids, truncated
 

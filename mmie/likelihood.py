@@ -83,11 +83,12 @@ def _right_pad(seqs: list[list[int]], pad_id: int, device):
 
 
 def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list[int]], *, batch_size: int = 16,
-             max_length: int = 256, desc: str = "token KL") -> list[dict]:
+             max_length: int = 256, desc: str = "token KL", base_context: list[int] = ()) -> list[dict]:
     """Per item: Σ over the target's predicted tokens of KL(p_base ‖ p_arm) and the token count.
 
-    The base distribution is the model with the arm switched off and no context; the arm's is the
-    model with the arm on and the arm's context (its instruction, if any) in front of the text."""
+    The base distribution is the model with the arm switched off and ``base_context`` (the
+    tokenizer's special prefix) in front of the text; the arm's is the model with the arm on and
+    ``arm_context`` (that prefix plus the arm's instruction, if any) in front of it."""
     import torch
 
     device = next(model.parameters()).device
@@ -96,7 +97,8 @@ def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list
     with torch.inference_mode():
         for start in tqdm(range(0, len(targets), batch_size), desc=desc, unit="batch", mininterval=2.0):
             batch = targets[start:start + batch_size]
-            ids, mask = _right_pad(batch, pad_id, device)
+            b = len(base_context)
+            ids, mask = _right_pad([list(base_context) + t for t in batch], pad_id, device)
             with arm.reference():
                 ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             ctx_ids, ctx_mask = _right_pad([arm_context + t for t in batch], pad_id, device)
@@ -108,7 +110,7 @@ def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list
                 if n <= 0:
                     out.append({"kl": 0.0, "tokens": 0})
                     continue
-                p_ref = ref[r, :n]
+                p_ref = ref[r, b:b + n]
                 p_cur = cur[r, c:c + n]
                 kl = (p_ref.exp() * (p_ref - p_cur)).sum(-1).clamp(min=0).sum()
                 if not torch.isfinite(kl):

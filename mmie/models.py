@@ -26,9 +26,9 @@ class LoadedModel:
 def model_source(model_cfg: dict, demo_dir: str | None) -> dict:
     """Where the weights come from: the demo folder, a local folder, or a hub id + pinned revision."""
     src = model_cfg["source"]
-    if src == "demo":
+    if src in ("demo", "gemma3-270m"):
         if not demo_dir:
-            raise ConfigError("model.source is 'demo' but no demo model folder was given")
+            raise ConfigError(f"model.source is {src!r} but no model folder was given")
         return {"path": str(demo_dir), "revision": None, "local_files_only": True}
     if src == "local":
         path = Path(model_cfg["path"])

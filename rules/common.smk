@@ -37,7 +37,7 @@ def model_dir(wildcards=None):
     """The model folder a job loads: the demo model built by the workflow, or a local folder.
     A hub model (model.source: hub) is read from the Hugging Face cache and is no file input."""
     source = config["model"]["source"]
-    if source == "demo":
+    if source in ("demo", "gemma3-270m"):
         return f"{R}/model"
     if source == "local":
         return config["model"]["path"]

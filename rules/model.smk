@@ -1,20 +1,39 @@
-rule build_demo_model:
-    input:
-        splits=SPLIT_FILES,
-        eval_sets=eval_set_files,
-        neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
-        detector=f"{R}/lid/romanized_detector.json",
-        prepare=f"{R}/data/prepare_report.json",
-    output:
-        model=directory(f"{R}/model"),
-        report=f"{R}/model_report.json",
-    log:
-        f"{R}/logs/build_demo_model.log",
-    benchmark:
-        f"{R}/benchmarks/build_demo_model.tsv"
-    threads: 2
-    resources:
-        mem_mb=CPU_MEM,
-        gpu=1,
-    script:
-        "../scripts/build_demo_model.py"
+if config["model"]["source"] == "demo":
+
+    rule build_demo_model:
+        input:
+            splits=SPLIT_FILES,
+            eval_sets=eval_set_files,
+            neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
+            detector=f"{R}/lid/romanized_detector.json",
+            prepare=f"{R}/data/prepare_report.json",
+        output:
+            model=directory(f"{R}/model"),
+            report=f"{R}/model_report.json",
+        log:
+            f"{R}/logs/build_demo_model.log",
+        benchmark:
+            f"{R}/benchmarks/build_demo_model.tsv"
+        threads: 2
+        resources:
+            mem_mb=CPU_MEM,
+            gpu=1,
+        script:
+            "../scripts/build_demo_model.py"
+
+
+if config["model"]["source"] == "gemma3-270m":
+
+    rule convert_gemma:
+        output:
+            model=directory(f"{R}/model"),
+            report=f"{R}/model_report.json",
+        log:
+            f"{R}/logs/convert_gemma.log",
+        benchmark:
+            f"{R}/benchmarks/convert_gemma.tsv"
+        threads: 2
+        resources:
+            mem_mb=6000,
+        script:
+            "../scripts/convert_gemma.py"
