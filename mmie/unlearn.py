@@ -28,6 +28,10 @@ class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN/Inf during training."""
 
 
+class NoStateWithinBudget(RuntimeError):
+    """Held-out retain perplexity left its budget before any evaluated training state stayed inside it."""
+
+
 # ----------------------------------------------------------------------------- tensors
 def pad_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
@@ -123,7 +127,7 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
     base_forget_nll = heldout_nll(model, adapter, heldout_forget, pad_id, device, use_adapter=False)
     budget = cfg["max_retain_ppl_ratio"] * base_retain_ppl
     rows: list[dict] = [{"step": 0, "retain_ppl": base_retain_ppl, "forget_nll": base_forget_nll}]
-    kept = {"state": adapter.state_dict(), "step": 0}
+    kept: dict | None = None   # the initial state is no result (LoReFT is not even the identity at init)
     stopped = "max_steps"
     tokens = 0
     t0 = time.time()
@@ -171,6 +175,10 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
             kept = {"state": adapter.state_dict(), "step": step}
         rows.append(row)
     seconds = time.time() - t0
+    if kept is None:
+        raise NoStateWithinBudget(
+            f"{desc}: no evaluated training state stayed within the retain budget ({stopped}); no checkpoint was "
+            f"written. Lower train.lr, evaluate more often (train.eval_every) or raise train.max_retain_ppl_ratio.")
     adapter.load_state_dict(kept["state"])
     summary = {"kept_step": kept["step"], "stopped": stopped, "steps_run": rows[-1]["step"],
                "base_retain_ppl": base_retain_ppl, "base_forget_nll": base_forget_nll,

@@ -185,3 +185,11 @@ def test_same_seed_same_adapter_different_seed_different_run(tiny_lm, data):
     a, b, c = _train_lora(tiny_lm, data, 0), _train_lora(tiny_lm, data, 0), _train_lora(tiny_lm, data, 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_leaving_the_retain_budget_at_the_first_evaluation_is_an_error(fresh, data):
+    model, tok = fresh
+    adapter = ReftAdapter(model, [0], 2, "loreft")   # LoReFT is not the identity at init: step 0 is no result
+    with pytest.raises(unlearn.NoStateWithinBudget, match="no checkpoint was written"):
+        unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                      data["h_retain"], {**TRAIN, "max_retain_ppl_ratio": 0.5}, seed=0)  # budget below base
