@@ -193,3 +193,15 @@ def test_leaving_the_retain_budget_at_the_first_evaluation_is_an_error(fresh, da
     with pytest.raises(unlearn.NoStateWithinBudget, match="no checkpoint was written"):
         unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
                       data["h_retain"], {**TRAIN, "max_retain_ppl_ratio": 0.5}, seed=0)  # budget below base
+
+
+@pytest.mark.parametrize("kind", ["loreft", "noreft"])
+def test_reft_identity_init_leaves_the_model_unchanged(fresh, kind):
+    model, tok = fresh
+    clean = logits(model, tok)
+    adapter = ReftAdapter(model, [0, 1], 2, kind, init="identity")
+    with adapter.active():
+        assert torch.allclose(logits(model, tok), clean, atol=1e-5)
+    random_start = ReftAdapter(model, [0], 2, kind)
+    with random_start.active():
+        assert not torch.allclose(logits(model, tok), clean, atol=1e-4)

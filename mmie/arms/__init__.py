@@ -15,7 +15,7 @@ TRAINED = ("lora", "reft")
 # Method-specific defaults (the schema cannot express defaults that depend on the method).
 DEFAULTS = {
     "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-    "reft": {"rank": 4, "intervention": "loreft", "layers": None},
+    "reft": {"rank": 4, "intervention": "loreft", "layers": None, "init": "random"},
 }
 
 

@@ -32,7 +32,7 @@ def intervention_class(kind: str):
 class ReftAdapter:
     method = "reft"
 
-    def __init__(self, model, layers: list[int], rank: int, kind: str) -> None:
+    def __init__(self, model, layers: list[int], rank: int, kind: str, init: str = "random") -> None:
         check_layers(model, layers)
         self.model = model
         self.layers = list(layers)
@@ -43,16 +43,33 @@ class ReftAdapter:
         self.interventions = torch.nn.ModuleDict({
             str(layer): cls(embed_dim=hidden, low_rank_dimension=rank, dtype=torch.float32, **extra)
             for layer in self.layers})
+        if init == "identity":
+            self._identity_init()
+        elif init != "random":
+            raise ConfigError(f"ReFT init {init!r} is not one of identity, random")
         self.interventions.to(next(model.parameters()).device)
         for p in model.parameters():
             p.requires_grad_(False)
+
+    def _identity_init(self) -> None:
+        """Start as the identity: the learned source equals the projection it replaces, with zero bias
+        (LoReFT: W = R^T, b = 0, so R^T(Wh + b − Rh) = 0). pyreft's random start perturbs models with
+        large residual streams (Gemma) far outside the retain budget before the first step."""
+        with torch.no_grad():
+            for module in self.interventions.values():
+                proj = module.rotate_layer.weight.T if self.kind == "loreft" else module.proj_layer.weight
+                module.learned_source.weight.copy_(proj)
+                if self.kind == "noreft" and module.proj_layer.bias is not None:
+                    module.learned_source.bias.copy_(module.proj_layer.bias)
+                else:
+                    module.learned_source.bias.zero_()
 
     @classmethod
     def create(cls, model, spec: dict, layers: list[int]) -> "ReftAdapter":
         if spec["intervention"] == "loreft" and spec["train"]["weight_decay"] != 0:
             raise ConfigError("ReFT with LoReFT needs train.weight_decay: 0 (weight decay collapses its orthogonal "
                               "rotation to zero after one AdamW step)")
-        return cls(model, layers, spec["rank"], spec["intervention"])
+        return cls(model, layers, spec["rank"], spec["intervention"], spec["init"])
 
     def parameters(self):
         return list(self.interventions.parameters())
