@@ -69,7 +69,8 @@ def perplexity(nll_sum: float, tokens: int) -> float:
     return math.exp(nll_sum / tokens)
 
 
-def _right_pad(seqs: list[list[int]], pad_id: int, device):
+def right_pad(seqs: list[list[int]], pad_id: int, device):
+    """Right-padded ids and attention mask of a batch of token-id lists (empty lists allowed)."""
     import torch
 
     width = max(1, max(len(s) for s in seqs))
@@ -98,10 +99,10 @@ def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list
         for start in tqdm(range(0, len(targets), batch_size), desc=desc, unit="batch", mininterval=2.0):
             batch = targets[start:start + batch_size]
             b = len(base_context)
-            ids, mask = _right_pad([list(base_context) + t for t in batch], pad_id, device)
+            ids, mask = right_pad([list(base_context) + t for t in batch], pad_id, device)
             with arm.reference():
                 ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            ctx_ids, ctx_mask = _right_pad([arm_context + t for t in batch], pad_id, device)
+            ctx_ids, ctx_mask = right_pad([arm_context + t for t in batch], pad_id, device)
             with arm.active():
                 cur = torch.log_softmax(model(input_ids=ctx_ids, attention_mask=ctx_mask).logits.float(), dim=-1)
             c = len(arm_context)
@@ -131,7 +132,7 @@ def mia_scores(model, pad_id: int, seqs: list[list[int]], *, k: float = 0.2, bat
     with torch.inference_mode():
         for start in tqdm(range(0, len(seqs), batch_size), desc=desc, unit="batch", mininterval=2.0):
             batch = seqs[start:start + batch_size]
-            ids, mask = _right_pad(batch, pad_id, device)
+            ids, mask = right_pad(batch, pad_id, device)
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)[:, :-1]
             tok = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
             p = logp.exp()

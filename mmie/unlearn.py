@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mmie.likelihood import right_pad
+
 log = logging.getLogger(__name__)
 
 
@@ -33,16 +35,6 @@ class NoStateWithinBudget(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- tensors
-def pad_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of each next token and the mask of positions that count (both [B, T-1])."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -97,7 +89,7 @@ def heldout_nll(model, adapter, seqs: list[list[int]], pad_id: int, device, batc
     ctx = adapter.active if use_adapter else adapter.reference
     with torch.inference_mode(), ctx():
         for i in range(0, len(seqs), batch_size):
-            ids, mask = pad_batch(seqs[i:i + batch_size], pad_id, device)
+            ids, mask = right_pad(seqs[i:i + batch_size], pad_id, device)
             lp, valid = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
             total += float(-(lp * valid).sum())
             count += int(valid.sum())
@@ -135,8 +127,8 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
     for step in tqdm(range(1, steps + 1), desc=desc, mininterval=2.0):
         fb = [forget[i] for i in torch.randint(len(forget), (bs,), generator=gen).tolist()]
         rb = [retain[i] for i in torch.randint(len(retain), (bs,), generator=gen).tolist()]
-        f_ids, f_mask = pad_batch(fb, pad_id, device)
-        r_ids, r_mask = pad_batch(rb, pad_id, device)
+        f_ids, f_mask = right_pad(fb, pad_id, device)
+        r_ids, r_mask = right_pad(rb, pad_id, device)
         with torch.no_grad(), adapter.reference():
             ref_r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
             ref_f_lp = (token_logprobs(model(input_ids=f_ids, attention_mask=f_mask).logits, f_ids, f_mask)[0]

@@ -9,6 +9,7 @@ from mmie.arms.lora import LoraAdapter
 from mmie.arms.reft import ReftAdapter
 from mmie.errors import ConfigError, ModelError
 from mmie.hooks import hook_count
+from mmie.likelihood import right_pad
 
 TRAIN = {"objective": "npo", "beta": 0.1, "bound": 10.0, "retain_kl": 1.0, "retain_nll": 0.0, "lr": 5e-3,
          "weight_decay": 0.0, "max_steps": 12, "warmup_steps": 2, "batch_size": 4, "grad_clip": 1.0,
@@ -41,9 +42,9 @@ def logits(model, tok, text="मेरा नाम राज है and the wea
 def test_losses_are_token_averaged_and_ignore_padding(fresh):
     model, tok = fresh
     a, b = [5, 6, 7, 8, 9], [10, 11, 12]
-    ids1, m1 = unlearn.pad_batch([a], tok.pad_token_id, "cpu")
-    ids2, m2 = unlearn.pad_batch([a, a + [3] * 0], tok.pad_token_id, "cpu")
-    ids3, m3 = unlearn.pad_batch([b, a], tok.pad_token_id, "cpu")   # b is padded to a's length
+    ids1, m1 = right_pad([a], tok.pad_token_id, "cpu")
+    ids2, m2 = right_pad([a, a + [3] * 0], tok.pad_token_id, "cpu")
+    ids3, m3 = right_pad([b, a], tok.pad_token_id, "cpu")   # b is padded to a's length
     with torch.no_grad():
         lp1, v1 = unlearn.token_logprobs(model(input_ids=ids1, attention_mask=m1).logits, ids1, m1)
         lp3, v3 = unlearn.token_logprobs(model(input_ids=ids3, attention_mask=m3).logits, ids3, m3)
