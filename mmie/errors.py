@@ -23,3 +23,7 @@ class ModelError(MMIEError):
 
 class MetricError(MMIEError):
     """A metric cannot be computed (never replaced by a stand-in value)."""
+
+
+class SAEError(MMIEError):
+    """A sparse autoencoder cannot be trained, loaded or used (METHOD §7)."""

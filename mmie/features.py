@@ -1,0 +1,232 @@
+"""SAE feature selection per layer (METHOD §7): which latents carry the target language.
+
+Firing frequency of a latent on a role = share of that role's cached tokens on which it is active
+(> 0). The retain filter, shared by every method: a latent firing on more than
+``retain_max_freq`` of the retain tokens, or of any neighbour language's tokens, is dropped.
+
+- ``frequency`` (the SAEBench unlearning recipe): retain filter, ``freq_forget ≥ min_forget_freq``;
+  ``score = freq_forget`` (rank by forget frequency, as SAEBench does; the retain frequency only
+  filters, ties go to the latent with the lower retain/neighbour frequency).
+- ``semantic``: fires on the target in both scripts — ``freq_forget`` and ``freq_forget_romanized``
+  ≥ ``min_forget_freq`` — but not on target-script gibberish (``freq_gibberish ≤
+  gibberish_max_freq``) nor retain/neighbours (retain filter);
+  ``score = min(freq_forget, freq_forget_romanized) − max(freq_gibberish, freq_retain_like)``.
+- ``gradient``: attribution patching of the forget loss. With ``h`` the layer's output, ``g =
+  ∂L/∂h`` (L = summed next-token NLL of ``gradient_texts`` forget texts; gradients enabled
+  explicitly, model parameters frozen for the pass and restored after), ``z`` the latents and ``d_i``
+  latent i's decoder direction: ablating latent i moves ``h`` by ``−z_i d_i``, which changes L by
+  ``≈ −z_i (g · d_i)``. ``score_i = −Σ z_i (g · d_i) / tokens``: the estimated *increase* of the
+  forget loss (nats per token) when the latent is ablated — higher = the latent does more for
+  forget-language likelihood. Kept: score > 0, plus the retain filter and ``min_forget_freq`` as in
+  ``frequency``. Retain texts, when given, get the same attribution (``retain_score``, reported only).
+
+``rejected`` counts, per reason, the latents failing that criterion (a latent can fail several).
+Nothing selected is an error naming the thresholds and the knobs."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from mmie.errors import ConfigError, DataError, SAEError
+
+log = logging.getLogger(__name__)
+METHODS = ("frequency", "semantic", "gradient")
+
+
+def firing_frequency(sae, acts: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
+    """Per latent, the share of the tokens in ``acts`` [tokens, d_in] on which it is active (> 0)."""
+    if acts.ndim != 2 or acts.shape[0] == 0:
+        raise DataError(f"firing frequency needs a non-empty [tokens, d_in] tensor, got {tuple(acts.shape)}")
+    dev = sae.W_dec.device
+    counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=dev)
+    with torch.inference_mode():
+        for start in range(0, acts.shape[0], batch_size):
+            z = sae.encode(acts[start:start + batch_size].to(dev, torch.float32))
+            counts += (z > 0).sum(0).double()
+    return (counts / acts.shape[0]).cpu()
+
+
+def decoder_directions(sae) -> torch.Tensor:
+    """[d_sae, d_in]: what one unit of each latent adds to the reconstruction."""
+    w = sae.W_dec.detach()
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):  # a training SAE: decode divides by the norm
+        w = w / w.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    return w
+
+
+def attribution(model, tok, layer: int, sae, texts: list[str], *, max_length: int, batch_size: int,
+                desc: str = "attribution") -> tuple[torch.Tensor, int]:
+    """Per latent, ``−Σ z_i (∂L/∂h · d_i)`` over the texts' tokens (L: summed next-token NLL), and
+    the number of scored tokens. The model is not changed: its parameters are frozen for the pass
+    (``requires_grad`` restored afterwards), the only tensor needing a gradient is the layer output,
+    and the hook is removed on exit."""
+    import torch.nn.functional as F
+
+    from mmie.activations import encode_texts
+    from mmie.hooks import edit_layer_outputs
+    from mmie.likelihood import right_pad
+
+    seqs, skip = encode_texts(tok, texts, max_length)
+    seqs = [s for s in seqs if len(s) >= skip + 2]
+    if not seqs:
+        raise DataError(f"{desc}: none of the {len(texts)} texts has a token to score after the special prefix")
+    device = next(model.parameters()).device
+    dirs = decoder_directions(sae)
+    sae_dev = dirs.device
+    scores = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    n_tokens = 0
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    captured: list[torch.Tensor] = []
+
+    def capture(h: torch.Tensor) -> torch.Tensor:
+        leaf = h.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.inference_mode(False), torch.enable_grad():
+            for start in range(0, len(seqs), batch_size):
+                ids, mask = right_pad(seqs[start:start + batch_size], tok.pad_token_id, device)
+                captured.clear()
+                with edit_layer_outputs(model, {layer: capture}):
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                labels, valid = ids[:, 1:], mask[:, 1:].bool()
+                nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                      reduction="none").view(labels.shape)
+                # tokens predicted from a non-prefix position (the prefix is never an SAE input)
+                valid[:, :skip] = False
+                loss = nll[valid].sum()
+                (grad,) = torch.autograd.grad(loss, captured[0])
+                h = captured[0].detach()
+                pos = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+                pos[:, skip:] = mask[:, skip:].bool()  # real, non-prefix positions
+                with torch.no_grad():
+                    hx = h[pos].to(sae_dev, torch.float32)
+                    gx = grad[pos].to(sae_dev, torch.float32)
+                    z = sae.encode(hx)
+                    scores -= (z * (gx @ dirs.T)).sum(0).double().cpu()
+                n_tokens += int(valid.sum())
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        captured.clear()
+    if not torch.isfinite(scores).all():
+        raise SAEError(f"{desc}: non-finite attribution scores at layer {layer}")
+    return scores / n_tokens, n_tokens
+
+
+def _neighbour_roles(cache) -> list[str]:
+    return sorted(r for r in cache.acts if r.startswith("neighbour_"))
+
+
+def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None, layer: int | None = None,
+                    forget_texts: list[str] | None = None, retain_texts: list[str] | None = None, seed: int = 0,
+                    max_length: int = 64, batch_size: int = 8) -> dict:
+    """Choose at most ``cfg["n_features"]`` latents of ``sae`` by ``method`` (see the module doc).
+
+    ``cache``: the layer's ``mmie.activations.Cache`` (roles ``forget``, ``retain``, neighbours;
+    ``semantic`` also needs ``forget_romanized`` and ``gibberish``). ``gradient`` needs ``model``,
+    ``tok`` and ``forget_texts`` (the first ``cfg["gradient_texts"]`` are used; ``retain_texts``
+    likewise, for the reported ``retain_score``); ``max_length``/``batch_size`` apply to its passes.
+    Returns ``{method, layer, features: [{index, score, freq_forget, freq_retain, freq_neighbours,
+    freq_forget_romanized, freq_gibberish, ...}], n_selected, n_candidates, d_sae, rejected, alive,
+    thresholds, score, tokens, seed}``, features sorted by score (highest first); ``alive`` lists the
+    latents active on at least one cached token of any role (the pool of a random-feature control)."""
+    if method not in METHODS:
+        raise ConfigError(f"features.method {method!r} is not one of {METHODS}")
+    layer = cache.layer if layer is None else layer
+    if layer != cache.layer:
+        raise ConfigError(f"select_features: layer {layer} but the activation cache is for layer {cache.layer}")
+    if cache.d_in != sae.cfg.d_in:
+        raise SAEError(f"select_features: the cache has width {cache.d_in}, the SAE expects {sae.cfg.d_in}")
+    need = ["forget", "retain"] + (["forget_romanized", "gibberish"] if method == "semantic" else [])
+    missing = [r for r in need if r not in cache.acts]
+    if missing:
+        raise DataError(f"select_features ({method}): the activation cache lacks roles {missing}")
+    freq = {role: firing_frequency(sae, acts) for role, acts in cache.acts.items()}
+    neighbours = _neighbour_roles(cache)
+    retain_like = torch.stack([freq["retain"]] + [freq[r] for r in neighbours]).max(0).values
+    r_max, f_min, g_max = cfg["retain_max_freq"], cfg["min_forget_freq"], cfg["gibberish_max_freq"]
+    checks: dict[str, torch.Tensor] = {
+        f"fires_on_retain (freq_retain > retain_max_freq={r_max})": freq["retain"] > r_max,
+        **{f"fires_on_{r} (> retain_max_freq={r_max})": freq[r] > r_max for r in neighbours},
+        f"rare_on_forget (freq_forget < min_forget_freq={f_min})": freq["forget"] < f_min,
+    }
+    thresholds = {"retain_max_freq": r_max, "min_forget_freq": f_min}
+    extra: dict[str, torch.Tensor] = {}
+    if method == "frequency":
+        score = freq["forget"].clone()
+        score_doc = "freq_forget"
+    elif method == "semantic":
+        checks[f"rare_on_romanized (freq_forget_romanized < min_forget_freq={f_min})"] = freq["forget_romanized"] < f_min
+        checks[f"fires_on_gibberish (freq_gibberish > gibberish_max_freq={g_max})"] = freq["gibberish"] > g_max
+        thresholds["gibberish_max_freq"] = g_max
+        score = (torch.minimum(freq["forget"], freq["forget_romanized"])
+                 - torch.maximum(freq["gibberish"], retain_like))
+        score_doc = "min(freq_forget, freq_forget_romanized) - max(freq_gibberish, max(freq_retain, freq_neighbours))"
+    else:
+        if model is None or tok is None or not forget_texts:
+            raise ConfigError("features.method 'gradient' needs the model, its tokenizer and forget texts")
+        n_texts = cfg["gradient_texts"]
+        score, n_tok = attribution(model, tok, layer, sae, forget_texts[:n_texts], max_length=max_length,
+                                   batch_size=batch_size, desc="attribution (forget)")
+        extra["attribution_tokens_forget"] = torch.tensor(float(n_tok))
+        if retain_texts:
+            extra["retain_score"], n_ret = attribution(model, tok, layer, sae, retain_texts[:n_texts],
+                                                       max_length=max_length, batch_size=batch_size,
+                                                       desc="attribution (retain)")
+            extra["attribution_tokens_retain"] = torch.tensor(float(n_ret))
+        checks["ablation_does_not_raise_forget_loss (score <= 0)"] = score <= 0
+        thresholds["gradient_texts"] = n_texts
+        score_doc = ("estimated increase of the forget next-token loss (nats/token) when the latent is ablated: "
+                     "-mean over forget tokens of z_i * (dL/dh . W_dec[i])")
+    rejected_mask = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    for mask in checks.values():
+        rejected_mask |= mask
+    candidates = (~rejected_mask).nonzero().flatten().tolist()
+    rejected = {reason: int(mask.sum()) for reason, mask in checks.items()}
+    if not candidates:
+        fails = torch.stack(list(checks.values())).sum(0)
+        near = min(range(sae.cfg.d_sae), key=lambda i: (int(fails[i]), -float(score[i]), i))
+        why = [reason.split(" ")[0] for reason, mask in checks.items() if mask[near]]
+        raise SAEError(
+            f"feature selection ({method}) at layer {layer} kept none of the {sae.cfg.d_sae} latents: "
+            + "; ".join(f"{n} {reason}" for reason, n in rejected.items())
+            + f". Nearest miss: latent {near} (score {float(score[near]):.4g}, freq_forget "
+            + f"{float(freq['forget'][near]):.4f}, max retain/neighbour freq {float(retain_like[near]):.4f}"
+            + (f", freq_forget_romanized {float(freq['forget_romanized'][near]):.4f}, freq_gibberish "
+               f"{float(freq['gibberish'][near]):.4f}" if method == "semantic" else "")
+            + f") fails {', '.join(why)}"
+            + ". Loosen features.retain_max_freq / features.min_forget_freq"
+            + (" / features.gibberish_max_freq" if method == "semantic" else "")
+            + (" (or give features.gradient_texts more texts)" if method == "gradient" else "")
+            + ", or train a wider SAE (sae.expansion) with more tokens (sae.train_tokens)")
+    # highest score first; ties: lower retain/neighbour frequency, then lower index
+    candidates.sort(key=lambda i: (-float(score[i]), float(retain_like[i]), i))
+    chosen = candidates[:cfg["n_features"]]
+    features = []
+    for i in chosen:
+        row = {"index": int(i), "score": float(score[i]), "freq_forget": float(freq["forget"][i]),
+               "freq_retain": float(freq["retain"][i]),
+               "freq_neighbours": {r[len("neighbour_"):]: float(freq[r][i]) for r in neighbours}}
+        for role in ("forget_romanized", "gibberish"):
+            if role in freq:
+                row[f"freq_{role}"] = float(freq[role][i])
+        if "retain_score" in extra:
+            row["retain_score"] = float(extra["retain_score"][i])
+        features.append(row)
+    alive = (torch.stack(list(freq.values())).max(0).values > 0).nonzero().flatten().tolist()
+    out = {"method": method, "layer": int(layer), "d_sae": int(sae.cfg.d_sae), "features": features,
+           "n_selected": len(features), "n_candidates": len(candidates), "rejected": rejected, "alive": alive,
+           "thresholds": {**thresholds, "n_features": cfg["n_features"]}, "score": score_doc,
+           "tokens": {role: int(a.shape[0]) for role, a in cache.acts.items()}, "seed": seed}
+    for key in ("attribution_tokens_forget", "attribution_tokens_retain"):
+        if key in extra:
+            out[key] = int(extra[key])
+    log.info("layer %d, %s: %d candidates of %d latents, %d selected (top score %.4g); rejected %s", layer, method,
+             len(candidates), sae.cfg.d_sae, len(features), features[0]["score"], rejected)
+    return out
