@@ -18,6 +18,7 @@ container: config["container"]
 
 include: "rules/data.smk"
 include: "rules/model.smk"
+include: "rules/sae.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

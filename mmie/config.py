@@ -9,6 +9,7 @@ from pathlib import Path
 from mmie.errors import ConfigError
 from mmie.metrics.sets import SetInfo
 
+EDIT_METHODS = ("sae_gate", "random_gate", "dim", "script_scrub")
 FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial", "comprehension", "yes_no")
 
 
@@ -47,7 +48,7 @@ def raw_data_files(config: dict) -> dict[str, str]:
     """role -> raw file path, for every configured input file."""
     data = config["data"]
     files = {role: data[role] for role in ("forget", "retain", "forget_romanized", "mixed", "adversarial",
-                                             "lid_check", "yes_no") if data.get(role)}
+                                             "lid_check", "yes_no", "gibberish") if data.get(role)}
     for code, path in data.get("neighbours", {}).items():
         files[f"neighbour_{code}"] = path
     return files
@@ -88,11 +89,18 @@ def check(config: dict, workdir: str | Path = ".") -> None:
         if spec["method"] == "prompt" and not spec.get("instruction"):
             raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")
         if spec["method"] == "reft":
-            if not (spec.get("layers") or config["layers"]["force_layers"]):
-                raise ConfigError(f"arms.{arm}: a reft arm needs layers (arms.{arm}.layers or layers.force_layers)")
             if spec.get("intervention", "loreft") == "loreft" and spec["train"]["weight_decay"] != 0:
                 raise ConfigError(f"arms.{arm}.train.weight_decay must be 0 for LoReFT: weight decay collapses its "
                                   f"orthogonal rotation to zero after one AdamW step")
+        if spec.get("on") is not None:
+            from mmie.arms import base_arm
+
+            base_arm(config, arm)  # the arm it sits on must be a trained arm of this config
+        if spec.get("strength") is not None and spec["method"] != "dim":
+            raise ConfigError(f"arms.{arm}.strength is only for dim arms")
+        gate_keys = [k for k in ("gate_alpha", "gate_mode", "gate_clamp") if spec.get(k) is not None]
+        if gate_keys and spec["method"] not in ("sae_gate", "random_gate"):
+            raise ConfigError(f"arms.{arm}: {gate_keys} are only for sae_gate / random_gate arms")
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arm):
             raise ConfigError(f"arms.{arm}: arm names may use letters, digits and _ . + - only")
     if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":

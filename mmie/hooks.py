@@ -74,6 +74,22 @@ def edit_layer_outputs(model, edits: dict[int, Edit]) -> Iterator[None]:
             h.remove()
 
 
+@contextlib.contextmanager
+def record_layer_outputs(model, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the residual stream after each given decoder layer (the place the edits act on):
+    ``store[layer]`` holds the last forward pass's hidden state, detached."""
+    store: dict[int, torch.Tensor] = {}
+
+    def recorder(layer: int) -> Edit:
+        def fn(hidden: torch.Tensor) -> torch.Tensor:
+            store[layer] = hidden.detach()
+            return hidden
+        return fn
+
+    with edit_layer_outputs(model, {layer: recorder(layer) for layer in layers}):
+        yield store
+
+
 def hook_count(model) -> int:
     """Number of forward hooks on the model's modules (a clean model has none from mmie)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

@@ -172,7 +172,8 @@ def warn_truncation(name: str, truncated: int, total: int, limit: float, what: s
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
-             out_root: str, manifest_out: str, checkpoint: str | None = None, mia_out: str | None = None) -> None:
+             out_root: str, manifest_out: str, checkpoint: str | None = None, mia_out: str | None = None,
+             results_root: str | None = None) -> None:
     """One (arm, seed) job: load the model once, then generate and score likelihoods for every set."""
     import torch
 
@@ -186,7 +187,12 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
-    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint)
+    assets = None
+    if results_root is not None:
+        from mmie.arms.edit_arms import LayerAssets
+
+        assets = LayerAssets.under(results_root)
+    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint, config=config, seed=seed, assets=assets)
     model, tok = arm.model, lm.tokenizer
     decoding = Decoding.from_config(config["generation"])
     ev = config["eval"]
@@ -306,7 +312,8 @@ def score(config: dict, arm_name: str, seed: int, set_name: str, generations: st
 
 
 # ----------------------------------------------------------------------------- train
-def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, out_dir: str) -> None:
+def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, out_dir: str,
+                  selection: str | None = None) -> None:
     """One (arm, seed) unlearning run; writes the checkpoint directory atomically (temp dir + rename):
     adapter weights, manifest.json, train_log.csv."""
     import shutil
@@ -340,7 +347,8 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     h_forget = enc(data / "forget" / "eval.jsonl", tcfg["heldout_items"])
     h_retain = enc(data / "retain" / "eval.jsonl", tcfg["heldout_items"])
     seed_everything(seed, config["deterministic"])  # adapter initialisation depends only on the seed
-    adapter = arms.create_adapter(config, spec, lm.model)
+    selected = io.read_json(selection)["layers"] if selection else None
+    adapter = arms.create_adapter(config, spec, lm.model, selected)
     n_trainable = sum(p.numel() for p in adapter.parameters())
     result = unlearn.train(adapter.model, adapter, tok.pad_token_id, forget, retain, h_forget, h_retain, tcfg,
                            seed, desc=f"train {arm_name}/seed{seed}")
@@ -423,3 +431,141 @@ def convert_gemma(config: dict, out_dir: str, report_out: str) -> None:
     info = convert(out_dir)
     io.write_json(report_out, {"conversion": info, "provenance": provenance.build(
         config, section(config, "model"), rule="convert_gemma")})
+
+
+# ----------------------------------------------------------------------------- layers and activations
+def select_layers(config: dict, model_dir: str | None, data_dir: str, sets_dir: str, lid_detector: str,
+                  out: str, judge_cache_dir: str | None = None) -> None:
+    """The layer-selection checkpoint: one artifact with every score, vote and the chosen layers.
+    With ``layers.force_layers`` set it records the forced layers and loads no model."""
+    from mmie import layers
+
+    if config["layers"]["force_layers"]:
+        result = layers.forced(config)
+        runtime = {}
+    else:
+        import torch
+
+        from mmie.lid import load_lid
+        from mmie.models import load_model
+        from mmie.seeding import seed_everything
+
+        torch.set_num_threads(config["resources"]["torch_threads"])
+        seed_everything(config["data"]["seed"], config["deterministic"])
+        sel = config["layers"]["selection"]
+        lm = load_model(config["model"], model_dir)
+        data_dir = Path(data_dir)
+        texts = {
+            "target": [r["text"] for r in io.read_jsonl(data_dir / "forget" / "train.jsonl")][:sel["max_texts"]],
+            "retain": [r["text"] for r in io.read_jsonl(data_dir / "retain" / "train.jsonl")][:sel["max_texts"]],
+            "neighbours": [r["text"] for code in config["languages"].get("neighbours", {})
+                           for r in io.read_jsonl(data_dir / "neighbours" / f"{code}.jsonl")[:sel["max_texts"]]],
+        }
+        prompts = io.read_jsonl(Path(sets_dir) / "forget.jsonl")[:sel["causal_prompts"]]
+        lid = load_lid(config["lid"], config["languages"], lid_detector)
+        judge = None
+        if sel["judge_weight"] > 0:
+            from mmie.judge import Judge
+
+            if not config["judge"]["enabled"]:
+                raise ModelError("layers.selection.judge_weight > 0 needs judge.enabled: true")
+            judge = Judge.from_config(config["judge"], config["languages"]["target"].get("name", "the target language"),
+                                      judge_cache_dir or config["judge"]["cache_dir"])
+        result = layers.select(config, lm, texts, prompts, lid, judge)
+        if judge is not None:
+            result["judge_calls"] = judge.calls
+        runtime = lm.runtime
+        log.info("chosen layers %s (votes %s)", result["layers"], result["votes"])
+    result["provenance"] = provenance.build(config, section(config, "layers", "model"), runtime=runtime,
+                                            rule="select_layers", seed=config["data"]["seed"])
+    io.write_json(out, result)
+
+
+def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir: str, out: str,
+                      directions_out: str, meta_out: str) -> None:
+    """Token-level activations of one layer for every cached role (written once), and the
+    directions fitted on them (difference in means, script eraser)."""
+    import torch
+
+    from mmie.activations import cache_roles, collect, model_fingerprint, write_cache
+    from mmie.directions import fit_layer_directions, save_directions
+    from mmie.hooks import check_layers
+    from mmie.models import load_model
+
+    t0 = time.time()
+    torch.set_num_threads(config["resources"]["torch_threads"])
+    act = config["layers"]["activations"]
+    lm = load_model(config["model"], model_dir)
+    check_layers(lm.model, [layer])
+    fp = model_fingerprint(lm.model)
+    roles = cache_roles(config, data_dir, act["max_texts"])
+    acts = {role: collect(lm.model, lm.tokenizer, texts, [layer], max_length=act["max_length"],
+                          batch_size=act["batch_size"], desc=f"layer {layer} {role}")[layer]
+            for role, texts in roles.items()}
+    seconds = time.time() - t0
+    tokens = sum(int(a.shape[0]) for a, _ in acts.values())
+    write_cache(out, layer, acts, fp, dtype=act["dtype"])
+    directions = fit_layer_directions({role: a for role, (a, _) in acts.items()})
+    save_directions(directions_out, directions, {"layer": str(layer), "model_fingerprint": fp})
+    io.write_json(meta_out, {
+        "layer": layer, "model_fingerprint": fp, "d_in": int(next(iter(acts.values()))[0].shape[1]),
+        "texts": {role: len(t) for role, t in roles.items()},
+        "tokens": {role: int(a.shape[0]) for role, (a, _) in acts.items()},
+        "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
+        "dim_norm": float(directions["dim"].norm()),
+        "provenance": provenance.build(config, section(config, "layers", "model", "data"), runtime=lm.runtime,
+                                       rule="cache_activations",
+                                       inputs=[Path(data_dir) / r / "train.jsonl" for r in ("forget", "retain")]),
+    })
+
+
+def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str, lid_detector: str,
+               results_root: str, out: str) -> None:
+    """Dose-response of an SAE gate arm: target rate on forget prompts and retain perplexity for each
+    alpha in gate.sweep_alphas, for the arm's features and for as many random features (the control)."""
+    import torch
+
+    from mmie.arms.edit_arms import LayerAssets, layer_edits
+    from mmie.generation import Decoding, generate, special_prefix
+    from mmie.hooks import edit_layer_outputs
+    from mmie.lid import load_lid
+    from mmie.likelihood import perplexity, score_sequences
+    from mmie.models import load_model
+    from mmie.seeding import seed_everything
+
+    t0 = time.time()
+    torch.set_num_threads(config["resources"]["torch_threads"])
+    seed_everything(seed, config["deterministic"])
+    spec = config["arms"][arm_name]
+    g = config["gate"]
+    lm = load_model(config["model"], model_dir)
+    model, tok = lm.model, lm.tokenizer
+    lid = load_lid(config["lid"], config["languages"], lid_detector)
+    assets = LayerAssets.under(results_root)
+    n = g["sweep_prompts"]
+    prompts = io.read_jsonl(Path(sets_dir) / "forget.jsonl")[:n]
+    retain = [r for r in io.read_jsonl(Path(sets_dir) / "retain.jsonl") if r.get("text")][:n]
+    prefix = special_prefix(tok)
+    retain_ids = [tok(r["text"], add_special_tokens=False)["input_ids"] for r in retain]
+    decoding = Decoding.from_config(config["generation"])
+    ev = config["eval"]
+    rows = []
+    for method in ("sae_gate", "random_gate"):
+        for alpha in g["sweep_alphas"]:
+            fns, used = layer_edits(config, spec, model, assets, seed, alpha=alpha, method=method)
+            with edit_layer_outputs(model, fns):
+                outs = [x["output"] for x in generate(model, tok, prompts, decoding, seed=seed,
+                                                      desc=f"sweep {method} alpha={alpha}")]
+                scores = score_sequences(model, tok.pad_token_id, [prefix] * len(retain_ids), retain_ids,
+                                         batch_size=ev["score_batch_size"], max_length=ev["max_length"],
+                                         desc=f"sweep ppl {method} alpha={alpha}")
+            target = [int(lid.is_target(lid.identify(o)[0])) for o in outs]
+            ppl = perplexity(sum(s["nll"] for s in scores), sum(s["tokens"] for s in scores))
+            rows.append({"method": method, "alpha": alpha, "target_rate": sum(target) / len(target),
+                         "retain_ppl": ppl, "prompts": len(outs), "retain_texts": len(scores),
+                         "features": {k: v["features"] for k, v in used.items() if k[len("layer"):].isdigit()}})
+            log.info("sweep %s alpha=%s: target_rate %.3f retain ppl %.2f", method, alpha, rows[-1]["target_rate"], ppl)
+    io.write_json(out, {"arm": arm_name, "seed": seed, "rows": rows, "seconds": round(time.time() - t0, 1),
+                        "provenance": provenance.build(config, section(config, "gate", "arms"), seed=seed,
+                                                       runtime=lm.runtime, rule="sweep_gate",
+                                                       inputs=[Path(sets_dir) / "forget.jsonl"])})

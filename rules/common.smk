@@ -18,6 +18,11 @@ NEIGHBOURS = list(config["languages"]["neighbours"])
 SPLIT_FILES = [f"{R}/data/{role}/{part}.jsonl" for role in ("forget", "retain") for part in ("train", "eval", "holdout")]
 LORA_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "lora"]
 REFT_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "reft"]
+EDIT_ARMS = [a for a, spec in config["arms"].items() if spec["method"] in mcfg.EDIT_METHODS]
+GATE_ARMS = [a for a in EDIT_ARMS if config["arms"][a]["method"] in ("sae_gate", "random_gate")]
+SWEEP_ARMS = [a for a in GATE_ARMS if config["arms"][a]["method"] == "sae_gate" and not config["arms"][a].get("on")]
+# arms whose layers come from layer selection (ReFT without its own layers, every edit arm)
+LAYER_ARMS = EDIT_ARMS + [a for a in REFT_ARMS if not config["arms"][a].get("layers")]
 GPU_MEM = config["resources"]["gpu_mem_mb"]
 CPU_MEM = config["resources"]["cpu_mem_mb"]
 
@@ -25,6 +30,7 @@ CPU_MEM = config["resources"]["cpu_mem_mb"]
 wildcard_constraints:
     arm="|".join(re.escape(a) for a in ARMS),
     seed=r"\d+",
+    layer=r"\d+",
     set="|".join(re.escape(s) for s in SETS),
 
 
@@ -54,10 +60,67 @@ def arm_regex(arms):
 
 
 def checkpoint_dir(wildcards):
-    """The checkpoint an (arm, seed) evaluation loads; none for untrained arms."""
-    if config["arms"][wildcards.arm]["method"] in ("lora", "reft"):
-        return f"{R}/checkpoints/{wildcards.arm}/seed{wildcards.seed}"
+    """The checkpoint an (arm, seed) evaluation loads: its own when trained, the trained arm's
+    for a gate that sits on one (``on:``, e.g. lora+sae_gate), none otherwise."""
+    spec = config["arms"][wildcards.arm]
+    trained = spec["method"] in ("lora", "reft")
+    if trained or spec.get("on"):
+        return f"{R}/checkpoints/{wildcards.arm if trained else spec['on']}/seed{wildcards.seed}"
     return []
+
+
+def selection_file(wildcards=None):
+    return f"{R}/layers/selection.json"
+
+
+def selected_layers():
+    """The layers the select_layers checkpoint chose (Snakemake re-evaluates the DAG after it)."""
+    import json
+
+    with open(checkpoints.select_layers.get().output[0]) as fh:
+        return [int(x) for x in json.load(fh)["layers"]]
+
+
+def gibberish_file(wildcards=None):
+    return config["data"]["gibberish"] or []
+
+
+def layer_assets(method, layers):
+    if method in ("sae_gate", "random_gate"):
+        return expand(f"{R}/sae/layer{{layer}}", layer=layers) + expand(
+            f"{R}/sae/features/layer{{layer}}.json", layer=layers)
+    if method in ("dim", "script_scrub"):
+        return expand(f"{R}/acts/layer{{layer}}.directions.safetensors", layer=layers)
+    return []
+
+
+def edit_inputs(wildcards):
+    """What an (arm, seed) evaluation needs besides the model: the layer selection and, for an edit
+    arm, each selected layer's SAE and features or fitted directions."""
+    if wildcards.arm not in LAYER_ARMS:
+        return []
+    spec = config["arms"][wildcards.arm]
+    layers = spec.get("layers") or selected_layers()
+    return [selection_file()] + layer_assets(spec["method"], layers)
+
+
+def reft_selection(wildcards):
+    return selection_file() if wildcards.arm in LAYER_ARMS else []
+
+
+def sweep_inputs(wildcards):
+    spec = config["arms"][wildcards.arm]
+    return {"model": model_dir(), "prompts": eval_set_files(), "detector": f"{R}/lid/romanized_detector.json",
+            "assets": [selection_file()] + layer_assets("sae_gate", spec.get("layers") or selected_layers())}
+
+
+def sae_report_inputs(wildcards):
+    layers = selected_layers()
+    gates = bool(GATE_ARMS)
+    return {"selection": selection_file(),
+            "quality": expand(f"{R}/sae/quality/layer{{layer}}.json", layer=layers) if gates else [],
+            "features": expand(f"{R}/sae/features/layer{{layer}}.json", layer=layers) if gates else [],
+            "sweeps": expand(f"{R}/sweep/{{arm}}/seed{{seed}}.json", arm=SWEEP_ARMS, seed=SEEDS)}
 
 
 def checkpoint_param(wildcards):
@@ -93,6 +156,8 @@ def final_outputs():
            f"{R}/summary/gates.csv", f"{R}/summary/decisions.json", f"{R}/summary/results.md",
            f"{R}/data/data_report.json", f"{R}/lid/lid_report.json"]
     out += expand(f"{R}/plots/{{name}}.png", name=PLOTS)
+    if LAYER_ARMS:
+        out += [f"{R}/summary/sae_quality.csv", f"{R}/plots/layer_selection.png"]
     return out
 
 

@@ -5,6 +5,7 @@ rule evaluate:
         model=model_dir,
         eval_sets=eval_set_files,
         checkpoint=checkpoint_dir,
+        edits=edit_inputs,
         mia=[f"{R}/data/forget/train.jsonl", f"{R}/data/forget/holdout.jsonl"],
     output:
         generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
@@ -23,6 +24,7 @@ rule evaluate:
         out_root=f"{R}/{{arm}}/seed{{seed}}",
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
+        results_root=R,
     script:
         "../scripts/evaluate.py"
 

@@ -1,6 +1,6 @@
 # Trained arms: one job per (arm, seed), each writing its own checkpoint directory (never shared
 # between seeds). Deleting a checkpoint and asking for one of its metric files reruns exactly that
-# seed's training and evaluation.
+# seed's training and evaluation. ReFT's layers are the selected layers (layers/selection.json).
 rule train_lora:
     input:
         model=model_dir,
@@ -27,6 +27,7 @@ rule train_reft:
     input:
         model=model_dir,
         splits=SPLIT_FILES,
+        selection=reft_selection,
     output:
         directory(f"{R}/checkpoints/{{arm}}/seed{{seed}}"),
     wildcard_constraints:

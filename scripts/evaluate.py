@@ -6,4 +6,4 @@ from mmie import pipeline  # noqa: E402
 pipeline.evaluate(snakemake.config, snakemake.wildcards.arm, int(snakemake.wildcards.seed),
                   snakemake.params.model_dir, snakemake.params.sets_dir, snakemake.params.out_root,
                   snakemake.output.manifest, snakemake.params.checkpoint,
-                  snakemake.output.mia)
+                  snakemake.output.mia, snakemake.params.results_root)

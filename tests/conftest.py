@@ -62,7 +62,7 @@ def reduced_config(workdir: Path) -> Path:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["experiment"] = EXP
     cfg["seeds"] = [0]
-    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check", "yes_no"):
+    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check", "yes_no", "gibberish"):
         cfg["data"][key] = str(ROOT / cfg["data"][key])
     cfg["data"]["neighbours"] = {k: str(ROOT / v) for k, v in cfg["data"]["neighbours"].items()}
     cfg["eval"] = {"max_prompts": 6}
@@ -70,6 +70,10 @@ def reduced_config(workdir: Path) -> Path:
     cfg["demo_model"] = {"check": {"prompts": 12}}
     for arm in ("lora", "reft"):
         cfg["arms"][arm]["train"].update(max_steps=6, eval_every=3)
+    cfg["layers"]["selection"].update(resamples=2, max_texts=40, causal_prompts=6)
+    cfg["layers"]["activations"] = {"max_texts": 80}
+    cfg["sae"] = {"train_tokens": 20000, "quality_texts": 8}
+    cfg["gate"] = {"sweep_alphas": [0.0, 1.0], "sweep_prompts": 6}
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return path

@@ -11,6 +11,8 @@ import yaml
 
 from conftest import EXP, ROOT, SETS, SNAKEMAKE, planned_jobs, smk
 
+ARMS = list(yaml.safe_load((ROOT / "config.yaml").read_text())["arms"])
+
 pytestmark = pytest.mark.slow
 def metrics(run_dir: Path, arm: str, seed: int, set_name: str) -> dict:
     return json.loads((run_dir / "results" / EXP / arm / f"seed{seed}" / set_name / "metrics.json").read_text())
@@ -117,7 +119,7 @@ def test_every_output_validates_against_the_results_schema(run_dir):
         jsonschema.validate(instance, {"$ref": f"#/$defs/{name}", "$defs": schema["$defs"]})
 
     files = list(r.glob("*/seed*/*/metrics.json"))
-    assert len(files) == 4 * len(SETS)
+    assert len(files) == len(ARMS) * len(SETS)
     for f in files:
         check(json.loads(f.read_text()), "metrics_json")
     check(json.loads((r / "summary" / "decisions.json").read_text()), "decisions_json")
@@ -132,7 +134,7 @@ def test_every_output_validates_against_the_results_schema(run_dir):
 def test_statistics_gates_and_results_page(run_dir):
     r = run_dir / "results" / EXP / "summary"
     decisions = json.loads((r / "decisions.json").read_text())
-    assert set(decisions) - {"_provenance"} == {"prompt", "lora", "reft"}
+    assert set(decisions) - {"_provenance"} == set(ARMS) - {"base"}
     page = (r / "results.md").read_text()
     for arm in ("base", "prompt", "lora", "reft"):
         assert f"**{arm}**" in page
@@ -141,3 +143,61 @@ def test_statistics_gates_and_results_page(run_dir):
     assert 0 <= forget["metrics"]["mia_auc"] <= 1 and len(forget["mia"]["id"]) > 0
     retain = json.loads((run_dir / "results" / EXP / "base" / "seed0" / "retain" / "metrics.json").read_text())
     assert retain["metrics"]["token_kl"] == pytest.approx(0.0, abs=1e-6)   # base against itself
+
+
+# ----------------------------------------------------------------------------- layers and SAEs (issue 4)
+def test_layer_selection_artifact_drives_the_sae_jobs_and_reft(run_dir):
+    r = run_dir / "results" / EXP
+    sel = json.loads((r / "layers" / "selection.json").read_text())
+    assert sel["forced"] is False and len(sel["layers"]) == 1
+    n_layers = len(sel["candidates"])
+    assert len(sel["resamples"]) == 2 and all(len(per) == n_layers for per in sel["resamples"])
+    assert sum(sel["votes"].values()) == 2 and "provenance" in sel
+    (layer,) = sel["layers"]
+    # the DAG followed the choice: one cache, SAE, feature file and quality file, for that layer only
+    assert sorted(p.name for p in (r / "sae").glob("layer*")) == [f"layer{layer}"]
+    assert (r / "acts" / f"layer{layer}.safetensors").is_file()
+    assert sorted(p.name for p in (r / "sae" / "features").iterdir()) == [f"layer{layer}.json"]
+    reft = json.loads((r / "checkpoints" / "reft" / "seed0" / "manifest.json").read_text())
+    assert reft["layers"] == [layer]
+    man = json.loads((r / "sae_gate" / "seed0" / "evaluate.json").read_text())
+    assert man["arm_details"]["layers"] == [layer] and man["arm_details"][f"layer{layer}"]["features"]
+    assert (r / "plots" / "layer_selection.png").is_file()
+
+
+def test_sae_checkpoint_loads_with_sae_lens_and_quality_is_reported(run_dir):
+    import csv
+
+    from sae_lens import SAE
+
+    r = run_dir / "results" / EXP
+    (layer,) = json.loads((r / "layers" / "selection.json").read_text())["layers"]
+    sae = SAE.load_from_disk(str(r / "sae" / f"layer{layer}"), device="cpu")
+    meta = json.loads((r / "sae" / f"layer{layer}" / "mmie.json").read_text())
+    assert sae.cfg.d_in == meta["d_in"] and "provenance" in meta
+    q = json.loads((r / "sae" / "quality" / f"layer{layer}.json").read_text())
+    assert 0 <= q["fvu"] < 1 and q["l0"] > 0 and 0 <= q["dead_share"] <= 1
+    assert q["ce_clean"] <= q["ce_zero"] and q["loss_recovered"] <= 1.0 + 1e-6
+    with open(r / "summary" / "sae_quality.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(row["layer"]) for row in rows] == [layer]
+    for name in ("sae_quality", "dose_response"):
+        assert (r / "plots" / f"{name}.png").is_file()
+
+
+def test_gate_arms_and_dose_response(run_dir):
+    r = run_dir / "results" / EXP
+    sweep = json.loads((r / "sweep" / "sae_gate" / "seed0.json").read_text())
+    rows = {(x["method"], x["alpha"]): x for x in sweep["rows"]}
+    assert set(rows) == {(m, a) for m in ("sae_gate", "random_gate") for a in (0.0, 1.0)}
+    # alpha = 0 is the base model for both
+    assert rows[("sae_gate", 0.0)]["target_rate"] == rows[("random_gate", 0.0)]["target_rate"]
+    assert rows[("sae_gate", 0.0)]["retain_ppl"] == pytest.approx(rows[("random_gate", 0.0)]["retain_ppl"])
+    layer_key = next(k for k in rows[("sae_gate", 1.0)]["features"])
+    chosen = set(rows[("sae_gate", 1.0)]["features"][layer_key])
+    assert chosen and not chosen & set(rows[("random_gate", 1.0)]["features"][layer_key])
+    combined = json.loads((r / "lora+sae_gate" / "seed0" / "evaluate.json").read_text())
+    assert combined["arm_details"]["on"] == "lora" and combined["arm_details"]["checkpoint"].endswith("lora/seed0")
+    for arm in ("random_gate", "dim", "script_scrub", "reft+sae_gate"):
+        assert metrics(run_dir, arm, 0, "forget")["metrics"]["target_rate"] >= 0
+

@@ -1,0 +1,121 @@
+"""Training-free arms that edit the residual stream at the selected layers (METHOD §6–7):
+``sae_gate`` (optionally on top of a trained adapter: ``lora+sae_gate``), ``random_gate`` (the same
+number of random SAE latents per layer: the control), ``dim`` (difference-in-means steering) and
+``script_scrub`` (LEACE eraser of the target-script vs romanized direction).
+
+``LayerAssets`` finds what a layer's edit needs under the experiment's results folder: the layer
+selection, the SAE, its features and the directions; every file is checked against the loaded
+model's fingerprint."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmie import io
+from mmie.errors import ConfigError
+
+
+@dataclass
+class LayerAssets:
+    root: Path                      # results/<exp>
+    selection: Path                 # results/<exp>/layers/selection.json
+
+    @classmethod
+    def under(cls, root: str | Path) -> "LayerAssets":
+        root = Path(root)
+        return cls(root=root, selection=root / "layers" / "selection.json")
+
+    def layers(self) -> list[int]:
+        if not self.selection.exists():
+            raise FileNotFoundError(f"{self.selection} does not exist; run the select_layers rule")
+        return [int(x) for x in io.read_json(self.selection)["layers"]]
+
+    def sae_dir(self, layer: int) -> Path:
+        return self.root / "sae" / f"layer{layer}"
+
+    def features(self, layer: int) -> Path:
+        return self.root / "sae" / "features" / f"layer{layer}.json"
+
+    def directions(self, layer: int) -> Path:
+        return self.root / "acts" / f"layer{layer}.directions.safetensors"
+
+
+def gate_settings(config: dict, spec: dict) -> dict:
+    g = config["gate"]
+    return {"alpha": spec.get("gate_alpha", g["alpha"]), "mode": spec.get("gate_mode", g["mode"]),
+            "clamp": spec.get("gate_clamp", g["clamp"])}
+
+
+def random_features(chosen: list[int], d_sae: int, alive: list[int] | None, seed: int, layer: int) -> list[int]:
+    """As many random latents as ``chosen``, none of them chosen (from the live latents when known)."""
+    pool = [i for i in (alive if alive is not None else range(d_sae)) if i not in set(chosen)]
+    if len(pool) < len(chosen):
+        raise ConfigError(f"layer {layer}: only {len(pool)} other latents for a random gate of {len(chosen)}")
+    return sorted(random.Random(seed * 7919 + layer).sample(pool, len(chosen)))
+
+
+def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int, *, alpha: float | None = None,
+                method: str | None = None) -> tuple[dict, dict]:
+    """The edit per layer of an edit arm, and what it used (recorded in the manifest)."""
+    from mmie import edits
+    from mmie.activations import model_fingerprint
+
+    method = method or spec["method"]
+    layers = [int(x) for x in spec.get("layers") or assets.layers()]
+    fp = model_fingerprint(model)
+    out, details = {}, {"layers": layers, "model_fingerprint": fp}
+    for layer in layers:
+        if method in ("sae_gate", "random_gate"):
+            from mmie.sae import load_sae
+
+            sae = load_sae(assets.sae_dir(layer), layer=layer, model_fingerprint=fp,
+                           d_in=int(model.config.hidden_size), device="cpu")
+            enc = edits.SaeCodec(sae)
+            feats = io.read_json(assets.features(layer))
+            chosen = [int(f["index"]) for f in feats["features"]]
+            if method == "random_gate":
+                chosen = random_features(chosen, enc.d_sae, feats.get("alive"), seed, layer)
+            g = gate_settings(config, spec)
+            if alpha is not None:
+                g["alpha"] = alpha
+            out[layer] = edits.sae_gate(enc, chosen, **g)
+            details[f"layer{layer}"] = {"features": chosen, **g, "feature_method": feats.get("method")}
+        elif method in ("dim", "script_scrub"):
+            from mmie.directions import load_directions
+
+            d = load_directions(assets.directions(layer), layer=layer, fingerprint=fp)
+            if method == "dim":
+                strength = spec.get("strength", 1.0)
+                out[layer] = edits.steer(d["dim"], strength)
+                details[f"layer{layer}"] = {"strength": strength, "dim_norm": float(d["dim"].norm())}
+            else:
+                out[layer] = edits.erase(d["scrub.mean"], d["scrub.a"], d["scrub.b"])
+                details[f"layer{layer}"] = {"eraser": "LEACE rank 1 (target script vs romanized)"}
+        else:
+            raise ConfigError(f"method {method!r} is not an edit arm")
+    return out, details
+
+
+class EditAdapter:
+    """Edits as an arm's ``active()`` context, optionally on top of a trained adapter."""
+
+    def __init__(self, model, edit_fns: dict, inner=None) -> None:
+        self.model = model
+        self.edits = edit_fns
+        self.inner = inner
+
+    @contextlib.contextmanager
+    def active(self):
+        from mmie.hooks import edit_layer_outputs
+
+        with contextlib.ExitStack() as stack:
+            if self.inner is not None:
+                stack.enter_context(self.inner.active())
+            stack.enter_context(edit_layer_outputs(self.model, self.edits))
+            yield
+
+    def reference(self):
+        return self.inner.reference() if self.inner is not None else contextlib.nullcontext()

@@ -1,0 +1,344 @@
+"""Residual-stream edits (SAE gate, ablation, steering, LEACE eraser), the activation cache and
+layer selection (METHOD §6–7)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mmie import edits, layers
+from mmie.activations import cache_roles, collect, gibberish_from, model_fingerprint, read_cache, write_cache
+from mmie.arms.edit_arms import EditAdapter, random_features
+from mmie.directions import fit_leace, mean_difference
+from mmie.errors import ConfigError, DataError, ModelError
+from mmie.hooks import edit_layer_outputs, hook_count, record_layer_outputs
+
+
+def _sae(d_in: int, d_sae: int = 64, k: int = 4, seed: int = 0):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu"))
+
+
+def _batch(tok, texts):
+    from mmie.likelihood import right_pad
+
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return right_pad(seqs, tok.pad_token_id, "cpu")
+
+
+@pytest.fixture()
+def lm(tiny_lm):
+    model, tok = tiny_lm
+    ids, mask = _batch(tok, ["मेरा नाम राम है", "the cat sat on the mat today"])
+    with torch.inference_mode():
+        clean = model(input_ids=ids, attention_mask=mask).logits
+    return model, tok, ids, mask, clean
+
+
+def _edit_factories(d: int):
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(d, generator=g)
+    x0, x1 = torch.randn(50, d, generator=g), torch.randn(50, d, generator=g) + 1.0
+    leace = fit_leace(x0, x1)
+    codec = edits.SaeCodec(_sae(d))
+    return {
+        "sae_gate": lambda: edits.sae_gate(codec, list(range(64)), alpha=1.0),
+        "sae_gate_clamp": lambda: edits.sae_gate(codec, list(range(64)), mode="clamp", clamp=2.0),
+        "ablate": lambda: edits.ablate(v),
+        "steer": lambda: edits.steer(v, 2.0),
+        "erase": lambda: edits.erase(leace["mean"], leace["a"], leace["b"]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["sae_gate", "sae_gate_clamp", "ablate", "steer", "erase", "record"])
+def test_every_hook_type_is_removed_when_the_block_raises(lm, kind):
+    model, tok, ids, mask, clean = lm
+    d = model.config.hidden_size
+    with pytest.raises(RuntimeError, match="boom"):
+        if kind == "record":
+            with record_layer_outputs(model, [0, 1]) as store:
+                with torch.inference_mode():
+                    model(input_ids=ids, attention_mask=mask)
+                assert set(store) == {0, 1}
+                raise RuntimeError("boom")
+        else:
+            with edit_layer_outputs(model, {1: _edit_factories(d)[kind]()}):
+                with torch.inference_mode():
+                    edited = model(input_ids=ids, attention_mask=mask).logits
+                assert not torch.allclose(edited, clean), f"{kind} did not change the outputs"
+                raise RuntimeError("boom")
+    assert hook_count(model) == 0
+    with torch.inference_mode():
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(after, clean)
+
+
+def test_edit_adapter_with_inner_adapter_removes_everything_on_error(lm):
+    from mmie.arms.lora import LoraAdapter
+
+    model, tok, ids, mask, clean = lm
+    model = copy.deepcopy(model)
+    adapter = LoraAdapter.create(model, {"rank": 2, "alpha": 4, "dropout": 0.0, "targets": ["q_proj", "v_proj"]})
+    with torch.no_grad():
+        for n, p in adapter.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    arm = EditAdapter(adapter.model, {0: edits.steer(torch.ones(model.config.hidden_size))}, inner=adapter)
+    with pytest.raises(RuntimeError), arm.active():
+        raise RuntimeError("inside")
+    assert hook_count(adapter.model) == 0
+    with arm.reference(), torch.inference_mode():
+        ref = adapter.model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(ref, clean, atol=1e-6)
+
+
+def test_gate_with_alpha_zero_leaves_outputs_unchanged(lm):
+    model, tok, ids, mask, clean = lm
+    codec = edits.SaeCodec(_sae(model.config.hidden_size))
+    with edit_layer_outputs(model, {0: edits.sae_gate(codec, [1, 2, 3], alpha=0.0)}), torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(out, clean)
+
+
+def test_gate_adds_only_the_change_never_the_reconstruction_error():
+    d = 16
+    sae = _sae(d, d_sae=32, k=4)
+    codec = edits.SaeCodec(sae)
+    h = torch.randn(3, 7, d) * 3
+    z = sae.encode(h)
+    dead = [i for i in range(32) if not (z[..., i] > 0).any()]
+    live = [i for i in range(32) if (z[..., i] > 0).any()][:3]
+    assert dead, "test needs a latent that never fires"
+    # features that never fire: exactly the input (the reconstruction error, large for a random SAE, never enters)
+    assert torch.equal(edits.sae_gate(codec, dead, alpha=1.0)(h), h)
+    recon_err = (sae.decode(z) - h).norm()
+    assert recon_err > 1.0
+    # alpha=1 on live features removes exactly their decoded contribution
+    out = edits.sae_gate(codec, live, alpha=1.0)(h)
+    expected = h - z[..., live] @ sae.W_dec[live]
+    assert torch.allclose(out, expected, atol=1e-5)
+    half = edits.sae_gate(codec, live, alpha=0.5)(h)
+    assert torch.allclose(half - h, (out - h) / 2, atol=1e-5)
+    # clamp: active selected latents set to -c
+    c = edits.sae_gate(codec, live, mode="clamp", clamp=1.5)(h)
+    zs = z[..., live]
+    assert torch.allclose(c, h + (torch.where(zs > 0, -1.5 - zs, 0 * zs)) @ sae.W_dec[live], atol=1e-5)
+
+
+def test_gate_is_stateless_between_calls():
+    sae = _sae(16, d_sae=32)
+    gate = edits.sae_gate(edits.SaeCodec(sae), [0, 1, 2, 3], alpha=0.7)
+    a, b = torch.randn(2, 5, 16), torch.randn(4, 3, 16)
+    first = gate(a)
+    gate(b)
+    assert torch.equal(gate(a), first)
+
+
+def test_edits_move_their_tensors_to_the_hidden_states_device():
+    """A second device (PyTorch's meta device) stands in for another GPU: without the moves each
+    edit raises "Tensor on device cpu is not on the expected device meta"."""
+    d = 8
+    hidden = torch.randn(2, 3, d, device="meta")
+    x0, x1 = torch.randn(20, d), torch.randn(20, d) + 1
+    le = fit_leace(x0, x1)
+    for fn in (edits.ablate(torch.randn(d)), edits.steer(torch.randn(d)), edits.erase(le["mean"], le["a"], le["b"])):
+        assert fn(hidden).device.type == "meta"
+    sae = copy.deepcopy(_sae(d, d_sae=16, k=2))
+    out = edits.sae_gate(edits.SaeCodec(sae), [0, 1], alpha=1.0)(hidden)
+    assert out.device.type == "meta" and sae.W_dec.device.type == "meta"
+    # the CPU copy of a constant is kept for CPU hidden states (no state from the meta call leaks)
+    steer = edits.steer(torch.ones(d))
+    assert steer(hidden).device.type == "meta"
+    assert torch.equal(steer(torch.zeros(1, d)), -torch.ones(1, d))
+
+
+def test_gate_dtype_follows_the_hidden_state():
+    sae = _sae(8, d_sae=16, k=2)
+    h = torch.randn(2, 3, 8, dtype=torch.float64)
+    assert edits.sae_gate(edits.SaeCodec(sae), [0, 1, 2], alpha=1.0)(h).dtype == torch.float64
+
+
+def test_gate_rejects_no_features_and_bad_indices():
+    codec = edits.SaeCodec(_sae(8, d_sae=16))
+    with pytest.raises(ConfigError, match="at least one feature"):
+        edits.sae_gate(codec, [])
+    with pytest.raises(ConfigError, match="outside"):
+        edits.sae_gate(codec, [16])
+
+
+def test_ablate_removes_the_direction_and_leace_equalises_class_means():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(12, generator=g)
+    h = torch.randn(4, 12, generator=g)
+    out = edits.ablate(v)(h)
+    assert torch.allclose(out @ (v / v.norm()), torch.zeros(4), atol=1e-5)
+    cov = torch.randn(12, 12, generator=g)
+    x0 = torch.randn(300, 12, generator=g) @ cov
+    x1 = torch.randn(300, 12, generator=g) @ cov + torch.linspace(-2, 2, 12)
+    le = fit_leace(x0, x1)
+    eraser = edits.erase(le["mean"], le["a"], le["b"])
+    gap_before = (x1.mean(0) - x0.mean(0)).norm()
+    gap_after = (eraser(x1).mean(0) - eraser(x0).mean(0)).norm()
+    assert gap_before > 1 and gap_after < 1e-3 * gap_before
+    # a rank-one edit: the part of the input orthogonal to b is untouched
+    assert torch.linalg.matrix_rank(eraser(torch.eye(12)) - torch.eye(12), atol=1e-4) == 1
+    with pytest.raises(DataError, match="same mean"):
+        fit_leace(x0, x0.clone())
+    assert torch.allclose(mean_difference(x1, x0), x1.mean(0) - x0.mean(0), atol=1e-5)
+
+
+def test_random_gate_features_are_disjoint_and_seeded():
+    chosen = [3, 7, 9]
+    a = random_features(chosen, 50, None, seed=0, layer=2)
+    assert len(a) == 3 and not set(a) & set(chosen)
+    assert a == random_features(chosen, 50, None, seed=0, layer=2)
+    assert a != random_features(chosen, 50, None, seed=1, layer=2)
+    assert set(random_features(chosen, 50, [1, 2, 3, 4, 5, 7], 0, 2)) <= {1, 2, 4, 5}
+    with pytest.raises(ConfigError):
+        random_features([0, 1, 2], 5, None, 0, 0)
+
+
+# ----------------------------------------------------------------------------- activation cache
+def test_collect_masks_padding_and_the_special_prefix(tiny_lm):
+    model, tok = tiny_lm
+    short, long = "राम घर गया", "the quick brown fox jumps over the lazy dog again and again"
+    alone = collect(model, tok, [short], [1], max_length=64, batch_size=1)[1]
+    batched = collect(model, tok, [long, short], [1], max_length=64, batch_size=2)[1]
+    n_short = len(tok(short, add_special_tokens=False)["input_ids"])
+    assert alone[0].shape[0] == n_short
+    got = batched[0][batched[1] == 1]
+    assert torch.allclose(got, alone[0], atol=1e-5)   # padding never enters the cached activations
+    pooled = collect(model, tok, [long, short], [1], max_length=64, batch_size=2, pooled=True)[1]
+    assert torch.allclose(pooled[0][1], alone[0].mean(0), atol=1e-5)
+    assert hook_count(model) == 0
+
+
+def test_cache_round_trip_and_mismatches(tmp_path, tiny_lm):
+    model, tok = tiny_lm
+    fp = model_fingerprint(model)
+    acts = {"forget": (torch.randn(10, 32), torch.arange(10) // 3), "retain": (torch.randn(4, 32), torch.zeros(4))}
+    path = tmp_path / "layer1.safetensors"
+    write_cache(path, 1, acts, fp)
+    c = read_cache(path, layer=1, fingerprint=fp, d_in=32)
+    assert torch.equal(c.acts["forget"], acts["forget"][0]) and c.tokens() == 14 and c.layer == 1
+    with pytest.raises(ConfigError, match="layer 1 != 2"):
+        read_cache(path, layer=2)
+    with pytest.raises(ConfigError, match="fingerprint"):
+        read_cache(path, fingerprint="0" * 16)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(DataError, match="cannot be read"):
+        read_cache(path)
+
+
+def test_model_fingerprint_tracks_weights_not_folders(tiny_lm):
+    from mmie.arms.lora import LoraAdapter
+
+    model, _ = tiny_lm
+    fp = model_fingerprint(model)
+    other = copy.deepcopy(model)
+    assert model_fingerprint(other) == fp
+    adapter = LoraAdapter.create(other, {"rank": 2, "alpha": 4, "dropout": 0.0, "targets": ["q_proj"]})
+    assert model_fingerprint(adapter.model) == fp   # the adapter's own weights are not the model's
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.get_input_embeddings().weight[0, 0] += 1.0
+    assert model_fingerprint(changed) != fp
+
+
+def test_cache_roles_and_gibberish(tmp_path):
+    from mmie import io
+
+    data = tmp_path / "data"
+    io.write_jsonl(data / "forget" / "train.jsonl", [{"id": "a", "text": "मेरा नाम राम है"}])
+    io.write_jsonl(data / "retain" / "train.jsonl", [{"id": "b", "text": "my name is Ram"}])
+    io.write_jsonl(data / "neighbours" / "ur.jsonl", [{"id": "c", "text": "میرا نام رام ہے"}])
+    cfg = {"lid": {"romanization": "iast_plain"}, "data": {"gibberish": None, "seed": 1},
+           "languages": {"neighbours": {"ur": {}}}}
+    roles = cache_roles(cfg, data, 10)
+    assert set(roles) == {"forget", "forget_romanized", "gibberish", "retain", "neighbour_ur"}
+    assert roles["forget_romanized"][0].isascii()
+    g = roles["gibberish"][0]
+    assert sorted(g.replace(" ", "")) == sorted("मेरा नाम राम है".replace(" ", "")) and g == gibberish_from(roles["forget"], 1)[0]
+
+
+# ----------------------------------------------------------------------------- layer selection
+def test_probe_auc_separates_planted_classes_and_not_noise():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    assert layers.probe_auc(a + 2.0, b, 4, 0) > 0.95
+    assert 0.2 < layers.probe_auc(a, b, 4, 0) < 0.8
+
+
+def test_votes_and_choice():
+    scores = [{0: 0.1, 1: 0.9, 2: 0.5}, {0: 0.2, 1: 0.4, 2: 0.6}, {0: 0.0, 1: 0.8, 2: 0.7}]
+    votes = layers.vote(scores, 1)
+    assert votes == {1: 2, 2: 1}
+    assert layers.choose(votes, {0: 0.1, 1: 0.7, 2: 0.6}, 1) == [1]
+    assert layers.choose(layers.vote(scores, 2), {0: 0.1, 1: 0.7, 2: 0.6}, 2) == [1, 2]
+
+
+class _StubLID:
+    """Calls an output 'target' when it has a Devanagari letter."""
+
+    def identify(self, text):
+        return ("hi" if any("\u0900" <= ch <= "\u097f" for ch in text) else "en"), 1.0
+
+    def is_target(self, label):
+        return label == "hi"
+
+
+def _selection_config(**sel):
+    return {"layers": {"selection": {"candidates": None, "n_layers": 1, "resamples": 2, "sample_fraction": 0.8,
+                                     "cv_folds": 2, "causal_max_new_tokens": 4, "probe_weight": 0.5,
+                                     "causal_weight": 0.5, "min_vote_share": 0.5, "judge_weight": 0, **sel},
+                       "activations": {"max_length": 32, "batch_size": 4}},
+            "generation": {"max_new_tokens": 4, "min_new_tokens": 4}, "data": {"seed": 1}}
+
+
+def test_selection_artifact_on_a_tiny_model(tiny_lm, demo_texts):
+    from types import SimpleNamespace
+
+    model, tok = tiny_lm
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    data = {"target": demo_texts["hi"][:8], "retain": demo_texts["en"][:8], "neighbours": demo_texts["hi"][20:28]}
+    prompts = [{"id": str(i), "prompt": t[:12]} for i, t in enumerate(demo_texts["hi"][:4])]
+
+    class Always(_StubLID):
+        def identify(self, text):
+            return "hi", 1.0
+
+    res = layers.select(_selection_config(), lm, data, prompts, Always())
+    assert res["candidates"] == [0, 1] and len(res["resamples"]) == 2
+    assert all(set(r) == {"0", "1"} for r in res["resamples"])
+    assert sum(res["votes"].values()) == 2 and res["layers"][0] in (0, 1)
+    assert all(row["causal"] == 0 for r in res["resamples"] for row in r.values())   # LID says target regardless
+    assert hook_count(model) == 0
+
+    class Never(_StubLID):
+        def identify(self, text):
+            return "en", 1.0
+
+    with pytest.raises(ModelError, match="force_layers"):
+        layers.select(_selection_config(), lm, data, prompts, Never())
+    with pytest.raises(ConfigError, match="judge"):
+        layers.select(_selection_config(judge_weight=1.0), lm, data, prompts, Always())
+    with pytest.raises(ConfigError, match="n_layers"):
+        layers.select(_selection_config(n_layers=3), lm, data, prompts, Always())
+
+
+def test_force_layers_bypasses_selection_without_loading_a_model(tmp_path, monkeypatch):
+    import mmie.models
+    from mmie import io, pipeline
+
+    def no_model(*a, **k):
+        raise AssertionError("force_layers must not load a model")
+
+    monkeypatch.setattr(mmie.models, "load_model", no_model)
+    cfg = {"layers": {"force_layers": [1, 3]}, "data": {"seed": 1}, "experiment": "x"}
+    out = tmp_path / "selection.json"
+    pipeline.select_layers(cfg, None, str(tmp_path), str(tmp_path), "unused", str(out))
+    sel = io.read_json(out)
+    assert sel["forced"] is True and sel["layers"] == [1, 3] and sel["resamples"] == [] and "provenance" in sel
