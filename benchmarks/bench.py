@@ -84,6 +84,23 @@ def main() -> None:
     emit(figure="generation_tokens_per_s", method="naive_per_prompt", value=round(naive, 1), prompts=n,
          new_tokens=new, dtype=dtype, speedup=round(batched / naive, 2))
 
+    from mmie.activations import collect
+    from mmie.sae import train_sae
+
+    layer = model.config.num_hidden_layers // 2
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    t0 = time.perf_counter()
+    acts = collect(model, tok, texts, [layer], max_length=64, batch_size=32, desc="bench cache")[layer][0]
+    sync()
+    emit(figure="activation_cache_tokens_per_s", value=round(acts.shape[0] / (time.perf_counter() - t0), 1),
+         tokens=int(acts.shape[0]), layer=layer, dtype=dtype)
+    sae_cfg = {"expansion": 4 if args.tiny else 8, "k": 8 if args.tiny else 32, "lr": 1e-3, "lr_end": None,
+               "lr_warm_up_steps": 2, "train_tokens": 4096 if args.tiny else 409600,
+               "batch_size": 512 if args.tiny else 4096}
+    _, stats = train_sae(acts.float(), sae_cfg, seed=0, device="cuda" if torch.cuda.is_available() else "cpu")
+    emit(figure="sae_training_tokens_per_s", value=stats["tokens_per_s"], steps=stats["steps"],
+         d_sae=stats["settings"]["d_sae"], k=stats["settings"]["k"], batch=sae_cfg["batch_size"])
+
     from mmie import unlearn
     from mmie.arms.lora import LoraAdapter
 

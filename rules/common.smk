@@ -34,6 +34,34 @@ wildcard_constraints:
     set="|".join(re.escape(s) for s in SETS),
 
 
+def _section(key):
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _settings(keys, arm, wildcards):
+    import json
+
+    out = {k: _section(k) for k in keys}
+    if arm:
+        spec = config["arms"][wildcards.arm]
+        out["arm"] = spec
+        if spec.get("on"):
+            out["on"] = config["arms"][spec["on"]]
+    return json.dumps(out, sort_keys=True, default=str)
+
+
+def settings(*keys, arm=False):
+    """The config sections a job depends on, as a ``params`` entry. Snakemake's params rerun
+    trigger then reruns the job when one of them changes (config is not tracked otherwise).
+    ``arm=True`` adds the wildcard arm's settings and those of the arm it sits on (``on:``)."""
+    from functools import partial
+
+    return partial(_settings, keys, arm)
+
+
 def raw_data(wildcards):
     """Every raw input file named in the config (prepare_data reruns when one changes)."""
     return list(mcfg.raw_data_files(config).values())
@@ -169,3 +197,20 @@ PLOTS = ["target_rate", "output_language", "perplexity", "lid_confusion", "es_ci
 def plot_inputs(wildcards):
     return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json",
             "intervals": f"{R}/summary/intervals.csv"}
+
+
+def data_dir_of(wildcards, input):
+    """results/<exp>/data, from the rule's split files (no hard-coded prefix)."""
+    return str(Path(input.splits[0]).parent.parent)
+
+
+def sets_dir_of(wildcards, input):
+    """results/<exp>/data/eval_sets, from the rule's prompt file."""
+    return str(Path(input.prompts[0] if isinstance(input.prompts, list) else input.prompts).parent)
+
+
+def results_root_of(wildcards, output):
+    """results/<exp>, from an output file three levels below it (<arm>/seed<k>/evaluate.json or
+    sweep/<arm>/seed<k>.json)."""
+    path = output.manifest if "manifest" in output.keys() else output[0]
+    return str(Path(path).parents[2])

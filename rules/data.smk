@@ -13,6 +13,8 @@ rule prepare_data:
         f"{R}/benchmarks/prepare_data.tsv"
     resources:
         mem_mb=CPU_MEM,
+    params:
+        settings=settings("data", "languages", "eval", "lid.romanization"),
     script:
         "../scripts/prepare_data.py"
 
@@ -32,6 +34,8 @@ rule fit_lid:
         f"{R}/benchmarks/fit_lid.tsv"
     resources:
         mem_mb=CPU_MEM,
+    params:
+        settings=settings("lid", "languages"),
     script:
         "../scripts/fit_lid.py"
 
@@ -50,6 +54,7 @@ rule data_report:
     resources:
         mem_mb=CPU_MEM,
     params:
+        settings=settings("model", "data.max_length", "data.truncation_warn_share"),
         model_dir=model_dir_param,
     script:
         "../scripts/data_report.py"

@@ -20,11 +20,12 @@ rule evaluate:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
+        settings=settings("model", "generation", "eval", "gate", "deterministic", arm=True),
         sets_dir=f"{R}/data/eval_sets",
         out_root=f"{R}/{{arm}}/seed{{seed}}",
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
-        results_root=R,
+        results_root=results_root_of,
     script:
         "../scripts/evaluate.py"
 
@@ -44,6 +45,8 @@ rule score:
         f"{R}/benchmarks/score/{{arm}}/seed{{seed}}/{{set}}.tsv"
     resources:
         mem_mb=CPU_MEM,
+    params:
+        settings=settings("lid", "languages", "eval"),
     script:
         "../scripts/score.py"
 
@@ -60,6 +63,7 @@ rule judge:
     resources:
         mem_mb=CPU_MEM,
     params:
+        settings=settings("judge"),
         cache_dir=config["judge"]["cache_dir"],
     script:
         "../scripts/judge.py"

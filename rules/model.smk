@@ -18,6 +18,8 @@ if config["model"]["source"] == "demo":
         resources:
             mem_mb=CPU_MEM,
             gpu=1,
+        params:
+            settings=settings("demo_model", "generation", "deterministic"),
         script:
             "../scripts/build_demo_model.py"
 

@@ -156,5 +156,7 @@ rule stats:
         f"{R}/benchmarks/stats.tsv"
     resources:
         mem_mb=CPU_MEM,
+    params:
+        settings=settings("stats", "gates"),
     script:
         "../scripts/stats.py"

@@ -19,9 +19,10 @@ checkpoint select_layers:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
+        settings=settings("model", "layers", "generation", "lid", "judge.model"),
         model_dir=model_dir_param,
-        data_dir=f"{R}/data",
-        sets_dir=f"{R}/data/eval_sets",
+        data_dir=data_dir_of,
+        sets_dir=sets_dir_of,
         judge_cache=config["judge"]["cache_dir"],
     script:
         "../scripts/select_layers.py"
@@ -46,8 +47,9 @@ rule cache_activations:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
+        settings=settings("model", "layers.activations", "data.gibberish", "lid.romanization"),
         model_dir=model_dir_param,
-        data_dir=f"{R}/data",
+        data_dir=data_dir_of,
     script:
         "../scripts/cache_activations.py"
 
@@ -65,6 +67,8 @@ rule train_sae:
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
+    params:
+        settings=settings("sae", "seeds"),
     script:
         "../scripts/train_sae.py"
 
@@ -87,8 +91,9 @@ rule select_features:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
+        settings=settings("model", "features", "sae.quality_texts", "layers.activations", "seeds"),
         model_dir=model_dir_param,
-        data_dir=f"{R}/data",
+        data_dir=data_dir_of,
     script:
         "../scripts/select_features.py"
 
@@ -111,9 +116,10 @@ rule sweep_gate:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
+        settings=settings("model", "gate", "generation", "eval", "lid", arm=True),
         model_dir=model_dir_param,
-        sets_dir=f"{R}/data/eval_sets",
-        results_root=R,
+        sets_dir=sets_dir_of,
+        results_root=results_root_of,
     script:
         "../scripts/sweep_gate.py"
 

@@ -18,6 +18,7 @@ rule train_lora:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
+        settings=settings("model", "deterministic", arm=True),
         model_dir=model_dir_param,
     script:
         "../scripts/train_adapter.py"
@@ -41,6 +42,7 @@ rule train_reft:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
+        settings=settings("model", "deterministic", arm=True),
         model_dir=model_dir_param,
     script:
         "../scripts/train_adapter.py"

@@ -17,7 +17,8 @@ def test_bench_runs_on_cpu_and_prints_one_json_line_per_figure():
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     figures = {(r["figure"], r.get("method")) for r in rows}
     assert figures == {("generation_tokens_per_s", "mmie_batched"), ("generation_tokens_per_s", "naive_per_prompt"),
-                       ("lora_training_tokens_per_s", None)}
+                       ("lora_training_tokens_per_s", None), ("activation_cache_tokens_per_s", None),
+                       ("sae_training_tokens_per_s", None)}
     assert all(r["device"] == "cpu" and r["value"] > 0 for r in rows)
 
 
