@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 EXPERIMENT ?= demo
 
-.PHONY: setup demo report test lint lock clean
+.PHONY: setup demo report test test-slurm lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,17 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest tests
+
+# The SLURM test (needs root): the executor plugin (optional extra), then a real one-node cluster
+# (tests/slurm/up.sh installs Debian's slurm-wlm, munge, slurmdbd, mariadb-server if missing), the
+# grid on it (tests/test_slurm.py), and the cluster stopped again, also when a test fails.
+$(VENV)/.slurm-installed: $(VENV)/.installed requirements-slurm.txt
+	$(BIN)/pip install --disable-pip-version-check -r requirements-slurm.txt
+	touch $@
+
+test-slurm: $(VENV)/.slurm-installed
+	tests/slurm/up.sh && MMIE_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py; \
+	rc=$$?; tests/slurm/down.sh; exit $$rc
 
 lock: setup
 	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(mmie|pyreft|pyvene)' | sed 's/+cpu//' > constraints.txt.new

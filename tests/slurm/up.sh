@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Bring up a real one-node SLURM cluster (Debian's slurm-wlm 22.05) on 127.0.0.1 for the SLURM test
+# (tests/test_slurm.py): munged, MariaDB, slurmdbd, slurmctld and slurmd, with two fake GPUs.
+# Needs root. Every piece of state (configs, pid files, spool, logs, database, munge key and socket,
+# fake GPU device files) lives under $MMIE_SLURM_DIR (default /tmp/mmie-slurm), which is wiped and
+# recreated. The one thing outside it is the symlink /etc/slurm/slurm.conf -> $MMIE_SLURM_DIR/etc/
+# slurm.conf (made only when that path is free, removed by down.sh): the executor plugin's job step
+# drops every SLURM_* variable, SLURM_CONF included, before its inner `srun`, which then looks for the
+# configuration at the default path. Clients on this machine can also use
+#   source "$MMIE_SLURM_DIR/env"        # exports SLURM_CONF
+# Stop everything with tests/slurm/down.sh (by pid file, never by name).
+#
+# Settings (environment): MMIE_SLURM_DIR; MMIE_SLURM_PORT (slurmctld port, default 6817; slurmd and
+# slurmdbd use the next two); MMIE_SLURM_GPU_MODEL (GPU type the node advertises, default a100: the
+# gpu_model of profiles/slurm); MMIE_SLURM_GPUS (default 2).
+set -euo pipefail
+
+DIR=${MMIE_SLURM_DIR:-/tmp/mmie-slurm}
+PORT=${MMIE_SLURM_PORT:-6817}
+GPU_MODEL=${MMIE_SLURM_GPU_MODEL:-a100}
+NGPU=${MMIE_SLURM_GPUS:-2}
+HERE=$(cd "$(dirname "$0")" && pwd)
+CLUSTER=mmie
+ACCOUNT=mmie
+PARTITION=main
+NODE=$(hostname -s)
+USER_NAME=$(id -un)
+
+die() { echo "tests/slurm/up.sh: $*" >&2; exit 1; }
+log() { echo "[slurm up $(date +%T)] $*"; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (it starts munged, MariaDB and the SLURM daemons)"
+case "$DIR" in /*) ;; *) die "MMIE_SLURM_DIR must be an absolute path, got '$DIR'" ;; esac
+
+# --- packages (only when missing) -------------------------------------------------------------
+export PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+for pair in slurmctld:slurm-wlm slurmd:slurm-wlm sbatch:slurm-wlm munged:munge slurmdbd:slurmdbd mariadbd:mariadb-server; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+    log "installing $pkgs"
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+fi
+
+# --- a clean state directory ------------------------------------------------------------------
+if [ -e "$DIR" ]; then
+    [ -e "$DIR/.mmie-slurm" ] || die "$DIR exists and is not a directory made by this script; refusing to wipe it"
+    "$HERE/down.sh"
+    rm -rf "$DIR"
+fi
+mkdir -p "$DIR"/{etc,run,log,spool/ctld,spool/d,db,dev,munge}
+touch "$DIR/.mmie-slurm"
+# a failed start stops whatever did start (the logs stay in $DIR/log)
+trap 'rc=$?; [ $rc = 0 ] || { echo "tests/slurm/up.sh failed; stopping what started" >&2; "$HERE/down.sh" >&2; }' EXIT
+chmod 755 "$DIR"
+ETC=$DIR/etc
+export SLURM_CONF=$ETC/slurm.conf
+
+# --- munge: own key, socket, pid and log, run as the munge user --------------------------------
+chown munge:munge "$DIR/munge"
+chmod 755 "$DIR/munge"     # clients need search access to the socket
+MUNGE_SOCKET=$DIR/munge/munge.socket
+runuser -u munge -- mungekey --create --keyfile="$DIR/munge/munge.key" --bits=1024
+runuser -u munge -- munged --socket="$MUNGE_SOCKET" --key-file="$DIR/munge/munge.key" \
+    --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munged.seed"
+log "munged up (pid $(cat "$DIR/munge/munged.pid"))"
+
+# --- MariaDB: own data dir, socket only (no TCP port) ------------------------------------------
+DB_SOCKET=$DIR/run/mysqld.sock
+mariadb-install-db --no-defaults --user=root --datadir="$DIR/db" --auth-root-authentication-method=normal \
+    --skip-test-db >"$DIR/log/mariadb-install.log" 2>&1 || { cat "$DIR/log/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
+setsid mariadbd --no-defaults --user=root --datadir="$DIR/db" --socket="$DB_SOCKET" --skip-networking \
+    --pid-file="$DIR/run/mariadb.pid" --log-error="$DIR/log/mariadb.log" \
+    --innodb-buffer-pool-size=64M --innodb-log-file-size=48M </dev/null >/dev/null 2>&1 &
+for _ in $(seq 100); do [ -S "$DB_SOCKET" ] && [ -s "$DIR/run/mariadb.pid" ] && break; sleep 0.2; done
+[ -S "$DB_SOCKET" ] || { tail -20 "$DIR/log/mariadb.log" >&2; die "MariaDB did not start"; }
+log "MariaDB up (pid $(cat "$DIR/run/mariadb.pid"))"
+
+# --- configuration ----------------------------------------------------------------------------
+CPUS=$(nproc)
+[ "$CPUS" -ge 2 ] || CPUS=2      # the demo model job asks for 2 threads (SlurmdParameters=config_overrides)
+MEM_MB=$(free -m | awk '/^Mem:/ {print int($2 * 0.9)}')
+for i in $(seq 0 $((NGPU - 1))); do   # fake GPUs: one character device (like /dev/null) each
+    mknod "$DIR/dev/gpu$i" c 1 3 || die "mknod failed (a container without CAP_MKNOD?): the fake GPUs need device files"
+done
+
+cat >"$ETC/slurm.conf" <<CONF
+# generated by tests/slurm/up.sh — a one-node test cluster; all state under $DIR
+ClusterName=$CLUSTER
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
+CredType=cred/munge
+StateSaveLocation=$DIR/spool/ctld
+SlurmdSpoolDir=$DIR/spool/d
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# no cgroups in containers: plain process tracking, no task binding
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+SchedulerType=sched/backfill
+MpiDefault=none
+ReturnToService=2
+# finished jobs stay visible to squeue for a while (the plugin's squeue fallback needs >= 200 s)
+MinJobAge=300
+SlurmdParameters=config_overrides
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$((PORT + 2))
+# with auth/munge, clients and slurmctld reach slurmdbd through the munge socket named here (AuthInfo
+# is not used for that connection)
+AccountingStoragePass=$MUNGE_SOCKET
+AccountingStorageTRES=gres/gpu,gres/gpu:$GPU_MODEL
+AccountingStoreFlags=job_comment
+JobCompType=jobcomp/none
+GresTypes=gpu
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:$GPU_MODEL:$NGPU State=UNKNOWN
+PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+CONF
+
+cat >"$ETC/gres.conf" <<CONF
+AutoDetect=off
+NodeName=$NODE Name=gpu Type=$GPU_MODEL File=$DIR/dev/gpu[0-$((NGPU - 1))]
+CONF
+
+cat >"$ETC/slurmdbd.conf" <<CONF
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$((PORT + 2))
+SlurmUser=root
+PidFile=$DIR/run/slurmdbd.pid
+LogFile=$DIR/log/slurmdbd.log
+DebugLevel=info
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=root
+StorageLoc=slurm_acct_db
+CONF
+chmod 600 "$ETC/slurmdbd.conf"
+
+# the default path, for the `srun` inside each job (see the top of this file)
+DEFAULT_CONF=/etc/slurm/slurm.conf
+if [ -L "$DEFAULT_CONF" ] && [ "$(readlink "$DEFAULT_CONF")" = "$ETC/slurm.conf" ]; then
+    :
+elif [ -e "$DEFAULT_CONF" ] || [ -L "$DEFAULT_CONF" ]; then
+    die "$DEFAULT_CONF already exists ($(readlink "$DEFAULT_CONF" || echo 'a real SLURM configuration?')); refusing to replace it"
+else
+    mkdir -p /etc/slurm
+    ln -s "$ETC/slurm.conf" "$DEFAULT_CONF"
+fi
+
+cat >"$DIR/env" <<CONF
+export SLURM_CONF=$ETC/slurm.conf
+CONF
+
+# --- daemons ----------------------------------------------------------------------------------
+wait_for() {  # wait_for <seconds> <what> <command...>: retry the command until it succeeds
+    local secs=$1 what=$2; shift 2
+    local deadline=$((SECONDS + secs))
+    until timeout 10 "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || die "$what did not come up within $secs s; logs in $DIR/log"
+        sleep 0.3
+    done
+}
+# libmariadb reads the socket path from MYSQL_UNIX_PORT (slurmdbd.conf has no socket option)
+MYSQL_UNIX_PORT=$DB_SOCKET slurmdbd
+wait_for 30 slurmdbd sacctmgr -n list cluster
+log "slurmdbd up (pid $(cat "$DIR/run/slurmdbd.pid"))"
+sacctmgr -i add cluster "$CLUSTER" >/dev/null
+sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" Description="mmie tests" Organization=mmie >/dev/null
+sacctmgr -i add user "$USER_NAME" Account="$ACCOUNT" Cluster="$CLUSTER" DefaultAccount="$ACCOUNT" >/dev/null
+
+slurmctld
+wait_for 30 slurmctld scontrol ping
+log "slurmctld up (pid $(cat "$DIR/run/slurmctld.pid"))"
+slurmd
+wait_for 60 "node $NODE (idle)" sh -c "[ \"\$(sinfo -h -n '$NODE' -o %t)\" = idle ]"
+log "slurmd up (pid $(cat "$DIR/run/slurmd.pid")); node $NODE idle: $CPUS CPUs, ${MEM_MB} MB, gpu:$GPU_MODEL:$NGPU"
+echo "source $DIR/env   # then sbatch/squeue/sacct talk to this cluster"
