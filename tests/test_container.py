@@ -53,8 +53,8 @@ def test_dockerfile_installs_exactly_the_readme_pins():
 
 
 def test_real_profiles_validate_and_list_the_full_dag():
-    for profile, expected in (("qwen2.5-1.5b-a100.yaml", {"train_lora": 3, "train_reft": 3, "evaluate": 12}),
-                              ("gemma3-270m.yaml", {"convert_gemma": 1, "train_lora": 3, "evaluate": 12})):
+    for profile, expected in (("qwen2.5-1.5b-a100.yaml", {"select_layers": 1, "train_lora": 3, "train_reft": 3, "evaluate": 30}),
+                              ("gemma3-270m.yaml", {"convert_gemma": 1, "select_layers": 1, "train_lora": 3, "evaluate": 30})):
         res = subprocess.run(SNAKEMAKE + ["-n", "--forceall", "--cores", "2", "--configfile", str(ROOT / "config" / profile)],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
