@@ -525,6 +525,7 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
     alpha in gate.sweep_alphas, for the arm's features and for as many random features (the control)."""
     import torch
 
+    from mmie.activations import model_fingerprint
     from mmie.arms.edit_arms import LayerAssets, layer_edits
     from mmie.generation import Decoding, generate, special_prefix
     from mmie.hooks import edit_layer_outputs
@@ -541,7 +542,8 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
     lm = load_model(config["model"], model_dir)
     model, tok = lm.model, lm.tokenizer
     lid = load_lid(config["lid"], config["languages"], lid_detector)
-    assets = LayerAssets.under(results_root)
+    assets = LayerAssets.under(results_root)   # loads each layer's SAE once for every sweep point
+    fingerprint = model_fingerprint(model)
     n = g["sweep_prompts"]
     prompts = io.read_jsonl(Path(sets_dir) / "forget.jsonl")[:n]
     retain = [r for r in io.read_jsonl(Path(sets_dir) / "retain.jsonl") if r.get("text")][:n]
@@ -552,7 +554,8 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
     rows = []
     for method in ("sae_gate", "random_gate"):
         for alpha in g["sweep_alphas"]:
-            fns, used = layer_edits(config, spec, model, assets, seed, alpha=alpha, method=method)
+            fns, used = layer_edits(config, spec, model, assets, seed, alpha=alpha, method=method,
+                                    fingerprint=fingerprint)
             with edit_layer_outputs(model, fns):
                 outs = [x["output"] for x in generate(model, tok, prompts, decoding, seed=seed,
                                                       desc=f"sweep {method} alpha={alpha}")]

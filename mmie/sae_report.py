@@ -71,13 +71,18 @@ def plot_selection(selection: dict):
     return fig
 
 
+def _blank(fig, axes, message: str):
+    """A figure that says why it has nothing to show (the report always gets the file)."""
+    for ax in axes:
+        ax.set_axis_off()
+    axes[0].text(0, 0.5, message, transform=axes[0].transAxes)
+    return fig
+
+
 def plot_quality(table: pd.DataFrame):
     fig, axes = plt.subplots(1, 4, figsize=(10, 3))
     if table.empty:
-        for ax in axes:
-            ax.set_axis_off()
-        axes[0].text(0, 0.5, "no SAE arms in this experiment", transform=axes[0].transAxes)
-        return fig
+        return _blank(fig, axes, "no SAE arms in this experiment")
     for ax, (col, label) in zip(axes, [("fvu", "variance unexplained"), ("l0", "L0"),
                                        ("dead_share", "dead latents"), ("loss_recovered", "loss recovered")],
                                 strict=True):
@@ -91,10 +96,7 @@ def plot_quality(table: pd.DataFrame):
 def plot_sweep(df: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     if df.empty:
-        for ax in axes:
-            ax.set_axis_off()
-        axes[0].text(0, 0.5, "no sae_gate arm: no dose-response sweep", transform=axes[0].transAxes)
-        return fig
+        return _blank(fig, axes, "no sae_gate arm: no dose-response sweep")
     for ax, col, label in ((axes[0], "target_rate", "target rate on forget prompts"),
                            (axes[1], "retain_ppl", "retain perplexity")):
         for (arm, method), sub in df.groupby(["arm", "method"]):

@@ -138,7 +138,8 @@ def reft_selection(wildcards):
 
 def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
-    return {"model": model_dir(), "prompts": eval_set_files(), "detector": f"{R}/lid/romanized_detector.json",
+    return {"model": model_dir(), "prompts": [f"{R}/data/eval_sets/{s}.jsonl" for s in ("forget", "retain")],
+            "detector": f"{R}/lid/romanized_detector.json",
             "assets": [selection_file()] + layer_assets("sae_gate", spec.get("layers") or selected_layers())}
 
 
@@ -205,8 +206,8 @@ def data_dir_of(wildcards, input):
 
 
 def sets_dir_of(wildcards, input):
-    """results/<exp>/data/eval_sets, from the rule's prompt file."""
-    return str(Path(input.prompts[0] if isinstance(input.prompts, list) else input.prompts).parent)
+    """results/<exp>/data/eval_sets, from the rule's prompt files."""
+    return str(Path(input.prompts[0]).parent)
 
 
 def results_root_of(wildcards, output):

@@ -6,7 +6,7 @@ checkpoint select_layers:
         model=model_dir,
         splits=SPLIT_FILES,
         neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
-        prompts=f"{R}/data/eval_sets/forget.jsonl",
+        prompts=[f"{R}/data/eval_sets/forget.jsonl"],
         detector=f"{R}/lid/romanized_detector.json",
     output:
         f"{R}/layers/selection.json",

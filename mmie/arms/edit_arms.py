@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmie import io
@@ -22,6 +22,7 @@ from mmie.errors import ConfigError
 class LayerAssets:
     root: Path                      # results/<exp>
     selection: Path                 # results/<exp>/layers/selection.json
+    _gates: dict = field(default_factory=dict, repr=False)   # (layer, fingerprint) -> (codec, features)
 
     @classmethod
     def under(cls, root: str | Path) -> "LayerAssets":
@@ -42,6 +43,18 @@ class LayerAssets:
     def directions(self, layer: int) -> Path:
         return self.root / "acts" / f"layer{layer}.directions.safetensors"
 
+    def gate(self, layer: int, fingerprint: str, d_in: int):
+        """The layer's checked SAE (as a ``SaeCodec``) and its features file, loaded once per
+        instance (the dose-response sweep builds many gates from them)."""
+        key = (layer, fingerprint)
+        if key not in self._gates:
+            from mmie.edits import SaeCodec
+            from mmie.sae import load_sae
+
+            sae = load_sae(self.sae_dir(layer), layer=layer, model_fingerprint=fingerprint, d_in=d_in, device="cpu")
+            self._gates[key] = (SaeCodec(sae), io.read_json(self.features(layer)))
+        return self._gates[key]
+
 
 def gate_settings(config: dict, spec: dict) -> dict:
     g = config["gate"]
@@ -58,23 +71,19 @@ def random_features(chosen: list[int], d_sae: int, alive: list[int] | None, seed
 
 
 def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int, *, alpha: float | None = None,
-                method: str | None = None) -> tuple[dict, dict]:
-    """The edit per layer of an edit arm, and what it used (recorded in the manifest)."""
+                method: str | None = None, fingerprint: str | None = None) -> tuple[dict, dict]:
+    """The edit per layer of an edit arm, and what it used (recorded in the manifest).
+    ``fingerprint``: the model's, when the caller already has it."""
     from mmie import edits
     from mmie.activations import model_fingerprint
 
     method = method or spec["method"]
     layers = [int(x) for x in spec.get("layers") or assets.layers()]
-    fp = model_fingerprint(model)
+    fp = fingerprint or model_fingerprint(model)
     out, details = {}, {"layers": layers, "model_fingerprint": fp}
     for layer in layers:
         if method in ("sae_gate", "random_gate"):
-            from mmie.sae import load_sae
-
-            sae = load_sae(assets.sae_dir(layer), layer=layer, model_fingerprint=fp,
-                           d_in=int(model.config.hidden_size), device="cpu")
-            enc = edits.SaeCodec(sae)
-            feats = io.read_json(assets.features(layer))
+            enc, feats = assets.gate(layer, fp, int(model.config.hidden_size))
             chosen = [int(f["index"]) for f in feats["features"]]
             if method == "random_gate":
                 chosen = random_features(chosen, enc.d_sae, feats.get("alive"), seed, layer)
