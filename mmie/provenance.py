@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mmie import SCHEMA_VERSION, __version__
+from mmie import SCHEMA_VERSION, __version__, numerics
 
 LIBRARIES = (
     "torch", "transformers", "tokenizers", "peft", "pyreft", "pyvene", "sae-lens", "snakemake",
@@ -111,6 +111,7 @@ def build(config: dict, section: dict | None = None, *, seed: int | None = None,
         "git": git_commit(),
         "libraries": library_versions(),
         "device": device_info(),
+        "numerics": numerics.describe(config),
         "runtime": runtime or {},
         "seed": seed,
         "data_hashes": data_hashes(inputs),

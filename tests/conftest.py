@@ -11,6 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEMO = ROOT / "data" / "demo"
 
+# The demo config pins CPU numerics (mmie/numerics.py); tests run its code in this process too, so
+# the variables must be set before anything imports torch.
+from mmie.numerics import PORTABLE_ENV  # noqa: E402
+
+os.environ.update(PORTABLE_ENV)
+
 
 def write_lines(path: Path, lines: list, raw: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
