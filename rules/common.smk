@@ -5,11 +5,12 @@ from pathlib import Path
 from snakemake.utils import validate
 
 import mmie.config as mcfg
-from mmie import numerics
+from mmie import numerics, preflight
 
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 mcfg.check(config)  # relative data paths are relative to the working directory
 numerics.apply(config)  # portable CPU numerics: in the environment before any job imports torch
+preflight.check(config)  # layer indices and LoRA targets against the model's architecture
 
 EXP = config["experiment"]
 R = f"results/{EXP}"
