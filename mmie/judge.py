@@ -24,9 +24,9 @@ from pathlib import Path
 
 from mmie import io
 from mmie.errors import ConfigError, MMIEError
+from mmie.logs import SECRET_VARS as KEY_VARS  # one list of secret variables
 
 log = logging.getLogger(__name__)
-KEY_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 RETRY_CODES = {429, 500, 502, 503, 504}
 
 
@@ -43,11 +43,9 @@ def api_key() -> str:
 
 def redact(text: str) -> str:
     """Remove any API key from a message before it is logged or stored."""
-    for var in KEY_VARS:
-        key = os.environ.get(var)
-        if key:
-            text = text.replace(key, "[redacted]")
-    return text
+    from mmie.logs import redact as _redact
+
+    return _redact(text)
 
 
 def instructions(target_name: str) -> str:
@@ -161,6 +159,8 @@ class Judge:
                 reason = f"HTTP {err.code}"
             except TransportError as err:
                 retry_after, reason = None, f"{type(err).__name__} (timeout {self.timeout_s}s)"
+            except Exception as err:  # noqa: BLE001 - any other SDK/client error: recorded, never with the key
+                raise JudgeError(redact(f"judge request failed: {type(err).__name__}: {err}")) from None
             attempt += 1
             backoff = min(self.max_delay_s, self.initial_delay_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             delay = max(backoff, retry_after or 0.0)

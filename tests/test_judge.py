@@ -212,3 +212,35 @@ def test_judge_assisted_layer_selection_blends_and_records_the_judge(gemini, tmp
     again = make(gemini, tmp_path)
     layers.select(cfg, lm, data, prompts, LID(), again)
     assert len(gemini.calls) == calls and again.calls == 0
+
+
+def test_any_client_error_is_recorded_without_the_key(gemini, tmp_path, monkeypatch):
+    """Not only the SDK's APIError: whatever the client raises (here a ValueError whose message
+    carries the key) becomes a recorded judge failure with the key redacted."""
+    judge = make(gemini, tmp_path)
+
+    def boom(**kw):
+        raise ValueError(f"bad request with key={KEY} in the URL")
+
+    monkeypatch.setattr(judge._client.models, "generate_content", boom)
+    with pytest.raises(JudgeError) as err:
+        judge.score(["a", "b"])
+    assert KEY not in str(err.value) and "[redacted]" in str(err.value) and "ValueError" in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_the_job_log_redacts_tracebacks_and_warnings(tmp_path):
+    """A job's stderr (log records, warnings and the traceback of the exception that ends it) goes
+    through the redacting stream into the rule's log file."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "job.log"
+    code = ("import logging, warnings\nfrom mmie.logs import setup\nsetup(r'%s')\n"
+            "logging.getLogger('x').warning('key is %s')\nwarnings.warn('again %s')\n"
+            "raise RuntimeError('crash with %s')\n") % (log, KEY, KEY, KEY)
+    res = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "GEMINI_API_KEY": KEY},
+                         capture_output=True, text=True, timeout=60)
+    text = log.read_text()
+    assert res.returncode != 0 and "RuntimeError: crash with [redacted]" in text
+    assert KEY not in text + res.stdout + res.stderr and text.count("[redacted]") == 3
