@@ -240,7 +240,7 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
         eligible &= ~mask
     eligible[chosen] = False
     pool_idx = eligible.nonzero().flatten().tolist()
-    pool = {"filters": sorted(exclusion) + ["fires_on_forget (freq_forget > 0)"], "not": "chosen",
+    pool = {"filters": sorted(exclusion), "requires": "freq_forget > 0 (fires on forget)", "excludes": "the chosen latents",
             "index": pool_idx, "freq_forget": [float(freq["forget"][i]) for i in pool_idx],
             "freq_retain": [float(freq["retain"][i]) for i in pool_idx],
             "freq_neighbours": {r[len("neighbour_"):]: [float(freq[r][i]) for i in pool_idx] for r in neighbours}}
@@ -301,10 +301,12 @@ def matched_random(feats: dict, seed: int, *, strata: int = CONTROL_STRATA) -> t
         raise SAEError(f"layer {layer}: no chosen latents to match a random control to")
     if len(cand) < n:
         raise SAEError(
-            f"layer {layer}: the random control needs {n} latents matched to the chosen ones but only {len(cand)} "
-            f"other latents pass the filters ({', '.join(pool['filters'])}). Loosen features.retain_max_freq"
-            f"{' / features.gibberish_max_freq' if feats.get('method') == 'semantic' else ''}, lower "
-            f"features.n_features, or train a wider SAE (sae.expansion)")
+            f"layer {layer}: the random control (random_gate) needs {n} latents besides the {n} chosen ones, but only "
+            f"{len(cand)} other latents fire on forget and pass the filters the chosen ones passed "
+            f"({'; '.join(pool['filters'])}). Lower features.n_features (the real gate then uses fewer latents too), "
+            f"loosen features.retain_max_freq"
+            f"{' / features.gibberish_max_freq' if feats.get('method') == 'semantic' else ''}, or train a wider SAE on "
+            f"more tokens (sae.expansion, sae.train_tokens)")
     freqs = sorted(chosen.values())
     s = min(strata, n)
     edges = [freqs[-(-j * n // s) - 1] for j in range(1, s)]
@@ -347,7 +349,7 @@ def matched_random(feats: dict, seed: int, *, strata: int = CONTROL_STRATA) -> t
         "draw": "forget-frequency-matched random latents (mmie.features.matched_random)", "seed": seed,
         "strata": [{"stratum": k, "freq_forget_above": bounds[k], "freq_forget_at_most": bounds[k + 1],
                     "chosen": quota[k], "pool": len(members[k]), "random": rand_per_stratum[k]} for k in range(s)],
-        "widened": widened, "pool_size": len(cand), "pool_filters": pool["filters"],
+        "widened": widened, "pool_size": len(cand), "pool_filters": pool["filters"], "pool_requires": pool["requires"],
         "chosen_freq_forget": freqs, "random_freq_forget": rand_freqs, "ks_distance": ks_distance(freqs, rand_freqs),
     }
     if widened:

@@ -10,11 +10,12 @@ import torch
 
 from mmie.errors import SAEError
 
-D = 48
+D = 50
 SEMANTIC = range(0, 16)       # fire on forget and romanized: the semantic method's candidates
 POOL = range(16, 40)          # fire on forget only: rejected by `semantic`, but eligible for the control
 FAILS = {40: "retain", 41: "retain", 42: "retain", 43: "retain", 44: "neighbour_ur", 45: "neighbour_ur",
          46: "gibberish", 47: "gibberish"}  # fire on forget often, and where the target must not be
+SILENT = {48: "retain", 49: "neighbour_ur"}  # pass every filter but never fire on forget
 CFG = {"method": "semantic", "n_features": 8, "retain_max_freq": 0.01, "min_forget_freq": 0.01,
        "gibberish_max_freq": 0.05, "gradient_texts": 16}
 
@@ -22,7 +23,8 @@ CFG = {"method": "semantic", "n_features": 8, "retain_max_freq": 0.01, "min_forg
 def planted():
     """An identity SAE (latent i fires when coordinate i > 0.5) and a cache whose forget firing
     rates are planted: semantic latents at 0.05..0.65, pool latents at 0.35..0.70, the
-    filter-failing ones at 0.5..0.8 (and on their forbidden role at 0.3)."""
+    filter-failing ones at 0.5..0.8 (and on their forbidden role at 0.3); two latents never fire on
+    forget (but on retain or Urdu at 0.005)."""
     from sae_lens import TopKSAE, TopKSAEConfig
 
     from mmie.activations import Cache
@@ -36,6 +38,8 @@ def planted():
              "retain": {}, "neighbour_ur": {}, "gibberish": {}}
     for i, role in FAILS.items():
         rates[role][i] = 0.3
+    for i, role in SILENT.items():
+        rates[role][i] = 0.005
     g = torch.Generator().manual_seed(0)
     n = 4000
     acts, doc = {}, {}
@@ -63,9 +67,9 @@ def test_control_pool_is_recorded_with_the_filters(selected):
     chosen = [f["index"] for f in sem["features"]]
     assert chosen == list(range(15, 7, -1))  # the 8 most forget-frequent semantic latents
     pool = sem["control_pool"]
-    # every latent that passes the exclusion filters and is not chosen; none that fails one
+    # every latent that passes the exclusion filters, fires on forget and is not chosen; none that fails one
     assert pool["index"] == list(range(0, 8)) + list(POOL)
-    assert any("fires_on_gibberish" in f for f in pool["filters"])
+    assert any("fires_on_gibberish" in f for f in pool["filters"]) and pool["requires"].startswith("freq_forget > 0")
     assert pool["freq_forget"] == pytest.approx([float(freq["forget"][i]) for i in pool["index"]])
     assert pool["freq_neighbours"]["ur"] == [0.0] * len(pool["index"])
     assert "freq_gibberish" in pool and "freq_gibberish" not in res["frequency"]["control_pool"]
@@ -120,7 +124,8 @@ def test_too_small_a_pool_and_an_old_features_file_are_errors(selected):
     sem = dict(selected[2]["semantic"])
     small = {k: (v[:3] if isinstance(v, list) and k != "filters" else v) for k, v in sem["control_pool"].items()}
     small["freq_neighbours"] = {"ur": [0.0] * 3}
-    with pytest.raises(SAEError, match=r"needs 8 latents .* only 3 other latents pass the filters.*retain_max_freq"):
+    with pytest.raises(SAEError, match=r"needs 8 latents besides the 8 chosen ones, but only 3 other latents fire on "
+                                        r"forget and pass the filters.*fires_on_gibberish.*features.n_features"):
         matched_random({**sem, "control_pool": small}, seed=0)
     with pytest.raises(SAEError, match="no control_pool.*rerun select_features"):
         matched_random({k: v for k, v in sem.items() if k != "control_pool"}, seed=0)
