@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mmie.errors import SAEError
+from mmie.errors import DataError, SAEError
 
 SAE_CFG = {"expansion": 4, "k": 4, "lr": 0.003, "lr_end": None, "lr_warm_up_steps": 5, "train_tokens": 40_000,
            "batch_size": 256, "holdout_fraction": 0.1, "quality_texts": 8, "device": "cpu"}
@@ -517,6 +517,19 @@ def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     f = json.loads(feats.read_text())
     assert f["method"] == "frequency" and f["layer"] == 1 and 1 <= len(f["features"]) <= 3
     assert f["provenance"]["rule"] == "select_features"
+    # the held-out texts are checked against the cache: data that is not what was cached is an error
+    forget_file = data / "forget" / "train.jsonl"
+    write_lines(forget_file, [{"id": str(i), "text": "नमस्ते"} for i in range(40)])
+    with pytest.raises(DataError, match=r"forget text \d+ has \d+ cached tokens .* cache was built from other texts"):
+        sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
+    write_lines(forget_file, [{"id": str(i), "text": t} for i, t in enumerate(demo_texts["hi"][:40])])
+    # an SAE trained before texts were held out (no data.holdout_texts) is refused
+    meta_file = out / "mmie.json"
+    old_meta = json.loads(meta_file.read_text())
+    del old_meta["data"]["holdout_texts"]
+    meta_file.write_text(json.dumps(old_meta))
+    with pytest.raises(SAEError, match="held out tokens, not texts.*rerun train_sae"):
+        sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
     # a cache from another model is refused before anything is computed
     other = copy.deepcopy(model)
     with torch.no_grad():
