@@ -321,7 +321,8 @@ def matched_random(feats: dict, seed: int, *, strata: int = CONTROL_STRATA) -> t
     drawn: list[list[int]] = []
     for k in range(s):
         drawn.append(rng.sample(members[k], min(quota[k], len(members[k]))))
-    left = [[i for i in members[k] if i not in set(drawn[k])] for k in range(s)]
+    taken = {i for part in drawn for i in part}
+    left = [[i for i in members[k] if i not in taken] for k in range(s)]
     widened = []
     for k in range(s):
         short = missing = quota[k] - len(drawn[k])
@@ -332,7 +333,8 @@ def matched_random(feats: dict, seed: int, *, strata: int = CONTROL_STRATA) -> t
             for t in (k - d, k + d):
                 if short and 0 <= t < s and left[t]:
                     take = rng.sample(left[t], min(short, len(left[t])))
-                    left[t] = [i for i in left[t] if i not in set(take)]
+                    gone = set(take)
+                    left[t] = [i for i in left[t] if i not in gone]
                     drawn[k] += take
                     filled.append({"stratum": t, "latents": len(take)})
                     short -= len(take)
