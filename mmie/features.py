@@ -21,11 +21,19 @@ Firing frequency of a latent on a role = share of that role's cached tokens on w
   ``frequency``. Retain texts, when given, get the same attribution (``retain_score``, reported only).
 
 ``rejected`` counts, per reason, the latents failing that criterion (a latent can fail several).
-Nothing selected is an error naming the thresholds and the knobs."""
+Nothing selected is an error naming the thresholds and the knobs.
+
+The control (``random_gate``) is drawn by ``matched_random`` from the *control pool* that
+``select_features`` records: the latents that are not chosen, pass the method's exclusion filters
+with the same thresholds (the retain filter; ``semantic`` also the gibberish filter) and fire on
+forget (``freq_forget > 0``). The draw matches the chosen latents' forget firing frequency by
+quantile strata (see ``matched_random``)."""
 
 from __future__ import annotations
 
+import bisect
 import logging
+import random
 
 import torch
 
@@ -33,6 +41,8 @@ from mmie.errors import ConfigError, DataError, SAEError
 
 log = logging.getLogger(__name__)
 METHODS = ("frequency", "semantic", "gradient")
+# Forget-frequency strata of the random control: quartiles of the chosen latents' frequencies.
+CONTROL_STRATA = 4
 
 
 def firing_frequency(sae, acts: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
@@ -134,8 +144,11 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
     likewise, for the reported ``retain_score``); ``max_length``/``batch_size`` apply to its passes.
     Returns ``{method, layer, features: [{index, score, freq_forget, freq_retain, freq_neighbours,
     freq_forget_romanized, freq_gibberish, ...}], n_selected, n_candidates, d_sae, rejected, alive,
-    thresholds, score, tokens, seed}``, features sorted by score (highest first); ``alive`` lists the
-    latents active on at least one cached token of any role (the pool of a random-feature control)."""
+    thresholds, score, tokens, seed, control_pool}``, features sorted by score (highest first);
+    ``alive`` lists the latents active on at least one cached token of any role; ``control_pool``
+    holds, column-wise, the index and the forget/retain/neighbour (``semantic``: also gibberish)
+    firing frequencies of every latent a random control may draw (see the module doc), with the
+    filters that defined it."""
     if method not in METHODS:
         raise ConfigError(f"features.method {method!r} is not one of {METHODS}")
     layer = cache.layer if layer is None else layer
@@ -187,6 +200,8 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
     rejected_mask = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     for mask in checks.values():
         rejected_mask |= mask
+    # the filters a control latent must pass too: firing where the target must not be
+    exclusion = {reason: mask for reason, mask in checks.items() if reason.startswith("fires_on_")}
     candidates = (~rejected_mask).nonzero().flatten().tolist()
     rejected = {reason: int(mask.sum()) for reason, mask in checks.items()}
     if not candidates:
@@ -220,13 +235,127 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
             row["retain_score"] = float(extra["retain_score"][i])
         features.append(row)
     alive = (torch.stack(list(freq.values())).max(0).values > 0).nonzero().flatten().tolist()
+    eligible = freq["forget"] > 0
+    for mask in exclusion.values():
+        eligible &= ~mask
+    eligible[chosen] = False
+    pool_idx = eligible.nonzero().flatten().tolist()
+    pool = {"filters": sorted(exclusion), "requires": "freq_forget > 0 (fires on forget)", "excludes": "the chosen latents",
+            "index": pool_idx, "freq_forget": [float(freq["forget"][i]) for i in pool_idx],
+            "freq_retain": [float(freq["retain"][i]) for i in pool_idx],
+            "freq_neighbours": {r[len("neighbour_"):]: [float(freq[r][i]) for i in pool_idx] for r in neighbours}}
+    if method == "semantic":
+        pool["freq_gibberish"] = [float(freq["gibberish"][i]) for i in pool_idx]
     out = {"method": method, "layer": int(layer), "d_sae": int(sae.cfg.d_sae), "features": features,
            "n_selected": len(features), "n_candidates": len(candidates), "rejected": rejected, "alive": alive,
            "thresholds": {**thresholds, "n_features": cfg["n_features"]}, "score": score_doc,
-           "tokens": {role: int(a.shape[0]) for role, a in cache.acts.items()}, "seed": seed}
+           "tokens": {role: int(a.shape[0]) for role, a in cache.acts.items()}, "seed": seed,
+           "control_pool": pool}
     for key in ("attribution_tokens_forget", "attribution_tokens_retain"):
         if key in extra:
             out[key] = int(extra[key])
-    log.info("layer %d, %s: %d candidates of %d latents, %d selected (top score %.4g); rejected %s", layer, method,
-             len(candidates), sae.cfg.d_sae, len(features), features[0]["score"], rejected)
+    log.info("layer %d, %s: %d candidates of %d latents, %d selected (top score %.4g); rejected %s; "
+             "%d latents in the random control's pool", layer, method, len(candidates), sae.cfg.d_sae, len(features),
+             features[0]["score"], rejected, len(pool_idx))
     return out
+
+
+def ks_distance(a: list[float], b: list[float]) -> float:
+    """Two-sample Kolmogorov–Smirnov statistic: the largest gap between the empirical CDFs."""
+    if not a or not b:
+        raise ValueError("ks_distance needs two non-empty samples")
+    a, b = sorted(a), sorted(b)
+    return max(abs(bisect.bisect_right(a, v) / len(a) - bisect.bisect_right(b, v) / len(b)) for v in a + b)
+
+
+def matched_random(feats: dict, seed: int, *, strata: int = CONTROL_STRATA) -> tuple[list[int], dict]:
+    """As many latents as ``feats["features"]`` (one layer's ``select_features`` result), drawn from
+    its ``control_pool`` so that their forget firing frequencies match the chosen latents'.
+
+    Strata: ``s = min(strata, n_chosen)`` forget-frequency intervals cut at the chosen frequencies'
+    quantiles (edge j = the ⌈j·n/s⌉-th smallest chosen frequency; a latent with frequency f is in the
+    first stratum whose edge is ≥ f; the lowest and highest strata are open-ended, so every pool
+    latent falls in one). Each stratum draws as many pool latents as it holds chosen ones, uniformly
+    without replacement. A stratum with too few pool latents takes the rest from the nearest stratum
+    that still has some (lower one first at equal distance); that widening is recorded. With
+    ``frequency`` selection the chosen latents are the most forget-frequent ones that pass the
+    filters, so the pool sits below them and the upper strata always widen: the KS distance says how
+    far the control is from a match. A pool smaller than the number of chosen latents is an error.
+
+    Deterministic given ``seed`` and the layer (``random.Random(seed * 7919 + layer)``). Returns the
+    sorted latent indices and what to record: the strata, per-stratum counts, the widenings, both
+    frequency distributions and their KS distance."""
+    layer = int(feats["layer"])
+    pool = feats.get("control_pool")
+    if pool is None:
+        raise SAEError(f"the features of layer {layer} carry no control_pool (written by an older mmie): rerun "
+                       f"select_features for layer {layer} so random_gate can draw a matched control")
+    chosen = {int(f["index"]): float(f["freq_forget"]) for f in feats["features"]}
+    cand = sorted(zip((int(i) for i in pool["index"]), (float(f) for f in pool["freq_forget"]), strict=True))
+    overlap = sorted(set(chosen) & {i for i, _ in cand})
+    if overlap:
+        raise SAEError(f"the control pool of layer {layer} contains chosen latents {overlap[:5]}: the features "
+                       f"file is inconsistent; rerun select_features")
+    n = len(chosen)
+    if n == 0:
+        raise SAEError(f"layer {layer}: no chosen latents to match a random control to")
+    if len(cand) < n:
+        raise SAEError(
+            f"layer {layer}: the random control (random_gate) needs {n} latents besides the {n} chosen ones, but only "
+            f"{len(cand)} other latents fire on forget and pass the filters the chosen ones passed "
+            f"({'; '.join(pool['filters'])}). Lower features.n_features (the real gate then uses fewer latents too), "
+            f"loosen features.retain_max_freq"
+            f"{' / features.gibberish_max_freq' if feats.get('method') == 'semantic' else ''}, or train a wider SAE on "
+            f"more tokens (sae.expansion, sae.train_tokens)")
+    freqs = sorted(chosen.values())
+    s = min(strata, n)
+    edges = [freqs[-(-j * n // s) - 1] for j in range(1, s)]
+    quota = [0] * s
+    for f in freqs:
+        quota[bisect.bisect_left(edges, f)] += 1
+    members: list[list[int]] = [[] for _ in range(s)]
+    pool_freq = dict(cand)
+    for i, f in cand:
+        members[bisect.bisect_left(edges, f)].append(i)
+    rng = random.Random(seed * 7919 + layer)
+    drawn: list[list[int]] = []
+    for k in range(s):
+        drawn.append(rng.sample(members[k], min(quota[k], len(members[k]))))
+    taken = {i for part in drawn for i in part}
+    left = [[i for i in members[k] if i not in taken] for k in range(s)]
+    widened = []
+    for k in range(s):
+        short = missing = quota[k] - len(drawn[k])
+        if short <= 0:
+            continue
+        filled: list[dict] = []
+        for d in range(1, s):
+            for t in (k - d, k + d):
+                if short and 0 <= t < s and left[t]:
+                    take = rng.sample(left[t], min(short, len(left[t])))
+                    gone = set(take)
+                    left[t] = [i for i in left[t] if i not in gone]
+                    drawn[k] += take
+                    filled.append({"stratum": t, "latents": len(take)})
+                    short -= len(take)
+        if short:  # cannot happen: the pool holds at least n latents and the strata cover it
+            raise SAEError(f"layer {layer}: the random control is {short} latents short in stratum {k}")
+        widened.append({"stratum": k, "short": missing, "filled_from": filled})
+    picked = sorted(i for part in drawn for i in part)
+    rand_freqs = sorted(pool_freq[i] for i in picked)
+    rand_per_stratum = [0] * s
+    for f in rand_freqs:
+        rand_per_stratum[bisect.bisect_left(edges, f)] += 1
+    bounds = [None, *edges, None]
+    record = {
+        "draw": "forget-frequency-matched random latents (mmie.features.matched_random)", "seed": seed,
+        "strata": [{"stratum": k, "freq_forget_above": bounds[k], "freq_forget_at_most": bounds[k + 1],
+                    "chosen": quota[k], "pool": len(members[k]), "random": rand_per_stratum[k]} for k in range(s)],
+        "widened": widened, "pool_size": len(cand), "pool_filters": pool["filters"], "pool_requires": pool["requires"],
+        "chosen_freq_forget": freqs, "random_freq_forget": rand_freqs, "ks_distance": ks_distance(freqs, rand_freqs),
+    }
+    if widened:
+        log.warning("layer %d random control: %d of %d latents drawn from a neighbouring forget-frequency stratum "
+                    "(too few eligible latents in strata %s); KS distance to the chosen frequencies %.3f", layer,
+                    sum(w["short"] for w in widened), n, [w["stratum"] for w in widened], record["ks_distance"])
+    return picked, record

@@ -11,9 +11,10 @@ format) and ``mmie.json`` — the layer, model fingerprint, sizes, training stat
 quality figures, sha256 of the two sae-lens files and the provenance. ``load_sae`` checks all of
 them against what the caller expects.
 
-Quality: ``quality`` (fraction of variance unexplained, L0, dead-latent share, MSE on held-out
-cached tokens) and ``loss_recovered`` (next-token cross-entropy with the layer's output replaced by
-the reconstruction, between the clean model and the zero-ablated layer)."""
+Quality: ``quality`` (fraction of variance unexplained, L0, dead-latent share, MSE on the tokens of
+held-out cached texts: whole texts the SAE never trains on, see ``mmie.sae_jobs.holdout_texts``) and
+``loss_recovered`` (next-token cross-entropy with the layer's output replaced by the reconstruction,
+between the clean model and the zero-ablated layer)."""
 
 from __future__ import annotations
 
@@ -278,7 +279,7 @@ def _sae_device(sae) -> torch.device:
 
 
 def quality(sae, acts: torch.Tensor, *, batch_size: int = 4096) -> dict:
-    """Reconstruction quality on (held-out) cached tokens ``acts`` [tokens, d_in]:
+    """Reconstruction quality on cached tokens ``acts`` [tokens, d_in] (the held-out texts' tokens):
 
     - ``fvu``: Σ‖x − x̂‖² / Σ‖x − x̄‖² (x̄: the mean token of ``acts``);
     - ``l0``: mean number of active (> 0) latents per token;

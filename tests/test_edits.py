@@ -9,7 +9,7 @@ import torch
 
 from mmie import edits, layers
 from mmie.activations import cache_roles, collect, gibberish_from, model_fingerprint, read_cache, write_cache
-from mmie.arms.edit_arms import EditAdapter, random_features
+from mmie.arms.edit_arms import EditAdapter
 from mmie.directions import fit_leace, mean_difference
 from mmie.errors import ConfigError, DataError, ModelError
 from mmie.hooks import edit_layer_outputs, hook_count, record_layer_outputs
@@ -188,17 +188,6 @@ def test_ablate_removes_the_direction_and_leace_equalises_class_means():
     with pytest.raises(DataError, match="same mean"):
         fit_leace(x0, x0.clone())
     assert torch.allclose(mean_difference(x1, x0), x1.mean(0) - x0.mean(0), atol=1e-5)
-
-
-def test_random_gate_features_are_disjoint_and_seeded():
-    chosen = [3, 7, 9]
-    a = random_features(chosen, 50, None, seed=0, layer=2)
-    assert len(a) == 3 and not set(a) & set(chosen)
-    assert a == random_features(chosen, 50, None, seed=0, layer=2)
-    assert a != random_features(chosen, 50, None, seed=1, layer=2)
-    assert set(random_features(chosen, 50, [1, 2, 3, 4, 5, 7], 0, 2)) <= {1, 2, 4, 5}
-    with pytest.raises(ConfigError):
-        random_features([0, 1, 2], 5, None, 0, 0)
 
 
 # ----------------------------------------------------------------------------- activation cache

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mmie.errors import SAEError
+from mmie.errors import DataError, SAEError
 
 SAE_CFG = {"expansion": 4, "k": 4, "lr": 0.003, "lr_end": None, "lr_warm_up_steps": 5, "train_tokens": 40_000,
            "batch_size": 256, "holdout_fraction": 0.1, "quality_texts": 8, "device": "cpu"}
@@ -401,6 +401,76 @@ def test_gradient_finds_the_latent_that_drives_the_forget_loss(trained_lm, demo_
         model.model.embed_tokens.weight.requires_grad_(True)
 
 
+# ----------------------------------------------------------------------------- held out by text
+TEXT_ROLES = ("forget", "forget_romanized", "gibberish", "neighbour_ur", "retain")
+
+
+def text_coded_cache(n_texts: int = 30, d: int = 8):
+    """Every token of text t of role r carries the code r + t/100 in coordinate 0 (the rest is
+    noise): the text a row came from can be read off the row. Texts have 5 to 14 tokens."""
+    from mmie.activations import Cache
+
+    g = torch.Generator().manual_seed(0)
+    acts, doc = {}, {}
+    for r, role in enumerate(TEXT_ROLES):
+        lengths = torch.randint(5, 15, (n_texts,), generator=g)
+        doc[role] = torch.repeat_interleave(torch.arange(n_texts), lengths)
+        x = torch.randn(len(doc[role]), d, generator=g)
+        x[:, 0] = r + doc[role].float() / 100
+        acts[role] = x
+    meta = {"layer": "1", "d_in": str(d), "model_fingerprint": "f", "roles": json.dumps(sorted(acts)), "extra": {}}
+    return Cache(acts=acts, doc=doc, meta=meta)
+
+
+def text_codes(rows: torch.Tensor) -> set[int]:
+    return {int(v) for v in torch.round(rows[:, 0] * 100).tolist()}
+
+
+def test_holdout_is_whole_texts_and_seeded():
+    from mmie.sae_jobs import holdout_texts, split_by_text
+
+    cache = text_coded_cache()
+    roles = ["forget", "neighbour_ur", "retain"]
+    held = holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=0)
+    assert {r: len(t) for r, t in held.items()} == {r: 3 for r in roles}
+    train, test = split_by_text(cache, roles, held)
+    assert not text_codes(train) & text_codes(test)  # no text has tokens on both sides
+    assert text_codes(test) == {100 * TEXT_ROLES.index(r) + t for r in roles for t in held[r]}
+    assert len(train) + len(test) == sum(len(cache.acts[r]) for r in roles)
+    assert holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=0) == held
+    assert holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=1) != held
+    with pytest.raises(Exception, match="role 'retain' has 1 text.*at least 2"):
+        holdout_texts({"retain": torch.zeros(5, dtype=torch.long)}, 0.1, seed=0)
+
+
+def test_train_sae_job_never_trains_on_a_quality_text(tmp_path, demo_config, monkeypatch):
+    """The rows the SAE trains on and the rows its quality is measured on come from disjoint texts,
+    and mmie.json names the held-out ones."""
+    from mmie import sae as sae_mod
+    from mmie import sae_jobs
+    from mmie.activations import write_cache
+    from mmie.config import deep_update
+
+    cache = text_coded_cache()
+    path = tmp_path / "acts" / "layer1.safetensors"
+    write_cache(path, 1, {r: (cache.acts[r], cache.doc[r]) for r in TEXT_ROLES}, "f")
+    seen = {}
+    fit, quality = sae_mod.train_sae, sae_mod.quality
+    monkeypatch.setattr(sae_mod, "train_sae", lambda acts, *a, **k: (seen.setdefault("train", acts), fit(acts, *a, **k))[1])
+    monkeypatch.setattr(sae_mod, "quality", lambda sae, acts, **k: (seen.setdefault("held", acts), quality(sae, acts, **k))[1])
+    config = deep_update(demo_config, {"sae": {"expansion": 2, "k": 2, "train_tokens": 640, "batch_size": 64,
+                                               "lr_warm_up_steps": 2, "holdout_fraction": 0.2, "device": "cpu"}})
+    sae_jobs.train_sae(config, 1, str(path), str(tmp_path / "sae"))
+    meta = json.loads((tmp_path / "sae" / "mmie.json").read_text())
+    held = meta["data"]["holdout_texts"]
+    assert sorted(held) == ["forget", "neighbour_ur", "retain"] and all(len(t) == 6 for t in held.values())
+    train_codes, held_codes = text_codes(seen["train"]), text_codes(seen["held"])
+    assert not train_codes & held_codes
+    assert held_codes == {100 * TEXT_ROLES.index(r) + t for r, ts in held.items() for t in ts}
+    assert len(train_codes) == 3 * 24 and meta["data"]["train_texts"] == {r: 24 for r in held}
+    assert meta["quality"]["tokens"] == len(seen["held"]) == meta["data"]["holdout_tokens"]
+
+
 # ----------------------------------------------------------------------------- the job functions
 def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     """train_sae and select_features as the rules call them: the SAE folder, its quality and features."""
@@ -441,10 +511,25 @@ def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
     q = json.loads(qual.read_text())
     assert {"layer", "fvu", "l0", "dead_share", "ce_clean", "ce_sae", "ce_zero", "loss_recovered", "provenance"} <= set(q)
-    assert q["fvu"] == meta["quality"]["fvu"] and q["texts"] == 12
+    # loss recovered on held-out texts only: 4 of each role's 40 (holdout_fraction 0.1) < quality_texts 6
+    assert q["fvu"] == meta["quality"]["fvu"] and q["texts"] == 8
+    assert q["loss_recovered_texts"] == {r: meta["data"]["holdout_texts"][r] for r in ("forget", "retain")}
     f = json.loads(feats.read_text())
     assert f["method"] == "frequency" and f["layer"] == 1 and 1 <= len(f["features"]) <= 3
     assert f["provenance"]["rule"] == "select_features"
+    # the held-out texts are checked against the cache: data that is not what was cached is an error
+    forget_file = data / "forget" / "train.jsonl"
+    write_lines(forget_file, [{"id": str(i), "text": "नमस्ते"} for i in range(40)])
+    with pytest.raises(DataError, match=r"forget text \d+ has \d+ cached tokens .* cache was built from other texts"):
+        sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
+    write_lines(forget_file, [{"id": str(i), "text": t} for i, t in enumerate(demo_texts["hi"][:40])])
+    # an SAE trained before texts were held out (no data.holdout_texts) is refused
+    meta_file = out / "mmie.json"
+    old_meta = json.loads(meta_file.read_text())
+    del old_meta["data"]["holdout_texts"]
+    meta_file.write_text(json.dumps(old_meta))
+    with pytest.raises(SAEError, match="held out tokens, not texts.*rerun train_sae"):
+        sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
     # a cache from another model is refused before anything is computed
     other = copy.deepcopy(model)
     with torch.no_grad():

@@ -178,6 +178,8 @@ def test_sae_checkpoint_loads_with_sae_lens_and_quality_is_reported(run_dir):
     q = json.loads((r / "sae" / "quality" / f"layer{layer}.json").read_text())
     assert 0 <= q["fvu"] < 1 and q["l0"] > 0 and 0 <= q["dead_share"] <= 1
     assert q["ce_clean"] <= q["ce_zero"] and q["loss_recovered"] <= 1.0 + 1e-6
+    held = meta["data"]["holdout_texts"]  # quality on whole texts the SAE never trained on
+    assert all(set(q["loss_recovered_texts"][r]) <= set(held[r]) for r in ("forget", "retain"))
     with open(r / "summary" / "sae_quality.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(row["layer"]) for row in rows] == [layer]
@@ -196,6 +198,9 @@ def test_gate_arms_and_dose_response(run_dir):
     layer_key = next(k for k in rows[("sae_gate", 1.0)]["features"])
     chosen = set(rows[("sae_gate", 1.0)]["features"][layer_key])
     assert chosen and not chosen & set(rows[("random_gate", 1.0)]["features"][layer_key])
+    control = json.loads((r / "random_gate" / "seed0" / "evaluate.json").read_text())["arm_details"][layer_key]
+    assert set(control["features"]) == set(rows[("random_gate", 1.0)]["features"][layer_key])
+    assert len(control["control"]["chosen_freq_forget"]) == len(control["control"]["random_freq_forget"]) == len(chosen)
     combined = json.loads((r / "lora+sae_gate" / "seed0" / "evaluate.json").read_text())
     assert combined["arm_details"]["on"] == "lora" and combined["arm_details"]["checkpoint"].endswith("lora/seed0")
     for arm in ("random_gate", "dim", "script_scrub", "reft+sae_gate"):

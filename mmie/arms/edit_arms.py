@@ -1,6 +1,7 @@
 """Training-free arms that edit the residual stream at the selected layers (METHOD §6–7):
 ``sae_gate`` (optionally on top of a trained adapter: ``lora+sae_gate``), ``random_gate`` (the same
-number of random SAE latents per layer: the control), ``dim`` (difference-in-means steering) and
+number of random SAE latents per layer, passing the same filters and matched in forget firing
+frequency: the control), ``dim`` (difference-in-means steering) and
 ``script_scrub`` (LEACE eraser of the target-script vs romanized direction).
 
 ``LayerAssets`` finds what a layer's edit needs under the experiment's results folder: the layer
@@ -10,7 +11,6 @@ model's fingerprint."""
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,12 +62,17 @@ def gate_settings(config: dict, spec: dict) -> dict:
             "clamp": spec.get("gate_clamp", g["clamp"])}
 
 
-def random_features(chosen: list[int], d_sae: int, alive: list[int] | None, seed: int, layer: int) -> list[int]:
-    """As many random latents as ``chosen``, none of them chosen (from the live latents when known)."""
-    pool = [i for i in (alive if alive is not None else range(d_sae)) if i not in set(chosen)]
-    if len(pool) < len(chosen):
-        raise ConfigError(f"layer {layer}: only {len(pool)} other latents for a random gate of {len(chosen)}")
-    return sorted(random.Random(seed * 7919 + layer).sample(pool, len(chosen)))
+def random_features(feats: dict, seed: int, layer: int) -> tuple[list[int], dict]:
+    """The control's latents for one layer: as many as ``feats`` (the layer's features file) chose,
+    none of them chosen, passing the same retain/neighbour (``semantic``: and gibberish) filters and
+    matched to the chosen latents' forget firing frequency by strata (``mmie.features.matched_random``;
+    seeded by ``seed`` and the layer). Also returns the record of the draw (both frequency
+    distributions, the strata and any widening)."""
+    from mmie.features import matched_random
+
+    if int(feats["layer"]) != layer:
+        raise ConfigError(f"random_gate at layer {layer} was given the features of layer {feats['layer']}")
+    return matched_random(feats, seed)
 
 
 def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int, *, alpha: float | None = None,
@@ -85,13 +90,16 @@ def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int,
         if method in ("sae_gate", "random_gate"):
             enc, feats = assets.gate(layer, fp, int(model.config.hidden_size))
             chosen = [int(f["index"]) for f in feats["features"]]
+            control = None
             if method == "random_gate":
-                chosen = random_features(chosen, enc.d_sae, feats.get("alive"), seed, layer)
+                chosen, control = random_features(feats, seed, layer)
             g = gate_settings(config, spec)
             if alpha is not None:
                 g["alpha"] = alpha
             out[layer] = edits.sae_gate(enc, chosen, **g)
             details[f"layer{layer}"] = {"features": chosen, **g, "feature_method": feats.get("method")}
+            if control is not None:
+                details[f"layer{layer}"]["control"] = control
         elif method in ("dim", "script_scrub"):
             from mmie.directions import load_directions
 
