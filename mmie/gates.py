@@ -193,6 +193,10 @@ def auc_bootstrap(arm_rows, base_rows, n_boot: int, seed: int) -> tuple[np.ndarr
     return arm, base, point_arm, point_base
 
 
+# intervals.csv: the output contract's columns first (config/results.schema.yaml)
+INTERVAL_COLUMNS = ["estimate", "ci_low", "ci_high", "n_boot", "rng_seed", "level", "n_nonfinite"]
+
+
 def default_seeded(arm_seeds: dict[str, list[int]]) -> dict[str, bool]:
     return {a: len(s) > 1 for a, s in arm_seeds.items()}
 
@@ -212,7 +216,8 @@ def intervals(results: Results, arms: list[str], sets: list[str], arm_seeds: dic
                 continue
             metrics = sorted(set().union(*(r["metrics"].keys() for s, r in recs.items() if s in seeds)))
             for metric in metrics:
-                info = {"arm": arm, "set": set_name, "metric": metric, "n_seeds": len(seeds), "seeded": seeded[arm]}
+                info = {"arm": arm, "set": set_name, "metric": metric}
+                design = {"n_seeds": len(seeds), "seeded": seeded[arm]}
                 if metric in AUC_METRICS:
                     data, reason = results.auc_rows(arm, metric, seeds)
                     if data is None:
@@ -220,9 +225,9 @@ def intervals(results: Results, arms: list[str], sets: list[str], arm_seeds: dic
                         continue
                     reps, _, point, _ = auc_bootstrap(data, None, cfg["n_boot"], cfg["rng_seed"])
                     lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
-                    rows.append({**info, "estimate": point, "ci_low": float(lo), "ci_high": float(hi), "level": level,
-                                 "n_boot": cfg["n_boot"], "n_nonfinite": 0, "rng_seed": cfg["rng_seed"],
-                                 "n_prompts": len(data[0][0]) + len(data[0][1])})
+                    rows.append({**info, "estimate": point, "ci_low": float(lo), "ci_high": float(hi),
+                                 "n_boot": cfg["n_boot"], "rng_seed": cfg["rng_seed"], "level": level, "n_nonfinite": 0,
+                                 **design, "n_prompts": len(data[0][0]) + len(data[0][1])})
                     continue
                 sample, reason = results.sample(arm, set_name, metric, seeds)
                 if sample is None:
@@ -233,7 +238,8 @@ def intervals(results: Results, arms: list[str], sets: list[str], arm_seeds: dic
                 except ValueError as err:
                     log.warning("no interval for %s/%s/%s: %s", arm, set_name, metric, err)
                     continue
-                rows.append({**info, **ci})
+                rows.append({**info, **{k: ci[k] for k in INTERVAL_COLUMNS if k in ci}, **design,
+                             "n_prompts": ci["n_prompts"]})
     return rows
 
 

@@ -410,7 +410,8 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
     grid = {a: arm_seeds(config, a) for a in arms}
     seeded = {a: is_seeded(config, a) for a in arms}
     cfg = config["stats"]
-    iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded))
+    iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded),
+                      columns=["arm", "set", "metric", *G.INTERVAL_COLUMNS, "n_seeds", "seeded", "n_prompts"])
     # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated"
     gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
     reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}

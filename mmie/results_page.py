@@ -14,6 +14,13 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _interval(lo: float, hi: float) -> str:
+    """A one-sided interval shows its open end: (−∞, u] or [l, ∞)."""
+    left = "(−∞" if lo == float("-inf") else f"[{_fmt(lo)}"
+    right = "∞)" if hi == float("inf") else f"{_fmt(hi)}]"
+    return f"{left}, {right}"
+
+
 def cell(iv: pd.DataFrame, arm: str, set_name: str, metric: str) -> str:
     r = iv[(iv.arm == arm) & (iv.set == set_name) & (iv.metric == metric)]
     if r.empty:
@@ -103,6 +110,6 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
             lines.append(f"| {r.arm} | {r.gate} | — | — | — | — | — | no: {r.reason} |")
         else:
             lines.append(f"| {r.arm} | {r.gate} | {_fmt(r.value)} | {_fmt(r.threshold)} | "
-                         f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {r.ci_level:.4g} | {r.p_adjusted:.3g} | "
+                         f"{_interval(r.ci_low, r.ci_high)} | {r.ci_level:.4g} | {r.p_adjusted:.3g} | "
                          f"{'yes' if r.passed else 'no: ' + r.reason} |")
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import planned_jobs, reduced_config, smk
+from conftest import ROOT, planned_jobs, reduced_config, smk
 from mmie import config as mcfg
 from mmie.errors import ConfigError
 from mmie.gates import RATIO_METRICS, Results, decide, expand_gates, intervals
@@ -160,6 +160,12 @@ def test_stats_step_writes_a_row_for_every_configured_gate(tmp_path, demo_config
     assert not not_eval.passed.any()
     assert "languages.neighbours is empty" in not_eval.set_index("gate").reason["neighbour_leakage"]
     assert set(gates.columns) >= {"n_seeds", "seeded", "ci_level", "gate_alpha", "base_n_seeds"}
+    schema = yaml.safe_load((ROOT / "config" / "results.schema.yaml").read_text())["x-csv-columns"]
+    for name, key in (("gates", "summary/gates.csv"), ("iv", "summary/intervals.csv")):
+        header = list(pd.read_csv(out[name]).columns)
+        assert header[:len(schema[key])] == schema[key], name
+    iv = pd.read_csv(out["iv"])
+    assert set(zip(iv.arm, iv.n_seeds, iv.seeded, strict=True)) == {("base", 1, False), ("prompt", 1, False)}
     decisions = json.loads((tmp_path / "dec.out").read_text())
     assert decisions["prompt"]["decision"] == "STOP" and "mixed_es" in decisions["prompt"]["failing"]
     assert "not evaluated" in (tmp_path / "page.out").read_text()
@@ -288,3 +294,25 @@ def test_nan_never_passes():
                              ["base", "arm"], gates, {"base": [0], "arm": [0]}, CFG)
     assert not any(r["passed"] for r in rows) and decisions["arm"]["decision"] == "STOP"
     assert all("non-finite" in r["reason"] for r in rows)
+
+
+def test_replicates_without_a_denominator_count_against_the_gate():
+    """Only 1 of 40 arm outputs has letters: about (39/40)^40 ≈ 36 % of the bootstrap replicates have
+    no letter at all, so the arm's target-script share is 0/0 there. Those replicates cannot support
+    the gate: it fails, instead of passing on the finite rest (what c83e9ca did by dropping them)."""
+    n = 40
+    ids = [f"p{i:02d}" for i in range(n)]
+
+    def rec(arm, target_letters, letters):
+        share = sum(target_letters) / sum(letters)
+        return {"arm": arm, "seed": 0, "set": "forget", "metrics": {"target_script_share": share}, "failures": {},
+                "per_prompt": {"id": ids, "target_letters": target_letters, "letters": letters}}
+
+    base = rec("base", [20] * n, [20] * n)
+    arm = rec("arm", [0] * n, [0] * (n - 1) + [30])
+    gate = {"name": "script", "metric": "target_script_share", "set": "forget", "direction": "<=",
+            "relative": "ratio", "threshold": 0.5}
+    rows, decisions = decide(Results.from_records([base, arm]), ["base", "arm"], [gate], {"base": [0], "arm": [0]},
+                             {**CFG, "n_boot": 2000})
+    assert rows[0]["value"] == 0.0 and rows[0]["p_value"] > 0.3
+    assert not rows[0]["passed"] and decisions["arm"]["decision"] == "STOP"
