@@ -44,6 +44,66 @@ def set_info(config: dict, name: str) -> SetInfo:
     raise ConfigError(f"unknown evaluation set {name!r}; configured sets: {set_names(config)}")
 
 
+SEEDED_METHODS = ("lora", "reft", "random_gate")
+
+
+def is_seeded(config: dict, arm: str) -> bool:
+    """Whether an arm's outputs depend on the seed: trained arms (lora, reft), the random-gate control
+    (its features are drawn from the seed), any arm sitting ``on:`` a trained arm, and every arm when
+    generation samples (``generation.do_sample``). Every other arm is deterministic given the model
+    and the data, so its seeds would be copies of one run."""
+    spec = config["arms"][arm]
+    return (spec["method"] in SEEDED_METHODS or bool(spec.get("on"))
+            or bool(config["generation"]["do_sample"]))
+
+
+def arm_seeds(config: dict, arm: str) -> list[int]:
+    """The seeds an arm is evaluated with: every configured seed for a seeded arm, the first
+    configured seed only for a seed-independent one (evaluated once, reported as one run)."""
+    seeds = [int(s) for s in config["seeds"]]
+    return seeds if is_seeded(config, arm) else seeds[:1]
+
+
+def unevaluated_reason(config: dict, set_name: str) -> str:
+    """Why a known set is not part of this run (for a gate on it)."""
+    why = {"mixed": "data.mixed is not set", "adversarial": "data.adversarial is not set",
+           "yes_no": "data.yes_no is not set", "comprehension": "eval.comprehension.enabled is false",
+           "neighbours": "languages.neighbours is empty"}
+    return why.get(set_name, f"no evaluation set named {set_name!r} is configured")
+
+
+def check_gates(config: dict) -> None:
+    """Every gate names a known set and a metric that exists on it; names are unique. A gate on a set
+    this run does not evaluate is allowed here and fails at the statistics step as "not evaluated"."""
+    from mmie.gates import METRIC_SET_KINDS, gateable
+
+    lang = config["languages"]
+    neighbours = list(lang.get("neighbours", {}))
+    known_sets = [*FIXED_SETS, *neighbours, "neighbours"]
+    target = lang["target"]["code"]
+    labels = sorted({target, f"{target}_rom", lang["retain"]["code"], "und", *neighbours})
+    kinds = {"forget": "forget", "retain": "retain", "comprehension": "comprehension", "yes_no": "yes_no",
+             "neighbours": "neighbour", **{c: "neighbour" for c in neighbours}}
+    seen = set()
+    for i, g in enumerate(config.get("gates", [])):
+        where = f"gates[{i}] ({g['name']!r})"
+        if g["name"] in seen:
+            raise ConfigError(f"{where}: gate names must be unique; {g['name']!r} is used twice")
+        seen.add(g["name"])
+        if g["set"] not in known_sets:
+            raise ConfigError(f"{where}: unknown set {g['set']!r}; known sets: {known_sets}")
+        if not gateable(g["metric"], labels):
+            raise ConfigError(f"{where}: unknown metric {g['metric']!r}; gateable metrics are the per-prompt "
+                              f"metrics of METHOD §11 (e.g. es, target_rate, ppl, gen_ppl_base, empty_share, "
+                              f"repetitive_share, own_language_rate, mia_auc) and lang_share_<label> for {labels}")
+        allowed = METRIC_SET_KINDS.get(g["metric"])
+        if allowed and kinds.get(g["set"]) not in allowed:
+            raise ConfigError(f"{where}: metric {g['metric']!r} is only computed on {'/'.join(allowed)} sets, "
+                              f"not on {g['set']!r}")
+        if g["direction"] == "within" and g["relative"] != "delta":
+            raise ConfigError(f"{where}: direction 'within' tests |arm − base| ≤ threshold; set relative: delta")
+
+
 def raw_data_files(config: dict) -> dict[str, str]:
     """role -> raw file path, for every configured input file."""
     data = config["data"]
@@ -105,6 +165,7 @@ def check(config: dict, workdir: str | Path = ".") -> None:
             raise ConfigError(f"arms.{arm}: arm names may use letters, digits and _ . + - only")
     if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":
         raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
+    check_gates(config)
 
 
 def section(config: dict, *keys: str) -> dict:

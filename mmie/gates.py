@@ -1,7 +1,12 @@
 """Confidence intervals, gates and decisions (METHOD §8) from the per-prompt values kept in every
-metrics.json. A gate passes only when its one-sided test, corrected for multiple testing over the
-arm's gates, rejects "the arm misses the threshold" at level ``alpha``; a missing metric is a failing
-gate with its reason, never a pass."""
+metrics.json.
+
+One decision rule: a gate passes exactly when its reported one-sided confidence bound clears the
+threshold. Each gate is a paired comparison with ``base`` on the same prompts (crossed bootstrap,
+mmie/stats.py); the bound's level comes from the multiple-testing correction over the arm's gates
+(``stats.correction``; :func:`mmie.stats.gate_levels`), so "adjusted p ≤ alpha" and "the bound
+clears" are the same statement. A missing metric, a set the run does not evaluate, a non-finite
+value or threshold are failing gates with their reason, never a pass, and never dropped."""
 
 from __future__ import annotations
 
@@ -9,10 +14,21 @@ import logging
 from collections import defaultdict
 
 import numpy as np
-from scipy.stats import rankdata
 
 from mmie import io
-from mmie.stats import Sample, adjust, hierarchical_ci, paired_margin
+from mmie.stats import (
+    Sample,
+    adjust,
+    gate_levels,
+    hierarchical_ci,
+    lower_bound,
+    p_at_least,
+    p_at_most,
+    paired_reps,
+    seed_weights,
+    threshold_of,
+    upper_bound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +52,23 @@ RATIO_METRICS = {
     "fluency_entropy": ("entropy", "_entropy_den", "identity"),
 }
 AUC_METRICS = {"mia_auc": "mink_pp", "mia_auc_loss": "loss_score"}
+# metrics that exist only on some sets: metric -> set kinds (mmie.metrics.sets.SetInfo.kind)
+METRIC_SET_KINDS = {
+    "own_language_rate": ("neighbour",),
+    "mia_auc": ("forget",), "mia_auc_loss": ("forget",),
+    "token_kl": ("retain",),
+    "comprehension_rate": ("comprehension",),
+    "yes_no_accuracy": ("yes_no",), "yes_no_unparsed_share": ("yes_no",),
+}
+# how a failing collapse gate is worded (the metric name stays in the reason)
+COLLAPSE = {"empty_share": "outputs are empty", "repetitive_share": "outputs are repetitive"}
+
+
+def gateable(metric: str, labels: list[str]) -> bool:
+    """Whether a gate can name ``metric`` (``labels``: the LID labels, for lang_share_<label>)."""
+    if metric.startswith("lang_share_"):
+        return metric.removeprefix("lang_share_") in labels
+    return metric in RATIO_METRICS or metric in AUC_METRICS
 
 
 class Results:
@@ -44,8 +77,21 @@ class Results:
     def __init__(self, paths: list[str]) -> None:
         self.by: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
         for p in paths:
-            m = io.read_json(p)
-            self.by[(m["arm"], m["set"])][int(m["seed"])] = m
+            self.add(io.read_json(p))
+
+    def add(self, m: dict) -> None:
+        """One metrics.json record (``arm``, ``seed``, ``set``, ``metrics``, ``failures``, ``per_prompt``)."""
+        self.by[(m["arm"], m["set"])][int(m["seed"])] = m
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> Results:
+        res = cls([])
+        for m in records:
+            res.add(m)
+        return res
+
+    def ids(self, arm: str, set_name: str, seed: int) -> list:
+        return sorted(self.by[(arm, set_name)][seed]["per_prompt"]["id"])
 
     def sample(self, arm: str, set_name: str, metric: str, seeds: list[int]) -> tuple[Sample | None, str | None]:
         """Per-seed per-prompt arrays of ``metric`` ordered by prompt id, or (None, reason)."""
@@ -58,11 +104,16 @@ class Results:
                 return None, f"{arm}/seed{s}/{set_name}: {recs[s]['failures'][metric]}"
             if metric not in recs[s]["metrics"]:
                 return None, f"{arm}/seed{s}/{set_name}: metric {metric} was not computed"
+        first = self.ids(arm, set_name, seeds[0])
+        for s in seeds[1:]:
+            if self.ids(arm, set_name, s) != first:
+                return None, (f"{arm}/{set_name}: seed {s} was evaluated on other prompts than seed {seeds[0]} "
+                              f"(the crossed design needs the same prompts in every seed; rerun the evaluation)")
         if metric.startswith("lang_share_"):
             label = metric.removeprefix("lang_share_")
             nums = [self._ordered(recs[s], "label") for s in seeds]
             nums = [np.array([lab == label for lab in n], float) for n in nums]
-            return Sample(nums, [np.ones(len(n)) for n in nums]), None
+            return Sample(nums, [np.ones(len(n)) for n in nums], seeds=tuple(seeds)), None
         if metric not in RATIO_METRICS:
             return None, f"metric {metric} has no per-prompt form"
         num_key, den_key, transform = RATIO_METRICS[metric]
@@ -73,24 +124,33 @@ class Results:
                 nums.append(np.array([0.0 if e is None else e for e in ent], float))
                 dens.append(np.array([0.0 if e is None else 1.0 for e in ent], float))
                 continue
+            per = recs[s]["per_prompt"]
+            if num_key not in per or (den_key and den_key not in per):
+                return None, f"{arm}/seed{s}/{set_name}: per-prompt values of {metric} are missing from metrics.json"
             nums.append(np.asarray(self._ordered(recs[s], num_key), float))
             dens.append(np.asarray(self._ordered(recs[s], den_key), float) if den_key else np.ones(len(nums[-1])))
-        return Sample(nums, dens, transform), None
+        return Sample(nums, dens, transform, seeds=tuple(seeds)), None
 
     @staticmethod
     def _ordered(rec: dict, key: str) -> list:
         per = rec["per_prompt"]
-        order = np.argsort(per["id"])
+        order = np.argsort(per["id"], kind="stable")
         return [per[key][i] for i in order]
 
     def auc_rows(self, arm: str, metric: str, seeds: list[int]):
+        """Per seed (member scores, non-member scores), ordered by id; or (None, reason)."""
         recs = self.by.get((arm, "forget"), {})
         if any(s not in recs or "mia" not in recs[s] for s in seeds):
             return None, f"no membership scores for {arm} (forget set)"
-        out = []
+        out, first = [], None
         for s in seeds:
             mia = recs[s]["mia"]
-            order = np.argsort(mia["id"])
+            order = np.argsort(mia["id"], kind="stable")
+            ids = [mia["id"][i] for i in order]
+            if first is None:
+                first = ids
+            elif ids != first:
+                return None, f"{arm}: membership items differ between seeds (rerun the evaluation)"
             score = np.asarray(mia[AUC_METRICS[metric]], float)[order]
             member = np.asarray(mia["member"], int)[order]
             out.append((score[member == 1], score[member == 0]))
@@ -99,6 +159,8 @@ class Results:
 
 def _auc_reps(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """AUC per row of (B × n_pos) and (B × n_neg) score matrices, via ranks (ties count half)."""
+    from scipy.stats import rankdata
+
     both = np.concatenate([pos, neg], axis=1)
     ranks = rankdata(both, axis=1)
     n_pos, n_neg = pos.shape[1], neg.shape[1]
@@ -106,147 +168,221 @@ def _auc_reps(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
 
 
 def auc_bootstrap(arm_rows, base_rows, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, float, float]:
-    """Hierarchical bootstrap of the seed-mean AUC for the arm (and, paired, for base)."""
+    """Crossed bootstrap of the seed-mean AUC for the arm (and, paired, for base): one resampling of
+    members and of non-members per replicate, shared by every seed and both arms; seeds by the
+    rescaled seed bootstrap (a seed-independent arm has one run)."""
     rng = np.random.default_rng(seed)
-    s = len(arm_rows)
-    seeds = rng.integers(0, s, size=(n_boot, s))
-    per_seed_arm, per_seed_base = [], []
-    for i in range(s):
-        pos, neg = arm_rows[i]
-        ip = rng.integers(0, len(pos), size=(n_boot, len(pos)))
-        ineg = rng.integers(0, len(neg), size=(n_boot, len(neg)))
-        per_seed_arm.append(_auc_reps(pos[ip], neg[ineg]))
-        if base_rows is not None:
-            bpos, bneg = base_rows[i]
-            per_seed_base.append(_auc_reps(bpos[ip], bneg[ineg]))
-    rows = np.arange(n_boot)[:, None]
-    arm = np.stack(per_seed_arm, axis=1)[rows, seeds].mean(axis=1)
-    base = np.stack(per_seed_base, axis=1)[rows, seeds].mean(axis=1) if base_rows is not None else None
+    n_pos, n_neg = len(arm_rows[0][0]), len(arm_rows[0][1])
+    if base_rows is not None and (len(base_rows[0][0]), len(base_rows[0][1])) != (n_pos, n_neg):
+        raise ValueError("paired comparison needs the same membership items for arm and base")
+    ip = rng.integers(0, n_pos, size=(n_boot, n_pos))
+    ineg = rng.integers(0, n_neg, size=(n_boot, n_neg))
+
+    def seed_mean(rows, sw):
+        per = np.stack([_auc_reps(p[ip], n[ineg]) for p, n in rows], axis=1)   # B × S
+        return (per * sw).sum(axis=1) / sw.sum(axis=1)
+
+    sw_arm = seed_weights(rng, len(arm_rows), n_boot)
+    arm = seed_mean(arm_rows, sw_arm)
+    base = None
+    if base_rows is not None:
+        same = len(base_rows) == len(arm_rows)
+        base = seed_mean(base_rows, sw_arm if same else seed_weights(rng, len(base_rows), n_boot))
     point_arm = float(np.mean([_auc_reps(p[None], n[None])[0] for p, n in arm_rows]))
     point_base = float(np.mean([_auc_reps(p[None], n[None])[0] for p, n in base_rows])) if base_rows else float("nan")
     return arm, base, point_arm, point_base
 
 
-def intervals(results: Results, arms: list[str], sets: list[str], seeds: list[int], cfg: dict) -> list[dict]:
-    """95% hierarchical-bootstrap CI for every arm × set × metric with per-prompt values."""
+# intervals.csv: the output contract's columns first (config/results.schema.yaml)
+INTERVAL_COLUMNS = ["estimate", "ci_low", "ci_high", "n_boot", "rng_seed", "level", "n_nonfinite"]
+
+
+def default_seeded(arm_seeds: dict[str, list[int]]) -> dict[str, bool]:
+    return {a: len(s) > 1 for a, s in arm_seeds.items()}
+
+
+def intervals(results: Results, arms: list[str], sets: list[str], arm_seeds: dict[str, list[int]], cfg: dict,
+              seeded: dict[str, bool] | None = None) -> list[dict]:
+    """Two-sided crossed-bootstrap interval (``stats.level``) for every arm × set × metric with
+    per-prompt values, with the number of seeds of the arm and whether its outputs depend on the seed."""
+    seeded = seeded or default_seeded(arm_seeds)
+    level = cfg["level"]
     rows = []
     for arm in arms:
+        seeds = arm_seeds[arm]
         for set_name in sets:
             recs = results.by.get((arm, set_name), {})
             if not recs:
                 continue
-            metrics = sorted(set().union(*(r["metrics"].keys() for r in recs.values())))
+            metrics = sorted(set().union(*(r["metrics"].keys() for s, r in recs.items() if s in seeds)))
             for metric in metrics:
+                info = {"arm": arm, "set": set_name, "metric": metric}
+                design = {"n_seeds": len(seeds), "seeded": seeded[arm]}
                 if metric in AUC_METRICS:
                     data, reason = results.auc_rows(arm, metric, seeds)
                     if data is None:
+                        log.warning("no interval for %s/%s/%s: %s", arm, set_name, metric, reason)
                         continue
                     reps, _, point, _ = auc_bootstrap(data, None, cfg["n_boot"], cfg["rng_seed"])
-                    lo, hi = np.quantile(reps, [(1 - cfg["level"]) / 2, 1 - (1 - cfg["level"]) / 2])
-                    rows.append({"arm": arm, "set": set_name, "metric": metric, "estimate": point, "ci_low": float(lo),
-                                 "ci_high": float(hi), "n_boot": cfg["n_boot"], "rng_seed": cfg["rng_seed"],
-                                 "n_seeds": len(seeds)})
+                    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+                    rows.append({**info, "estimate": point, "ci_low": float(lo), "ci_high": float(hi),
+                                 "n_boot": cfg["n_boot"], "rng_seed": cfg["rng_seed"], "level": level, "n_nonfinite": 0,
+                                 **design, "n_prompts": len(data[0][0]) + len(data[0][1])})
                     continue
                 sample, reason = results.sample(arm, set_name, metric, seeds)
                 if sample is None:
+                    log.warning("no interval for %s/%s/%s: %s", arm, set_name, metric, reason)
                     continue
-                ci = hierarchical_ci(sample, cfg["n_boot"], cfg["rng_seed"], cfg["level"])
-                rows.append({"arm": arm, "set": set_name, "metric": metric, **ci})
+                try:
+                    ci = hierarchical_ci(sample, cfg["n_boot"], cfg["rng_seed"], level)
+                except ValueError as err:
+                    log.warning("no interval for %s/%s/%s: %s", arm, set_name, metric, err)
+                    continue
+                rows.append({**info, **{k: ci[k] for k in INTERVAL_COLUMNS if k in ci}, **design,
+                             "n_prompts": ci["n_prompts"]})
     return rows
 
 
 def expand_gates(gates: list[dict], neighbours: list[str]) -> list[dict]:
-    """A gate on set 'neighbours' becomes one gate per neighbour language."""
+    """A gate on set 'neighbours' becomes one gate per neighbour language (and stays one gate, which
+    then fails as "not evaluated", when no neighbour language is configured)."""
     out = []
     for g in gates:
-        if g["set"] == "neighbours":
+        if g["set"] == "neighbours" and neighbours:
             out += [{**g, "set": code, "name": f"{g['name']}[{code}]"} for code in neighbours]
         else:
             out.append(g)
     return out
 
 
-def evaluate_gate(results: Results, arm: str, gate: dict, seeds: list[int], cfg: dict) -> dict:
-    row = {"arm": arm, "gate": gate["name"], "metric": gate["metric"], "set": gate["set"],
-           "direction": gate["direction"], "relative": gate["relative"], "factor": gate["threshold"],
-           "value": None, "threshold": None, "ci_low": None, "ci_high": None, "p_value": None, "reason": ""}
+def _tested(value: float, base: float, threshold: float, reps: np.ndarray, kind: str, delta: float = 0.0) -> dict:
+    return {"value": value, "base": base, "threshold": threshold, "reps": reps, "kind": kind, "delta": delta}
+
+
+def _from_reps(a: np.ndarray, b: np.ndarray, pa: float, pb: float, gate: dict) -> dict:
+    """The tested quantity of a gate: ``arm − base`` for "within" (TOST), else ``arm − threshold(base)``."""
+    if gate["direction"] == "within":
+        return _tested(pa, pb, gate["threshold"], a - b, "within", gate["threshold"])
+    thr = float(threshold_of(pb, gate["relative"], gate["threshold"]))
+    return _tested(pa, pb, thr, a - threshold_of(b, gate["relative"], gate["threshold"]), gate["direction"])
+
+
+def _blank_row(arm: str, gate: dict, arm_seeds: dict[str, list[int]]) -> dict:
+    return {"arm": arm, "gate": gate["name"], "metric": gate["metric"], "set": gate["set"],
+            "direction": gate["direction"], "relative": gate["relative"], "factor": gate["threshold"],
+            "value": None, "base": None, "threshold": None, "margin": None, "ci_low": None, "ci_high": None,
+            "ci_level": None, "gate_alpha": None, "p_value": None, "p_adjusted": None, "passed": False, "reason": "",
+            "n_seeds": len(arm_seeds[arm]), "base_n_seeds": len(arm_seeds["base"]), "n_prompts": None}
+
+
+def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, list[int]], cfg: dict) -> dict:
+    """One gate's row, with the bootstrap replicates of its tested quantity under ``_test`` (or a
+    failing reason)."""
+    seeds, base_seeds = arm_seeds[arm], arm_seeds["base"]
+    row = _blank_row(arm, gate, arm_seeds)
     metric, set_name = gate["metric"], gate["set"]
     if metric in AUC_METRICS:
         arm_rows, reason = results.auc_rows(arm, metric, seeds)
-        base_rows, reason_b = results.auc_rows("base", metric, seeds)
+        base_rows, reason_b = results.auc_rows("base", metric, base_seeds)
         if arm_rows is None or base_rows is None:
             row["reason"] = f"missing metric: {reason or reason_b}"
             return row
-        a, b, pa, pb = auc_bootstrap(arm_rows, base_rows, cfg["n_boot"], cfg["rng_seed"])
-        res = _margin_from_reps(a, b, pa, pb, gate)
-    else:
-        sa, reason = results.sample(arm, set_name, metric, seeds)
-        sb, reason_b = results.sample("base", set_name, metric, seeds)
-        if sa is None or sb is None:
-            row["reason"] = f"missing metric: {reason or reason_b}"
-            return row
         try:
-            if gate["direction"] == "within":
-                res = _within(sa, sb, gate, cfg)
-            else:
-                res = paired_margin(sa, sb, relative=gate["relative"], factor=gate["threshold"], n_boot=cfg["n_boot"],
-                                    seed=cfg["rng_seed"], level=cfg["level"])
-                res["p"] = res["p_below"] if gate["direction"] == "<=" else res["p_above"]
+            a, b, pa, pb = auc_bootstrap(arm_rows, base_rows, cfg["n_boot"], cfg["rng_seed"])
         except ValueError as err:
             row["reason"] = f"cannot compare with base: {err}"
             return row
-    if not np.isfinite(res["value"]) or not np.isfinite(res["threshold"]):
-        row["reason"] = f"non-finite value ({res['value']}) or threshold ({res['threshold']})"
+        row["n_prompts"] = len(arm_rows[0][0]) + len(arm_rows[0][1])
+    else:
+        sa, reason = results.sample(arm, set_name, metric, seeds)
+        sb, reason_b = results.sample("base", set_name, metric, base_seeds)
+        if sa is None or sb is None:
+            row["reason"] = f"missing metric: {reason or reason_b}"
+            return row
+        if results.ids(arm, set_name, seeds[0]) != results.ids("base", set_name, base_seeds[0]):
+            row["reason"] = (f"cannot compare with base: {arm} and base were evaluated on different {set_name} "
+                             f"prompts (rerun both evaluations on the same prepared data)")
+            return row
+        a, b = paired_reps(sa, sb, cfg["n_boot"], cfg["rng_seed"])
+        pa, pb = sa.point(), sb.point()
+        row["n_prompts"] = sa.n_prompts
+    test = _from_reps(a, b, pa, pb, gate)
+    margin = test["value"] - (test["base"] if test["kind"] == "within" else test["threshold"])
+    row.update(value=test["value"], base=test["base"], threshold=test["threshold"], margin=margin)
+    if not (np.isfinite(test["value"]) and np.isfinite(test["threshold"]) and np.isfinite(test["base"])):
+        row["reason"] = (f"non-finite value ({test['value']}), base ({test['base']}) or threshold "
+                         f"({test['threshold']}) of {metric} on {set_name}")
         return row
-    row.update(value=res["value"], threshold=res["threshold"], ci_low=res["ci_low"], ci_high=res["ci_high"],
-               p_value=res["p"])
+    g, d = test["reps"], test["delta"]
+    row["p_value"] = (p_at_least(g) if test["kind"] == "<=" else p_at_most(g) if test["kind"] == ">="
+                      else max(p_at_least(g - d), p_at_most(g + d)))
+    row["_test"] = test
     return row
 
 
-def _within(sa: Sample, sb: Sample, gate: dict, cfg: dict) -> dict:
-    """|arm − base| ≤ δ by two one-sided tests (TOST)."""
-    d = gate["threshold"]
-    up = paired_margin(sa, sb, relative="delta", factor=d, n_boot=cfg["n_boot"], seed=cfg["rng_seed"], level=cfg["level"])
-    lo = paired_margin(sa, sb, relative="delta", factor=-d, n_boot=cfg["n_boot"], seed=cfg["rng_seed"], level=cfg["level"])
-    diff_lo, diff_hi = up["ci_low"] + d, up["ci_high"] + d
-    return {"value": up["value"], "threshold": d, "ci_low": diff_lo, "ci_high": diff_hi,
-            "p": max(up["p_below"], lo["p_above"])}
+def _apply_level(row: dict, gamma: float, cfg: dict) -> None:
+    """Report the interval at the gate's level and decide: passed ⇔ the interval clears the threshold."""
+    test = row.pop("_test")
+    g, kind, d = test["reps"], test["kind"], test["delta"]
+    row["gate_alpha"] = gamma
+    if kind == "<=":
+        lo, hi = float("-inf"), upper_bound(g, gamma)
+        passed, level = hi < 0, 1 - gamma
+    elif kind == ">=":
+        lo, hi = lower_bound(g, gamma), float("inf")
+        passed, level = lo > 0, 1 - gamma
+    else:
+        lo, hi = lower_bound(g, gamma), upper_bound(g, gamma)
+        passed, level = (-d < lo) and (hi < d), 1 - 2 * gamma
+    row.update(ci_low=lo, ci_high=hi, ci_level=level, passed=bool(passed))
+    if passed:
+        row["reason"] = ""
+        return
+    what = f"{row['set']} {COLLAPSE[row['metric']]}: " if row["metric"] in COLLAPSE else ""
+    base = f"{row['metric']} on {row['set']}: value {row['value']:.4g}"
+    if kind == "within":
+        row["reason"] = (f"{what}{base} vs base {row['base']:.4g}: the {level:.4g} interval of arm − base "
+                         f"[{lo:.4g}, {hi:.4g}] is not inside ±{d:.4g}")
+    else:
+        side, bound = ("upper", hi) if kind == "<=" else ("lower", lo)
+        rel = "below" if kind == "<=" else "above"
+        row["reason"] = (f"{what}{base} vs threshold {row['threshold']:.4g} (base {row['base']:.4g}); the "
+                         f"{level:.4g} {side} confidence bound of value − threshold is {bound:.4g}, not {rel} 0")
+    row["reason"] += f" ({cfg['correction']} over the arm's gates, alpha {cfg['alpha']})"
 
 
-def _margin_from_reps(a: np.ndarray, b: np.ndarray, pa: float, pb: float, gate: dict) -> dict:
-    d = gate["threshold"]
-    if gate["direction"] == "within":
-        diff = a - b
-        p = max((np.sum(diff - d >= 0) + 1) / (len(diff) + 1), (np.sum(diff + d <= 0) + 1) / (len(diff) + 1))
-        lo, hi = np.quantile(diff, [0.025, 0.975])
-        return {"value": pa, "threshold": d, "ci_low": float(lo), "ci_high": float(hi), "p": float(p)}
-    thr = d * b if gate["relative"] == "ratio" else b + d
-    g = a - thr
-    p = (np.sum(g >= 0) + 1) / (len(g) + 1) if gate["direction"] == "<=" else (np.sum(g <= 0) + 1) / (len(g) + 1)
-    lo, hi = np.quantile(g, [0.025, 0.975])
-    point_thr = d * pb if gate["relative"] == "ratio" else pb + d
-    return {"value": pa, "threshold": point_thr, "ci_low": float(lo), "ci_high": float(hi), "p": float(p)}
-
-
-def decide(results: Results, arms: list[str], gates: list[dict], seeds: list[int], cfg: dict) -> tuple[list[dict], dict]:
-    """Gate rows for every non-base arm and the decision per arm."""
+def decide(results: Results, arms: list[str], gates: list[dict], arm_seeds: dict[str, list[int]], cfg: dict, *,
+           sets: list[str] | None = None, set_reasons: dict[str, str] | None = None,
+           seeded: dict[str, bool] | None = None) -> tuple[list[dict], dict]:
+    """Gate rows for every non-base arm and the decision per arm. ``sets``: the sets this run
+    evaluates (a gate on another set is a failing row "not evaluated", with ``set_reasons[set]``)."""
+    seeded = seeded or default_seeded(arm_seeds)
     rows, decisions = [], {}
     for arm in arms:
         if arm == "base":
             continue
-        arm_rows = [evaluate_gate(results, arm, g, seeds, cfg) for g in gates]
-        tested = [r for r in arm_rows if r["p_value"] is not None]
-        for r, p_adj in zip(tested, adjust([r["p_value"] for r in tested], cfg["correction"]), strict=True):
+        arm_rows = []
+        for g in gates:
+            if sets is not None and g["set"] not in sets:
+                why = (set_reasons or {}).get(g["set"], "this run does not evaluate it")
+                row = {**_blank_row(arm, g, arm_seeds),
+                       "reason": f"not evaluated: set {g['set']!r} is not part of this run ({why}); provide it or "
+                                 f"remove gate {g['name']!r} from the config's gates"}
+            else:
+                row = evaluate_gate(results, arm, g, arm_seeds, cfg)
+            row["seeded"] = seeded[arm]
+            row["correction"] = cfg["correction"]
+            arm_rows.append(row)
+        tested = [r for r in arm_rows if "_test" in r]
+        pvals = [r["p_value"] for r in tested]
+        for r, p_adj, gamma in zip(tested, adjust(pvals, cfg["correction"]),
+                                   gate_levels(pvals, cfg["alpha"], cfg["correction"]), strict=True):
             r["p_adjusted"] = p_adj
-            r["passed"] = bool(p_adj < cfg["alpha"])
-            if not r["passed"]:
-                r["reason"] = (f"not supported at alpha={cfg['alpha']} after {cfg['correction']} correction "
-                               f"(value {r['value']:.4g} vs threshold {r['threshold']:.4g}, adjusted p {p_adj:.3g})")
-        for r in arm_rows:
-            if r["p_value"] is None:
-                r["p_adjusted"], r["passed"] = None, False
+            _apply_level(r, gamma, cfg)
         failing = [r["gate"] for r in arm_rows if not r["passed"]]
-        decisions[arm] = {"decision": "PROCEED" if not failing else "STOP", "failing": failing,
-                          "reasons": {r["gate"]: r["reason"] for r in arm_rows if not r["passed"]}}
+        decisions[arm] = {"decision": "PROCEED" if arm_rows and not failing else "STOP",
+                          "failing": failing if arm_rows else ["(no gates)"],
+                          "reasons": {r["gate"]: r["reason"] for r in arm_rows if not r["passed"]},
+                          "n_seeds": len(arm_seeds[arm]), "seeded": seeded[arm]}
         rows += arm_rows
     return rows, decisions

@@ -402,18 +402,23 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
 
     from mmie import gates as G
     from mmie import results_page
-    from mmie.config import set_names
+    from mmie.config import arm_seeds, is_seeded, set_names, unevaluated_reason
 
     t0 = time.time()
     res = G.Results(list(metric_paths))
-    arms, sets, seeds = list(config["arms"]), set_names(config), [int(s) for s in config["seeds"]]
+    arms, sets = list(config["arms"]), set_names(config)
+    grid = {a: arm_seeds(config, a) for a in arms}
+    seeded = {a: is_seeded(config, a) for a in arms}
     cfg = config["stats"]
-    iv = pd.DataFrame(G.intervals(res, arms, sets, seeds, cfg))
+    iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded),
+                      columns=["arm", "set", "metric", *G.INTERVAL_COLUMNS, "n_seeds", "seeded", "n_prompts"])
+    # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated"
     gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
-    gate_specs = [g for g in gate_specs if g["set"] in sets]
-    rows, decisions = G.decide(res, arms, gate_specs, seeds, cfg)
+    reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
+    rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded)
     columns = ["arm", "gate", "metric", "set", "value", "threshold", "ci_low", "ci_high", "p_adjusted", "passed",
-               "reason", "direction", "relative", "factor", "p_value"]
+               "reason", "direction", "relative", "factor", "base", "margin", "ci_level", "gate_alpha", "p_value",
+               "correction", "n_seeds", "seeded", "base_n_seeds", "n_prompts"]
     gates = pd.DataFrame(rows, columns=columns)
     io.write_csv(intervals_out, iv)
     io.write_csv(headline_out, results_page.headline(iv, arms, sets))

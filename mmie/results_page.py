@@ -14,17 +14,40 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _interval(lo: float, hi: float) -> str:
+    """A one-sided interval shows its open end: (−∞, u] or [l, ∞)."""
+    left = "(−∞" if lo == float("-inf") else f"[{_fmt(lo)}"
+    right = "∞)" if hi == float("inf") else f"{_fmt(hi)}]"
+    return f"{left}, {right}"
+
+
 def cell(iv: pd.DataFrame, arm: str, set_name: str, metric: str) -> str:
     r = iv[(iv.arm == arm) & (iv.set == set_name) & (iv.metric == metric)]
     if r.empty:
         return "—"
     r = r.iloc[0]
-    return f"{_fmt(r.estimate)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+    text = f"{_fmt(r.estimate)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+    if metric == "gen_ppl_base":
+        # perplexity of the non-empty outputs: how many were empty goes next to it
+        e = iv[(iv.arm == arm) & (iv.set == set_name) & (iv.metric == "empty_share")]
+        if not e.empty:
+            n = int(e.iloc[0].n_prompts)
+            text += f" ({round(e.iloc[0].estimate * n)} of {n} outputs empty)"
+    return text
+
+
+def seeds_cell(iv: pd.DataFrame, arm: str) -> str:
+    r = iv[iv.arm == arm]
+    if r.empty or "n_seeds" not in r:
+        return "—"
+    n, seeded = int(r.iloc[0].n_seeds), bool(r.iloc[0].seeded)
+    return f"{n}" if seeded else f"{n} (seed-independent)"
 
 
 def headline(iv: pd.DataFrame, arms: list[str], sets: list[str]) -> pd.DataFrame:
     cols = [(s, m) for s, m in HEADLINE if s in sets]
-    return pd.DataFrame([{"arm": a, **{f"{s}:{m}": cell(iv, a, s, m) for s, m in cols}} for a in arms])
+    return pd.DataFrame([{"arm": a, "seeds": seeds_cell(iv, a), **{f"{s}:{m}": cell(iv, a, s, m) for s, m in cols}}
+                         for a in arms])
 
 
 def _get(iv, arm, set_name, metric):
@@ -63,20 +86,30 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
     lines = [f"# Results: {config['experiment']}", "",
-             f"Estimates over seeds {config['seeds']} with {st['level']:.0%} hierarchical-bootstrap intervals "
-             f"(seeds, then prompts; {st['n_boot']} resamples, RNG seed {st['rng_seed']}). Gates: one-sided paired "
-             f"bootstrap tests against `base` on the same prompts, {st['correction']}-corrected per arm, alpha {st['alpha']}.",
+             f"Estimates with {st['level']:.0%} intervals from a crossed bootstrap ({st['n_boot']} replicates, RNG "
+             f"seed {st['rng_seed']}): each replicate resamples the evaluation prompts once — the same prompt "
+             f"vector for every seed and every arm compared — and the seeds of seeded arms (S − 1 draws, "
+             f"rescaled bootstrap). Seeded arms (trained, random_gate, on a trained arm, or sampled decoding) "
+             f"ran with seeds {config['seeds']}; the others are seed-independent and ran once "
+             f"(seed {config['seeds'][0]}). Gates: paired comparison with `base` on the same prompts; a gate "
+             f"passes exactly when its one-sided bound (level after {st['correction']} over the arm's gates, "
+             f"alpha {st['alpha']}) clears the threshold. Forget-set perplexity under base (`gen_ppl_base`) is "
+             f"computed on non-empty outputs; empty and repetitive outputs are gated (collapse is a failure).",
              "", "## What happened", ""]
     lines += [f"- {sentence(iv, a, decisions.get(a), target, retain)}" for a in arms]
     table = headline(iv, arms, sets)
     lines += ["", "## Headline metrics", "", "| " + " | ".join(table.columns) + " |",
               "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in table.itertuples(index=False)]
-    lines += ["", "## Gates", "", "| arm | gate | value | threshold | margin CI | p (adj.) | passed |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Gates", "",
+              "Interval: of value − threshold for `<=`/`>=` gates (passes when wholly below/above 0), of arm − base "
+              "for `within` gates (passes when inside ±threshold), at the level shown.", "",
+              "| arm | gate | value | threshold | interval | level | p (adj.) | passed |", "|---|---|---|---|---|---|---|---|"]
     for r in gates.itertuples(index=False):
         if r.p_value is None or pd.isna(r.p_value):
-            lines.append(f"| {r.arm} | {r.gate} | — | — | — | — | no: {r.reason} |")
+            lines.append(f"| {r.arm} | {r.gate} | — | — | — | — | — | no: {r.reason} |")
         else:
             lines.append(f"| {r.arm} | {r.gate} | {_fmt(r.value)} | {_fmt(r.threshold)} | "
-                         f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] | {r.p_adjusted:.3g} | {'yes' if r.passed else 'no'} |")
+                         f"{_interval(r.ci_low, r.ci_high)} | {r.ci_level:.4g} | {r.p_adjusted:.3g} | "
+                         f"{'yes' if r.passed else 'no: ' + r.reason} |")
     return "\n".join(lines) + "\n"

@@ -1,98 +1,212 @@
-"""Statistics (METHOD §8): hierarchical bootstrap over seeds and prompts, paired comparisons against
-``base`` on the same prompts, multiple-testing corrections. Pure NumPy and vectorised.
+"""Statistics (METHOD §8): a bootstrap that matches the crossed design, paired comparisons against
+``base`` on the same prompts, one-sided bounds and multiple-testing levels. Pure NumPy, vectorised.
 
 Every metric is a *ratio of sums* over prompts: ``transform(Σ num / Σ den)`` — a plain mean has
 ``den = 1`` (e.g. target_rate, ES), perplexity has ``num = NLL, den = tokens, transform = exp``,
 the target-script share has ``num = target letters, den = letters``. Resampling prompts and
-recomputing the ratio keeps token-weighting exact."""
+recomputing the ratio keeps token-weighting exact.
+
+The design is *crossed*: the same evaluation prompts are used by every seed and every arm. One
+bootstrap replicate therefore draws
+
+* **one prompt-weight vector** (multinomial counts of P draws from the P prompts), applied to every
+  seed of every arm in the comparison, and
+* **seed weights** per arm: the S seeds of a seeded arm are resampled by the rescaled bootstrap of
+  McCarthy & Snowden (1985) / Rao & Wu (1988) — S − 1 draws with replacement — which keeps the
+  between-seed variance unbiased with as few as 3 seeds (the plain S-of-S bootstrap shrinks it by
+  (S − 1)/S). Arms with the same seed list share the seed draw (paired by seed). A seed-independent
+  arm has one run and weight 1.
+
+Gate decisions use one-sided order-statistic bounds of the bootstrap distribution of a margin
+``g`` (:func:`upper_bound`): the bound at level 1 − γ lies below 0 exactly when at most
+⌊γ·B⌋ replicates are ≥ 0, i.e. exactly when the bootstrap p-value ``#{g ≥ 0}/B`` is ≤ γ — so the
+test and the reported interval cannot disagree. A non-finite replicate counts against the gate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
+
+# replicates allowed on the wrong side: floor(gamma * B), with a tolerance for gamma * B that is an
+# integer up to rounding (0.05 * 2000 must give 100, not 99)
+_EPS = 1e-9
 
 
 @dataclass(frozen=True)
 class Sample:
-    """Per-prompt numerators and denominators of one metric, one array pair per seed."""
+    """Per-prompt numerators and denominators of one metric: one array per seed, the prompts in the
+    same order in every seed (crossed design). ``seeds`` names the seeds (pairing across arms)."""
 
     num: list[np.ndarray]
     den: list[np.ndarray]
     transform: str = "identity"  # "identity" | "exp"
+    seeds: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.num or len(self.num) != len(self.den):
+            raise ValueError(f"a sample needs one num and one den array per seed (got {len(self.num)} num, "
+                             f"{len(self.den)} den)")
+        sizes = {len(n) for n in self.num} | {len(d) for d in self.den}
+        if len(sizes) != 1:
+            raise ValueError(f"crossed design: every seed must hold the same prompts, got per-seed sizes "
+                             f"{[len(n) for n in self.num]} (num) and {[len(d) for d in self.den]} (den)")
+        if self.seeds and len(self.seeds) != len(self.num):
+            raise ValueError(f"{len(self.seeds)} seed names for {len(self.num)} seeds")
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.num)
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.num[0])
+
+    @property
+    def seed_key(self) -> tuple:
+        return tuple(self.seeds) if self.seeds else tuple(range(self.n_seeds))
 
     def point(self) -> float:
-        return _apply(self.transform, sum(n.sum() for n in self.num) / sum(d.sum() for d in self.den))
+        num = float(sum(n.sum() for n in self.num))
+        den = float(sum(d.sum() for d in self.den))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(_apply(self.transform, np.float64(num) / np.float64(den)))
 
 
 def _apply(transform: str, x):
     return np.exp(x) if transform == "exp" else x
 
 
-def _indices(rng: np.random.Generator, sizes: list[int], n_boot: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Seed resampling (n_boot × S) and, per original seed, prompt resampling (n_boot × n_s)."""
-    s = len(sizes)
-    seeds = rng.integers(0, s, size=(n_boot, s))
-    prompts = [rng.integers(0, n, size=(n_boot, n)) for n in sizes]
-    return seeds, prompts
+def counts(rng: np.random.Generator, n: int, n_boot: int, draws: int | None = None) -> np.ndarray:
+    """Multinomial resampling counts (n_boot × n) of ``draws`` (default n) draws with replacement."""
+    d = n if draws is None else draws
+    idx = rng.integers(0, n, size=(n_boot, d)) + (np.arange(n_boot) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
 
 
-def _resampled(sample: Sample, seeds: np.ndarray, prompts: list[np.ndarray]) -> np.ndarray:
-    """Statistic for each bootstrap replicate (vectorised over replicates)."""
-    # per original seed and replicate: resampled sums of num and den
-    num_s = np.stack([sample.num[i][prompts[i]].sum(axis=1) for i in range(len(sample.num))], axis=1)  # B × S
-    den_s = np.stack([sample.den[i][prompts[i]].sum(axis=1) for i in range(len(sample.den))], axis=1)
-    rows = np.arange(seeds.shape[0])[:, None]
-    num = num_s[rows, seeds].sum(axis=1)
-    den = den_s[rows, seeds].sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+def seed_weights(rng: np.random.Generator, n_seeds: int, n_boot: int) -> np.ndarray:
+    """Rescaled seed bootstrap (n_boot × S): S − 1 draws with replacement; one seed → weight 1."""
+    if n_seeds == 1:
+        return np.ones((n_boot, 1))
+    return counts(rng, n_seeds, n_boot, n_seeds - 1)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The resampling of one comparison: one prompt-count vector per replicate, seed weights per
+    distinct seed list."""
+
+    prompts: np.ndarray            # B × P
+    seeds: dict[tuple, np.ndarray]  # seed list -> B × S
+
+    @property
+    def n_boot(self) -> int:
+        return self.prompts.shape[0]
+
+
+def draw(samples: list[Sample], n_boot: int, seed: int) -> Draw:
+    """One crossed resampling for samples that share their prompts (same P, same order)."""
+    sizes = {s.n_prompts for s in samples}
+    if len(sizes) != 1:
+        raise ValueError(f"paired comparison needs the same prompts in every arm: prompt counts "
+                         f"{[s.n_prompts for s in samples]}")
+    rng = np.random.default_rng(seed)
+    prompts = counts(rng, sizes.pop(), n_boot)
+    seeds: dict[tuple, np.ndarray] = {}
+    for s in samples:
+        if s.seed_key not in seeds:
+            seeds[s.seed_key] = seed_weights(rng, s.n_seeds, n_boot)
+    return Draw(prompts, seeds)
+
+
+def replicates(sample: Sample, d: Draw) -> np.ndarray:
+    """The statistic in every replicate of ``d`` (vectorised): weighted sums over prompts and seeds."""
+    sw = d.seeds[sample.seed_key]
+    num = ((d.prompts @ np.stack(sample.num).T) * sw).sum(axis=1)   # (B × P)(P × S) → B × S → B
+    den = ((d.prompts @ np.stack(sample.den).T) * sw).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return _apply(sample.transform, num / den)
 
 
 def hierarchical_ci(sample: Sample, n_boot: int, seed: int, level: float = 0.95) -> dict:
-    """Point estimate and percentile CI: resample seeds, then prompts within each resampled seed."""
-    rng = np.random.default_rng(seed)
-    seeds, prompts = _indices(rng, [len(n) for n in sample.num], n_boot)
-    reps = _resampled(sample, seeds, prompts)
-    reps = reps[np.isfinite(reps)]
-    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"estimate": float(sample.point()), "ci_low": float(lo), "ci_high": float(hi), "n_boot": n_boot,
-            "rng_seed": seed, "n_seeds": len(sample.num), "n_prompts": int(sum(len(n) for n in sample.num))}
+    """Point estimate and two-sided percentile interval from the crossed bootstrap. Non-finite
+    replicates (a resample whose denominator is 0) are left out of the quantiles and counted."""
+    reps = replicates(sample, draw([sample], n_boot, seed))
+    finite = reps[np.isfinite(reps)]
+    if finite.size == 0:
+        raise ValueError("no bootstrap replicate is finite (every resample has a zero denominator)")
+    lo, hi = np.quantile(finite, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"estimate": sample.point(), "ci_low": float(lo), "ci_high": float(hi), "level": level,
+            "n_boot": n_boot, "n_nonfinite": int(reps.size - finite.size), "rng_seed": seed,
+            "n_seeds": sample.n_seeds, "n_prompts": sample.n_prompts}
+
+
+# ----------------------------------------------------------------------------- paired margins
+def threshold_of(base, relative: str, factor: float):
+    """``factor × base`` (relative="ratio") or ``base + factor`` (relative="delta")."""
+    if relative == "ratio":
+        return factor * base
+    if relative == "delta":
+        return base + factor
+    raise ValueError(f"unknown relative {relative!r} (ratio or delta)")
+
+
+def paired_reps(arm: Sample, base: Sample, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Replicates of arm and base under one crossed resampling (the same prompt vector for both)."""
+    d = draw([arm, base], n_boot, seed)
+    return replicates(arm, d), replicates(base, d)
+
+
+def upper_bound(g: np.ndarray, gamma: float) -> float:
+    """One-sided upper bound of level 1 − γ: the order statistic that lies below 0 exactly when at most
+    ⌊γ·B⌋ replicates are ≥ 0 (a NaN replicate counts as +∞, i.e. against the gate)."""
+    g = np.where(np.isnan(g), np.inf, g)
+    k = math.floor(gamma * g.size + _EPS)
+    if k >= g.size:
+        return float("-inf")
+    return float(np.sort(g)[g.size - 1 - k])
+
+
+def lower_bound(g: np.ndarray, gamma: float) -> float:
+    """One-sided lower bound of level 1 − γ (a NaN replicate counts as −∞)."""
+    g = np.where(np.isnan(g), -np.inf, g)
+    return -upper_bound(-g, gamma)
+
+
+def p_at_least(g: np.ndarray, x: float = 0.0) -> float:
+    """Bootstrap p-value of H0 "g ≥ x": the share of replicates ≥ x (NaN counts as ≥)."""
+    return float(np.mean(~(g < x)))
+
+
+def p_at_most(g: np.ndarray, x: float = 0.0) -> float:
+    """Bootstrap p-value of H0 "g ≤ x" (NaN counts as ≤)."""
+    return float(np.mean(~(g > x)))
 
 
 def paired_margin(arm: Sample, base: Sample, *, relative: str, factor: float, n_boot: int, seed: int,
                   level: float = 0.95) -> dict:
-    """Bootstrap of ``g = arm − threshold(base)`` on the same prompts (the same resampling indices for
-    both): ``threshold = factor × base`` (relative="ratio") or ``base + factor`` (relative="delta").
+    """Bootstrap of ``g = arm − threshold(base)`` on the same prompts (one crossed resampling for both).
 
-    Returns g's estimate and CI and one-sided p-values for H0: g ≥ 0 (``p_below``: evidence that the
-    arm is below the threshold) and H0: g ≤ 0 (``p_above``)."""
-    sizes = [len(n) for n in arm.num]
-    if sizes != [len(n) for n in base.num]:
-        raise ValueError(f"paired comparison needs the same prompts per seed: arm {sizes}, base "
-                         f"{[len(n) for n in base.num]}")
-    rng = np.random.default_rng(seed)
-    seeds, prompts = _indices(rng, sizes, n_boot)
-    a = _resampled(arm, seeds, prompts)
-    b = _resampled(base, seeds, prompts)
-    thr = factor * b if relative == "ratio" else b + factor
-    g = a - thr
-    ok = np.isfinite(g)
-    g = g[ok]
+    Returns g's estimate, a two-sided percentile interval at ``level`` (description only) and the
+    one-sided p-values ``p_below`` (H0: g ≥ 0) and ``p_above`` (H0: g ≤ 0); ``reps`` holds g."""
+    a, b = paired_reps(arm, base, n_boot, seed)
+    g = a - threshold_of(b, relative, factor)
     point_base = base.point()
-    threshold = factor * point_base if relative == "ratio" else point_base + factor
-    lo, hi = np.quantile(g, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return {"value": float(arm.point()), "base": float(point_base), "threshold": float(threshold),
-            "margin": float(arm.point() - threshold), "ci_low": float(lo), "ci_high": float(hi),
-            "p_below": float((np.sum(g >= 0) + 1) / (len(g) + 1)),
-            "p_above": float((np.sum(g <= 0) + 1) / (len(g) + 1)), "n_boot": int(len(g)), "rng_seed": seed}
+    threshold = float(threshold_of(point_base, relative, factor))
+    finite = g[np.isfinite(g)]
+    lo, hi = np.quantile(finite, [(1 - level) / 2, 1 - (1 - level) / 2]) if finite.size else (np.nan, np.nan)
+    return {"value": arm.point(), "base": point_base, "threshold": threshold,
+            "margin": arm.point() - threshold, "ci_low": float(lo), "ci_high": float(hi),
+            "p_below": p_at_least(g), "p_above": p_at_most(g), "n_boot": int(g.size), "rng_seed": seed, "reps": g}
 
 
+# ----------------------------------------------------------------------------- multiplicity
 def holm(pvalues: list[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
     p = np.asarray(pvalues, dtype=float)
     m = len(p)
-    order = np.argsort(p)
+    order = np.argsort(p, kind="stable")
     adj = np.empty(m)
     running = 0.0
     for rank, i in enumerate(order):
@@ -105,7 +219,7 @@ def benjamini_hochberg(pvalues: list[float]) -> list[float]:
     """Benjamini–Hochberg adjusted p-values (step-up, monotone, capped at 1)."""
     p = np.asarray(pvalues, dtype=float)
     m = len(p)
-    order = np.argsort(p)[::-1]
+    order = np.argsort(p, kind="stable")[::-1]
     adj = np.empty(m)
     running = 1.0
     for k, i in enumerate(order):
@@ -115,6 +229,10 @@ def benjamini_hochberg(pvalues: list[float]) -> list[float]:
     return adj.tolist()
 
 
+def bonferroni(pvalues: list[float]) -> list[float]:
+    return [min(1.0, p * len(pvalues)) for p in pvalues]
+
+
 def adjust(pvalues: list[float], method: str) -> list[float]:
     if not pvalues:
         return []
@@ -122,4 +240,41 @@ def adjust(pvalues: list[float], method: str) -> list[float]:
         return holm(pvalues)
     if method == "bh":
         return benjamini_hochberg(pvalues)
-    raise ValueError(f"unknown multiple-testing correction {method!r} (holm or bh)")
+    if method == "bonferroni":
+        return bonferroni(pvalues)
+    raise ValueError(f"unknown multiple-testing correction {method!r} (holm, bh or bonferroni)")
+
+
+def gate_levels(pvalues: list[float], alpha: float, method: str) -> list[float]:
+    """Per-test level γ_i (the one-sided bound of test i is reported at 1 − γ_i) such that test i is
+    rejected exactly when p_i ≤ γ_i — the same decisions as ``adjust(p, method)[i] ≤ alpha``.
+
+    * bonferroni: γ = α/m for every test.
+    * holm (step-down): in increasing order of p, the j-th test (j = 0, 1, …) gets α/(m − j) while
+      every earlier one was rejected; from the first non-rejection on, every remaining test gets that
+      step's level α/(m − j) (its p is at least as large, so it is not rejected either).
+    * bh (step-up): with R rejections, every test gets max(R, 1)·α/m — the false-coverage-rate
+      adjusted level of Benjamini & Yekutieli (2005); rejected tests have p ≤ Rα/m, the others
+      p > (R + 1)α/m."""
+    m = len(pvalues)
+    if m == 0:
+        return []
+    p = np.asarray(pvalues, dtype=float)
+    if method == "bonferroni":
+        return [alpha / m] * m
+    if method == "holm":
+        levels = [0.0] * m
+        stopped: float | None = None
+        for j, i in enumerate(np.argsort(p, kind="stable")):
+            if stopped is not None:
+                levels[i] = stopped
+                continue
+            g = alpha / (m - j)
+            levels[i] = g
+            if not p[i] <= g + _EPS / max(1, m):
+                stopped = g
+        return levels
+    if method == "bh":
+        r = sum(1 for q in adjust(pvalues, "bh") if q <= alpha)
+        return [max(r, 1) * alpha / m] * m
+    raise ValueError(f"unknown multiple-testing correction {method!r} (holm, bh or bonferroni)")

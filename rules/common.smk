@@ -180,7 +180,10 @@ def eval_set_files(wildcards=None):
 
 
 def all_metrics(wildcards=None):
-    return expand(f"{R}/{{arm}}/seed{{seed}}/{{set}}/metrics.json", arm=ARMS, seed=SEEDS, set=SETS)
+    """Every (arm, seed, set) metrics file: a seed-independent arm (mmie.config.is_seeded) only for
+    the first configured seed, a seeded arm for every seed."""
+    return [f"{R}/{arm}/seed{seed}/{s}/metrics.json" for arm in ARMS for seed in mcfg.arm_seeds(config, arm)
+            for s in SETS]
 
 
 def final_outputs():

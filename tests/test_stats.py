@@ -3,23 +3,24 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from mmie.stats import Sample, adjust, benjamini_hochberg, hierarchical_ci, holm, paired_margin
+from mmie.stats import (
+    Sample,
+    adjust,
+    benjamini_hochberg,
+    gate_levels,
+    hierarchical_ci,
+    holm,
+    lower_bound,
+    p_at_least,
+    p_at_most,
+    paired_margin,
+    paired_reps,
+    upper_bound,
+)
 
 
 def mean_sample(arrays):
     return Sample([np.asarray(a, float) for a in arrays], [np.ones(len(a)) for a in arrays])
-
-
-def test_bootstrap_ci_covers_the_true_mean_at_about_the_nominal_rate():
-    rng = np.random.default_rng(0)
-    true, hits, trials = 0.3, 0, 200
-    for t in range(trials):
-        seed_effects = rng.normal(0, 0.05, size=3)
-        arrays = [rng.binomial(1, np.clip(true + e, 0, 1), size=60) for e in seed_effects]
-        ci = hierarchical_ci(mean_sample(arrays), n_boot=400, seed=t)
-        hits += ci["ci_low"] <= true <= ci["ci_high"]
-    # percentile bootstrap with 3 seeds under-covers somewhat; it must still be in the right range
-    assert 0.80 <= hits / trials <= 0.99
 
 
 def test_ratio_metrics_are_token_weighted():
@@ -66,3 +67,61 @@ def test_holm_and_bh_match_reference_computations():
     assert all(h >= x for h, x in zip(holm(q), q, strict=True)) and max(holm(q)) <= 1
     with pytest.raises(ValueError):
         adjust(q, "bonferroni-ish")
+
+
+# ----------------------------------------------------------------------------- the crossed design
+def test_copies_of_one_run_carry_no_extra_information():
+    """Three seeds with identical outputs (a seed-independent arm run three times) give exactly the
+    interval of the single run: the prompts are resampled once per replicate for every seed."""
+    rng = np.random.default_rng(0)
+    one = rng.binomial(1, 0.4, 48).astype(float)
+    single = hierarchical_ci(mean_sample([one]), n_boot=1000, seed=3)
+    copies = hierarchical_ci(mean_sample([one, one, one]), n_boot=1000, seed=3)
+    assert (copies["ci_low"], copies["ci_high"]) == pytest.approx((single["ci_low"], single["ci_high"]))
+    assert copies["ci_high"] - copies["ci_low"] > 0.15
+
+
+def test_seeded_arm_against_seedless_base_uses_one_prompt_vector():
+    """A seeded arm (3 seeds) whose every seed equals the single base run: in every replicate the arm
+    and base see the same resampled prompts, so arm − base is exactly 0."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(1.0, 0.5, 48)
+    arm, b = paired_reps(mean_sample([base, base, base]), mean_sample([base]), n_boot=500, seed=0)
+    np.testing.assert_allclose(arm - b, 0.0, atol=1e-12)
+    # the seeds of a seeded arm still vary: a seed offset shows up, prompt noise does not
+    offsets = [base + d for d in (-0.1, 0.0, 0.1)]
+    arm, b = paired_reps(mean_sample(offsets), mean_sample([base]), n_boot=500, seed=0)
+    assert set(np.round(arm - b, 9)) <= {-0.1, -0.05, 0.0, 0.05, 0.1} and np.std(arm - b) > 0.03
+
+
+def test_crossed_design_requires_the_same_prompts_in_every_seed():
+    with pytest.raises(ValueError, match="same prompts"):
+        mean_sample([[1, 0, 1], [1, 0]])
+
+
+def test_bound_clears_exactly_when_p_is_at_most_gamma():
+    g = np.concatenate([np.full(1900, -1.0), np.full(100, 0.0)])        # p = 100/2000 = 0.05 exactly
+    assert p_at_least(g) == 0.05 and upper_bound(g, 0.05) < 0
+    g[0] = 0.5                                                          # 101 replicates >= 0
+    assert p_at_least(g) > 0.05 and not upper_bound(g, 0.05) < 0
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        g = rng.normal(rng.normal(-1, 1), 1, int(rng.integers(50, 500)))
+        gamma = float(rng.choice([0.05, 0.025, 0.05 / 3, 0.01, 0.0125]))
+        assert (upper_bound(g, gamma) < 0) == (p_at_least(g) <= gamma)
+        assert (lower_bound(g, gamma) > 0) == (p_at_most(g) <= gamma)
+
+
+def test_gate_levels_follow_the_correction():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: 0.005 ≤ .05/4 yes, 0.01 ≤ .05/3 yes, 0.03 ≤ .05/2 no → stop: 0.03 and 0.04 get .025
+    assert gate_levels(p, 0.05, "holm") == pytest.approx([0.05 / 3, 0.025, 0.025, 0.0125])
+    assert gate_levels(p, 0.05, "bonferroni") == pytest.approx([0.0125] * 4)
+    # BH: adjusted 0.02, 0.04, 0.04, 0.02 → all 4 rejected → level 4 * 0.05 / 4
+    assert gate_levels(p, 0.05, "bh") == pytest.approx([0.05] * 4)
+    for method in ("holm", "bh", "bonferroni"):
+        rng = np.random.default_rng(2)
+        for _ in range(200):
+            q = (rng.random(int(rng.integers(1, 9))) * rng.choice([0.02, 0.1, 1.0])).round(3).tolist()
+            rejected = [a <= 0.05 + 1e-12 for a in adjust(q, method)]
+            assert rejected == [x <= lv for x, lv in zip(q, gate_levels(q, 0.05, method), strict=True)]

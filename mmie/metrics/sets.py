@@ -94,16 +94,23 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
         else:
             failures["token_kl"] = "no retain token could be scored"
 
-    # fluency of outputs under the base model
-    per["gen_nll_base"] = [r["gen_nll_base"] for r in records]
-    per["gen_tokens"] = [r["gen_tokens_base"] for r in records]
-    gen_tokens = sum(per["gen_tokens"])
-    if gen_tokens:
-        metrics["gen_ppl_base"] = math.exp(sum(per["gen_nll_base"]) / gen_tokens)
-    else:
-        failures["gen_ppl_base"] = "every output is empty or a single token: nothing to score under the base model"
+    # fluency of outputs under the base model, on the non-empty outputs only: an empty output has no
+    # fluency, and counting its (few, whitespace) tokens would let a collapsed arm look fluent. The
+    # number of empty outputs is reported next to it (diagnostics.gen_ppl_base) and gated separately.
     per["empty"] = [int(is_empty(o)) for o in outputs]
     per["repetitive"] = [int(is_repetitive(o)) for o in outputs]
+    per["gen_nll_base"] = [0.0 if e else r["gen_nll_base"] for r, e in zip(records, per["empty"], strict=True)]
+    per["gen_tokens"] = [0 if e else r["gen_tokens_base"] for r, e in zip(records, per["empty"], strict=True)]
+    gen_tokens = sum(per["gen_tokens"])
+    n_empty = sum(per["empty"])
+    if gen_tokens:
+        metrics["gen_ppl_base"] = math.exp(sum(per["gen_nll_base"]) / gen_tokens)
+    elif n_empty == len(outputs):
+        failures["gen_ppl_base"] = (f"every output is empty ({n_empty} of {len(outputs)}): nothing to score under "
+                                    f"the base model (see empty_share)")
+    else:
+        failures["gen_ppl_base"] = (f"no non-empty output has a token to score under the base model "
+                                    f"({n_empty} of {len(outputs)} outputs empty)")
     metrics["empty_share"] = _mean(per["empty"])
     metrics["repetitive_share"] = _mean(per["repetitive"])
     ents = [ngram_entropy(o) for o in outputs]
@@ -118,7 +125,9 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
         "n_prompts": len(records),
         "prompt_truncated": sum(bool(r["prompt_truncated"]) for r in records),
         "ref_truncated": sum(bool(r.get("ref_truncated")) for r in records),
-        "empty_outputs": sum(per["empty"]),
+        "empty_outputs": n_empty,
+        "gen_ppl_base": {"outputs_scored": sum(1 for t in per["gen_tokens"] if t), "empty_outputs": n_empty,
+                         "outputs": len(outputs), "tokens": gen_tokens},
         "mean_output_tokens": _mean([r["output_tokens"] for r in records]),
     }
     return {"metrics": metrics, "per_prompt": per, "failures": failures, "diagnostics": diagnostics}
