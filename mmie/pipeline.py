@@ -305,17 +305,23 @@ def score(config: dict, arm_name: str, seed: int, generations, manifest: str, li
         if sorted(got) != sorted(expected):
             raise ValueError(f"score {arm_name}/seed{seed}: {role} for sets {sorted(got)} but the config's "
                              f"evaluation sets are {sorted(expected)}; the score rule is miswired (rules/evaluate.smk)")
+    from threadpoolctl import threadpool_limits
+
     lid = load_lid(config["lid"], config["languages"], lid_detector)
     man = io.read_json(manifest)
     t0 = time.time()
-    for info in eval_sets(config):
-        try:
-            result = score_set(config, arm_name, seed, info, gens[info.name], man, lid, lid_detector,
-                               mia if info.kind == "forget" else None, judged.get(info.name))
-        except Exception as err:  # annotate and re-raise: the log names the set and file that failed
-            err.add_note(f"while scoring set {info.name!r} of {arm_name}/seed{seed} from {gens[info.name]}")
-            raise
-        io.write_json(outs[info.name], result)
+    # langid scores each text with one small matrix-vector product; a multithreaded BLAS spends far
+    # more on thread hand-offs than on the product, worst when jobs share the cores (measured: 12x the
+    # CPU time with OpenBLAS's 2 threads next to other jobs on 2 cores). This job has no torch to slow.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for info in eval_sets(config):
+            try:
+                result = score_set(config, arm_name, seed, info, gens[info.name], man, lid, lid_detector,
+                                   mia if info.kind == "forget" else None, judged.get(info.name))
+            except Exception as err:  # annotate and re-raise: the log names the set and file that failed
+                err.add_note(f"while scoring set {info.name!r} of {arm_name}/seed{seed} from {gens[info.name]}")
+                raise
+            io.write_json(outs[info.name], result)
     log.info("scored %d sets of %s/seed%d in %.2f s", len(outs), arm_name, seed, time.time() - t0)
 
 

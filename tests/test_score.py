@@ -104,3 +104,24 @@ def test_scoring_imports_no_torch_or_model_library(run):
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout.splitlines()[-1]) == []
     assert (run["root"] / "yes_no" / "metrics.json").is_file()
+
+
+def test_lid_scoring_runs_on_one_blas_thread(run, monkeypatch):
+    """langid's per-text matrix-vector product on a multithreaded BLAS cost 12x the CPU time next to
+    other jobs on 2 cores; scoring pins BLAS to one thread (and leaves the caller's setting alone)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import mmie.metrics.sets as sets
+
+    seen, original = [], sets.compute_set_metrics
+
+    def spy(*args, **kwargs):
+        seen.append({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sets, "compute_set_metrics", spy)
+    with threadpool_limits(limits=2, user_api="blas"):
+        call(run)
+        after = {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+    assert seen and all(s == {1} for s in seen), seen
+    assert after == {2}
