@@ -135,6 +135,15 @@ def predict(config: dict, throughputs: dict, model_layers: int, job_overhead_s: 
     return {"rows": rows, "gpu_hours": total, "throughputs": throughputs, "job_overhead_s": job_overhead_s}
 
 
+def tokens_markdown(rows: list[dict], config_name: str) -> str:
+    """The per-job token counts alone (no throughputs, no GPU-hours)."""
+    lines = [f"### Tokens per GPU job: {config_name}", "",
+             "| rule | jobs | generate tok/job | forward tok/job | train tok/job | SAE tok/job |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['rule']} | {r['jobs']} | {r['generate']:,} | {r['forward']:,} | {r['train']:,} | {r['sae']:,} |")
+    return "\n".join(lines + [""])
+
+
 def markdown(pred: dict, config_name: str) -> str:
     tp = pred["throughputs"]
     lines = [f"### Predicted GPU-hours: {config_name}", "",
@@ -156,13 +165,16 @@ def model_layers_of(path: str | Path) -> int:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", nargs="+", help="config files, merged in order (as snakemake --configfile does)")
-    ap.add_argument("--throughputs", required=True, help="bench.py output (JSON lines) or a JSON object")
+    ap.add_argument("--throughputs", help="bench.py output (JSON lines) or a JSON object; without it, token counts only")
     ap.add_argument("--model-config", default=str(Path(__file__).parent / "qwen2.5-1.5b-config.json"),
                     help="the model's config.json (num_hidden_layers: the layer-selection candidates)")
     ap.add_argument("--job-overhead-s", type=float, default=0.0, help="start-up and model load per GPU job")
     args = ap.parse_args(argv)
-    print(markdown(predict(load_configs(args.config), read_throughputs(args.throughputs),
-                           model_layers_of(args.model_config), args.job_overhead_s), " + ".join(args.config)))
+    config, layers, name = load_configs(args.config), model_layers_of(args.model_config), " + ".join(args.config)
+    if args.throughputs is None:
+        print(tokens_markdown(job_tokens(config, layers), name))
+        return
+    print(markdown(predict(config, read_throughputs(args.throughputs), layers, args.job_overhead_s), name))
 
 
 def load_configs(paths: list[str]) -> dict:

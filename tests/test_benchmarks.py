@@ -128,3 +128,10 @@ def test_cost_model_reads_bench_output_and_names_a_missing_figure(tmp_path):
         cost_model.read_throughputs(path)
     path.write_text(path.read_text() + json.dumps({"device": "H", "figure": "sae_training_tokens_per_s", "value": 9e5}) + "\n")
     assert cost_model.read_throughputs(path) == {"device": "H", "generate": 50.0, "forward": 500.0, "train": 40.0, "sae": 9e5}
+
+
+def test_cost_model_without_throughputs_prints_the_token_counts(capsys):
+    cost_model.main([str(ROOT / "config.yaml")])
+    out = capsys.readouterr().out
+    assert "### Tokens per GPU job" in out and "GPU-h" not in out
+    assert "| evaluate | 30 | 15,360 |" in out          # 10 arms x 3 seeds; 10 sets x 48 prompts x 32 tokens
