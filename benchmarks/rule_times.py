@@ -1,25 +1,189 @@
-"""Summarise Snakemake benchmark files per rule: jobs, total and mean seconds, max RSS.
+"""Summarise a run's Snakemake benchmark files per rule: jobs, total and mean seconds, peak memory,
+and the share of job time that is start-up (interpreter and imports).
 
-Usage: python benchmarks/rule_times.py results/demo
+    python benchmarks/rule_times.py results/demo                          # table on stdout
+    python benchmarks/rule_times.py results/demo --startup --config config.yaml --markdown table.md
+
+Every rule writes ``results/<exp>/benchmarks/<rule>[/<arm>/seed<k>|/layer<n>].tsv`` (Snakemake
+``benchmark:``; ``s`` is the job's wall time, ``max_rss`` its peak resident memory in MB). With
+``--startup`` each job's start-up is estimated as the wall time of an empty Python process that
+imports what the job's script imports before its work begins (``STARTUP_IMPORTS`` and, for
+evaluate/train, the arm method's library), median of ``--repeats`` runs on this machine now; the
+estimate leaves out model loading and Snakemake's own per-job bookkeeping, so it is a lower bound.
 """
 
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 
+ROOT = Path(__file__).resolve().parent.parent
+# what every script job imports before its work: Snakemake's preamble, the log setup, the pipeline
+BASE = ["snakemake.script", "mmie.logs", "mmie.pipeline"]
+MODEL = ["torch", "transformers.models.qwen2.modeling_qwen2", "mmie.models", "mmie.generation", "mmie.likelihood"]
+STARTUP_IMPORTS = {
+    "prepare_data": ["mmie.prepare"],
+    "fit_lid": ["mmie.lid", "mmie.translit"],
+    "data_report": ["mmie.data", "mmie.models", "transformers.tokenization_utils_fast"],
+    "build_demo_model": MODEL + ["mmie.demo_model", "mmie.lid"],
+    "evaluate": MODEL + ["mmie.arms"],
+    "score": ["mmie.lid", "mmie.metrics.sets", "mmie.metrics.text"],
+    "judge": ["mmie.judge"],
+    "train": MODEL + ["mmie.arms", "mmie.unlearn", "pandas"],
+    "select_layers": MODEL + ["mmie.layers", "mmie.lid", "sklearn.linear_model", "sklearn.model_selection"],
+    "cache_activations": MODEL + ["mmie.activations", "mmie.directions"],
+    "train_sae": ["torch", "mmie.sae_jobs", "mmie.sae", "sae_lens"],
+    "select_features": MODEL + ["mmie.sae_jobs", "mmie.features", "mmie.sae", "sae_lens"],
+    "sweep_gate": MODEL + ["mmie.arms.edit_arms", "mmie.lid", "sae_lens"],
+    "sae_report": ["mmie.sae_report"],
+    "aggregate": ["mmie.aggregate"],
+    "stats": ["mmie.gates", "mmie.results_page", "pandas"],
+    "plots": ["mmie.plots"],
+    "plot_demo_training": ["mmie.plots"],
+    "plot_training_curves": ["mmie.plots"],
+    "convert_gemma": ["mmie.gemma"],
+}
+# the library an arm's method adds to its evaluate/train job (an ``on:`` arm adds its base arm's too)
+METHOD_IMPORTS = {"lora": ["peft"], "reft": ["pyreft"], "sae_gate": ["sae_lens"], "random_gate": ["sae_lens"]}
 
-def main(results: str) -> None:
-    rows = []
+
+def read_benchmarks(results: str | Path) -> pd.DataFrame:
+    """One row per benchmark file: rule (its folder under benchmarks/), job (the rest of its path),
+    arm (evaluate/score/train/sweep/judge jobs), seconds and peak RSS in MB."""
     root = Path(results) / "benchmarks"
-    for f in sorted(root.rglob("*.tsv")):
-        rule = f.relative_to(root).parts[0].removesuffix(".tsv")
+    files = sorted(root.rglob("*.tsv"))
+    if not files:
+        raise FileNotFoundError(f"no benchmark files under {root}: is {results} a finished run's results/<experiment>?")
+    rows = []
+    for f in files:
+        parts = f.relative_to(root).with_suffix("").parts
         df = pd.read_csv(f, sep="\t")
-        rows.append({"rule": rule, "s": float(df["s"].iloc[0]), "max_rss_mb": float(df["max_rss"].iloc[0])})
-    table = pd.DataFrame(rows).groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
-                                                   max_rss_mb=("max_rss_mb", "max"))
-    print(table.sort_values("total_s", ascending=False).round(2).to_string())
+        if df.empty or not {"s", "max_rss"} <= set(df.columns):
+            raise ValueError(f"{f}: not a Snakemake benchmark file (columns s and max_rss expected)")
+        rss = pd.to_numeric(df["max_rss"].iloc[0], errors="coerce")   # "NA" when the job ended too fast
+        rows.append({"rule": parts[0], "job": "/".join(parts[1:]) or parts[0],
+                     "arm": parts[1] if len(parts) > 2 and parts[2].startswith("seed") else None,
+                     "s": float(df["s"].iloc[0]), "max_rss_mb": float(rss)})
+    return pd.DataFrame(rows)
+
+
+def rule_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    table = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
+                                     max_rss_mb=("max_rss_mb", "max"))
+    if "startup_s" in jobs:
+        table["startup_s"] = jobs.groupby("rule")["startup_s"].sum()
+    return table.sort_values("total_s", ascending=False)
+
+
+def job_modules(rule: str, arm: str | None, arms: dict) -> list[str]:
+    mods = BASE + STARTUP_IMPORTS.get(rule, [])
+    if isinstance(arm, str) and rule in ("evaluate", "train") and arm in arms:
+        spec = arms[arm]
+        for method in (spec["method"], arms.get(spec.get("on"), {}).get("method")):
+            mods = mods + METHOD_IMPORTS.get(method, [])
+    return list(dict.fromkeys(mods))
+
+
+def import_seconds(modules: list[str], repeats: int = 3) -> float:
+    """Median wall time of a fresh ``python -c 'import ...'`` (interpreter start included)."""
+    code = "import " + ", ".join(modules)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        if res.returncode != 0:
+            raise RuntimeError(f"start-up probe `{code}` failed: {res.stderr[-1000:]}")
+    return statistics.median(times)
+
+
+def add_startup(jobs: pd.DataFrame, arms: dict, repeats: int = 3) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Each job's start-up estimate (one probe per distinct module list)."""
+    keys = [tuple(job_modules(r, a, arms)) for r, a in zip(jobs["rule"], jobs["arm"], strict=True)]
+    probes = {k: import_seconds(list(k), repeats) for k in dict.fromkeys(keys)}
+    return jobs.assign(startup_s=[probes[k] for k in keys]), {" ".join(k): v for k, v in probes.items()}
+
+
+def run_commit(results: str | Path) -> str | None:
+    """The commit that produced the run, from an evaluate manifest's provenance (None if there is none)."""
+    import json
+
+    for f in sorted(Path(results).glob("*/seed*/evaluate.json")):
+        git = json.loads(f.read_text(encoding="utf-8")).get("provenance", {}).get("git", {})
+        if git.get("commit"):
+            return git["commit"][:12] + (" (uncommitted changes)" if git.get("dirty") else "")
+    return None
+
+
+def git_commit() -> str:
+    """The checkout's commit (when the run records none)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"unknown ({type(err).__name__})"
+    return out + (" (uncommitted changes)" if dirty else "")
+
+
+def summary(jobs: pd.DataFrame) -> dict:
+    out = {"jobs": len(jobs), "job_seconds": float(jobs["s"].sum())}
+    if "startup_s" in jobs:
+        out["startup_seconds"] = float(jobs["startup_s"].sum())
+        out["startup_share"] = out["startup_seconds"] / out["job_seconds"]
+    return out
+
+
+def markdown(jobs: pd.DataFrame, results: str, commit: str, note: str = "") -> str:
+    table, s = rule_table(jobs), summary(jobs)
+    start = "startup_s" in jobs
+    head = "| rule | jobs | total s | mean s | peak RSS MB |" + (" start-up s (est.) |" if start else "")
+    lines = [f"### Job times per rule: `{results}` (commit {commit})", ""]
+    if note:
+        lines += [note, ""]
+    lines += [head, "|---|---:|---:|---:|---:|" + ("---:|" if start else "")]
+    for rule, r in table.iterrows():
+        rss = "n/a" if pd.isna(r["max_rss_mb"]) else f"{r['max_rss_mb']:.0f}"
+        lines.append(f"| {rule} | {int(r['jobs'])} | {r['total_s']:.1f} | {r['mean_s']:.2f} | {rss} |"
+                     + (f" {r['startup_s']:.1f} |" if start else ""))
+    total = f"| **all** | **{s['jobs']}** | **{s['job_seconds']:.1f}** | | |"
+    lines += [total + (f" **{s['startup_seconds']:.1f}** |" if start else ""), ""]
+    if start:
+        lines.append(f"Start-up (an empty process importing what the job imports) is an estimated "
+                     f"{100 * s['startup_share']:.0f}% of the {s['job_seconds']:.0f} s of job time.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", nargs="?", default="results/demo", help="results/<experiment> of a finished run")
+    ap.add_argument("--startup", action="store_true", help="estimate each job's start-up (runs import probes)")
+    ap.add_argument("--config", default=str(ROOT / "config.yaml"), help="the run's config (arm methods)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--markdown", help="write the table as Markdown to this file")
+    ap.add_argument("--note", default="", help="a line under the Markdown heading (machine, run wall time)")
+    args = ap.parse_args(argv)
+    jobs = read_benchmarks(args.results)
+    if args.startup:
+        import yaml
+
+        arms = (yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}).get("arms", {})
+        jobs, probes = add_startup(jobs, arms, args.repeats)
+        for mods, secs in sorted(probes.items(), key=lambda kv: kv[1]):
+            print(f"start-up probe {secs:6.2f} s: import {mods}", file=sys.stderr)
+    print(rule_table(jobs).round(2).to_string())
+    print(summary(jobs))
+    if args.markdown:
+        commit = run_commit(args.results) or f"{git_commit()}, the checkout: the run records none"
+        Path(args.markdown).write_text(markdown(jobs, args.results, commit, args.note), encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/demo")
+    main()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import eval_sets, raw_data_files, section, set_info
+from mmie.config import eval_sets, raw_data_files, section
 from mmie.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -247,8 +247,10 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
         timings[info.name] = round(time.time() - t_set, 2)
         del gens, rows
-        gc.collect()
         if torch.cuda.is_available():
+            # hand the set's cached blocks back to the GPU; on a CPU a full collection is all cost
+            # (0.1-0.6 s per set with torch and transformers loaded: a fifth of a demo evaluate job)
+            gc.collect()
             torch.cuda.empty_cache()
     if mia_out:
         # membership inference: forget/train (members, seen by the base model's training when it is
@@ -276,15 +278,61 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
 
 
 # ----------------------------------------------------------------------------- score
-def score(config: dict, arm_name: str, seed: int, set_name: str, generations: str, manifest: str,
-          lid_detector: str, out: str, mia: str | None = None, judge: str | None = None) -> None:
-    """Metrics of one (arm, seed, set) from stored generations: no model, no torch."""
+def by_set(paths, filename: str) -> dict[str, str]:
+    """``<run>/<set>/<filename>`` paths keyed by their set folder (the rule's expand() order is kept)."""
+    out: dict[str, str] = {}
+    for p in paths:
+        path = Path(p)
+        if path.name != filename:
+            raise ValueError(f"expected a path ending in <set>/{filename}, got {p}; the score rule's input or "
+                             f"output list is miswired (rules/evaluate.smk)")
+        if path.parent.name in out:
+            raise ValueError(f"two paths for set {path.parent.name!r}: {out[path.parent.name]} and {p}")
+        out[path.parent.name] = str(p)
+    return out
+
+
+def score(config: dict, arm_name: str, seed: int, generations, manifest: str, lid_detector: str, outputs,
+          mia: str | None = None, judges=None) -> None:
+    """Metrics of every set of one (arm, seed) from stored generations, one ``metrics.json`` per set:
+    one job, one LID load, no model and no torch. ``generations``, ``outputs`` and ``judges`` are
+    ``<run>/<set>/{generations.jsonl,metrics.json,judge.json}`` paths (``judges`` only when the judge
+    is enabled); the membership-inference scores ``mia`` feed the forget set's metrics."""
     from mmie.lid import load_lid
+
+    gens, outs = by_set(generations, "generations.jsonl"), by_set(outputs, "metrics.json")
+    judged = by_set(judges, "judge.json") if judges else {}
+    expected = [s.name for s in eval_sets(config)]
+    for role, got in (("generations", gens), ("metrics outputs", outs)) + ((("judge scores", judged),) if judges else ()):
+        if sorted(got) != sorted(expected):
+            raise ValueError(f"score {arm_name}/seed{seed}: {role} for sets {sorted(got)} but the config's "
+                             f"evaluation sets are {sorted(expected)}; the score rule is miswired (rules/evaluate.smk)")
+    from threadpoolctl import threadpool_limits
+
+    lid = load_lid(config["lid"], config["languages"], lid_detector)
+    man = io.read_json(manifest)
+    t0 = time.time()
+    # langid scores each text with one small matrix-vector product; a multithreaded BLAS spends far
+    # more on thread hand-offs than on the product, worst when jobs share the cores (measured: 12x the
+    # CPU time with OpenBLAS's 2 threads next to other jobs on 2 cores). This job has no torch to slow.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for info in eval_sets(config):
+            try:
+                result = score_set(config, arm_name, seed, info, gens[info.name], man, lid, lid_detector,
+                                   mia if info.kind == "forget" else None, judged.get(info.name))
+            except Exception as err:  # annotate and re-raise: the log names the set and file that failed
+                err.add_note(f"while scoring set {info.name!r} of {arm_name}/seed{seed} from {gens[info.name]}")
+                raise
+            io.write_json(outs[info.name], result)
+    log.info("scored %d sets of %s/seed%d in %.2f s", len(outs), arm_name, seed, time.time() - t0)
+
+
+def score_set(config: dict, arm_name: str, seed: int, info, generations: str, man: dict, lid, lid_detector: str,
+              mia: str | None = None, judge: str | None = None) -> dict:
+    """The metrics.json content of one set (see ``score``)."""
     from mmie.metrics.sets import compute_set_metrics
 
-    info = set_info(config, set_name)
     records = io.read_jsonl(generations)
-    lid = load_lid(config["lid"], config["languages"], lid_detector)
     result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
                                  romanization_scheme=config["lid"]["romanization"],
                                  yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"])
@@ -299,16 +347,14 @@ def score(config: dict, arm_name: str, seed: int, set_name: str, generations: st
         result["mia"] = {k: [r[k] for r in rows] for k in ("id", "member", "mink_pp", "loss_score")}
     if judge:
         merge_judge(result, io.read_json(judge))
-    man = io.read_json(manifest)
     evaluated = man["provenance"]
-    result = {"arm": arm_name, "seed": seed, "set": set_name, **result, "lid": lid.describe(),
-              "provenance": {**provenance.build(config, section(config, "lid", "languages"), seed=seed,
-                                                runtime=evaluated["runtime"], rule="score",
-                                                inputs=[generations, lid_detector]),
-                             "evaluate": {"git": evaluated["git"], "device": evaluated["device"],
-                                          "config_hash": evaluated["config_hash"],
-                                          "oom_retries": man["oom_retries"]}}}
-    io.write_json(out, result)
+    return {"arm": arm_name, "seed": seed, "set": info.name, **result, "lid": lid.describe(),
+            "provenance": {**provenance.build(config, section(config, "lid", "languages"), seed=seed,
+                                              runtime=evaluated["runtime"], rule="score",
+                                              inputs=[generations, lid_detector]),
+                           "evaluate": {"git": evaluated["git"], "device": evaluated["device"],
+                                        "config_hash": evaluated["config_hash"],
+                                        "oom_retries": man["oom_retries"]}}}
 
 
 # ----------------------------------------------------------------------------- train

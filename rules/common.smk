@@ -163,15 +163,10 @@ def train_logs(wildcards=None):
     return expand(f"{R}/checkpoints/{{arm}}/seed{{seed}}", arm=LORA_ARMS + REFT_ARMS, seed=SEEDS)
 
 
-def mia_for_set(wildcards):
-    """Membership-inference scores feed the metrics of the forget set only."""
-    return f"{R}/{wildcards.arm}/seed{wildcards.seed}/mia.jsonl" if wildcards.set == "forget" else []
-
-
-def judge_for_set(wildcards):
-    """The judge's scores, when the judge is enabled (judge.enabled: true)."""
+def judge_files(wildcards):
+    """Every set's judge scores of an (arm, seed), when the judge is enabled (judge.enabled: true)."""
     if config["judge"]["enabled"]:
-        return f"{R}/{wildcards.arm}/seed{wildcards.seed}/{wildcards.set}/judge.json"
+        return expand(f"{R}/{wildcards.arm}/seed{wildcards.seed}/{{s}}/judge.json", s=SETS)
     return []
 
 

@@ -30,19 +30,21 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+# One job scores every set of an (arm, seed): one interpreter start and one LID load instead of one per
+# set. Each set keeps its own metrics.json, so a target path still reruns just that arm and seed.
 rule score:
     input:
-        generations=f"{R}/{{arm}}/seed{{seed}}/{{set}}/generations.jsonl",
+        generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
         detector=f"{R}/lid/romanized_detector.json",
-        mia=mia_for_set,
-        judge=judge_for_set,
+        mia=f"{R}/{{arm}}/seed{{seed}}/mia.jsonl",
+        judge=judge_files,
     output:
-        f"{R}/{{arm}}/seed{{seed}}/{{set}}/metrics.json",
+        metrics=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/metrics.json", s=SETS),
     log:
-        f"{R}/logs/score/{{arm}}/seed{{seed}}/{{set}}.log",
+        f"{R}/logs/score/{{arm}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/score/{{arm}}/seed{{seed}}/{{set}}.tsv"
+        f"{R}/benchmarks/score/{{arm}}/seed{{seed}}.tsv"
     resources:
         mem_mb=CPU_MEM,
     params:

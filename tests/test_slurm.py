@@ -281,7 +281,7 @@ def test_rerun_by_target_path_submits_only_that_job(grid):
     assert planned_jobs(res) == {"score": 1}
     jobs = sacct(grid["env"], run_id(res))
     assert [(rule_of(j), j["State"]) for j in jobs] == [("score", "COMPLETED")]
-    assert jobs[0]["Comment"] == "rule_score_wildcards_lora_0_mixed"
+    assert jobs[0]["Comment"] == "rule_score_wildcards_lora_0"   # one score job per (arm, seed)
     after = json.loads((grid["cluster"] / target).read_text())
     assert after["metrics"] == before["metrics"] and after["per_prompt"] == before["per_prompt"]
 
@@ -301,7 +301,7 @@ def test_failed_slurm_job_fails_the_run_and_names_its_logs(grid):
         gens.write_bytes(good)
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
-    rule_log = f"results/{EXP}/logs/score/base/seed0/retain.log"
+    rule_log = f"results/{EXP}/logs/score/base/seed0.log"
     assert "JSONDecodeError" in (work / rule_log).read_text()
     jobs = sacct(grid["env"], run_id(res))
     assert [(rule_of(j), j["State"]) for j in jobs] == [("score", "FAILED")]

@@ -2,6 +2,7 @@
 
 Runs from a directory whose path contains a space and an apostrophe (reliability row 11)."""
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import EXP, ROOT, SETS, SNAKEMAKE, planned_jobs, smk
+from conftest import EXP, ROOT, SETS, SNAKEMAKE, planned_jobs, reduced_config, smk
 
 ARMS = list(yaml.safe_load((ROOT / "config.yaml").read_text())["arms"])
 
@@ -21,6 +22,23 @@ def metrics(run_dir: Path, arm: str, seed: int, set_name: str) -> dict:
 def test_lint_is_clean():
     res = subprocess.run(SNAKEMAKE + ["--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_one_score_job_per_arm_and_seed_reading_every_sets_judge_scores(tmp_path):
+    """Scoring is one job per (arm, seed), not one per set (speed issue); with the judge on, that job
+    reads every set's judge.json. A dry run in a fresh directory: seconds."""
+    path = reduced_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["seeds"], cfg["judge"] = [0, 1], {"enabled": True}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    res = smk(tmp_path, "-n")
+    jobs = planned_jobs(res)
+    assert jobs["score"] == len(ARMS) * 2 and jobs["judge"] == len(ARMS) * 2 * len(SETS)
+    out = res.stdout + res.stderr
+    block = out[out.index("rule score:"):]
+    inputs = block[:block.index("\n    output:")]
+    judged = re.findall(r"results/t/[^/]+/seed\d/([^/]+)/judge\.json", inputs)
+    assert sorted(judged) == sorted(SETS)
 
 
 def test_every_contract_output_exists_with_provenance(run_dir):
