@@ -10,6 +10,7 @@ from mmie.errors import ConfigError
 from mmie.metrics.sets import SetInfo
 
 EDIT_METHODS = ("sae_gate", "random_gate", "dim", "script_scrub")
+SEEDLESS_METHODS = ("external",)  # evaluated once, at the first seed
 FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial", "comprehension", "yes_no")
 
 
@@ -54,6 +55,12 @@ def raw_data_files(config: dict) -> dict[str, str]:
     return files
 
 
+def arm_seeds(config: dict, arm: str) -> list[int]:
+    """The seeds an arm is evaluated at: every configured seed, or the first one for a seedless arm."""
+    seeds = [int(s) for s in config["seeds"]]
+    return seeds[:1] if config["arms"][arm]["method"] in SEEDLESS_METHODS else seeds
+
+
 def check(config: dict, workdir: str | Path = ".") -> None:
     """Consistency checks beyond the schema; raised at `snakemake -n` time with the key named."""
     workdir = Path(workdir)
@@ -92,6 +99,12 @@ def check(config: dict, workdir: str | Path = ".") -> None:
             if spec.get("intervention", "loreft") == "loreft" and spec["train"]["weight_decay"] != 0:
                 raise ConfigError(f"arms.{arm}.train.weight_decay must be 0 for LoReFT: weight decay collapses its "
                                   f"orthogonal rotation to zero after one AdamW step")
+        if spec["method"] == "external":
+            from mmie.arms.external import check_spec
+
+            check_spec(arm, spec, workdir)
+        elif spec.get("adapter") is not None or spec.get("model") is not None:
+            raise ConfigError(f"arms.{arm}: 'adapter' and 'model' are only for external arms")
         if spec.get("on") is not None:
             from mmie.arms import base_arm
 

@@ -402,16 +402,28 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
 
     from mmie import gates as G
     from mmie import results_page
-    from mmie.config import set_names
+    from mmie.config import arm_seeds, set_names
 
     t0 = time.time()
     res = G.Results(list(metric_paths))
-    arms, sets, seeds = list(config["arms"]), set_names(config), [int(s) for s in config["seeds"]]
+    arms, sets = list(config["arms"]), set_names(config)
     cfg = config["stats"]
-    iv = pd.DataFrame(G.intervals(res, arms, sets, seeds, cfg))
     gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
     gate_specs = [g for g in gate_specs if g["set"] in sets]
-    rows, decisions = G.decide(res, arms, gate_specs, seeds, cfg)
+    # arms with the same seeds together; a seedless arm (external) is compared with base at its one seed
+    groups: dict[tuple, list[str]] = {}
+    for arm in arms:
+        groups.setdefault(tuple(arm_seeds(config, arm)), []).append(arm)
+    iv_rows, rows, decisions = [], [], {}
+    for seeds, group in groups.items():
+        iv_rows += G.intervals(res, group, sets, list(seeds), cfg)
+        group_rows, group_decisions = G.decide(res, group, gate_specs, list(seeds), cfg)
+        rows += group_rows
+        decisions.update(group_decisions)
+    order = {a: i for i, a in enumerate(arms)}
+    iv = pd.DataFrame(sorted(iv_rows, key=lambda r: order[r["arm"]]))
+    rows = sorted(rows, key=lambda r: order[r["arm"]])
+    decisions = {a: decisions[a] for a in arms if a in decisions}
     columns = ["arm", "gate", "metric", "set", "value", "threshold", "ci_low", "ci_high", "p_adjusted", "passed",
                "reason", "direction", "relative", "factor", "p_value"]
     gates = pd.DataFrame(rows, columns=columns)

@@ -132,6 +132,14 @@ def edit_inputs(wildcards):
     return [selection_file()] + layer_assets(spec["method"], layers)
 
 
+def external_files(wildcards):
+    """An external arm's adapter folder or local model folder (a change reruns its evaluation)."""
+    from mmie.arms.external import files
+
+    spec = config["arms"][wildcards.arm]
+    return files(spec) if spec["method"] == "external" else []
+
+
 def reft_selection(wildcards):
     return selection_file() if wildcards.arm in LAYER_ARMS else []
 
@@ -177,7 +185,8 @@ def eval_set_files(wildcards=None):
 
 
 def all_metrics(wildcards=None):
-    return expand(f"{R}/{{arm}}/seed{{seed}}/{{set}}/metrics.json", arm=ARMS, seed=SEEDS, set=SETS)
+    """Every (arm, seed, set); a seedless arm (external) at the first seed only."""
+    return [f"{R}/{arm}/seed{seed}/{s}/metrics.json" for arm in ARMS for seed in mcfg.arm_seeds(config, arm) for s in SETS]
 
 
 def final_outputs():
