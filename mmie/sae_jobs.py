@@ -38,7 +38,6 @@ def train_sae(config: dict, layer: int, cache_path: str, out_dir: str) -> None:
     t0 = time.time()
     cfg = config["sae"]
     seed = sae_seed(config)
-    torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     cache = read_cache(cache_path, layer=layer)
     roles = sorted(r for r in cache.acts if r not in NOT_TRAINED_ON)
@@ -75,7 +74,6 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
     """Load the model once; check the cache and the SAE against its fingerprint; write the SAE's
     quality (held-out figures from training + loss recovered in the model on ``sae.quality_texts``
     forget/train and as many retain/train texts) and the selected features."""
-    import torch
 
     from mmie.activations import model_fingerprint, read_cache
     from mmie.features import select_features as choose
@@ -85,7 +83,6 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
 
     t0 = time.time()
     seed = sae_seed(config)
-    torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
     fp = model_fingerprint(lm.model)

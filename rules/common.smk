@@ -25,6 +25,7 @@ SWEEP_ARMS = [a for a in GATE_ARMS if config["arms"][a]["method"] == "sae_gate" 
 LAYER_ARMS = EDIT_ARMS + [a for a in REFT_ARMS if not config["arms"][a].get("layers")]
 GPU_MEM = config["resources"]["gpu_mem_mb"]
 CPU_MEM = config["resources"]["cpu_mem_mb"]
+TORCH_THREADS = config["resources"]["torch_threads"]  # threads: of the torch rules (jobs use snakemake.threads)
 
 
 wildcard_constraints:

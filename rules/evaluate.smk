@@ -16,7 +16,7 @@ rule evaluate:
         f"{R}/logs/evaluate/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,

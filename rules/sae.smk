@@ -14,7 +14,7 @@ checkpoint select_layers:
         f"{R}/logs/select_layers.log",
     benchmark:
         f"{R}/benchmarks/select_layers.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -42,7 +42,7 @@ rule cache_activations:
         f"{R}/logs/cache_activations/layer{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/cache_activations/layer{{layer}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -63,7 +63,7 @@ rule train_sae:
         f"{R}/logs/train_sae/layer{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/train_sae/layer{{layer}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -86,7 +86,7 @@ rule select_features:
         f"{R}/logs/select_features/layer{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/select_features/layer{{layer}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -111,7 +111,7 @@ rule sweep_gate:
         f"{R}/logs/sweep_gate/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/sweep_gate/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,

@@ -13,7 +13,7 @@ rule train_lora:
         f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -37,7 +37,7 @@ rule train_reft:
         f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
