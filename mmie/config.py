@@ -120,6 +120,14 @@ def check(config: dict, workdir: str | Path = ".") -> None:
         raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
 
 
+def with_workflow_on_path(basedir: str) -> str:
+    """PYTHONPATH with the workflow's folder first (jobs in a conda environment of envs/ import mmie
+    from there; the environment installs the dependencies only)."""
+    import os
+
+    return os.pathsep.join(p for p in (str(basedir), os.environ.get("PYTHONPATH")) if p)
+
+
 def section(config: dict, *keys: str) -> dict:
     """The resolved config sections a job used (recorded in its provenance)."""
     return {k: config[k] for k in keys if k in config}

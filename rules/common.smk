@@ -1,13 +1,18 @@
 # Helpers: config validation, the grid, wildcard constraints and named input functions.
+import os
 import re
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 import mmie.config as mcfg
 
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 mcfg.check(config)  # relative data paths are relative to the working directory
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    # jobs import mmie from this workflow's folder: the environment of envs/ does not install it
+    os.environ.update(PYTHONPATH=mcfg.with_workflow_on_path(workflow.basedir))
 
 EXP = config["experiment"]
 R = f"results/{EXP}"

@@ -27,6 +27,8 @@ rule evaluate:
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
         results_root=results_root_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -48,6 +50,8 @@ rule score:
         mem_mb=CPU_MEM,
     params:
         settings=settings("lid", "languages", "eval"),
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/score.py"
 
@@ -66,5 +70,7 @@ rule judge:
     params:
         settings=settings("judge"),
         cache_dir=config["judge"]["cache_dir"],
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/judge.py"

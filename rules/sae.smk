@@ -24,6 +24,8 @@ checkpoint select_layers:
         data_dir=data_dir_of,
         sets_dir=sets_dir_of,
         judge_cache=config["judge"]["cache_dir"],
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/select_layers.py"
 
@@ -50,6 +52,8 @@ rule cache_activations:
         settings=settings("model", "layers.activations", "data.gibberish", "lid.romanization"),
         model_dir=model_dir_param,
         data_dir=data_dir_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/cache_activations.py"
 
@@ -69,6 +73,8 @@ rule train_sae:
         gpu=1,
     params:
         settings=settings("sae", "seeds"),
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/train_sae.py"
 
@@ -94,6 +100,8 @@ rule select_features:
         settings=settings("model", "features", "sae.quality_texts", "layers.activations", "seeds"),
         model_dir=model_dir_param,
         data_dir=data_dir_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/select_features.py"
 
@@ -120,6 +128,8 @@ rule sweep_gate:
         model_dir=model_dir_param,
         sets_dir=sets_dir_of,
         results_root=results_root_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/sweep_gate.py"
 
@@ -155,5 +165,7 @@ rule sae_report:
         f"{R}/benchmarks/sae_report.tsv"
     resources:
         mem_mb=CPU_MEM,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/sae_report.py"

@@ -20,6 +20,8 @@ rule train_lora:
     params:
         settings=settings("model", "deterministic", arm=True),
         model_dir=model_dir_param,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/train_adapter.py"
 
@@ -44,5 +46,7 @@ rule train_reft:
     params:
         settings=settings("model", "deterministic", arm=True),
         model_dir=model_dir_param,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/train_adapter.py"
