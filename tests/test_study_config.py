@@ -179,3 +179,19 @@ def test_gemma_cpu_profile_plans_its_reduced_grid_alone(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = planned_jobs(res)
     assert jobs["evaluate"] == 4 and jobs["train_lora"] == 1 and jobs["train_reft"] == 1, jobs
+
+
+# ----------------------------------------------------------------------------- the default workflow profile
+def test_default_profile_is_picked_up_and_changes_nothing_the_demo_computes(tmp_path):
+    profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert profile == {"keep-going": True, "rerun-incomplete": True, "printshellcmds": True, "show-failed-logs": True,
+                       "latency-wait": 60}
+    runs = {}
+    for name, extra in (("with", []), ("without", ["--workflow-profile", "none"])):
+        res = subprocess.run(SNAKEMAKE + ["-n", "--forceall", "--cores", "2", *extra], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = res
+    assert "workflow specific profile profiles/default" in runs["with"].stderr
+    assert "profiles/default" not in runs["without"].stderr
+    assert planned_jobs(runs["with"]) == planned_jobs(runs["without"])
