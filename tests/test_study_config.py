@@ -86,8 +86,14 @@ def test_minimal_study_plans_only_its_arms_sets_and_files(tmp_path):
 
 
 def test_the_documented_study_is_the_tested_one():
+    """The draft doc shows this test's config verbatim, and one real line per data role (each is the
+    first line of the demo's file for that role, in the documented order)."""
     doc = (ROOT / "docs" / "_drafts" / "h-study.md").read_text(encoding="utf-8")
     assert STUDY_YAML in doc
+    block = doc.split("```jsonl\n", 1)[1].split("```", 1)[0].splitlines()
+    files = ["forget_hi.jsonl", "retain_en.jsonl", "forget_romanized.jsonl", "mixed.jsonl", "adversarial.jsonl",
+             "neighbours/ur.jsonl", "lid_check.jsonl", "yes_no.jsonl", "gibberish_hi.jsonl"]
+    assert [json.loads(line) for line in block] == [demo_lines(f, 1)[0] for f in files]
 
 
 def test_demo_is_used_only_without_a_configfile():
@@ -108,7 +114,7 @@ def bengali_study(workdir: Path, *, run: bool = False) -> Path:
         write_lines(d / f"{code}.jsonl", demo_lines(name, n))
     cfg = {
         "experiment": "bn-study",
-        "seeds": [0],
+        "seeds": [0, 1] if run else [0],
         "languages": {"target": {"code": "bn", "name": "Bengali", "script": "bengali"},
                       "retain": {"code": "en", "name": "English", "script": "latin"},
                       "neighbours": {"hi": {"name": "Hindi", "script": "devanagari"},
@@ -118,7 +124,7 @@ def bengali_study(workdir: Path, *, run: bool = False) -> Path:
                  "neighbours": {c: f"data/bn-study/{c}.jsonl" for c in ("hi", "ur", "pa")}},
         "model": {"source": "demo"},
         # demo-size model, a CPU run: as small as tests/conftest.py's reduced demo
-        "demo_model": {"max_steps": 150, "eval_every": 50, "check": {"prompts": 12}},
+        "demo_model": {"check": {"prompts": 12}},
         "generation": {"max_new_tokens": 12, "min_new_tokens": 4, "repetition_penalty": 1.2},
         "eval": {"max_prompts": 6, "mia_max_items": 8},
         "arms": {"base": {"method": "base"},
@@ -143,23 +149,58 @@ def test_bengali_target_study_with_hindi_as_a_neighbour_plans(tmp_path):
     assert set(re.findall(r"results/bn-study/base/seed0/([\w-]+)/metrics\.json", res.stdout)) == set(BN_SETS)
 
 
-@pytest.mark.slow
-def test_bengali_target_study_runs_end_to_end(tmp_path):
-    config = bengali_study(tmp_path, run=True)
-    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(config), "--cores", "2"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+def run_study(workdir: Path, config: Path) -> subprocess.CompletedProcess:
+    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(config), "--cores", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, cwd=workdir)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    return res
+
+
+@pytest.mark.slow
+def test_bengali_target_study_runs_end_to_end_then_evaluates_an_external_adapter(tmp_path):
+    """The Bengali study on the demo-size model (two seeds); then someone else's LoRA (plain peft on
+    the same model) is added as an external arm: evaluated once, compared with base in the gates."""
+    import csv
+
+    like_the_repository(tmp_path)          # the demo's config.yaml is there, and must not be used
+    config = bengali_study(tmp_path, run=True)
+    run_study(tmp_path, config)
     out = tmp_path / "results" / "bn-study"
     for arm in ("base", "prompt", "lora"):
-        for s in BN_SETS:
-            metrics = json.loads((out / arm / "seed0" / s / "metrics.json").read_text())
-            assert metrics["arm"] == arm and metrics["set"] == s
+        for seed in (0, 1):
+            for s in BN_SETS:
+                metrics = json.loads((out / arm / f"seed{seed}" / s / "metrics.json").read_text())
+                assert metrics["arm"] == arm and metrics["set"] == s
     base = json.loads((out / "base" / "seed0" / "forget" / "metrics.json").read_text())
     assert "target_rate" in base["metrics"], base["failures"]
-    prepare = json.loads((out / "data" / "prepare_report.json").read_text())
-    assert "data/demo" not in json.dumps(prepare)
-    gates = (out / "summary" / "gates.csv").read_text()
-    assert "neighbour" in gates and ",hi," in gates
+    manifest = json.loads((out / "base" / "seed0" / "evaluate.json").read_text())
+    assert manifest["provenance"]["device"]["device"] == "cpu"      # the device the job used
+    assert "data/demo" not in (out / "data" / "prepare_report.json").read_text()
+    gates = list(csv.DictReader((out / "summary" / "gates.csv").open()))
+    assert {"hi", "ur", "pa"} <= {g["set"] for g in gates}
+
+    # someone else's unlearning: a LoRA made with peft alone on the study's model
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(str(tmp_path / "elsewhere" / "adapter"))
+    cfg = yaml.safe_load(config.read_text())
+    cfg["arms"]["ext"] = {"method": "external", "adapter": "elsewhere/adapter"}
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    run_study(tmp_path, config)
+    assert sorted(p.name for p in (out / "ext").iterdir() if p.is_dir()) == ["seed0"]     # seedless
+    for s in BN_SETS:
+        assert json.loads((out / "ext" / "seed0" / s / "metrics.json").read_text())["arm"] == "ext"
+    details = json.loads((out / "ext" / "seed0" / "evaluate.json").read_text())["arm_details"]
+    assert details["method"] == "external" and details["adapter"] == "elsewhere/adapter"
+    ext_gates = [g for g in csv.DictReader((out / "summary" / "gates.csv").open()) if g["arm"] == "ext"]
+    assert ext_gates and not [g for g in ext_gates if "missing metric" in g["reason"]], ext_gates
+    assert any(g["value"] not in ("", None) for g in ext_gates)
+    assert "ext" in json.loads((out / "summary" / "decisions.json").read_text())
 
 
 def test_profiles_are_complete_configs():
