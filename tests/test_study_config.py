@@ -123,8 +123,10 @@ def bengali_study(workdir: Path, *, run: bool = False) -> Path:
         "data": {"forget": "data/bn-study/forget_bn.jsonl", "retain": "data/bn-study/retain_en.jsonl",
                  "neighbours": {c: f"data/bn-study/{c}.jsonl" for c in ("hi", "ur", "pa")}},
         "model": {"source": "demo"},
-        # demo-size model, a CPU run: as small as tests/conftest.py's reduced demo
-        "demo_model": {"check": {"prompts": 12}},
+        # a from-scratch model of the demo's architecture, cut to what a shared 2-core machine trains in about a
+        # minute; too short to speak the languages, so its fluency check is off (the plumbing is what is tested)
+        "demo_model": {"vocab_size": 600, "hidden_size": 64, "layers": 2, "intermediate_size": 128, "max_steps": 40,
+                       "eval_every": 20, "check": {"enabled": False}},
         "generation": {"max_new_tokens": 12, "min_new_tokens": 4, "repetition_penalty": 1.2},
         "eval": {"max_prompts": 6, "mia_max_items": 8},
         "arms": {"base": {"method": "base"},
