@@ -4,7 +4,13 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A study config replaces the demo. Snakemake deep-merges every --configfile into a `configfile:` of the
+# Snakefile, and a merge cannot delete a key (the demo's arms, data and tuning would leak into every
+# study), so config.yaml, the demo, is read only when no --configfile is given. Whatever the given
+# files leave out comes from config/schema.yaml's defaults (validated in rules/common.smk).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "report/workflow.rst"

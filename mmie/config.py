@@ -152,6 +152,12 @@ def check(config: dict, workdir: str | Path = ".") -> None:
             if spec.get("intervention", "loreft") == "loreft" and spec["train"]["weight_decay"] != 0:
                 raise ConfigError(f"arms.{arm}.train.weight_decay must be 0 for LoReFT: weight decay collapses its "
                                   f"orthogonal rotation to zero after one AdamW step")
+        if spec["method"] == "external":
+            from mmie.arms.external import check_spec
+
+            check_spec(arm, spec, workdir)
+        elif spec.get("adapter") is not None or spec.get("model") is not None:
+            raise ConfigError(f"arms.{arm}: 'adapter' and 'model' are only for external arms")
         if spec.get("on") is not None:
             from mmie.arms import base_arm
 
@@ -166,6 +172,14 @@ def check(config: dict, workdir: str | Path = ".") -> None:
     if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":
         raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
     check_gates(config)
+
+
+def with_workflow_on_path(basedir: str) -> str:
+    """PYTHONPATH with the workflow's folder first (jobs in a conda environment of envs/ import mmie
+    from there; the environment installs the dependencies only)."""
+    import os
+
+    return os.pathsep.join(p for p in (str(basedir), os.environ.get("PYTHONPATH")) if p)
 
 
 def section(config: dict, *keys: str) -> dict:

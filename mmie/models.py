@@ -53,6 +53,35 @@ def resolve_device(requested: str = "auto") -> str:
     return requested
 
 
+def setup_job(rule: str, threads: int, resources, config: dict, requested: str = "auto",
+              runs_on: str | None = None) -> str:
+    """Start of every torch job: torch uses the threads Snakemake gave the job, and a job that requests
+    a GPU (resources gpu=1) and finds none fails unless ``resources.allow_cpu`` is true. Returns the
+    device, recorded in the provenance of everything the job writes (``runs_on``: the device of a job
+    that computes on a fixed one, e.g. the demo model's training on the CPU)."""
+    import torch
+
+    from mmie import provenance
+
+    torch.set_num_threads(max(1, int(threads)))
+    device = resolve_device(requested)
+    gpu_requested = int(resources.get("gpu", 0) or 0) > 0
+    if gpu_requested and device == "cpu" and not config["resources"]["allow_cpu"]:
+        import os
+
+        why = ("torch finds no CUDA device (torch.cuda.is_available() is False, CUDA_VISIBLE_DEVICES="
+               f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})" if not torch.cuda.is_available()
+               else f"the config asks for device {requested!r}")
+        raise ModelError(f"rule {rule} requests a GPU (resources gpu=1) but would run on the CPU: {why}. Run it on a "
+                         f"GPU node (in a container: --sdm apptainer --apptainer-args \"--nv\"; on SLURM: "
+                         f"--profile profiles/slurm), or set resources.allow_cpu: true in the config to run it on "
+                         f"the CPU on purpose (the demo does)")
+    device = runs_on or device
+    provenance.record_device(device)
+    log.info("rule %s on %s with %d torch threads", rule, device, torch.get_num_threads())
+    return device
+
+
 def resolve_dtype(requested: str, device: str):
     import torch
 
@@ -136,8 +165,11 @@ def load_model(model_cfg: dict, demo_dir: str | None = None) -> LoadedModel:
     """Load model + tokenizer once; the caller keeps them for the whole job."""
     from transformers import AutoModelForCausalLM
 
+    from mmie import provenance
+
     src = model_source(model_cfg, demo_dir)
     device = resolve_device(model_cfg["device"])
+    provenance.record_device(device)
     dtype = resolve_dtype(model_cfg["dtype"], device)
     quant = quantization_config(model_cfg["quantization"], dtype)
     device_map = model_cfg.get("device_map")

@@ -184,7 +184,6 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     from mmie.seeding import seed_everything
 
     t0 = time.time()
-    torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
     assets = None
@@ -366,7 +365,6 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     import tempfile
 
     import pandas as pd
-    import torch
 
     from mmie import arms, unlearn
     from mmie.generation import special_prefix
@@ -375,7 +373,6 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
 
     spec = arms.resolve_spec(config["arms"][arm_name])
     tcfg = spec["train"]
-    torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
     for p in lm.model.parameters():
@@ -495,13 +492,11 @@ def select_layers(config: dict, model_dir: str | None, data_dir: str, sets_dir: 
         result = layers.forced(config)
         runtime = {}
     else:
-        import torch
 
         from mmie.lid import load_lid
         from mmie.models import load_model
         from mmie.seeding import seed_everything
 
-        torch.set_num_threads(config["resources"]["torch_threads"])
         seed_everything(config["data"]["seed"], config["deterministic"])
         sel = config["layers"]["selection"]
         lm = load_model(config["model"], model_dir)
@@ -536,7 +531,6 @@ def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir:
                       directions_out: str, meta_out: str) -> None:
     """Token-level activations of one layer for every cached role (written once), and the
     directions fitted on them (difference in means, script eraser)."""
-    import torch
 
     from mmie.activations import cache_roles, collect, model_fingerprint, write_cache
     from mmie.directions import fit_layer_directions, save_directions
@@ -544,7 +538,6 @@ def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir:
     from mmie.models import load_model
 
     t0 = time.time()
-    torch.set_num_threads(config["resources"]["torch_threads"])
     act = config["layers"]["activations"]
     lm = load_model(config["model"], model_dir)
     check_layers(lm.model, [layer])
@@ -574,7 +567,6 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
                results_root: str, out: str) -> None:
     """Dose-response of an SAE gate arm: target rate on forget prompts and retain perplexity for each
     alpha in gate.sweep_alphas, for the arm's features and for as many random features (the control)."""
-    import torch
 
     from mmie.activations import model_fingerprint
     from mmie.arms.edit_arms import LayerAssets, layer_edits
@@ -586,7 +578,6 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
     from mmie.seeding import seed_everything
 
     t0 = time.time()
-    torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     spec = config["arms"][arm_name]
     g = config["gate"]

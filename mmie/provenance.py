@@ -73,7 +73,18 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+_JOB_DEVICE: str | None = None
+
+
+def record_device(device: str) -> None:
+    """The device this job computes on (set by mmie.models at the job's start and at model load)."""
+    global _JOB_DEVICE
+    _JOB_DEVICE = str(device)
+
+
 def device_info() -> dict[str, Any]:
+    """The machine and the device the job used: ``device`` is what the job computed on (``used``), not
+    merely what the machine offers."""
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
     image = os.environ.get("MMIE_CONTAINER_IMAGE")
     if image or os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
@@ -96,7 +107,9 @@ def device_info() -> dict[str, Any]:
             info["driver"] = f"unknown ({type(err).__name__})"
     else:
         info["device"] = "cpu"
-        info["torch_threads"] = torch.get_num_threads()
+    info["torch_threads"] = torch.get_num_threads()
+    if _JOB_DEVICE is not None:
+        info["available"], info["device"] = info["device"], _JOB_DEVICE
     return info
 
 

@@ -72,7 +72,6 @@ def train_sae(config: dict, layer: int, cache_path: str, out_dir: str) -> None:
     t0 = time.time()
     cfg = config["sae"]
     seed = sae_seed(config)
-    torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     cache = read_cache(cache_path, layer=layer)
     roles = sorted(r for r in cache.acts if r not in NOT_TRAINED_ON)
@@ -139,7 +138,6 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
     quality (held-out figures from training + loss recovered in the model on the first
     ``sae.quality_texts`` held-out forget/train texts and as many held-out retain/train texts: texts
     the SAE never trained on) and the selected features."""
-    import torch
 
     from mmie.activations import model_fingerprint, read_cache
     from mmie.features import select_features as choose
@@ -149,7 +147,6 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
 
     t0 = time.time()
     seed = sae_seed(config)
-    torch.set_num_threads(config["resources"]["torch_threads"])
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
     fp = model_fingerprint(lm.model)

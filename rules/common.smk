@@ -1,7 +1,9 @@
 # Helpers: config validation, the grid, wildcard constraints and named input functions.
+import os
 import re
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 import mmie.config as mcfg
@@ -11,6 +13,9 @@ validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_def
 mcfg.check(config)  # relative data paths are relative to the working directory
 numerics.apply(config)  # portable CPU numerics: in the environment before any job imports torch
 preflight.check(config)  # layer indices and LoRA targets against the model's architecture
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    # jobs import mmie from this workflow's folder: the environment of envs/ does not install it
+    os.environ.update(PYTHONPATH=mcfg.with_workflow_on_path(workflow.basedir))
 
 EXP = config["experiment"]
 R = f"results/{EXP}"
@@ -28,6 +33,7 @@ SWEEP_ARMS = [a for a in GATE_ARMS if config["arms"][a]["method"] == "sae_gate" 
 LAYER_ARMS = EDIT_ARMS + [a for a in REFT_ARMS if not config["arms"][a].get("layers")]
 GPU_MEM = config["resources"]["gpu_mem_mb"]
 CPU_MEM = config["resources"]["cpu_mem_mb"]
+TORCH_THREADS = config["resources"]["torch_threads"]  # threads: of the torch rules (jobs use snakemake.threads)
 
 
 wildcard_constraints:
@@ -133,6 +139,14 @@ def edit_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
     layers = spec.get("layers") or selected_layers()
     return [selection_file()] + layer_assets(spec["method"], layers)
+
+
+def external_files(wildcards):
+    """An external arm's adapter folder or local model folder (a change reruns its evaluation)."""
+    from mmie.arms.external import files
+
+    spec = config["arms"][wildcards.arm]
+    return files(spec) if spec["method"] == "external" else []
 
 
 def reft_selection(wildcards):

@@ -15,6 +15,8 @@ rule prepare_data:
         mem_mb=CPU_MEM,
     params:
         settings=settings("data", "languages", "eval", "lid.romanization"),
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/prepare_data.py"
 
@@ -36,6 +38,8 @@ rule fit_lid:
         mem_mb=CPU_MEM,
     params:
         settings=settings("lid", "languages"),
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/fit_lid.py"
 
@@ -56,5 +60,7 @@ rule data_report:
     params:
         settings=settings("model", "data.max_length", "data.truncation_warn_share"),
         model_dir=model_dir_param,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/data_report.py"

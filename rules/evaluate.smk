@@ -6,6 +6,7 @@ rule evaluate:
         eval_sets=eval_set_files,
         checkpoint=checkpoint_dir,
         edits=edit_inputs,
+        external=external_files,
         mia=[f"{R}/data/forget/train.jsonl", f"{R}/data/forget/holdout.jsonl"],
     output:
         generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
@@ -15,7 +16,7 @@ rule evaluate:
         f"{R}/logs/evaluate/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -26,6 +27,8 @@ rule evaluate:
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
         results_root=results_root_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -49,6 +52,8 @@ rule score:
         mem_mb=CPU_MEM,
     params:
         settings=settings("lid", "languages", "eval"),
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/score.py"
 
@@ -67,5 +72,7 @@ rule judge:
     params:
         settings=settings("judge"),
         cache_dir=config["judge"]["cache_dir"],
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/judge.py"

@@ -20,6 +20,8 @@ if config["model"]["source"] == "demo":
             gpu=1,
         params:
             settings=settings("demo_model", "generation", "deterministic"),
+        conda:
+            "../envs/mmie.yaml"
         script:
             "../scripts/build_demo_model.py"
 
@@ -37,5 +39,7 @@ if config["model"]["source"] == "gemma3-270m":
         threads: 2
         resources:
             mem_mb=6000,
+        conda:
+            "../envs/mmie.yaml"
         script:
             "../scripts/convert_gemma.py"

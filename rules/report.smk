@@ -29,6 +29,8 @@ rule aggregate:
         f"{R}/benchmarks/aggregate.tsv"
     resources:
         mem_mb=CPU_MEM,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -83,6 +85,8 @@ rule plots:
         f"{R}/benchmarks/plots.tsv"
     resources:
         mem_mb=CPU_MEM,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/plots.py"
 
@@ -102,6 +106,8 @@ rule plot_demo_training:
         f"{R}/benchmarks/plot_demo_training.tsv"
     resources:
         mem_mb=CPU_MEM,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/plot_demo_training.py"
 
@@ -121,6 +127,8 @@ rule plot_training_curves:
         f"{R}/benchmarks/plot_training_curves.tsv"
     resources:
         mem_mb=CPU_MEM,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/plot_training_curves.py"
 
@@ -158,5 +166,7 @@ rule stats:
         mem_mb=CPU_MEM,
     params:
         settings=settings("stats", "gates"),
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/stats.py"

@@ -14,7 +14,7 @@ checkpoint select_layers:
         f"{R}/logs/select_layers.log",
     benchmark:
         f"{R}/benchmarks/select_layers.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -24,6 +24,8 @@ checkpoint select_layers:
         data_dir=data_dir_of,
         sets_dir=sets_dir_of,
         judge_cache=config["judge"]["cache_dir"],
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/select_layers.py"
 
@@ -42,7 +44,7 @@ rule cache_activations:
         f"{R}/logs/cache_activations/layer{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/cache_activations/layer{{layer}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -50,6 +52,8 @@ rule cache_activations:
         settings=settings("model", "layers.activations", "data.gibberish", "lid.romanization"),
         model_dir=model_dir_param,
         data_dir=data_dir_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/cache_activations.py"
 
@@ -63,12 +67,14 @@ rule train_sae:
         f"{R}/logs/train_sae/layer{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/train_sae/layer{{layer}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
         settings=settings("sae", "seeds"),
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/train_sae.py"
 
@@ -86,7 +92,7 @@ rule select_features:
         f"{R}/logs/select_features/layer{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/select_features/layer{{layer}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -94,6 +100,8 @@ rule select_features:
         settings=settings("model", "features", "sae.quality_texts", "layers.activations", "seeds"),
         model_dir=model_dir_param,
         data_dir=data_dir_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/select_features.py"
 
@@ -111,7 +119,7 @@ rule sweep_gate:
         f"{R}/logs/sweep_gate/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/sweep_gate/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
@@ -120,6 +128,8 @@ rule sweep_gate:
         model_dir=model_dir_param,
         sets_dir=sets_dir_of,
         results_root=results_root_of,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/sweep_gate.py"
 
@@ -155,5 +165,7 @@ rule sae_report:
         f"{R}/benchmarks/sae_report.tsv"
     resources:
         mem_mb=CPU_MEM,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/sae_report.py"

@@ -13,13 +13,15 @@ rule train_lora:
         f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
         settings=settings("model", "deterministic", arm=True),
         model_dir=model_dir_param,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/train_adapter.py"
 
@@ -37,12 +39,14 @@ rule train_reft:
         f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: TORCH_THREADS
     resources:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
         settings=settings("model", "deterministic", arm=True),
         model_dir=model_dir_param,
+    conda:
+        "../envs/mmie.yaml"
     script:
         "../scripts/train_adapter.py"

@@ -3,10 +3,10 @@ from pathlib import Path
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-import torch  # noqa: E402
-
 from mmie import pipeline  # noqa: E402
+from mmie.models import setup_job  # noqa: E402
 
-torch.set_num_threads(snakemake.threads)
+# the demo model trains on the CPU (mmie.demo_model)
+setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, runs_on="cpu")
 pipeline.build_demo_model(snakemake.config, str(Path(snakemake.input.prepare).parent), snakemake.input.detector,
                           snakemake.output.model, snakemake.output.report)

@@ -2,7 +2,9 @@ from mmie.logs import setup
 
 setup(snakemake.log[0])
 from mmie import pipeline  # noqa: E402
+from mmie.models import setup_job  # noqa: E402
 
+setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
 pipeline.select_layers(snakemake.config, snakemake.params.model_dir, snakemake.params.data_dir,
                        snakemake.params.sets_dir, snakemake.input.detector, snakemake.output[0],
                        snakemake.params.judge_cache)

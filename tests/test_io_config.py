@@ -71,3 +71,91 @@ def test_demo_config_is_valid_and_filled_with_defaults():
     check(cfg, ROOT)
     assert cfg["model"]["attn_implementation"] == "auto"
     assert cfg["lid"]["voters"]["fasttext"]["model"] == "bundled"
+
+
+# ----------------------------------------------------------------------------- GPU jobs, threads, device
+def test_gpu_job_without_a_gpu_fails_unless_the_config_allows_the_cpu(monkeypatch):
+    import torch
+
+    from mmie.errors import ModelError
+    from mmie.models import setup_job
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(provenance, "_JOB_DEVICE", None)
+    cfg = load(ROOT / "config.yaml", {"resources": {"allow_cpu": False}})
+    with pytest.raises(ModelError, match=r"rule evaluate requests a GPU \(resources gpu=1\) but would run on the CPU: "
+                                         r"torch finds no CUDA device.*resources\.allow_cpu: true"):
+        setup_job("evaluate", 2, {"gpu": 1, "mem_mb": 100}, cfg)
+    assert setup_job("score", 1, {"mem_mb": 100}, cfg) == "cpu"          # a CPU job is not refused
+    before = torch.get_num_threads()
+    try:
+        cfg["resources"]["allow_cpu"] = True
+        assert setup_job("evaluate", 2, {"gpu": 1}, cfg) == "cpu"
+        assert torch.get_num_threads() == 2                              # the threads Snakemake gave the job
+        assert provenance.device_info()["device"] == "cpu"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gpu_job_told_to_use_the_cpu_on_a_gpu_machine_is_refused_and_the_used_device_is_recorded(monkeypatch):
+    import torch
+
+    from mmie.errors import ModelError
+    from mmie.models import setup_job
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(provenance, "_JOB_DEVICE", None)
+    cfg = load(ROOT / "config.yaml", {"resources": {"allow_cpu": False}})
+    with pytest.raises(ModelError, match="the config asks for device 'cpu'"):
+        setup_job("train_lora", 1, {"gpu": 1}, cfg, "cpu")
+    provenance.record_device("cpu")
+    # the machine offers CUDA (patched), the job computed on the CPU: provenance says what was used
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "patched GPU")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: None)
+    info = provenance.device_info()
+    assert info["device"] == "cpu" and info["available"] == "cuda:0"
+
+
+def gpu_rules() -> dict[str, str]:
+    """rule -> script of every rule that declares resources gpu=1 (rules/*.smk)."""
+    import re
+
+    out = {}
+    for smk in (ROOT / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=\s*(?:rule|checkpoint) )", smk.read_text()):
+            m = re.match(r"\s*(?:rule|checkpoint) (\w+):", block)
+            if m and re.search(r"\bgpu=1\b", block):
+                out[m.group(1)] = re.search(r'script:\s*"\.\./(scripts/\w+\.py)"', block).group(1)
+    return out
+
+
+def test_every_gpu_job_checks_its_device_and_uses_the_threads_snakemake_gave_it():
+    import re
+
+    rules = gpu_rules()
+    assert {"evaluate", "train_lora", "train_sae", "build_demo_model", "sweep_gate"} <= set(rules)
+    for rule, script in rules.items():
+        assert "setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config" in \
+            (ROOT / script).read_text(), (rule, script)
+    # no job sets torch's threads from a config constant
+    for py in list((ROOT / "mmie").rglob("*.py")) + list((ROOT / "scripts").glob("*.py")):
+        assert not re.search(r"set_num_threads\(config", py.read_text()), py
+
+
+def test_torch_rules_declare_the_configured_threads(tmp_path):
+    import subprocess
+
+    from conftest import SNAKEMAKE, reduced_config
+
+    path = reduced_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["resources"]["torch_threads"] = 2
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    res = subprocess.run(SNAKEMAKE + ["-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(path),
+                                      "--cores", "4"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = res.stdout.split("\nrule ")
+    evaluate = [j for j in jobs if j.startswith("evaluate:")]
+    assert evaluate and all("threads: 2" in j for j in evaluate)

@@ -78,6 +78,15 @@ def _reft(name, spec, loaded, checkpoint):
 REGISTRY: dict[str, Callable] = {"base": _base, "prompt": _prompt, "lora": _lora, "reft": _reft}
 
 
+def _external(name, spec, loaded, checkpoint):
+    from mmie.arms import external  # a model unlearned elsewhere: an adapter folder or a whole model
+
+    return external.build(name, spec, loaded, checkpoint)
+
+
+REGISTRY["external"] = _external
+
+
 def base_arm(config: dict, name: str) -> str | None:
     """The trained arm an edit arm sits on (``on:``), checked; None when it edits the base model."""
     spec = config["arms"][name]
