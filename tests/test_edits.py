@@ -86,7 +86,8 @@ def test_edit_adapter_with_inner_adapter_removes_everything_on_error(lm):
         for n, p in adapter.model.named_parameters():
             if "lora_B" in n:
                 p.normal_()
-    arm = EditAdapter(adapter.model, {0: edits.steer(torch.ones(model.config.hidden_size))}, inner=adapter)
+    arm = EditAdapter(adapter.model, {0: edits.steer(torch.ones(model.config.hidden_size))}, inner=adapter,
+                      skip_prefix=[])
     with pytest.raises(RuntimeError), arm.active():
         raise RuntimeError("inside")
     assert hook_count(adapter.model) == 0
