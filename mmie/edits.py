@@ -9,6 +9,10 @@
 - ``steer``: subtract a difference-in-means vector (the ``dim`` arm);
 - ``erase``: a rank-one LEACE eraser ``x − a·bᵀ(x − μ)`` (the ``script_scrub`` arm).
 
+Which positions an edit acts on is the hook's business: the edit arms and the gate sweep pass the
+tokenizer's special prefix to ``edit_layer_outputs(..., skip_prefix=...)``, which leaves padding and
+that prefix bit-identical (the activation cache the edits are fitted on leaves them out).
+
 No edit keeps state between calls: everything it computes is local to one forward pass. Each
 moves its constant tensors to the hidden state's device and dtype when they differ (a model spread
 over devices with ``device_map``); the moved copies are per device, never the activations."""

@@ -57,16 +57,83 @@ def to_hidden(module_or_tensor, hidden: torch.Tensor):
     return module_or_tensor
 
 
+def _layers_owner(model) -> torch.nn.Module:
+    """The module that holds the decoder layers (``Qwen2Model``…): it receives the ``input_ids`` and
+    ``attention_mask`` of every forward pass, whatever wraps it (peft, ``generate``)."""
+    layers = decoder_layers(model)
+    for module in model.modules():
+        if any(child is layers for child in module.children()):
+            return module
+    raise ConfigError(f"cannot find the module that owns the decoder layers of {type(model).__name__}")
+
+
+def fitted_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, prefix: list[int],
+                     past: int = 0) -> torch.Tensor:
+    """``[batch, seq]`` bool: the positions an edit fitted on text tokens acts on — not padding
+    (attention mask 0), not the tokenizer's special prefix (BOS: the first ``len(prefix)`` real
+    tokens of a row when they are those ids), as the activation cache leaves them out.
+
+    During cached generation ``input_ids`` holds only the new tokens and ``attention_mask`` the
+    whole sequence so far: the last ``seq`` columns of the mask belong to the new tokens. Without a
+    mask (no padding) the ``past`` cached tokens come first."""
+    seq = input_ids.shape[1]
+    if attention_mask is None:
+        attention_mask = torch.ones((input_ids.shape[0], past + seq), dtype=torch.long, device=input_ids.device)
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != input_ids.shape[0] or attention_mask.shape[1] < seq:
+        raise ConfigError(f"edits restricted to text tokens need a 2-D attention mask covering the input "
+                          f"(input {tuple(input_ids.shape)}, mask {tuple(attention_mask.shape)})")
+    mask = attention_mask.to(input_ids.device).long()
+    keep = mask[:, -seq:].bool()
+    if prefix:
+        real = (mask.cumsum(-1) - 1)[:, -seq:]                      # index among the row's real tokens
+        ids = torch.tensor(prefix, dtype=input_ids.dtype, device=input_ids.device)
+        at = real.clamp(0, len(prefix) - 1)
+        keep &= ~((real < len(prefix)) & (input_ids == ids[at]))
+    return keep
+
+
 @contextlib.contextmanager
-def edit_layer_outputs(model, edits: dict[int, Edit]) -> Iterator[None]:
-    """Apply ``edits[layer](hidden)`` to the residual stream after each given decoder layer."""
+def edit_layer_outputs(model, edits: dict[int, Edit], *, skip_prefix: list[int] | None = None) -> Iterator[None]:
+    """Apply ``edits[layer](hidden)`` to the residual stream after each given decoder layer.
+
+    ``skip_prefix=None``: every position is edited (ReFT, trained at every position; recording;
+    layer selection's ablation). A list (the tokenizer's special prefix, maybe empty): the edits act
+    only where they were fitted — padding and the special prefix keep their hidden state bit for
+    bit (``fitted_positions``); the positions come from the model call's ``input_ids`` and
+    ``attention_mask``."""
     layers = decoder_layers(model)
     check_layers(model, list(edits))
     handles = []
+    current: dict[str, torch.Tensor] = {}
     try:
+        if skip_prefix is not None:
+            prefix = [int(x) for x in skip_prefix]
+
+            def capture(module, args, kwargs):
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                if ids is None:
+                    raise ConfigError("edits restricted to text tokens need input_ids (not inputs_embeds) in the "
+                                      "model call")
+                mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+                cache = kwargs.get("cache", kwargs.get("past_key_values"))
+                past = int(cache.get_seq_length()) if mask is None and cache is not None else 0
+                current["keep"] = fitted_positions(ids, mask, prefix, past)
+
+            handles.append(_layers_owner(model).register_forward_pre_hook(capture, with_kwargs=True))
         for idx, fn in edits.items():
-            def hook(module, args, output, fn=fn):
-                return _replace_hidden(output, fn(_hidden(output)))
+            def hook(module, args, output, fn=fn, idx=idx):
+                hidden = _hidden(output)
+                new = fn(hidden)
+                if skip_prefix is not None:
+                    keep = current.get("keep")
+                    if keep is None:
+                        raise ConfigError(f"layer {idx}: no position mask (the decoder layer ran outside a model "
+                                          f"call); call the model, not its layers, under these edits")
+                    if keep.shape != hidden.shape[:2]:
+                        raise ConfigError(f"layer {idx}: position mask {tuple(keep.shape)} does not match the "
+                                          f"hidden state {tuple(hidden.shape)}")
+                    new = torch.where(keep.to(hidden.device).unsqueeze(-1), new, hidden)
+                return _replace_hidden(output, new)
             handles.append(layers[idx].register_forward_hook(hook))
         yield
     finally:

@@ -87,9 +87,11 @@ def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list
              max_length: int = 256, desc: str = "token KL", base_context: list[int] = ()) -> list[dict]:
     """Per item: Σ over the target's predicted tokens of KL(p_base ‖ p_arm) and the token count.
 
-    The base distribution is the model with the arm switched off and ``base_context`` (the
-    tokenizer's special prefix) in front of the text; the arm's is the model with the arm on and
-    ``arm_context`` (that prefix plus the arm's instruction, if any) in front of it."""
+    The base distribution is the model outside the arm's ``active()`` (the base model) with
+    ``base_context`` (the tokenizer's special prefix) in front of the text; the arm's is the model
+    inside ``active()`` (the arm on, once) with ``arm_context`` (that prefix plus the arm's
+    instruction, if any) in front of it. Call it outside ``arm.active()``: inside, the reference
+    pass would run with the arm on (``arm.reference()`` raises there)."""
     import torch
 
     device = next(model.parameters()).device
@@ -102,7 +104,7 @@ def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list
             ids, mask = right_pad([list(base_context) + t for t in batch], pad_id, device)
             with arm.reference():
                 ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            ctx_ids, ctx_mask = right_pad([arm_context + t for t in batch], pad_id, device)
+            ctx_ids, ctx_mask = right_pad([list(arm_context) + t for t in batch], pad_id, device)
             with arm.active():
                 cur = torch.log_softmax(model(input_ids=ctx_ids, attention_mask=ctx_mask).logits.float(), dim=-1)
             c = len(arm_context)
@@ -118,6 +120,25 @@ def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list
                     raise FloatingPointError(f"{desc}: non-finite KL for item {start + r}")
                 out.append({"kl": float(kl), "tokens": n})
     return out
+
+
+def arm_contexts(arm, tokenizer) -> tuple[list[int], list[int]]:
+    """What the base and the arm condition a reference text on: the tokenizer's special prefix, and
+    that prefix plus the arm's instruction and a newline (the prompt arm; nothing for other arms)."""
+    from mmie.generation import special_prefix
+
+    prefix = special_prefix(tokenizer)
+    instruction = tokenizer(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else []
+    return prefix, prefix + instruction
+
+
+def token_kl(arm, tokenizer, texts: list[str], *, batch_size: int = 16, max_length: int = 256,
+             desc: str = "token KL") -> list[dict]:
+    """``evaluate``'s token KL(base ‖ arm) of reference texts (see ``kl_items``), per text."""
+    base_ctx, arm_ctx = arm_contexts(arm, tokenizer)
+    return kl_items(arm.model, arm, tokenizer.pad_token_id, arm_ctx,
+                    [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
+                    batch_size=batch_size, max_length=max_length, desc=desc, base_context=base_ctx)
 
 
 def mia_scores(model, pad_id: int, seqs: list[list[int]], *, k: float = 0.2, batch_size: int = 16,

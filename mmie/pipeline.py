@@ -179,7 +179,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
 
     from mmie import arms
     from mmie.generation import Decoding, encode_prompt, generate, special_prefix
-    from mmie.likelihood import kl_items, mia_scores, score_sequences
+    from mmie.likelihood import mia_scores, score_sequences, token_kl
     from mmie.models import load_model
     from mmie.seeding import seed_everything
 
@@ -214,13 +214,12 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                     [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
                     batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=f"ppl {info.name}")
                 by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
-                if info.kind == "retain":
-                    # token KL to base on retain texts (reference and arm passes in one place)
-                    kls = kl_items(model, arm, tok.pad_token_id, ctx,
-                                   [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
-                                   batch_size=ev["score_batch_size"], max_length=ev["max_length"], base_context=prefix)
-                    for it, k in zip(refs, kls, strict=True):
-                        by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
+        if refs and info.kind == "retain":
+            # token KL(base ‖ arm) on retain texts, outside active(): the base pass runs on the base model
+            kls = token_kl(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
+                           max_length=ev["max_length"], desc=f"token KL {info.name}")
+            for it, k in zip(refs, kls, strict=True):
+                by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
         with arm.reference():
             # fluency of the outputs under the base model, conditioned on the raw prompt (no instruction)
             contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
@@ -598,7 +597,7 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
         for alpha in g["sweep_alphas"]:
             fns, used = layer_edits(config, spec, model, assets, seed, alpha=alpha, method=method,
                                     fingerprint=fingerprint)
-            with edit_layer_outputs(model, fns):
+            with edit_layer_outputs(model, fns, skip_prefix=prefix):   # where the gate arm edits
                 outs = [x["output"] for x in generate(model, tok, prompts, decoding, seed=seed,
                                                       desc=f"sweep {method} alpha={alpha}")]
                 scores = score_sequences(model, tok.pad_token_id, [prefix] * len(retain_ids), retain_ids,

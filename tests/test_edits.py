@@ -86,7 +86,8 @@ def test_edit_adapter_with_inner_adapter_removes_everything_on_error(lm):
         for n, p in adapter.model.named_parameters():
             if "lora_B" in n:
                 p.normal_()
-    arm = EditAdapter(adapter.model, {0: edits.steer(torch.ones(model.config.hidden_size))}, inner=adapter)
+    arm = EditAdapter(adapter.model, {0: edits.steer(torch.ones(model.config.hidden_size))}, inner=adapter,
+                      skip_prefix=[])
     with pytest.raises(RuntimeError), arm.active():
         raise RuntimeError("inside")
     assert hook_count(adapter.model) == 0
@@ -188,6 +189,88 @@ def test_ablate_removes_the_direction_and_leace_equalises_class_means():
     with pytest.raises(DataError, match="same mean"):
         fit_leace(x0, x0.clone())
     assert torch.allclose(mean_difference(x1, x0), x1.mean(0) - x0.mean(0), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- where edits act
+def _left_padded_with_bos(tok, texts):
+    """Left-padded ids with a BOS in front of every text (the demo tokenizer has none: its EOS
+    stands in, as in GPT-2), and the attention mask."""
+    from mmie.generation import _left_pad
+
+    bos = tok.eos_token_id
+    return _left_pad([[bos] + tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.pad_token_id, "cpu")
+
+
+def test_fitted_positions_skip_padding_and_the_prefix_also_in_cached_steps():
+    from mmie.hooks import fitted_positions
+
+    ids = torch.tensor([[9, 9, 5, 7, 8], [5, 6, 7, 8, 6]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert fitted_positions(ids, mask, [5]).tolist() == [[False, False, False, True, True],
+                                                         [False, True, True, True, True]]
+    assert fitted_positions(ids, mask, []).tolist() == mask.bool().tolist()
+    # a prefix id later in the text is text, not the prefix
+    assert fitted_positions(torch.tensor([[5, 5, 5]]), None, [5]).tolist() == [[False, True, True]]
+    # cached step: one new token per row, the mask covers the whole sequence so far
+    step = torch.tensor([[5], [7]])
+    assert fitted_positions(step, torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1), [5]).tolist() == [[True], [True]]
+    assert fitted_positions(step, None, [5], past=5).tolist() == [[True], [True]]
+    assert fitted_positions(step, None, [5], past=0).tolist() == [[False], [True]]
+
+
+@pytest.mark.parametrize("kind", ["sae_gate", "steer", "erase"])
+def test_edits_leave_the_special_prefix_and_padding_bit_identical(tiny_lm, kind):
+    """The activation cache leaves out padding and the special prefix, so the edits fitted on it
+    leave those positions alone (left padding, a BOS in front); every text position is edited."""
+    model, tok = tiny_lm
+    ids, mask = _left_padded_with_bos(tok, ["मेरा नाम राम है", "the cat sat on the mat today and", "a"])
+    bos = tok.eos_token_id
+    text = mask.bool() & (ids != bos)
+    assert (~text & mask.bool()).sum() == 3 and (~mask.bool()).sum() > 0   # three BOS, some padding
+    edit = _edit_factories(model.config.hidden_size)[kind]()
+    with torch.inference_mode():
+        with record_layer_outputs(model, [1]) as store:
+            clean_logits = model(input_ids=ids, attention_mask=mask).logits
+            clean = store[1].clone()
+        with edit_layer_outputs(model, {1: edit}, skip_prefix=[bos]), record_layer_outputs(model, [1]) as store:
+            model(input_ids=ids, attention_mask=mask)
+            edited = store[1].clone()
+        with edit_layer_outputs(model, {0: edit}, skip_prefix=[bos]):
+            logits0 = model(input_ids=ids, attention_mask=mask).logits
+        with edit_layer_outputs(model, {1: edit}), record_layer_outputs(model, [1]) as store:
+            model(input_ids=ids, attention_mask=mask)
+            everywhere = store[1].clone()
+    assert torch.equal(edited[~text], clean[~text])
+    changed = (edited - clean).abs().amax(-1) > 0
+    assert changed[text].any() if kind == "sae_gate" else changed[text].all()
+    assert not torch.equal(everywhere[~text], clean[~text])      # without skip_prefix they would change
+    # an edit at layer 0 does not reach the BOS's prediction either (it attends only to itself)
+    first = mask.argmax(1)
+    rows = torch.arange(len(ids))
+    assert torch.equal(logits0[rows, first], clean_logits[rows, first])
+    assert hook_count(model) == 0
+
+
+def test_edited_generation_with_cache_equals_without(tiny_lm):
+    """In cached generation steps the new token's position is read from the end of the attention
+    mask: generating with the key-value cache gives the scores of recomputing every step."""
+    model, tok = tiny_lm
+    ids, mask = _left_padded_with_bos(tok, ["मेरा नाम", "The weather today is", "हम"])
+    edit = edits.steer(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5)), 0.3)
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id, temperature=None,
+              top_p=None, top_k=None, output_scores=True, return_dict_in_generate=True)
+
+    def scores(**extra):
+        out = model.generate(input_ids=ids, attention_mask=mask, **kw, **extra)
+        return torch.stack(out.scores, 1)
+
+    with torch.inference_mode():
+        clean = scores()
+        with edit_layer_outputs(model, {1: edit}, skip_prefix=[tok.eos_token_id]):
+            cached = scores(use_cache=True)
+            recomputed = scores(use_cache=False)
+    assert torch.allclose(cached, recomputed, atol=1e-4)
+    assert not torch.allclose(cached, clean, atol=1e-2)
 
 
 # ----------------------------------------------------------------------------- activation cache

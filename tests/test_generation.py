@@ -98,19 +98,84 @@ def test_context_tokens_are_not_scored(tiny_lm):
         perplexity(0.0, 0)
 
 
-def test_memory_does_not_grow_over_repeated_evaluations(tiny_lm):
-    import gc
-    import tracemalloc
+def _lora_arm(tiny_lm):
+    """A LoRA arm on a copy of the tiny model (random B, so the adapter changes the outputs); its
+    adapter weights and the model's own weights require grad, as after training."""
+    import copy
 
-    model, tok = tiny_lm
-    targets = [tok("The weather today is", add_special_tokens=False)["input_ids"]] * 8
-    score_sequences(model, tok.pad_token_id, [[]] * 8, targets)
+    from mmie.arms import Arm
+    from mmie.arms.lora import LoraAdapter
+
+    model, _ = tiny_lm
+    adapter = LoraAdapter.create(copy.deepcopy(model), {"rank": 2, "alpha": 4, "dropout": 0.0,
+                                                        "targets": ["q_proj", "v_proj"]})
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for n, p in adapter.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5, generator=g)
+    for p in adapter.model.parameters():
+        p.requires_grad_(True)
+    return Arm(name="lora", method="lora", model=adapter.model, adapter=adapter)
+
+
+def _grad_tensors() -> dict[int, torch.Tensor]:
+    import gc
+
     gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    for _ in range(20):
-        score_sequences(model, tok.pad_token_id, [[]] * 8, targets)
-    gc.collect()
-    grown = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    assert grown < 2_000_000
+    return {id(o): o for o in gc.get_objects()
+            if isinstance(o, torch.Tensor) and not isinstance(o, torch.nn.Parameter) and o.requires_grad}
+
+
+def test_evaluation_keeps_no_autograd_graph(tiny_lm):
+    """Scoring, token KL, MIA scores and generation build no autograd graph (tracemalloc cannot
+    see torch's memory; a kept graph is what would grow): no output of a forward pass has a
+    grad_fn, no parameter gets a .grad, and no tensor that requires grad outlives the calls —
+    on a model whose weights all require grad."""
+    from mmie.likelihood import mia_scores, token_kl
+
+    _, tok = tiny_lm
+    arm = _lora_arm(tiny_lm)
+    model = arm.model
+    assert all(p.requires_grad for p in model.parameters())
+    outputs = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: outputs.append(o))
+    texts = ["The weather today is", "मेरा नाम राज है", "She reads books in the evening"]
+    targets = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    before = _grad_tensors()
+    try:
+        for _ in range(2):
+            with arm.active():
+                scores = score_sequences(model, tok.pad_token_id, [[]] * 3, targets)
+                mia = mia_scores(model, tok.pad_token_id, targets)
+                gens = generate(model, tok, items(), Decoding(max_new_tokens=4, batch_size=2))
+            kls = token_kl(arm, tok, texts)
+    finally:
+        handle.remove()
+    assert len(outputs) > 10 and all(o.grad_fn is None and not o.requires_grad for o in outputs)
+    assert all(p.grad is None for p in model.parameters())
+    outputs.clear()
+    assert not set(_grad_tensors()) - set(before), "tensors that require grad outlived the evaluation"
+    # the results are plain numbers, not tensors that could hold a graph
+    for row in scores + mia + kls:
+        assert all(isinstance(v, (int, float, bool)) for v in row.values())
+    assert all(isinstance(t, int) for g in gens for t in g["output_ids"])
+
+
+def test_sampled_generation_is_seeded_on_an_adapted_model(tiny_lm):
+    """Sampling on a LoRA-adapted model: the same seed gives the same outputs whatever the global
+    RNG did in between; another seed gives others."""
+    _, tok = tiny_lm
+    arm = _lora_arm(tiny_lm)
+    dec = Decoding(max_new_tokens=12, min_new_tokens=12, do_sample=True, temperature=1.0, top_p=1.0)
+    with arm.active():
+        a = generate(arm.model, tok, items(), dec, seed=0)
+        torch.manual_seed(1234)
+        torch.rand(7)
+        b = generate(arm.model, tok, items(), dec, seed=0)
+        c = generate(arm.model, tok, items(), dec, seed=1)
+        greedy = generate(arm.model, tok, items(), Decoding(max_new_tokens=12, min_new_tokens=12))
+    ids = lambda gens: [g["output_ids"] for g in gens]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+    assert ids(a) != ids(greedy)      # it really sampled

@@ -96,10 +96,12 @@ def test_lora_save_load_round_trip_and_strictness(fresh, data, tmp_path, tiny_lm
     adapter = LoraAdapter.create(model, {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]})
     unlearn.train(adapter.model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
                   data["h_retain"], {**TRAIN, "max_steps": 4}, seed=0)
-    trained = logits(adapter.model, tok)
+    with adapter.active():
+        trained = logits(adapter.model, tok)
     adapter.save(tmp_path)
     again = LoraAdapter.load(copy.deepcopy(tiny_lm[0]).eval(), tmp_path)
-    assert torch.allclose(logits(again.model, tok), trained, atol=1e-6)
+    with again.active():
+        assert torch.allclose(logits(again.model, tok), trained, atol=1e-6)
     assert not torch.allclose(trained, logits(tiny_lm[0], tok), atol=1e-4)   # the adapter does something
     # a checkpoint with a renamed tensor is refused
     from safetensors.torch import load_file, save_file

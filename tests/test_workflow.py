@@ -19,6 +19,25 @@ def metrics(run_dir: Path, arm: str, seed: int, set_name: str) -> dict:
     return json.loads((run_dir / "results" / EXP / arm / f"seed{seed}" / set_name / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def lid(run_dir):
+    from mmie.config import load
+    from mmie.lid import load_lid
+
+    cfg = load(run_dir / "config.yaml")
+    return load_lid(cfg["lid"], cfg["languages"], run_dir / "results" / EXP / "lid" / "romanized_detector.json")
+
+
+def recount(run_dir: Path, lid, arm: str, set_name: str, label: str | None = None) -> tuple[float, list[str]]:
+    """The share of the outputs in the set's generations.jsonl that the LID calls the target (or
+    ``label``), recounted here from the stored generations, and their ids in order."""
+    path = run_dir / "results" / EXP / arm / "seed0" / set_name / "generations.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    labels = [lid.identify(r["output"])[0] for r in rows]
+    hits = [lid.is_target(lab) if label is None else lab == label for lab in labels]
+    return sum(hits) / len(hits), [r["id"] for r in rows]
+
+
 def test_lint_is_clean():
     res = subprocess.run(SNAKEMAKE + ["--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -33,7 +52,10 @@ def test_one_score_job_per_arm_and_seed_reading_every_sets_judge_scores(tmp_path
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     res = smk(tmp_path, "-n")
     jobs = planned_jobs(res)
-    assert jobs["score"] == len(ARMS) * 2 and jobs["judge"] == len(ARMS) * 2 * len(SETS)
+    from mmie.config import arm_seeds, load
+
+    runs = sum(len(arm_seeds(load(path), arm)) for arm in cfg["arms"])   # seed-independent arms run once
+    assert jobs["score"] == runs and jobs["judge"] == runs * len(SETS)
     out = res.stdout + res.stderr
     block = out[out.index("rule score:"):]
     inputs = block[:block.index("\n    output:")]
@@ -41,12 +63,14 @@ def test_one_score_job_per_arm_and_seed_reading_every_sets_judge_scores(tmp_path
     assert sorted(judged) == sorted(SETS)
 
 
-def test_every_contract_output_exists_with_provenance(run_dir):
+def test_every_contract_output_exists_with_provenance(run_dir, lid):
     r = run_dir / "results" / EXP
     for arm in ("base", "prompt", "lora", "reft"):
         for s in SETS:
             m = metrics(run_dir, arm, 0, s)
-            assert m["arm"] == arm and m["set"] == s and m["metrics"]["target_rate"] >= 0
+            rate, ids = recount(run_dir, lid, arm, s)
+            assert m["arm"] == arm and m["set"] == s and m["metrics"]["target_rate"] == pytest.approx(rate, abs=1e-12)
+            assert m["per_prompt"]["id"] == ids
             prov = m["provenance"]
             for key in ("config_hash", "config_section", "git", "libraries", "device", "runtime", "seed",
                         "data_hashes"):
@@ -64,7 +88,8 @@ def test_every_contract_output_exists_with_provenance(run_dir):
     report = json.loads((r / "data" / "data_report.json").read_text())
     assert report["tokens"]["by_file"]["forget/train"]["histogram"]["counts"]
     assert "provenance" in report
-    assert metrics(run_dir, "base", 0, "ur")["metrics"]["own_language_rate"] >= 0
+    own, _ = recount(run_dir, lid, "base", "ur", label="ur")
+    assert metrics(run_dir, "base", 0, "ur")["metrics"]["own_language_rate"] == pytest.approx(own, abs=1e-12)
 
 
 def test_demo_model_really_speaks_the_languages(run_dir):
@@ -116,11 +141,15 @@ def test_trained_arms_record_their_checkpoint(run_dir):
 
 
 def test_same_config_and_seed_give_identical_metrics(run_dir):
-    before = {s: metrics(run_dir, "base", 0, s) for s in SETS}
-    smk(run_dir, "--forcerun", "evaluate", "--", f"results/{EXP}/base/seed0/forget/metrics.json",
-        *[f"results/{EXP}/base/seed0/{s}/metrics.json" for s in SETS])
+    """A trained arm evaluated again from its checkpoint gives the same metrics and per-prompt
+    values (the reduced run decodes greedily; sampled decoding's seeding is tested in
+    tests/test_generation.py)."""
+    arm = "lora"
+    before = {s: metrics(run_dir, arm, 0, s) for s in SETS}
+    assert before["retain"]["metrics"]["token_kl"] > 0          # the arm is not the base model
+    smk(run_dir, "--forcerun", "evaluate", "--", *[f"results/{EXP}/{arm}/seed0/{s}/metrics.json" for s in SETS])
     for s in SETS:
-        after = metrics(run_dir, "base", 0, s)
+        after = metrics(run_dir, arm, 0, s)
         assert after["metrics"] == before[s]["metrics"], s
         assert after["per_prompt"] == before[s]["per_prompt"], s
 
@@ -161,6 +190,15 @@ def test_statistics_gates_and_results_page(run_dir):
     assert 0 <= forget["metrics"]["mia_auc"] <= 1 and len(forget["mia"]["id"]) > 0
     retain = json.loads((run_dir / "results" / EXP / "base" / "seed0" / "retain" / "metrics.json").read_text())
     assert retain["metrics"]["token_kl"] == pytest.approx(0.0, abs=1e-6)   # base against itself
+
+
+def test_every_arm_but_base_has_a_positive_retain_token_kl(run_dir):
+    """Token KL is KL(base ‖ arm): zero for base, positive for every arm that changes the model. It
+    was 0 for script_scrub when the base pass ran with the arm on (a projection applied twice)."""
+    kls = {arm: metrics(run_dir, arm, 0, "retain")["metrics"]["token_kl"] for arm in ARMS}
+    print("retain token KL per arm:", kls)
+    assert kls.pop("base") == pytest.approx(0.0, abs=1e-6)
+    assert all(kl > 1e-4 for kl in kls.values()), kls
 
 
 # ----------------------------------------------------------------------------- layers and SAEs (issue 4)
@@ -205,7 +243,7 @@ def test_sae_checkpoint_loads_with_sae_lens_and_quality_is_reported(run_dir):
         assert (r / "plots" / f"{name}.png").is_file()
 
 
-def test_gate_arms_and_dose_response(run_dir):
+def test_gate_arms_and_dose_response(run_dir, lid):
     r = run_dir / "results" / EXP
     sweep = json.loads((r / "sweep" / "sae_gate" / "seed0.json").read_text())
     rows = {(x["method"], x["alpha"]): x for x in sweep["rows"]}
@@ -222,5 +260,7 @@ def test_gate_arms_and_dose_response(run_dir):
     combined = json.loads((r / "lora+sae_gate" / "seed0" / "evaluate.json").read_text())
     assert combined["arm_details"]["on"] == "lora" and combined["arm_details"]["checkpoint"].endswith("lora/seed0")
     for arm in ("random_gate", "dim", "script_scrub", "reft+sae_gate"):
-        assert metrics(run_dir, arm, 0, "forget")["metrics"]["target_rate"] >= 0
+        rate, ids = recount(run_dir, lid, arm, "forget")
+        m = metrics(run_dir, arm, 0, "forget")
+        assert m["metrics"]["target_rate"] == pytest.approx(rate, abs=1e-12) and m["per_prompt"]["id"] == ids
 

@@ -1,7 +1,8 @@
 """Arms (METHOD §6) as a registry: method name → builder. An arm is applied to a loaded model for
-one job. ``active()`` switches the arm on (adapter, hooks) for generation and likelihoods;
-``reference()`` gives the base model's view (adapter and hooks off) — the same weights, never a
-second copy of the model. ``model`` is what the job runs (a peft wrapper for LoRA)."""
+one job. ``active()`` switches the arm on (adapter, hooks) for generation and likelihoods; outside
+it the model is the base model — the same weights, never a second copy. ``reference()`` marks a
+block that needs the base model and fails inside ``active()`` (the rule: ``mmie.arms.state``).
+``model`` is what the job runs (a peft wrapper for LoRA)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from mmie.arms.state import Switch
 from mmie.errors import ConfigError
 
 TRAINED = ("lora", "reft")
@@ -21,7 +23,10 @@ DEFAULTS = {
 
 
 @dataclass
-class Arm:
+class Arm(Switch):
+    """An arm of one job; ``active()``/``reference()`` follow ``mmie.arms.state`` (the adapter's own
+    state is checked too: its ``active()`` cannot be entered again inside the arm's)."""
+
     name: str
     method: str
     model: Any
@@ -29,10 +34,10 @@ class Arm:
     adapter: Any = None
     details: dict = field(default_factory=dict)
 
-    def active(self):
+    def _switched_on(self):
         return self.adapter.active() if self.adapter is not None else contextlib.nullcontext()
 
-    def reference(self):
+    def _as_base(self):
         return self.adapter.reference() if self.adapter is not None else contextlib.nullcontext()
 
 
@@ -129,9 +134,13 @@ def _edit_arm(name, spec, loaded, checkpoint, config, seed, assets) -> Arm:
         trained = build(on, config["arms"][on], loaded, checkpoint)
         inner, model = trained.adapter, trained.model
         details = {"on": on, "checkpoint": str(checkpoint)}
+    from mmie.generation import special_prefix
+
     fns, used = layer_edits(config, spec, model, assets, seed)
-    return Arm(name=name, method=spec["method"], model=model, adapter=EditAdapter(model, fns, inner),
-               details={**details, **used})
+    prefix = special_prefix(loaded.tokenizer)
+    return Arm(name=name, method=spec["method"], model=model,
+               adapter=EditAdapter(model, fns, inner, skip_prefix=prefix),
+               details={**details, **used, "unedited_positions": {"padding": True, "special_prefix": prefix}})
 
 
 def create_adapter(config: dict, spec: dict, model, selected: list[int] | None = None):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmie import io
+from mmie.arms.state import Switch
 from mmie.errors import ConfigError
 
 
@@ -116,23 +117,29 @@ def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int,
     return out, details
 
 
-class EditAdapter:
-    """Edits as an arm's ``active()`` context, optionally on top of a trained adapter."""
+class EditAdapter(Switch):
+    """Edits as an arm's ``active()`` context, optionally on top of a trained adapter (``inner``:
+    switched on and off with the edits; its own ``active()`` cannot be entered again inside).
 
-    def __init__(self, model, edit_fns: dict, inner=None) -> None:
+    ``skip_prefix``: the tokenizer's special prefix. The edits were fitted on activations without
+    padding and without that prefix (``mmie.activations``), so they leave those positions
+    unchanged (``mmie.hooks.edit_layer_outputs``)."""
+
+    def __init__(self, model, edit_fns: dict, inner=None, *, skip_prefix: list[int]) -> None:
         self.model = model
         self.edits = edit_fns
         self.inner = inner
+        self.skip_prefix = list(skip_prefix)
 
     @contextlib.contextmanager
-    def active(self):
+    def _switched_on(self):
         from mmie.hooks import edit_layer_outputs
 
         with contextlib.ExitStack() as stack:
             if self.inner is not None:
                 stack.enter_context(self.inner.active())
-            stack.enter_context(edit_layer_outputs(self.model, self.edits))
+            stack.enter_context(edit_layer_outputs(self.model, self.edits, skip_prefix=self.skip_prefix))
             yield
 
-    def reference(self):
+    def _as_base(self):
         return self.inner.reference() if self.inner is not None else contextlib.nullcontext()

@@ -1,6 +1,11 @@
 """LoRA arm (METHOD §6) with peft: trained with an unlearning objective, saved with peft's own API,
 loaded with ``PeftModel.from_pretrained`` and verified key by key and value by value (the old
-script saved adapters that then loaded nothing)."""
+script saved adapters that then loaded nothing).
+
+peft enables an adapter's layers when it creates or loads it; mmie disables them at once, so
+outside ``active()`` the model is the base model like for every arm (``mmie.arms.state``).
+peft's enable/disable also flips the adapter weights' ``requires_grad``; mmie keeps the flags the
+adapter was created with (trainable after ``create``, frozen after ``load``)."""
 
 from __future__ import annotations
 
@@ -10,16 +15,18 @@ from typing import Iterator
 
 import torch
 
+from mmie.arms.state import ArmStateError, Switch
 from mmie.errors import ModelError
 
 WEIGHTS = "adapter_model.safetensors"
 
 
-class LoraAdapter:
+class LoraAdapter(Switch):
     method = "lora"
 
     def __init__(self, peft_model) -> None:
         self.model = peft_model
+        self._set_enabled(False)
 
     @classmethod
     def create(cls, model, spec: dict) -> "LoraAdapter":
@@ -32,13 +39,48 @@ class LoraAdapter:
     def parameters(self):
         return [p for n, p in self.model.named_parameters() if "lora_" in n]
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        yield
+    def _tuner_layers(self) -> list:
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
-    def reference(self):
-        """The base model: the same weights with the adapter disabled."""
-        return self.model.disable_adapter()
+        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        if not layers:
+            raise ModelError("the LoRA model has no adapter layers (peft injected nothing)")
+        return layers
+
+    def enabled(self) -> bool:
+        """Whether the adapter layers act (True only inside ``active()``)."""
+        states = {not m.disable_adapters for m in self._tuner_layers()}
+        if len(states) != 1:
+            raise ArmStateError("some LoRA layers are enabled and others disabled; something outside mmie "
+                                "switched them (peft's enable/disable_adapter_layers)")
+        return states.pop()
+
+    def _set_enabled(self, on: bool) -> None:
+        flags = [(p, p.requires_grad) for p in self.parameters()]
+        if on:
+            self.model.base_model.enable_adapter_layers()
+        else:
+            self.model.base_model.disable_adapter_layers()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def _switched_on(self) -> Iterator[None]:
+        if self.enabled():
+            raise ArmStateError("the LoRA adapter is already enabled outside active(); something outside mmie "
+                                "switched it on (peft's enable_adapter_layers)")
+        self._set_enabled(True)
+        try:
+            yield
+        finally:
+            self._set_enabled(False)
+
+    @contextlib.contextmanager
+    def _as_base(self) -> Iterator[None]:
+        if self.enabled():
+            raise ArmStateError("reference(): the LoRA adapter is enabled outside active(); the model is not the "
+                                "base model (something outside mmie switched it on)")
+        yield
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from mmie.arms.state import Switch
 from mmie.errors import ConfigError, ModelError
 from mmie.hooks import check_layers, edit_layer_outputs, to_hidden
 
@@ -29,7 +30,11 @@ def intervention_class(kind: str):
     return classes[kind]
 
 
-class ReftAdapter:
+class ReftAdapter(Switch):
+    """Outside ``active()`` no hook is attached: the model is the base model (``mmie.arms.state``).
+    The interventions act at every position, the special prefix included: that is how they are
+    trained (``mmie.unlearn`` runs the adapter on whole sequences)."""
+
     method = "reft"
 
     def __init__(self, model, layers: list[int], rank: int, kind: str, init: str = "random") -> None:
@@ -82,14 +87,8 @@ class ReftAdapter:
             return module(hidden.float()).to(hidden.dtype)
         return fn
 
-    def active(self):
+    def _switched_on(self):
         return edit_layer_outputs(self.model, {layer: self._edit(layer) for layer in self.layers})
-
-    def reference(self):
-        """The base model: no hook is attached outside ``active()``."""
-        import contextlib
-
-        return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"layer{layer}.{k}": v.detach().clone().contiguous()
