@@ -3,6 +3,5 @@ from mmie.logs import setup
 setup(snakemake.log[0])
 from mmie import pipeline  # noqa: E402
 
-pipeline.select_layers(snakemake.config, snakemake.params.model_dir, snakemake.params.data_dir,
-                       snakemake.params.sets_dir, snakemake.input.detector, snakemake.output[0],
+pipeline.select_layers(snakemake.config, snakemake.params.model_dir, snakemake.params.data_dir, snakemake.output[0],
                        snakemake.params.judge_cache)
