@@ -119,3 +119,21 @@ def test_no_split_file_shares_a_text_with_another(small_run):
                 key = text_sha256(row["text"])
                 assert key not in seen, f"{role}/{part} and {seen[key]} share a text"
                 seen[key] = f"{role}/{part}"
+
+
+def test_workflow_choices_never_see_test_texts(run_dir):
+    """End to end (the reduced workflow): every output's provenance with ``texts_used`` — the
+    romanized detector, the demo model, layer selection, the activation cache, feature selection,
+    LoRA and ReFT training (early stopping) and the dose-response sweep — is disjoint from test."""
+    from conftest import EXP
+
+    r = run_dir / "results" / EXP
+    forbidden = forbidden_hashes(r / "data", ["ur", "pa", "bn"])
+    blocks = []
+    for path in sorted(r.rglob("*.json")):
+        blocks += provenance_blocks(json.loads(path.read_text()))
+    used = assert_no_test_texts(blocks, forbidden)
+    assert {"fit_lid", "build_demo_model", "select_layers", "cache_activations", "select_features", "train_lora",
+            "train_reft", "sweep_gate"} <= set(used)
+    sel = json.loads((r / "layers" / "selection.json").read_text())
+    assert set(sel["frequency"]) == {str(c) for c in sel["candidates"]} and isinstance(sel["stable"], bool)
