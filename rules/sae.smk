@@ -113,7 +113,7 @@ rule sweep_gate:
     params:
         settings=settings("model", "gate", "generation", "eval", "lid", arm=True),
         model_dir=model_dir_param,
-        data_dir=data_dir_of,
+        data_dir=f"{R}/data",  # not from input: the input function waits for the select_layers checkpoint
         results_root=results_root_of,
     script:
         "../scripts/sweep_gate.py"
