@@ -10,7 +10,8 @@ fingerprint and the roles; a reader checks them against what it expects.
 
 Roles: ``forget`` (forget/train, target script), ``forget_romanized`` (the same texts
 transliterated: the target in Latin script), ``gibberish`` (target-script letters that make no
-words), ``retain`` (retain/train) and ``neighbour_<code>`` (each neighbour language)."""
+words), ``retain`` (retain/train) and ``neighbour_<code>`` (neighbours/<code>/train). Only train
+splits are cached: feature selection and the fitted directions never see dev, test or holdout."""
 
 from __future__ import annotations
 
@@ -65,14 +66,15 @@ def gibberish_from(texts: list[str], seed: int) -> list[str]:
 def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str, list[str]]:
     """The texts of every cached role (see the module doc), at most ``max_texts`` each."""
     from mmie import io
+    from mmie.data import read_split
     from mmie.translit import romanize
 
     data_dir = Path(data_dir)
-    forget = [r["text"] for r in io.read_jsonl(data_dir / "forget" / "train.jsonl")][:max_texts]
+    forget = read_split(data_dir, "forget", "train")[:max_texts]
     roles = {
         "forget": forget,
         "forget_romanized": [romanize(t, config["lid"]["romanization"]) for t in forget],
-        "retain": [r["text"] for r in io.read_jsonl(data_dir / "retain" / "train.jsonl")][:max_texts],
+        "retain": read_split(data_dir, "retain", "train")[:max_texts],
     }
     gib = config["data"].get("gibberish")
     if gib:
@@ -83,8 +85,7 @@ def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str,
     else:
         roles["gibberish"] = gibberish_from(forget, config["data"]["seed"])
     for code in config["languages"].get("neighbours", {}):
-        path = data_dir / "neighbours" / f"{code}.jsonl"
-        roles[f"neighbour_{code}"] = [r["text"] for r in io.read_jsonl(path)][:max_texts]
+        roles[f"neighbour_{code}"] = read_split(data_dir, f"neighbour_{code}", "train")[:max_texts]
     for role, texts in roles.items():
         if not texts:
             raise DataError(f"no texts for activation role {role!r} (under {data_dir})")

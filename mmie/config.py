@@ -133,7 +133,7 @@ def check(config: dict, workdir: str | Path = ".") -> None:
         if not (workdir / path).is_file():
             raise ConfigError(f"{key}: file not found: {path} (relative paths are relative to the working directory, snakemake -d)")
     split = config["data"]["split"]
-    total = split["train"] + split["eval"] + split["holdout"]
+    total = split["train"] + split["dev"] + split["test"] + split["holdout"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"data.split fractions must sum to 1, got {total}")
     model = config["model"]

@@ -2,9 +2,14 @@
 
 Raw JSONL is read strictly (UTF-8, a BOM accepted, file:line in every error), LLM-debris is detected
 and (by default) cleaned with counts, duplicates are removed with counts, texts are filtered by
-script, every role is checked against ``min_items``, forget/retain are split deterministically and
-evaluation prompts that contain training texts are removed. Nothing is dropped silently: every
-count lands in the prepare report."""
+script, texts found in two roles are removed from both, every role is checked against ``min_items``,
+forget/retain/romanized/each neighbour are split deterministically into train/dev/test/holdout and
+evaluation prompts that contain train or dev texts are removed. Nothing is dropped silently: every
+count lands in the prepare report.
+
+Splits: ``train`` is fitted on, ``dev`` is for every choice and stopping rule (early stopping, layer
+and feature selection, the dose-response sweep, the detector's report), ``test`` feeds the evaluation
+sets only and ``holdout`` is never seen (MIA non-members)."""
 
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ from mmie.errors import DataError
 from mmie.textscript import dominant_script, script_proportions
 
 TEXT_KEYS = ("prompt", "text", "completion", "response", "output", "instruction", "input", "question", "answer")
-SPLITS = ("train", "eval", "holdout")
+SPLITS = ("train", "dev", "test", "holdout")
+#: parts that fitting or choosing jobs may read
+FIT_SPLITS = ("train", "dev")
 BOM = "\ufeff"
 
 # Debris of LLM-generated datasets (METHOD §1).
@@ -48,6 +55,7 @@ class RoleReport:
     script_filtered: int = 0
     script_filter: str | None = None
     overlap_removed: int = 0
+    cross_role_removed: int = 0
     kept: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,7 +65,8 @@ class RoleReport:
             "debris": dict(self.debris), "debris_cleaned": self.debris_cleaned,
             "exact_duplicates": self.exact_duplicates, "normalized_duplicates": self.normalized_duplicates,
             "script_filter": self.script_filter, "script_filtered": self.script_filtered,
-            "overlap_removed": self.overlap_removed, "kept": self.kept,
+            "overlap_removed": self.overlap_removed, "cross_role_removed": self.cross_role_removed,
+            "kept": self.kept,
         }
 
 
@@ -188,6 +197,48 @@ def normalize(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
+def split_dir(role: str) -> str:
+    """The folder of a split role under results/<exp>/data: ``forget``, ``retain``, ``romanized``
+    (role ``forget_romanized``) or ``neighbours/<code>`` (role ``neighbour_<code>``)."""
+    if role == "forget_romanized":
+        return "romanized"
+    if role.startswith("neighbour_"):
+        return f"neighbours/{role[len('neighbour_'):]}"
+    return role
+
+
+def split_roles(neighbours) -> list[str]:
+    """Every split role of a config with these neighbour codes."""
+    return ["forget", "retain", "forget_romanized", *(f"neighbour_{code}" for code in neighbours)]
+
+
+def split_path(data_dir: str | Path, role: str, part: str) -> Path:
+    if part not in SPLITS:
+        raise ValueError(f"unknown split {part!r}; splits are {SPLITS}")
+    return Path(data_dir) / split_dir(role) / f"{part}.jsonl"
+
+
+def split_files(data_dir: str | Path, roles, parts) -> list[str]:
+    """The split files of ``roles`` x ``parts`` (rule inputs and outputs)."""
+    return [str(split_path(data_dir, role, part)) for role in roles for part in parts]
+
+
+def read_split(data_dir: str | Path, role: str, part: str) -> list[str]:
+    """The texts of one split file, in file order."""
+    from mmie import io
+
+    path = split_path(data_dir, role, part)
+    texts = [r["text"] for r in io.read_jsonl(path)]
+    if not texts:
+        raise DataError(f"{path} is empty; rerun prepare_data (role {role}, split {part})")
+    return texts
+
+
+def dedup_key(text: str) -> str:
+    """The key under which two texts count as the same (normalized and casefolded)."""
+    return normalize(text).casefold()
+
+
 def dedup(texts: list[str], report: RoleReport) -> list[str]:
     seen_exact: set[str] = set()
     seen_norm: set[str] = set()
@@ -197,7 +248,7 @@ def dedup(texts: list[str], report: RoleReport) -> list[str]:
             report.exact_duplicates += 1
             continue
         seen_exact.add(t)
-        n = normalize(t).casefold()
+        n = dedup_key(t)
         if n in seen_norm:
             report.normalized_duplicates += 1
             continue
@@ -222,7 +273,8 @@ def check_min_items(texts: list[str], role: str, report: RoleReport, min_items: 
             f"(file {report.path}: {report.records} records read, {len(report.skipped)} bad lines skipped, "
             f"{report.exact_duplicates + report.normalized_duplicates} duplicates, "
             f"{report.script_filtered} removed by filter '{report.script_filter}', "
-            f"{report.overlap_removed} removed as overlap with training texts). "
+            f"{report.overlap_removed} removed as overlap with train/dev texts, "
+            f"{report.cross_role_removed} removed as duplicates of another role's texts). "
             f"Check that the file holds {role} data in the expected script, or lower data.min_items.")
 
 
@@ -234,19 +286,46 @@ def stable_order(texts: list[str], seed: int, salt: str) -> list[str]:
 
 
 def split_texts(texts: list[str], fractions: dict[str, float], seed: int, role: str) -> dict[str, list[str]]:
+    """train/dev/test/holdout parts of a role (``data.split``): the stable hash order cut by counts;
+    dev, test and holdout get at least one text each and train the rest."""
     ordered = stable_order(texts, seed, role)
     n = len(ordered)
-    n_eval = max(1, math.floor(n * fractions["eval"]))
-    n_hold = max(1, math.floor(n * fractions["holdout"]))
-    n_train = n - n_eval - n_hold
-    if n_train < 1:
-        raise DataError(f"role '{role}': {n} texts cannot be split into train/eval/holdout with {fractions}")
-    return {"train": ordered[:n_train], "eval": ordered[n_train:n_train + n_eval],
-            "holdout": ordered[n_train + n_eval:]}
+    sizes = {part: max(1, math.floor(n * fractions[part])) for part in SPLITS[1:]}
+    sizes = {"train": n - sum(sizes.values()), **sizes}
+    if sizes["train"] < 1:
+        raise DataError(f"role '{role}': {n} texts cannot be split into {'/'.join(SPLITS)} with data.split={fractions} "
+                        f"(add texts or lower the dev/test/holdout fractions)")
+    out, start = {}, 0
+    for part in SPLITS:
+        out[part] = ordered[start:start + sizes[part]]
+        start += sizes[part]
+    return out
+
+
+def remove_cross_role(texts: dict[str, list[str]], reports: dict[str, RoleReport]) -> dict[str, int]:
+    """Texts found in two or more of ``texts``' roles are ambiguous (which language or role are they?):
+    they are removed from every role that holds them, counted per role (``cross_role_removed``) and per
+    pair of roles (the returned ``{"a|b": n}``)."""
+    owners: dict[str, set[str]] = {}
+    for role, items in texts.items():
+        for t in items:
+            owners.setdefault(dedup_key(t), set()).add(role)
+    shared = {k: roles for k, roles in owners.items() if len(roles) > 1}
+    pairs: Counter = Counter()
+    for roles in shared.values():
+        ordered = sorted(roles)
+        for i, a in enumerate(ordered):
+            for b in ordered[i + 1:]:
+                pairs[f"{a}|{b}"] += 1
+    for role in texts:
+        kept = [t for t in texts[role] if dedup_key(t) not in shared]
+        reports[role].cross_role_removed += len(texts[role]) - len(kept)
+        texts[role] = kept
+    return dict(sorted(pairs.items()))
 
 
 def remove_overlap(texts: list[str], train_norm: list[str], report: RoleReport) -> list[str]:
-    """Drop evaluation prompts that contain a training text verbatim (after normalization)."""
+    """Drop evaluation prompts that contain a train or dev text verbatim (after normalization)."""
     out = []
     for t in texts:
         nt = normalize(t)

@@ -56,19 +56,21 @@ def data_report(config: dict, prepare_report: str, data_dir: str, model_dir: str
 
 # ----------------------------------------------------------------------------- LID
 def fit_lid(config: dict, data_dir: str, detector_out: str, report_out: str) -> None:
+    """The romanized detector, fitted on transliterated forget/train vs retain/train and reported on
+    the dev splits (never on test: the evaluation sets stay unseen)."""
+    from mmie.data import read_split
     from mmie.lid import LID, RomanizedDetector, confusion
     from mmie.translit import romanize
 
     data = Path(data_dir)
     scheme = config["lid"]["romanization"]
-    forget_train = [r["text"] for r in io.read_jsonl(data / "forget" / "train.jsonl")]
-    retain_train = [r["text"] for r in io.read_jsonl(data / "retain" / "train.jsonl")]
+    forget_train, retain_train = read_split(data, "forget", "train"), read_split(data, "retain", "train")
     detector = RomanizedDetector.train([romanize(t, scheme) for t in forget_train], retain_train)
     detector.save(detector_out)
     lid = LID(config["lid"], config["languages"], detector)
-    forget_eval = [r["text"] for r in io.read_jsonl(data / "forget" / "eval.jsonl")]
-    retain_eval = [r["text"] for r in io.read_jsonl(data / "retain" / "eval.jsonl")]
-    natural_rom = [r["text"] for r in io.read_jsonl(data / "eval_sets" / "romanized.jsonl")]
+    forget_dev, retain_dev = read_split(data, "forget", "dev"), read_split(data, "retain", "dev")
+    derived = set_is_derived(data)
+    natural_rom = [] if derived else read_split(data, "forget_romanized", "dev")
 
     def acc(texts: list[str], want_target: bool) -> float:
         return sum((detector.prob_target(t) >= 0.5) == want_target for t in texts) / len(texts)
@@ -76,20 +78,23 @@ def fit_lid(config: dict, data_dir: str, detector_out: str, report_out: str) -> 
     target_rom = f"{config['languages']['target']['code']}_rom"
     retain = config["languages"]["retain"]["code"]
     check_items = io.read_jsonl(data / "lid_check.jsonl")
+    used = {"forget/train": forget_train, "retain/train": retain_train, "forget/dev": forget_dev,
+            "retain/dev": retain_dev, **({} if derived else {"romanized/dev": natural_rom})}
     report = {
         "romanized_detector": {
             "train": {"romanized_target": len(forget_train), "retain": len(retain_train), "scheme": scheme},
-            "heldout_accuracy": {
-                "transliterated_forget_eval": acc([romanize(t, scheme) for t in forget_eval], True),
-                "natural_romanized_set": acc(natural_rom, True) if not set_is_derived(data) else None,
-                "retain_eval": acc(retain_eval, False)},
+            "dev_accuracy": {
+                "transliterated_forget_dev": acc([romanize(t, scheme) for t in forget_dev], True),
+                "natural_romanized_dev": None if derived else acc(natural_rom, True),
+                "retain_dev": acc(retain_dev, False)},
         },
-        "ensemble_on_heldout": confusion(lid, [{"text": romanize(t, scheme), "label": target_rom} for t in forget_eval]
-                                         + [{"text": t, "label": retain} for t in retain_eval]),
+        "ensemble_on_dev": confusion(lid, [{"text": romanize(t, scheme), "label": target_rom} for t in forget_dev]
+                                     + [{"text": t, "label": retain} for t in retain_dev]),
         "lid_check": confusion(lid, check_items) if check_items else None,
         "lid": lid.describe(),
         "provenance": provenance.build(config, section(config, "lid", "languages"), rule="fit_lid",
-                                       inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"]),
+                                       inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"],
+                                       texts=used),
     }
     io.write_json(report_out, report)
 
@@ -102,7 +107,7 @@ def set_is_derived(data_dir: Path) -> bool:
 # ----------------------------------------------------------------------------- demo model
 def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: str, report_out: str) -> None:
     from mmie import demo_model
-    from mmie.data import prompt_prefix
+    from mmie.data import prompt_prefix, read_split, split_dir
     from mmie.generation import Decoding, generate
     from mmie.lid import load_lid
     from mmie.metrics.text import distinct_n, is_repetitive, mean_distinct_n
@@ -112,14 +117,15 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
 
     cfg = config["demo_model"]
     data = Path(data_dir)
-    rows = lambda p: [r["text"] for r in io.read_jsonl(p)]  # noqa: E731
-    train_texts = rows(data / "forget" / "train.jsonl") + rows(data / "retain" / "train.jsonl")
-    for path in sorted((data / "neighbours").glob("*.jsonl")):
-        train_texts += rows(path)
+    # trained on train splits; early stopping, the reload check and the generation check use dev
+    used = {f"{split_dir(role)}/train": read_split(data, role, "train")
+            for role in ("forget", "retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {})))}
+    train_texts = [t for texts in used.values() for t in texts]
     if cfg["include_romanized"]:
-        train_texts += [romanize(t, config["lid"]["romanization"]) for t in rows(data / "forget" / "train.jsonl")]
+        train_texts += [romanize(t, config["lid"]["romanization"]) for t in used["forget/train"]]
     target, retain = config["languages"]["target"]["code"], config["languages"]["retain"]["code"]
-    heldout = {target: rows(data / "forget" / "eval.jsonl"), retain: rows(data / "retain" / "eval.jsonl")}
+    heldout = {target: read_split(data, "forget", "dev"), retain: read_split(data, "retain", "dev")}
+    used.update({"forget/dev": heldout[target], "retain/dev": heldout[retain]})
     info = demo_model.train(cfg, train_texts, heldout, out_dir)
 
     # The sanity check loads the saved folder through the same loader every arm uses.
@@ -139,9 +145,9 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
     decoding = Decoding.from_config(config["generation"])
     check = {}
     for lang, role in ((target, "forget"), (retain, "retain")):
-        # continuation prompts from the held-out split (not the capped evaluation sets)
+        # continuation prompts from the dev split (the evaluation sets come from test)
         items = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])}
-                 for r in io.read_jsonl(data / role / "eval.jsonl")[:cfg["check"]["prompts"]]]
+                 for r in io.read_jsonl(data / role / "dev.jsonl")[:cfg["check"]["prompts"]]]
         gens = generate(lm.model, lm.tokenizer, items, decoding, desc=f"check {lang}")
         outs = [g["output"] for g in gens]
         labels = [lid.identify(o)[0] for o in outs]
@@ -154,7 +160,7 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
     problems = demo_model.check_generations(check, ck["min_language_rate"], ck["min_distinct2"], ck["max_repetitive_share"])
     report = {"training": info, "check": check, "problems": problems, "runtime": lm.runtime,
               "provenance": provenance.build(config, section(config, "demo_model", "generation"), seed=cfg["seed"],
-                                             runtime=lm.runtime, rule="build_demo_model")}
+                                             runtime=lm.runtime, rule="build_demo_model", texts=used)}
     io.write_json(Path(out_dir) / "mmie_model.json", report)
     io.write_json(report_out, report)
     if problems and cfg["check"]["enabled"]:
@@ -386,8 +392,8 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
         return [s for s in seqs if len(s) >= 2]
 
     forget, retain = enc(data / "forget" / "train.jsonl"), enc(data / "retain" / "train.jsonl")
-    h_forget = enc(data / "forget" / "eval.jsonl", tcfg["heldout_items"])
-    h_retain = enc(data / "retain" / "eval.jsonl", tcfg["heldout_items"])
+    h_forget = enc(data / "forget" / "dev.jsonl", tcfg["heldout_items"])   # early stopping on dev, never test
+    h_retain = enc(data / "retain" / "dev.jsonl", tcfg["heldout_items"])
     seed_everything(seed, config["deterministic"])  # adapter initialisation depends only on the seed
     selected = io.read_json(selection)["layers"] if selection else None
     adapter = arms.create_adapter(config, spec, lm.model, selected)
@@ -406,7 +412,8 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
             "train_texts": {"forget": len(forget), "retain": len(retain)}, "summary": result.summary,
             "provenance": provenance.build(config, {"arm": spec, "layers": config["layers"]}, seed=seed,
                                            runtime=lm.runtime, rule=f"train_{spec['method']}",
-                                           inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"]),
+                                           inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"],
+                                           texts=adapter_texts(data, tcfg["heldout_items"])),
         })
         if out.exists():
             shutil.rmtree(out)
@@ -414,6 +421,13 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def adapter_texts(data: Path, heldout_items: int) -> dict[str, list[str]]:
+    """The texts an unlearning run used: forget/retain train (fitted) and the first ``heldout_items``
+    of forget/retain dev (early stopping)."""
+    return {f"{role}/{part}": [r["text"] for r in io.read_jsonl(data / role / f"{part}.jsonl")[:limit]]
+            for role in ("forget", "retain") for part, limit in (("train", None), ("dev", heldout_items))}
 
 
 def merge_judge(result: dict, judged: dict) -> None:
@@ -481,33 +495,29 @@ def convert_gemma(config: dict, out_dir: str, report_out: str) -> None:
 
 
 # ----------------------------------------------------------------------------- layers and activations
-def select_layers(config: dict, model_dir: str | None, data_dir: str, sets_dir: str, lid_detector: str,
-                  out: str, judge_cache_dir: str | None = None) -> None:
-    """The layer-selection checkpoint: one artifact with every score, vote and the chosen layers.
-    With ``layers.force_layers`` set it records the forced layers and loads no model."""
+def select_layers(config: dict, model_dir: str | None, data_dir: str, out: str,
+                  judge_cache_dir: str | None = None) -> None:
+    """The layer-selection checkpoint: one artifact with every score, each candidate's selection
+    frequency, the margin, ties, ``stable`` and the chosen layers, from dev texts only. With
+    ``layers.force_layers`` set it records the forced layers and loads no model."""
     from mmie import layers
 
     if config["layers"]["force_layers"]:
         result = layers.forced(config)
-        runtime = {}
+        runtime, used = {}, None
     else:
 
-        from mmie.lid import load_lid
+        from mmie.data import read_split, split_dir
         from mmie.models import load_model
         from mmie.seeding import seed_everything
 
         seed_everything(config["data"]["seed"], config["deterministic"])
         sel = config["layers"]["selection"]
         lm = load_model(config["model"], model_dir)
-        data_dir = Path(data_dir)
-        texts = {
-            "target": [r["text"] for r in io.read_jsonl(data_dir / "forget" / "train.jsonl")][:sel["max_texts"]],
-            "retain": [r["text"] for r in io.read_jsonl(data_dir / "retain" / "train.jsonl")][:sel["max_texts"]],
-            "neighbours": [r["text"] for code in config["languages"].get("neighbours", {})
-                           for r in io.read_jsonl(data_dir / "neighbours" / f"{code}.jsonl")[:sel["max_texts"]]],
-        }
-        prompts = io.read_jsonl(Path(sets_dir) / "forget.jsonl")[:sel["causal_prompts"]]
-        lid = load_lid(config["lid"], config["languages"], lid_detector)
+        neighbours = [f"neighbour_{c}" for c in config["languages"].get("neighbours", {})]
+        dev = {role: read_split(data_dir, role, "dev")[:sel["max_texts"]] for role in ("forget", "retain", *neighbours)}
+        texts = {"target": dev["forget"], "retain": dev["retain"], "neighbours": [t for r in neighbours for t in dev[r]]}
+        used = {f"{split_dir(role)}/dev": t for role, t in dev.items()}
         judge = None
         if sel["judge_weight"] > 0:
             from mmie.judge import Judge
@@ -516,13 +526,13 @@ def select_layers(config: dict, model_dir: str | None, data_dir: str, sets_dir: 
                 raise ModelError("layers.selection.judge_weight > 0 needs judge.enabled: true")
             judge = Judge.from_config(config["judge"], config["languages"]["target"].get("name", "the target language"),
                                       judge_cache_dir or config["judge"]["cache_dir"])
-        result = layers.select(config, lm, texts, prompts, lid, judge)
+        result = layers.select(config, lm, texts, judge)
         if judge is not None:
             result["judge_calls"] = judge.calls
         runtime = lm.runtime
-        log.info("chosen layers %s (votes %s)", result["layers"], result["votes"])
+        log.info("chosen layers %s (frequency %s, stable %s)", result["layers"], result["frequency"], result["stable"])
     result["provenance"] = provenance.build(config, section(config, "layers", "model"), runtime=runtime,
-                                            rule="select_layers", seed=config["data"]["seed"])
+                                            rule="select_layers", seed=config["data"]["seed"], texts=used)
     io.write_json(out, result)
 
 
@@ -558,17 +568,20 @@ def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir:
         "dim_norm": float(directions["dim"].norm()),
         "provenance": provenance.build(config, section(config, "layers", "model", "data"), runtime=lm.runtime,
                                        rule="cache_activations",
-                                       inputs=[Path(data_dir) / r / "train.jsonl" for r in ("forget", "retain")]),
+                                       inputs=[Path(data_dir) / r / "train.jsonl" for r in ("forget", "retain")],
+                                       texts=roles),
     })
 
 
-def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str, lid_detector: str,
+def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, lid_detector: str,
                results_root: str, out: str) -> None:
-    """Dose-response of an SAE gate arm: target rate on forget prompts and retain perplexity for each
-    alpha in gate.sweep_alphas, for the arm's features and for as many random features (the control)."""
+    """Dose-response of an SAE gate arm: target rate on forget/dev prompts and retain/dev perplexity for
+    each alpha in gate.sweep_alphas, for the arm's features and for as many random features (the
+    control). It informs the choice of gate.alpha, so it reads dev, never the evaluation sets."""
 
     from mmie.activations import model_fingerprint
     from mmie.arms.edit_arms import LayerAssets, layer_edits
+    from mmie.data import prompt_prefix
     from mmie.generation import Decoding, generate, special_prefix
     from mmie.hooks import edit_layer_outputs
     from mmie.lid import load_lid
@@ -586,8 +599,10 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
     assets = LayerAssets.under(results_root)   # loads each layer's SAE once for every sweep point
     fingerprint = model_fingerprint(model)
     n = g["sweep_prompts"]
-    prompts = io.read_jsonl(Path(sets_dir) / "forget.jsonl")[:n]
-    retain = [r for r in io.read_jsonl(Path(sets_dir) / "retain.jsonl") if r.get("text")][:n]
+    data = Path(data_dir)
+    forget = io.read_jsonl(data / "forget" / "dev.jsonl")[:n]
+    prompts = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])} for r in forget]
+    retain = io.read_jsonl(data / "retain" / "dev.jsonl")[:n]
     prefix = special_prefix(tok)
     retain_ids = [tok(r["text"], add_special_tokens=False)["input_ids"] for r in retain]
     decoding = Decoding.from_config(config["generation"])
@@ -612,4 +627,7 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, se
     io.write_json(out, {"arm": arm_name, "seed": seed, "rows": rows, "seconds": round(time.time() - t0, 1),
                         "provenance": provenance.build(config, section(config, "gate", "arms"), seed=seed,
                                                        runtime=lm.runtime, rule="sweep_gate",
-                                                       inputs=[Path(sets_dir) / "forget.jsonl"])})
+                                                       inputs=[data / "forget" / "dev.jsonl",
+                                                               data / "retain" / "dev.jsonl"],
+                                                       texts={"forget/dev": [r["text"] for r in forget],
+                                                              "retain/dev": [r["text"] for r in retain]})})

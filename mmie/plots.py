@@ -81,7 +81,7 @@ def perplexity(config: dict, inputs: dict):
 
 def lid_confusion(config: dict, inputs: dict):
     rep = io.read_json(inputs["lid"])
-    check = rep["lid_check"] or rep["ensemble_on_heldout"]
+    check = rep["lid_check"] or rep["ensemble_on_dev"]
     matrix = pd.DataFrame(check["matrix"]).T.loc[check["labels_true"], check["labels_pred"]]
     fig, ax = plt.subplots(figsize=(1 + 0.8 * len(matrix.columns), 1 + 0.6 * len(matrix)))
     sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)

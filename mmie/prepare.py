@@ -10,17 +10,23 @@ from pathlib import Path
 from mmie import io
 from mmie.config import eval_sets
 from mmie.data import (
+    FIT_SPLITS,
+    SPLITS,
     RoleReport,
     check_min_items,
     dedup,
+    dedup_key,
     histogram,
     item_id,
     normalize,
     prompt_prefix,
     read_role_file,
+    remove_cross_role,
     remove_overlap,
     script_filter,
     script_histogram,
+    split_dir,
+    split_path,
     split_texts,
     stable_order,
 )
@@ -75,8 +81,38 @@ def _load_role(config: dict, role: str, path: str, script: str | None) -> tuple[
     return texts, rep
 
 
+def _derive_romanized(forget: dict[str, list[str]], retain: list[str], scheme: str,
+                      cross_role: dict[str, int]) -> tuple[dict[str, list[str]], RoleReport]:
+    """Romanized parts transliterated from the forget parts (part for part, so romanized/test comes
+    from forget/test); duplicates and texts equal to a retain text are removed and counted."""
+    rep = RoleReport(role="forget_romanized", path=f"derived: forget/<split> transliterated ({scheme})")
+    retain_keys = {dedup_key(t) for t in retain}
+    seen: set[str] = set()
+    parts: dict[str, list[str]] = {}
+    for part in SPLITS:
+        parts[part] = []
+        for t in (romanize(x, scheme) for x in forget[part]):
+            rep.records += 1
+            key = dedup_key(t)
+            if key in retain_keys:
+                rep.cross_role_removed += 1
+                cross_role["forget_romanized|retain"] = cross_role.get("forget_romanized|retain", 0) + 1
+            elif key in seen:
+                rep.normalized_duplicates += 1
+            else:
+                seen.add(key)
+                parts[part].append(t)
+    return parts, rep
+
+
 def prepare(config: dict, out_dir: str | Path) -> dict:
-    """Write everything under ``out_dir`` (results/<experiment>/data) and return the report."""
+    """Write everything under ``out_dir`` (results/<experiment>/data) and return the report.
+
+    Order: read and clean every role; remove texts shared by two split roles; split forget, retain
+    (and a natural romanized file); drop neighbour texts that contain a forget/retain train or dev
+    text, split the neighbours; derive the romanized parts (when no file is given) from the forget
+    parts; drop prompts (mixed, adversarial) that contain any train or dev text; then build the
+    evaluation sets from ``test`` parts only."""
     out = Path(out_dir)
     data, lang = config["data"], config["languages"]
     seed = data["seed"]
@@ -85,42 +121,53 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
 
     texts["forget"], reports["forget"] = _load_role(config, "forget", data["forget"], lang["target"]["script"])
     texts["retain"], reports["retain"] = _load_role(config, "retain", data["retain"], lang["retain"]["script"])
-    for code, spec in lang.get("neighbours", {}).items():
-        role = f"neighbour_{code}"
-        texts[role], reports[role] = _load_role(config, role, data["neighbours"][code], spec["script"])
+    neighbours = [f"neighbour_{code}" for code in lang.get("neighbours", {})]
+    for role in neighbours:
+        code = role[len("neighbour_"):]
+        texts[role], reports[role] = _load_role(config, role, data["neighbours"][code],
+                                                lang["neighbours"][code]["script"])
+    romanized_derived = not data.get("forget_romanized")
+    if not romanized_derived:
+        texts["forget_romanized"], reports["forget_romanized"] = _load_role(
+            config, "forget_romanized", data["forget_romanized"], "latin")
     for role in ("mixed", "adversarial"):
         if data.get(role):
             texts[role], reports[role] = _load_role(config, role, data[role], None)
 
-    splits = {role: split_texts(texts[role], data["split"], seed, role) for role in ("forget", "retain")}
-    for role, parts in splits.items():
-        for part, items in parts.items():
-            io.write_jsonl(out / role / f"{part}.jsonl", ({"id": item_id(f"{role}-{part}", t), "text": t} for t in items))
+    # one text, one role: a text in two roles (forget and retain, a neighbour and retain, ...) is removed from both
+    split_now = ["forget", "retain", *neighbours] + ([] if romanized_derived else ["forget_romanized"])
+    shared = {role: texts[role] for role in split_now}
+    cross_role = remove_cross_role(shared, reports)
+    texts.update(shared)
+    for role in split_now:
+        check_min_items(texts[role], role, reports[role], data["min_items"], "removing texts found in two roles")
 
-    romanized_derived = not data.get("forget_romanized")
+    splits = {role: split_texts(texts[role], data["split"], seed, role)
+              for role in split_now if not role.startswith("neighbour_")}
+    fit_norm = [normalize(t) for role in ("forget", "retain") for part in FIT_SPLITS for t in splits[role][part]]
+    for role in neighbours:
+        texts[role] = remove_overlap(texts[role], fit_norm, reports[role])
+        check_min_items(texts[role], role, reports[role], data["min_items"], "removing overlap with train/dev texts")
+        splits[role] = split_texts(texts[role], data["split"], seed, role)
     if romanized_derived:
-        scheme = config["lid"]["romanization"]
-        rom = [romanize(t, scheme) for t in splits["forget"]["eval"]]
-        rep = RoleReport(role="forget_romanized", path=f"derived: forget/eval transliterated ({scheme})")
-        rep.records = len(rom)
-        texts["forget_romanized"] = dedup(rom, rep)
-        reports["forget_romanized"] = rep
-    else:
-        texts["forget_romanized"], reports["forget_romanized"] = _load_role(
-            config, "forget_romanized", data["forget_romanized"], "latin")
+        splits["forget_romanized"], reports["forget_romanized"] = _derive_romanized(
+            splits["forget"], texts["retain"], config["lid"]["romanization"], cross_role)
+    for role, parts in splits.items():
+        texts[role] = [t for part in SPLITS for t in parts[part]]
 
-    train_norm = [normalize(t) for role in ("forget", "retain") for t in splits[role]["train"]]
-    for role in [r for r in texts if r.startswith("neighbour_") or r in ("mixed", "adversarial")]:
-        texts[role] = remove_overlap(texts[role], train_norm, reports[role])
-        check_min_items(texts[role], role, reports[role], data["min_items"], "removing overlap with training texts")
-    for role, items in texts.items():
-        if role.startswith("neighbour_"):
-            code = role[len("neighbour_"):]
-            io.write_jsonl(out / "neighbours" / f"{code}.jsonl", ({"id": item_id(code, t), "text": t} for t in items))
+    fit_norm = [normalize(t) for parts in splits.values() for part in FIT_SPLITS for t in parts[part]]
+    for role in [r for r in ("mixed", "adversarial") if r in texts]:
+        texts[role] = remove_overlap(texts[role], fit_norm, reports[role])
+        check_min_items(texts[role], role, reports[role], data["min_items"], "removing overlap with train/dev texts")
+
+    for role, parts in splits.items():
+        name = split_dir(role).replace("/", "-")
+        for part, items in parts.items():
+            io.write_jsonl(split_path(out, role, part), ({"id": item_id(f"{name}-{part}", t), "text": t} for t in items))
 
     ev = config["eval"]
-    source = {"forget": splits["forget"]["eval"], "retain": splits["retain"]["eval"],
-              "romanized": texts["forget_romanized"]}
+    source = {"forget": splits["forget"]["test"], "retain": splits["retain"]["test"],
+              "romanized": splits["forget_romanized"]["test"]}
     set_counts = {}
     for info in eval_sets(config):
         if info.kind == "yes_no":
@@ -131,11 +178,11 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
             set_counts[info.name] = {"available": len(qa), "used": len(rows)}
             continue
         if info.kind == "neighbour":
-            pool = texts[f"neighbour_{info.name}"]
+            pool = splits[f"neighbour_{info.name}"]["test"]
         elif info.kind == "prompts":
             pool = texts[info.name]
         elif info.kind == "comprehension":
-            pool = splits["forget"]["eval"]
+            pool = splits["forget"]["test"]
         else:
             pool = source[info.name]
         chosen = stable_order(pool, seed, f"eval:{info.name}")[:ev["max_prompts"]]
@@ -160,6 +207,8 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
     report = {
         "roles": {role: rep.as_dict() for role, rep in reports.items()},
         "splits": {role: {p: len(v) for p, v in parts.items()} for role, parts in splits.items()},
+        "split_fractions": dict(data["split"]),
+        "cross_role_duplicates": cross_role,
         "eval_sets": set_counts,
         "romanized_derived": romanized_derived,
         "lid_check_items": len(lid_items),

@@ -113,10 +113,36 @@ def device_info() -> dict[str, Any]:
     return info
 
 
+def text_sha256(text: str) -> str:
+    """The sha256 of a text's dedup key (NFKC, whitespace folded, casefolded): the same key under
+    which prepare_data calls two texts the same, so a leak cannot hide behind spacing or case."""
+    from mmie.data import dedup_key
+
+    return hashlib.sha256(dedup_key(text).encode()).hexdigest()
+
+
+def texts_used(groups: dict[str, Any]) -> dict[str, Any]:
+    """Which texts a fitting or choosing job used: per group (e.g. ``forget/train``) the sorted
+    sha256 (``text_sha256``) of every text. Intersect with the test-split texts' hashes to prove
+    that nothing of ``test`` or ``holdout`` was fitted on or chosen with."""
+    out = {}
+    for name, texts in groups.items():
+        hashes = sorted({text_sha256(t) for t in texts})
+        out[name] = {"count": len(hashes), "sha256": hashes}
+    return {"hash": "sha256 of the NFKC-normalized, whitespace-folded, casefolded text", "groups": out}
+
+
+def used_hashes(block: dict[str, Any]) -> set[str]:
+    """Every hash in a ``texts_used`` block."""
+    return {h for group in block["groups"].values() for h in group["sha256"]}
+
+
 def build(config: dict, section: dict | None = None, *, seed: int | None = None,
-          inputs=(), runtime: dict | None = None, rule: str | None = None) -> dict[str, Any]:
-    """The provenance block embedded in every JSON output."""
-    return {
+          inputs=(), runtime: dict | None = None, rule: str | None = None,
+          texts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance block embedded in every JSON output; ``texts`` ({group: texts}) of a fitting or
+    choosing job become its ``texts_used``."""
+    block = {
         "schema_version": SCHEMA_VERSION,
         "rule": rule,
         "config_hash": config_hash(config),
@@ -129,3 +155,6 @@ def build(config: dict, section: dict | None = None, *, seed: int | None = None,
         "seed": seed,
         "data_hashes": data_hashes(inputs),
     }
+    if texts is not None:
+        block["texts_used"] = texts_used(texts)
+    return block

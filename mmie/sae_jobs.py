@@ -181,6 +181,7 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
                     max_length=acts_cfg["max_length"], batch_size=acts_cfg["batch_size"])
     result["provenance"] = provenance.build(config, section(config, "features", "sae", "layers"), seed=seed,
                                             rule="select_features", inputs=inputs,
+                                            texts={"forget/train": forget, "retain/train": retain},
                                             runtime={**lm.runtime, "job_seconds": round(time.time() - t0, 1)})
     io.write_json(quality_out, report)
     io.write_json(features_out, result)

@@ -60,9 +60,9 @@ def plot_selection(selection: dict):
         ax.bar([x + (i - 1) * width for x in range(len(layers))], agg[(key, "mean")], width,
                yerr=agg[(key, "std")], label=key, capsize=2)
     for x, ly in enumerate(layers):
-        votes = selection["votes"][str(ly)]
         mark = " ★" if ly in selection["layers"] else ""
-        ax.annotate(f"{votes} votes{mark}", (x, 1.02), ha="center", fontsize=8, xycoords=("data", "axes fraction"))
+        ax.annotate(f"chosen in {selection['frequency'][str(ly)]:.0%}{mark}", (x, 1.02), ha="center", fontsize=8,
+                    xycoords=("data", "axes fraction"))
     ax.set_xticks(range(len(layers)), [str(ly) for ly in layers])
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("score (mean ± sd over resamples)")

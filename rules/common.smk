@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 import mmie.config as mcfg
 from mmie import numerics, preflight
+import mmie.data as mdata
 
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 mcfg.check(config)  # relative data paths are relative to the working directory
@@ -23,7 +24,13 @@ ARMS = list(config["arms"])
 SEEDS = [int(s) for s in config["seeds"]]
 SETS = mcfg.set_names(config)
 NEIGHBOURS = list(config["languages"]["neighbours"])
-SPLIT_FILES = [f"{R}/data/{role}/{part}.jsonl" for role in ("forget", "retain") for part in ("train", "eval", "holdout")]
+NEIGHBOUR_ROLES = [f"neighbour_{code}" for code in NEIGHBOURS]
+# every split file prepare_data writes (forget first: data_dir_of reads the data folder off it)
+SPLIT_FILES = mdata.split_files(f"{R}/data", mdata.split_roles(NEIGHBOURS), mdata.SPLITS)
+# what fitting and choosing jobs may read: train and dev parts only (never test or holdout)
+TRAIN_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train"])
+DEV_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["dev"])
+FIT_FILES = mdata.split_files(f"{R}/data", ["forget", "retain"], ["train", "dev"])
 LORA_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "lora"]
 REFT_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "reft"]
 EDIT_ARMS = [a for a, spec in config["arms"].items() if spec["method"] in mcfg.EDIT_METHODS]
@@ -155,7 +162,7 @@ def reft_selection(wildcards):
 
 def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
-    return {"model": model_dir(), "prompts": [f"{R}/data/eval_sets/{s}.jsonl" for s in ("forget", "retain")],
+    return {"model": model_dir(), "splits": mdata.split_files(f"{R}/data", ["forget", "retain"], ["dev"]),
             "detector": f"{R}/lid/romanized_detector.json",
             "assets": [selection_file()] + layer_assets("sae_gate", spec.get("layers") or selected_layers())}
 
@@ -218,11 +225,6 @@ def plot_inputs(wildcards):
 def data_dir_of(wildcards, input):
     """results/<exp>/data, from the rule's split files (no hard-coded prefix)."""
     return str(Path(input.splits[0]).parent.parent)
-
-
-def sets_dir_of(wildcards, input):
-    """results/<exp>/data/eval_sets, from the rule's prompt files."""
-    return str(Path(input.prompts[0]).parent)
 
 
 def results_root_of(wildcards, output):

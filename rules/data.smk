@@ -4,7 +4,6 @@ rule prepare_data:
     output:
         splits=SPLIT_FILES,
         eval_sets=expand(f"{R}/data/eval_sets/{{s}}.jsonl", s=SETS),
-        neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
         lid_check=f"{R}/data/lid_check.jsonl",
         report=f"{R}/data/prepare_report.json",
     log:
@@ -23,8 +22,7 @@ rule prepare_data:
 
 rule fit_lid:
     input:
-        splits=SPLIT_FILES,
-        eval_sets=eval_set_files,
+        splits=FIT_FILES + mdata.split_files(f"{R}/data", ["forget_romanized"], ["dev"]),
         lid_check=f"{R}/data/lid_check.jsonl",
         report=f"{R}/data/prepare_report.json",
     output:

@@ -2,9 +2,7 @@ if config["model"]["source"] == "demo":
 
     rule build_demo_model:
         input:
-            splits=SPLIT_FILES,
-            eval_sets=eval_set_files,
-            neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
+            splits=TRAIN_FILES + mdata.split_files(f"{R}/data", ["forget", "retain"], ["dev"]),
             detector=f"{R}/lid/romanized_detector.json",
             prepare=f"{R}/data/prepare_report.json",
         output:

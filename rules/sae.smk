@@ -4,10 +4,7 @@
 checkpoint select_layers:
     input:
         model=model_dir,
-        splits=SPLIT_FILES,
-        neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
-        prompts=[f"{R}/data/eval_sets/forget.jsonl"],
-        detector=f"{R}/lid/romanized_detector.json",
+        splits=DEV_FILES,
     output:
         f"{R}/layers/selection.json",
     log:
@@ -19,10 +16,9 @@ checkpoint select_layers:
         mem_mb=GPU_MEM,
         gpu=1,
     params:
-        settings=settings("model", "layers", "generation", "lid", "judge.model"),
+        settings=settings("model", "layers", "generation", "judge.model", "data.seed", "eval.prompt_fraction"),
         model_dir=model_dir_param,
         data_dir=data_dir_of,
-        sets_dir=sets_dir_of,
         judge_cache=config["judge"]["cache_dir"],
     conda:
         "../envs/mmie.yaml"
@@ -33,8 +29,7 @@ checkpoint select_layers:
 rule cache_activations:
     input:
         model=model_dir,
-        splits=SPLIT_FILES,
-        neighbours=expand(f"{R}/data/neighbours/{{code}}.jsonl", code=NEIGHBOURS),
+        splits=TRAIN_FILES,
         gibberish=gibberish_file,
     output:
         acts=f"{R}/acts/layer{{layer}}.safetensors",
@@ -82,7 +77,7 @@ rule train_sae:
 rule select_features:
     input:
         model=model_dir,
-        splits=SPLIT_FILES,
+        splits=mdata.split_files(f"{R}/data", ["forget", "retain"], ["train"]),
         acts=f"{R}/acts/layer{{layer}}.safetensors",
         sae=f"{R}/sae/layer{{layer}}",
     output:
@@ -126,7 +121,7 @@ rule sweep_gate:
     params:
         settings=settings("model", "gate", "generation", "eval", "lid", arm=True),
         model_dir=model_dir_param,
-        sets_dir=sets_dir_of,
+        data_dir=f"{R}/data",  # not from input: the input function waits for the select_layers checkpoint
         results_root=results_root_of,
     conda:
         "../envs/mmie.yaml"

@@ -5,6 +5,5 @@ from mmie import pipeline  # noqa: E402
 from mmie.models import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
-pipeline.select_layers(snakemake.config, snakemake.params.model_dir, snakemake.params.data_dir,
-                       snakemake.params.sets_dir, snakemake.input.detector, snakemake.output[0],
+pipeline.select_layers(snakemake.config, snakemake.params.model_dir, snakemake.params.data_dir, snakemake.output[0],
                        snakemake.params.judge_cache)

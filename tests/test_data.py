@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from conftest import DEMO as DEMO_DIR
 from conftest import write_lines
 from mmie.data import (
     RoleReport,
@@ -11,6 +12,7 @@ from mmie.data import (
     extract_text,
     prompt_prefix,
     read_role_file,
+    remove_cross_role,
     remove_overlap,
     script_filter,
     split_texts,
@@ -100,12 +102,30 @@ def test_script_filter_and_min_items_error_names_everything():
 
 def test_split_is_deterministic_disjoint_and_seeded():
     texts = [f"sentence number {i}" for i in range(100)]
-    fr = {"train": 0.6, "eval": 0.2, "holdout": 0.2}
+    fr = {"train": 0.6, "dev": 0.1, "test": 0.2, "holdout": 0.1}
     a, b = split_texts(texts, fr, 1, "forget"), split_texts(list(reversed(texts)), fr, 1, "forget")
     assert a == b
+    assert {p: len(v) for p, v in a.items()} == {"train": 60, "dev": 10, "test": 20, "holdout": 10}
     assert sorted(sum(a.values(), [])) == sorted(texts)
-    assert not set(a["train"]) & set(a["eval"]) and not set(a["eval"]) & set(a["holdout"])
+    assert sum(map(len, a.values())) == len(set(sum(a.values(), [])))   # no text in two parts
     assert split_texts(texts, fr, 2, "forget")["train"] != a["train"]
+    # adding a text moves at most the texts at the part boundaries, never reshuffles a part
+    c = split_texts(texts + ["one more sentence"], fr, 1, "forget")
+    assert len(set(a["test"]) ^ set(c["test"])) <= 2
+
+
+def test_split_too_small_names_role_and_fix():
+    with pytest.raises(DataError, match=r"role 'neighbour_ur': 3 texts .*data.split"):
+        split_texts(["a", "b", "c"], {"train": 0.6, "dev": 0.1, "test": 0.2, "holdout": 0.1}, 1, "neighbour_ur")
+
+
+def test_cross_role_duplicates_are_removed_from_both_roles_and_counted():
+    texts = {"forget": ["नमस्ते दुनिया", "एक"], "retain": ["hello", "नमस्ते  दुनिया"], "neighbour_ur": ["HELLO", "سلام"]}
+    reports = {r: RoleReport(r, r) for r in texts}
+    pairs = remove_cross_role(texts, reports)
+    assert texts == {"forget": ["एक"], "retain": [], "neighbour_ur": ["سلام"]}
+    assert pairs == {"forget|retain": 1, "neighbour_ur|retain": 1}
+    assert {r: rep.cross_role_removed for r, rep in reports.items()} == {"forget": 1, "retain": 2, "neighbour_ur": 1}
 
 
 def test_overlap_with_training_texts_is_removed_and_counted():
@@ -139,10 +159,47 @@ def test_prepare_demo_writes_disjoint_splits_and_report(tmp_path, demo_config):
 
     report = prepare(demo_config, tmp_path)
     rows = {p: [json.loads(x)["text"] for x in (tmp_path / "forget" / f"{p}.jsonl").read_text().splitlines()]
-            for p in ("train", "eval", "holdout")}
-    assert not set(rows["train"]) & (set(rows["eval"]) | set(rows["holdout"]))
+            for p in ("train", "dev", "test", "holdout")}
+    assert not set(rows["train"]) & (set(rows["dev"]) | set(rows["test"]) | set(rows["holdout"]))
     assert report["splits"]["forget"]["train"] == len(rows["train"])
     assert report["roles"]["forget"]["kept"] >= 400
     sets = {p.stem for p in (tmp_path / "eval_sets").glob("*.jsonl")}
     assert sets == {"forget", "retain", "romanized", "mixed", "adversarial", "ur", "pa", "bn", "comprehension", "yes_no"}
     assert report["script_histogram"]["forget"]["devanagari"] > 0.99
+
+
+def test_prepare_never_puts_one_text_in_two_splits_or_two_roles(tmp_path, demo_config):
+    """Planted: a natural romanized line also in retain (both Latin script), a forget text also in a
+    Devanagari neighbour file (spacing changed). prepare removes both copies of each, counts them
+    per role and per pair, and no text ends in two split files; the evaluation sets come from test
+    parts only."""
+    from mmie.config import deep_update
+    from mmie.data import SPLITS, dedup_key, split_path, split_roles
+    from mmie.prepare import prepare
+
+    def read(name):
+        return [json.loads(x)["text"] for x in (DEMO_DIR / name).read_text().splitlines() if x]
+
+    forget, retain, rom, gib = (read(n) for n in ("forget_hi.jsonl", "retain_en.jsonl", "forget_romanized.jsonl",
+                                                  "gibberish_hi.jsonl"))
+    retain_file = write_lines(tmp_path / "retain.jsonl", [{"text": t} for t in retain + [rom[3].upper()]])
+    mr_file = write_lines(tmp_path / "mr.jsonl", [{"text": t} for t in gib[:40] + ["  " + forget[3].replace(" ", "  ")]])
+    cfg = deep_update(demo_config, {"data": {"retain": str(retain_file), "neighbours": {"mr": str(mr_file)}},
+                                    "languages": {"neighbours": {"mr": {"name": "Marathi", "script": "devanagari"}}}})
+    out = tmp_path / "out"
+    report = prepare(cfg, out)
+    assert report["cross_role_duplicates"] == {"forget_romanized|retain": 1, "forget|neighbour_mr": 1}
+    removed = {role: rep["cross_role_removed"] for role, rep in report["roles"].items() if rep["cross_role_removed"]}
+    assert removed == {"forget": 1, "retain": 1, "forget_romanized": 1, "neighbour_mr": 1}
+    owner: dict[str, str] = {}
+    for role in split_roles(cfg["languages"]["neighbours"]):
+        for part in SPLITS:
+            for line in split_path(out, role, part).read_text().splitlines():
+                key = dedup_key(json.loads(line)["text"])
+                assert key not in owner, f"{role}/{part} repeats a text of {owner[key]}"
+                owner[key] = f"{role}/{part}"
+    assert dedup_key(forget[3]) not in owner and dedup_key(rom[3]) not in owner
+    for name, role in (("forget", "forget"), ("retain", "retain"), ("romanized", "forget_romanized"),
+                       ("mr", "neighbour_mr"), ("ur", "neighbour_ur")):
+        for line in (out / "eval_sets" / f"{name}.jsonl").read_text().splitlines():
+            assert owner[dedup_key(json.loads(line)["text"])] == f"{role}/test"

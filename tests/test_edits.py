@@ -11,7 +11,7 @@ from mmie import edits, layers
 from mmie.activations import cache_roles, collect, gibberish_from, model_fingerprint, read_cache, write_cache
 from mmie.arms.edit_arms import EditAdapter
 from mmie.directions import fit_leace, mean_difference
-from mmie.errors import ConfigError, DataError, ModelError
+from mmie.errors import ConfigError, DataError
 from mmie.hooks import edit_layer_outputs, hook_count, record_layer_outputs
 
 
@@ -326,7 +326,7 @@ def test_cache_roles_and_gibberish(tmp_path):
     data = tmp_path / "data"
     io.write_jsonl(data / "forget" / "train.jsonl", [{"id": "a", "text": "मेरा नाम राम है"}])
     io.write_jsonl(data / "retain" / "train.jsonl", [{"id": "b", "text": "my name is Ram"}])
-    io.write_jsonl(data / "neighbours" / "ur.jsonl", [{"id": "c", "text": "میرا نام رام ہے"}])
+    io.write_jsonl(data / "neighbours" / "ur" / "train.jsonl", [{"id": "c", "text": "میرا نام رام ہے"}])
     cfg = {"lid": {"romanization": "iast_plain"}, "data": {"gibberish": None, "seed": 1},
            "languages": {"neighbours": {"ur": {}}}}
     roles = cache_roles(cfg, data, 10)
@@ -344,28 +344,11 @@ def test_probe_auc_separates_planted_classes_and_not_noise():
     assert 0.2 < layers.probe_auc(a, b, 4, 0) < 0.8
 
 
-def test_votes_and_choice():
-    scores = [{0: 0.1, 1: 0.9, 2: 0.5}, {0: 0.2, 1: 0.4, 2: 0.6}, {0: 0.0, 1: 0.8, 2: 0.7}]
-    votes = layers.vote(scores, 1)
-    assert votes == {1: 2, 2: 1}
-    assert layers.choose(votes, {0: 0.1, 1: 0.7, 2: 0.6}, 1) == [1]
-    assert layers.choose(layers.vote(scores, 2), {0: 0.1, 1: 0.7, 2: 0.6}, 2) == [1, 2]
-
-
-class _StubLID:
-    """Calls an output 'target' when it has a Devanagari letter."""
-
-    def identify(self, text):
-        return ("hi" if any("\u0900" <= ch <= "\u097f" for ch in text) else "en"), 1.0
-
-    def is_target(self, label):
-        return label == "hi"
-
-
 def _selection_config(**sel):
-    return {"layers": {"selection": {"candidates": None, "n_layers": 1, "resamples": 2, "sample_fraction": 0.8,
-                                     "cv_folds": 2, "causal_max_new_tokens": 4, "probe_weight": 0.5,
-                                     "causal_weight": 0.5, "min_vote_share": 0.5, "judge_weight": 0, **sel},
+    return {"layers": {"selection": {"candidates": None, "n_layers": 1, "resamples": 2, "sample_fraction": 0.5,
+                                     "cv_folds": 2, "causal_prompts": 4, "causal_max_new_tokens": 4,
+                                     "probe_weight": 0.5, "causal_weight": 0.5, "stability_floor": 0.6,
+                                     "tie_tolerance": 1e-9, "judge_weight": 0, **sel},
                        "activations": {"max_length": 32, "batch_size": 4}},
             "generation": {"max_new_tokens": 4, "min_new_tokens": 4}, "data": {"seed": 1}}
 
@@ -375,30 +358,24 @@ def test_selection_artifact_on_a_tiny_model(tiny_lm, demo_texts):
 
     model, tok = tiny_lm
     lm = SimpleNamespace(model=model, tokenizer=tok)
-    data = {"target": demo_texts["hi"][:8], "retain": demo_texts["en"][:8], "neighbours": demo_texts["hi"][20:28]}
-    prompts = [{"id": str(i), "prompt": t[:12]} for i, t in enumerate(demo_texts["hi"][:4])]
-
-    class Always(_StubLID):
-        def identify(self, text):
-            return "hi", 1.0
-
-    res = layers.select(_selection_config(), lm, data, prompts, Always())
+    data = {"target": demo_texts["hi"][:8], "retain": demo_texts["en"][:8], "neighbours": demo_texts["ur"][:8]}
+    res = layers.select(_selection_config(), lm, data)
     assert res["candidates"] == [0, 1] and len(res["resamples"]) == 2
     assert all(set(r) == {"0", "1"} for r in res["resamples"])
     assert sum(res["votes"].values()) == 2 and res["layers"][0] in (0, 1)
-    assert all(row["causal"] == 0 for r in res["resamples"] for row in r.values())   # LID says target regardless
+    assert sum(res["frequency"].values()) == pytest.approx(1.0) and isinstance(res["stable"], bool)
+    for per in res["resamples"]:
+        for row in per.values():
+            assert row["causal"] == pytest.approx(row["mass_lost_target"] - row["mass_lost_retain"])
+    # each resample draws its own halves of the dev texts: fit and held halves are disjoint
+    for draw in res["resample_draws"]:
+        assert not set(draw["fit"]["target"]) & set(draw["held"]["target"])
+    assert res["resample_draws"][0] != res["resample_draws"][1]
     assert hook_count(model) == 0
-
-    class Never(_StubLID):
-        def identify(self, text):
-            return "en", 1.0
-
-    with pytest.raises(ModelError, match="force_layers"):
-        layers.select(_selection_config(), lm, data, prompts, Never())
     with pytest.raises(ConfigError, match="judge"):
-        layers.select(_selection_config(judge_weight=1.0), lm, data, prompts, Always())
+        layers.select(_selection_config(judge_weight=1.0), lm, data)
     with pytest.raises(ConfigError, match="n_layers"):
-        layers.select(_selection_config(n_layers=3), lm, data, prompts, Always())
+        layers.select(_selection_config(n_layers=3), lm, data)
 
 
 def test_force_layers_bypasses_selection_without_loading_a_model(tmp_path, monkeypatch):
@@ -411,6 +388,6 @@ def test_force_layers_bypasses_selection_without_loading_a_model(tmp_path, monke
     monkeypatch.setattr(mmie.models, "load_model", no_model)
     cfg = {"layers": {"force_layers": [1, 3]}, "data": {"seed": 1}, "experiment": "x"}
     out = tmp_path / "selection.json"
-    pipeline.select_layers(cfg, None, str(tmp_path), str(tmp_path), "unused", str(out))
+    pipeline.select_layers(cfg, None, str(tmp_path), str(out))
     sel = io.read_json(out)
     assert sel["forced"] is True and sel["layers"] == [1, 3] and sel["resamples"] == [] and "provenance" in sel

@@ -184,33 +184,26 @@ def test_judge_assisted_layer_selection_blends_and_records_the_judge(gemini, tmp
     model, tok = tiny_lm
     lm = SimpleNamespace(model=model, tokenizer=tok)
     data = {"target": demo_texts["hi"][:8], "retain": demo_texts["en"][:8], "neighbours": demo_texts["ur"][:8]}
-    prompts = [{"id": str(i), "prompt": t[:12]} for i, t in enumerate(demo_texts["hi"][:4])]
-
-    class LID:
-        def identify(self, text):
-            return "hi", 1.0
-
-        def is_target(self, label):
-            return label == "hi"
-
-    cfg = {"layers": {"selection": {"candidates": [0, 1], "n_layers": 1, "resamples": 2, "sample_fraction": 0.8,
-                                    "cv_folds": 2, "causal_max_new_tokens": 4, "probe_weight": 1.0,
-                                    "causal_weight": 1.0, "min_vote_share": 0.5, "judge_weight": 2.0},
+    cfg = {"layers": {"selection": {"candidates": [0, 1], "n_layers": 1, "resamples": 2, "sample_fraction": 0.5,
+                                    "cv_folds": 2, "causal_prompts": 4, "causal_max_new_tokens": 4,
+                                    "probe_weight": 1.0, "causal_weight": 1.0, "stability_floor": 0.6,
+                                    "tie_tolerance": 1e-9, "judge_weight": 2.0},
                       "activations": {"max_length": 32, "batch_size": 4}},
-           "generation": {"max_new_tokens": 4, "min_new_tokens": 4}, "data": {"seed": 1}}
+           "generation": {"max_new_tokens": 4, "min_new_tokens": 4}, "data": {"seed": 1},
+           "eval": {"prompt_fraction": 0.4}}
     judge = make(gemini, tmp_path)
-    res = layers.select(cfg, lm, data, prompts, LID(), judge)
+    res = layers.select(cfg, lm, data, judge)
     assert res["weights"] == {"separability": 1.0, "causal": 1.0, "judge": 2.0}
-    assert res["base_rates"]["judge"] == pytest.approx(0.9)
     for per in res["resamples"]:
         for row in per.values():
+            assert row["judge_base_rate"] == pytest.approx(0.9)
             assert row["judge_rate_ablated"] == pytest.approx(0.9)
             want = (row["separability"] + max(0, row["causal"]) + 2.0 * max(0, row["judge"])) / 4.0
             assert row["score"] == pytest.approx(want)
     calls = len(gemini.calls)
     assert calls >= 1
     again = make(gemini, tmp_path)
-    layers.select(cfg, lm, data, prompts, LID(), again)
+    layers.select(cfg, lm, data, again)
     assert len(gemini.calls) == calls and again.calls == 0
 
 
