@@ -127,6 +127,7 @@ def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
     ``neighbours``; ``judge``: a ``mmie.judge.Judge`` when judge-assisted."""
     from mmie.activations import collect, encode_texts
     from mmie.edits import ablate
+    from mmie.generation import special_prefix
     from mmie.hooks import check_layers, decoder_layers, edit_layer_outputs
     from mmie.likelihood import score_sequences
 
@@ -196,7 +197,8 @@ def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
             auc_r = probe_auc(x["target"], x["retain"], sel["cv_folds"], seed=r)
             auc_n = probe_auc(x["target"], x["neighbours"], sel["cv_folds"], seed=r)
             direction = torch.from_numpy(x["target"].mean(0) - x["retain"].mean(0))
-            with edit_layer_outputs(model, {ly: ablate(direction)}):
+            # the same positions the edit arms act on: the special prefix and padding are left alone
+            with edit_layer_outputs(model, {ly: ablate(direction)}, skip_prefix=special_prefix(tok)):
                 ablated = {role: sum(nll(role, held[role])[0]) for role in held}
                 if judge is not None:
                     chosen = [prompts[i] for i in held["target"]]
