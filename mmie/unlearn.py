@@ -185,6 +185,7 @@ class ResumeStore:
     def save(self, payload: dict) -> None:
         with io.atomic_path(self.path) as tmp:
             torch.save({**payload, "format": RESUME_FORMAT, "key": self.key}, tmp)
+        log.debug("saved the resumable state after step %s to %s", payload.get("step"), self.path)
 
     def clear(self) -> None:
         """Remove the folder (after the checkpoint is written)."""
