@@ -304,15 +304,18 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
         if step % cfg["eval_every"] == 0 or step == steps:
             row["retain_ppl"] = math.exp(heldout_nll(model, adapter, heldout_retain, pad_id, device))
             row["forget_nll"] = heldout_nll(model, adapter, heldout_forget, pad_id, device)
-            # written so that NaN fails: every comparison with NaN is false
-            if not (row["retain_ppl"] <= budget) or not math.isfinite(row["forget_nll"]):
+            # written so that NaN fails (every comparison with NaN is false)
+            problems = []
+            if not (row["retain_ppl"] <= budget):
+                problems.append(f"held-out retain perplexity {row['retain_ppl']:.2f} is not <= "
+                                f"{cfg['max_retain_ppl_ratio']} x base {base_retain_ppl:.2f}")
+            if not math.isfinite(row["forget_nll"]):
+                problems.append(f"held-out forget NLL {row['forget_nll']} is not finite")
+            if problems:
                 rows.append(row)
-                stopped = (f"early stop at step {step}: held-out retain perplexity {row['retain_ppl']:.2f} is not "
-                           f"<= {cfg['max_retain_ppl_ratio']} x base {base_retain_ppl:.2f}"
-                           + ("" if math.isfinite(row["forget_nll"]) else
-                              f" or held-out forget NLL {row['forget_nll']} is not finite"))
-                (log.info if math.isfinite(row["retain_ppl"]) and math.isfinite(row["forget_nll"])
-                 else log.warning)("%s: %s", desc, stopped)
+                stopped = f"early stop at step {step}: " + " and ".join(problems)
+                finite = math.isfinite(row["retain_ppl"]) and math.isfinite(row["forget_nll"])
+                (log.info if finite else log.warning)("%s: %s", desc, stopped)
                 break
             kept = {"state": adapter.state_dict(), "step": step}
         rows.append(row)

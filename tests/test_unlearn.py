@@ -233,15 +233,14 @@ def test_npo_uses_sequence_log_likelihoods_as_published():
 
 
 def test_npo_gradient_weights_every_token_of_a_sequence_alike():
-    """With the summed log-likelihood, d L / d lp_t is the same for every valid token of a sequence
-    (-(2/beta) * (-beta) * sigmoid(beta r) / n_seq... = 2 sigmoid(beta r)/n_seq) and zero on padding;
-    the token mean would divide it by the sequence length."""
+    """With the summed log-likelihood, dL/d lp_t = 2 sigmoid(beta r) / n_sequences for every valid token
+    of a sequence with log-ratio r, and 0 on padding; the token mean would divide it by the length."""
     lp = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -0.2, -7.0]], requires_grad=True)
     ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, -7.0]])
     valid = torch.tensor([[True, True, True], [True, True, False]])
     unlearn.forget_loss("npo", lp, valid, ref, 0.1, 10.0).backward()
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
-    want = torch.tensor([[sig(0.1 * -0.5)] * 3, [sig(0.1 * -0.2)] * 2 + [0.0]])   # 2/beta * beta * sigma / 2 seqs
+    want = torch.tensor([[sig(0.1 * -0.5)] * 3, [sig(0.1 * -0.2)] * 2 + [0.0]])   # 2 sigma(beta r) / 2 sequences
     assert torch.allclose(lp.grad, want, atol=1e-6)
 
 
@@ -284,6 +283,8 @@ def test_a_nan_heldout_metric_stops_training_and_is_never_kept(fresh, data, monk
     assert res.summary["kept_step"] == 4
     assert res.summary["steps_run"] == 8
     assert res.summary["stopped"].startswith("early stop at step 8")
+    other = "forget" if which == "retain" else "retain"
+    assert which in res.summary["stopped"] and other not in res.summary["stopped"]   # names what failed
 
 
 def test_a_nan_heldout_perplexity_at_the_first_evaluation_is_an_error(fresh, data, monkeypatch):
