@@ -365,19 +365,24 @@ def score_set(config: dict, arm_name: str, seed: int, info, generations: str, ma
 def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, out_dir: str,
                   selection: str | None = None) -> None:
     """One (arm, seed) unlearning run; writes the checkpoint directory atomically (temp dir + rename):
-    adapter weights, manifest.json, train_log.csv."""
+    adapter weights, manifest.json, train_log.csv. The resumable state lives in the sibling folder
+    ``<out_dir>.resume/`` while training runs (a rerun after a kill continues from it) and is removed
+    once the checkpoint is in place."""
     import shutil
     import tempfile
 
     import pandas as pd
 
     from mmie import arms, unlearn
+    from mmie.activations import model_fingerprint
     from mmie.generation import special_prefix
     from mmie.models import load_model
     from mmie.seeding import seed_everything
 
     spec = arms.resolve_spec(config["arms"][arm_name])
     tcfg = spec["train"]
+    out = Path(out_dir)
+    sweep_killed_run(out)
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
     for p in lm.model.parameters():
@@ -398,9 +403,13 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     selected = io.read_json(selection)["layers"] if selection else None
     adapter = arms.create_adapter(config, spec, lm.model, selected)
     n_trainable = sum(p.numel() for p in adapter.parameters())
+    key = provenance.config_hash({
+        "arm": arm_name, "seed": seed, "spec": spec, "layers": getattr(adapter, "layers", None),
+        "deterministic": config["deterministic"], "model": model_fingerprint(lm.model),
+        "data": [forget, retain, h_forget, h_retain]})
+    resume = unlearn.ResumeStore(resume_dir(out), key)
     result = unlearn.train(adapter.model, adapter, tok.pad_token_id, forget, retain, h_forget, h_retain, tcfg,
-                           seed, desc=f"train {arm_name}/seed{seed}")
-    out = Path(out_dir)
+                           seed, desc=f"train {arm_name}/seed{seed}", resume=resume)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -421,6 +430,28 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    resume.clear()
+
+
+def resume_dir(out_dir: Path) -> Path:
+    """Where a training job keeps its resumable state: a sibling of its checkpoint folder."""
+    return out_dir.with_name(out_dir.name + ".resume")
+
+
+def sweep_killed_run(out_dir: Path) -> None:
+    """Remove what a killed training job of this checkpoint left half-written: its temporary
+    checkpoint folders (``.<name>.*`` beside it) and unfinished resume-state files. The resume
+    state itself stays: it is what the rerun continues from."""
+    import glob
+    import shutil
+
+    from mmie.unlearn import sweep_unfinished_writes
+
+    for stale in sorted(out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*")):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+            log.warning("removed %s, the unfinished checkpoint folder of a killed run", stale)
+    sweep_unfinished_writes(resume_dir(out_dir))
 
 
 def adapter_texts(data: Path, heldout_items: int) -> dict[str, list[str]]:

@@ -1,26 +1,41 @@
 """Unlearning objectives and the training loop of the trained arms (METHOD §6).
 
-Forget terms (token-averaged, padding masked): ``ga`` (−NLL), ``npo``
-(−(2/β) log σ(−β (log πθ − log πref)), with per-sequence mean token log-probabilities) and
-``bounded`` (−B·tanh(NLL/B)). Retain term: KL(p_ref ‖ pθ) per token on retain batches (masked mean)
-plus an optional NLL. The reference is the *same* weights with the adapter switched off.
+Forget terms (padding masked):
+- ``ga``: −NLL, token-averaged over the batch;
+- ``bounded``: −B·tanh(NLL/B), NLL token-averaged;
+- ``npo`` as published (Zhang et al. 2024, "Negative Preference Optimization"):
+  −(2/β) · mean over sequences of log σ(−β (log πθ(y|x) − log πref(y|x))), where log π(y|x) is the
+  *sequence* log-likelihood, the masked SUM of its token log-probabilities;
+- ``npo_token_mean``: the same with the per-sequence MEAN of token log-probabilities (a variant,
+  not the published objective; its log-ratio does not grow with the sequence length).
+Retain term: KL(p_ref ‖ pθ) per token on retain batches (masked mean) plus an optional NLL. The
+reference is the *same* weights with the adapter switched off.
 
 Hygiene: AdamW, linear warm-up then cosine decay, gradient clipping, a NaN/Inf guard that stops the
 job naming the step (no checkpoint is written), and early stopping on held-out retain perplexity:
-when it leaves ``max_retain_ppl_ratio × base``, training stops and the last state within budget is
-kept."""
+when it leaves ``max_retain_ppl_ratio × base`` (or is not a finite number), training stops and the
+last state within budget is kept.
+
+Resume: with a :class:`ResumeStore`, every ``eval_every`` steps the whole training state (adapter
+tensors, optimizer, scheduler, RNG states, step, best-so-far state, log rows) replaces one file
+atomically; a rerun with the same identity key continues from it and ends with the same adapter,
+bit for bit, as an uninterrupted run."""
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
+import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mmie import io
 from mmie.likelihood import right_pad
 
 log = logging.getLogger(__name__)
@@ -32,6 +47,14 @@ class NonFiniteError(FloatingPointError):
 
 class NoStateWithinBudget(RuntimeError):
     """Held-out retain perplexity left its budget before any evaluated training state stayed inside it."""
+
+
+class ResumeError(RuntimeError):
+    """A resume state exists but cannot be used."""
+
+
+OBJECTIVES = ("ga", "bounded", "npo", "npo_token_mean")
+NPO_OBJECTIVES = ("npo", "npo_token_mean")
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -47,23 +70,32 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (values * valid).sum() / valid.sum().clamp(min=1)
 
 
+def seq_sum(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-sequence sum over the valid positions: the sequence log-likelihood of token log-probabilities."""
+    return (values * valid).sum(dim=1)
+
+
 def seq_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    return (values * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    return seq_sum(values, valid) / valid.sum(dim=1).clamp(min=1)
+
+
+def npo_loss(seq_lp: torch.Tensor, ref_seq_lp: torch.Tensor, beta: float) -> torch.Tensor:
+    """−(2/β) · mean over sequences of log σ(−β (log πθ − log πref)), from per-sequence log-likelihoods."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * (seq_lp - ref_seq_lp)).mean()
 
 
 def forget_loss(kind: str, tok_lp: torch.Tensor, valid: torch.Tensor, ref_tok_lp: torch.Tensor | None,
                 beta: float, bound: float) -> torch.Tensor:
-    nll = -masked_mean(tok_lp, valid)
     if kind == "ga":
-        return -nll
+        return masked_mean(tok_lp, valid)
     if kind == "bounded":
-        return -bound * torch.tanh(nll / bound)
-    if kind == "npo":
+        return -bound * torch.tanh(-masked_mean(tok_lp, valid) / bound)
+    if kind in NPO_OBJECTIVES:
         if ref_tok_lp is None:
-            raise ValueError("npo needs reference log-probabilities")
-        ratio = seq_mean(tok_lp, valid) - seq_mean(ref_tok_lp, valid)
-        return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()
-    raise ValueError(f"unknown forget objective {kind!r}")
+            raise ValueError(f"{kind} needs reference log-probabilities")
+        per_seq = seq_sum if kind == "npo" else seq_mean
+        return npo_loss(per_seq(tok_lp, valid), per_seq(ref_tok_lp, valid), beta)
+    raise ValueError(f"unknown forget objective {kind!r}; one of {', '.join(OBJECTIVES)}")
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,6 +104,95 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
     return masked_mean(kl, mask.bool())
+
+
+# ----------------------------------------------------------------------------- resume
+RESUME_FORMAT = 1
+RESUME_FILE = "state.pt"
+
+
+def rng_states() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) global RNG states, in types ``torch.load(weights_only=True)`` reads."""
+    import numpy as np
+
+    np_state = np.random.get_state(legacy=False)
+    return {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "numpy": {"bit_generator": np_state["bit_generator"],
+                      "key": torch.from_numpy(np_state["state"]["key"].astype("int64")),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict) -> None:
+    import numpy as np
+
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npst = states["numpy"]
+    np.random.set_state({"bit_generator": npst["bit_generator"],
+                         "state": {"key": npst["key"].numpy().astype("uint32"), "pos": npst["pos"]},
+                         "has_gauss": npst["has_gauss"], "gauss": npst["gauss"]})
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        if not torch.cuda.is_available() or len(states["cuda"]) != torch.cuda.device_count():
+            raise ResumeError("the resume state was written with a different set of CUDA devices; delete the "
+                              "resume folder to start this run from scratch")
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def sweep_unfinished_writes(directory: str | Path) -> list[Path]:
+    """Remove temporary resume-state files whose write a kill interrupted; returns what was removed."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(f".{RESUME_FILE}.*.tmp")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink()
+        log.warning("removed %s, an unfinished resume-state write of a killed run", path)
+    return stale
+
+
+class ResumeStore:
+    """The resumable state of one training run: ``<directory>/state.pt``, replaced atomically
+    (temporary file + rename, mmie.io) every ``eval_every`` steps. ``key`` identifies the run (arm,
+    seed, settings, model, data); a state with another key is never loaded."""
+
+    def __init__(self, directory: str | Path, key: str) -> None:
+        self.dir = Path(directory)
+        self.key = key
+
+    @property
+    def path(self) -> Path:
+        return self.dir / RESUME_FILE
+
+    def load(self) -> dict | None:
+        """The saved state when it belongs to this run, else None (a state of another run is logged and ignored)."""
+        if not self.path.is_file():
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+            raise ResumeError(f"the resume state {self.path} cannot be read ({err}); delete {self.dir} to start "
+                              f"this run from scratch") from err
+        if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT or payload.get("key") != self.key:
+            found = payload.get("key") if isinstance(payload, dict) else type(payload).__name__
+            log.warning("ignoring the resume state %s: it belongs to another run (key %s, this run %s: the arm, "
+                        "seed, settings, model or data changed); training starts from step 0 and overwrites it",
+                        self.path, found, self.key)
+            return None
+        return payload
+
+    def save(self, payload: dict) -> None:
+        with io.atomic_path(self.path) as tmp:
+            torch.save({**payload, "format": RESUME_FORMAT, "key": self.key}, tmp)
+        log.debug("saved the resumable state after step %s to %s", payload.get("step"), self.path)
+
+    def clear(self) -> None:
+        """Remove the folder (after the checkpoint is written)."""
+        if self.dir.is_dir():
+            for path in self.dir.iterdir():
+                path.unlink()
+            self.dir.rmdir()
 
 
 # ----------------------------------------------------------------------------- loop
@@ -85,6 +206,8 @@ class TrainResult:
 def heldout_nll(model, adapter, seqs: list[list[int]], pad_id: int, device, batch_size: int = 32,
                 use_adapter: bool = True) -> float:
     """Token-weighted mean NLL on held-out sequences (inference mode)."""
+    if not seqs:
+        raise ValueError("no held-out sequences to evaluate (train.heldout_items or the held-out split is empty)")
     total, count = 0.0, 0
     ctx = adapter.active if use_adapter else adapter.reference
     with torch.inference_mode(), ctx():
@@ -98,13 +221,17 @@ def heldout_nll(model, adapter, seqs: list[list[int]], pad_id: int, device, batc
 
 def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[list[int]],
           heldout_forget: list[list[int]], heldout_retain: list[list[int]], cfg: dict, seed: int,
-          desc: str = "unlearn") -> TrainResult:
+          desc: str = "unlearn", resume: ResumeStore | None = None) -> TrainResult:
     """Run the unlearning loop; ``adapter`` provides ``parameters()``, ``active()``, ``reference()``,
-    ``state_dict()`` and ``load_state_dict()``."""
+    ``state_dict()``, ``load_state_dict()`` and, with ``resume``, ``resume_state()`` and
+    ``load_resume_state()`` (every tensor training changes, in place, so the optimizer keeps its
+    parameters)."""
     device = next(model.parameters()).device
     params = [p for p in adapter.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{desc}: the adapter has no trainable parameters")
+    if cfg["objective"] not in OBJECTIVES:
+        raise ValueError(f"{desc}: unknown train.objective {cfg['objective']!r}; one of {', '.join(OBJECTIVES)}")
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps, warm = cfg["max_steps"], cfg["warmup_steps"]
 
@@ -115,16 +242,35 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     gen = torch.Generator().manual_seed(seed)
-    base_retain_ppl = math.exp(heldout_nll(model, adapter, heldout_retain, pad_id, device, use_adapter=False))
-    base_forget_nll = heldout_nll(model, adapter, heldout_forget, pad_id, device, use_adapter=False)
+    saved = resume.load() if resume is not None else None
+    if saved is None:
+        base_retain_ppl = math.exp(heldout_nll(model, adapter, heldout_retain, pad_id, device, use_adapter=False))
+        base_forget_nll = heldout_nll(model, adapter, heldout_forget, pad_id, device, use_adapter=False)
+        if not (math.isfinite(base_retain_ppl) and math.isfinite(base_forget_nll)):
+            raise NonFiniteError(f"{desc}: the base model's held-out retain perplexity ({base_retain_ppl}) or forget "
+                                 f"NLL ({base_forget_nll}) is not finite; no budget can be set. Check the model's "
+                                 f"dtype (model.dtype) and the held-out texts.")
+        rows: list[dict] = [{"step": 0, "retain_ppl": base_retain_ppl, "forget_nll": base_forget_nll}]
+        kept: dict | None = None   # the initial state is no result (LoReFT is not even the identity at init)
+        tokens, start, seconds_before, resumed_from = 0, 1, 0.0, None
+    else:
+        adapter.load_resume_state(saved["adapter"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["batch_rng"])
+        set_rng_states(saved["rng"])
+        base_retain_ppl, base_forget_nll = saved["base_retain_ppl"], saved["base_forget_nll"]
+        rows, kept, tokens = saved["rows"], saved["kept"], saved["tokens"]
+        resumed_from = saved["step"]
+        start, seconds_before = resumed_from + 1, saved["seconds"]
+        log.warning("%s: resuming after step %d of %d from %s (a previous run of this job was interrupted; "
+                    "steps 1-%d are not repeated)", desc, resumed_from, steps, resume.path, resumed_from)
     budget = cfg["max_retain_ppl_ratio"] * base_retain_ppl
-    rows: list[dict] = [{"step": 0, "retain_ppl": base_retain_ppl, "forget_nll": base_forget_nll}]
-    kept: dict | None = None   # the initial state is no result (LoReFT is not even the identity at init)
     stopped = "max_steps"
-    tokens = 0
     t0 = time.time()
     bs = cfg["batch_size"]
-    for step in tqdm(range(1, steps + 1), desc=desc, mininterval=2.0):
+    npo = cfg["objective"] in NPO_OBJECTIVES
+    for step in tqdm(range(start, steps + 1), desc=desc, mininterval=2.0, initial=start - 1, total=steps):
         fb = [forget[i] for i in torch.randint(len(forget), (bs,), generator=gen).tolist()]
         rb = [retain[i] for i in torch.randint(len(retain), (bs,), generator=gen).tolist()]
         f_ids, f_mask = right_pad(fb, pad_id, device)
@@ -132,7 +278,7 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
         with torch.no_grad(), adapter.reference():
             ref_r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
             ref_f_lp = (token_logprobs(model(input_ids=f_ids, attention_mask=f_mask).logits, f_ids, f_mask)[0]
-                        if cfg["objective"] == "npo" else None)
+                        if npo else None)
         with adapter.active():
             f_lp, f_valid = token_logprobs(model(input_ids=f_ids, attention_mask=f_mask).logits, f_ids, f_mask)
             r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
@@ -158,15 +304,27 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
         if step % cfg["eval_every"] == 0 or step == steps:
             row["retain_ppl"] = math.exp(heldout_nll(model, adapter, heldout_retain, pad_id, device))
             row["forget_nll"] = heldout_nll(model, adapter, heldout_forget, pad_id, device)
-            if row["retain_ppl"] > budget:
+            # written so that NaN fails (every comparison with NaN is false)
+            problems = []
+            if not (row["retain_ppl"] <= budget):
+                problems.append(f"held-out retain perplexity {row['retain_ppl']:.2f} is not <= "
+                                f"{cfg['max_retain_ppl_ratio']} x base {base_retain_ppl:.2f}")
+            if not math.isfinite(row["forget_nll"]):
+                problems.append(f"held-out forget NLL {row['forget_nll']} is not finite")
+            if problems:
                 rows.append(row)
-                stopped = (f"early stop at step {step}: held-out retain perplexity {row['retain_ppl']:.2f} > "
-                           f"{cfg['max_retain_ppl_ratio']} x base {base_retain_ppl:.2f}")
-                log.info(stopped)
+                stopped = f"early stop at step {step}: " + " and ".join(problems)
+                finite = math.isfinite(row["retain_ppl"]) and math.isfinite(row["forget_nll"])
+                (log.info if finite else log.warning)("%s: %s", desc, stopped)
                 break
             kept = {"state": adapter.state_dict(), "step": step}
         rows.append(row)
-    seconds = time.time() - t0
+        if resume is not None and step % cfg["eval_every"] == 0 and step < steps:
+            resume.save({"step": step, "adapter": adapter.resume_state(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "batch_rng": gen.get_state(), "rng": rng_states(),
+                         "base_retain_ppl": base_retain_ppl, "base_forget_nll": base_forget_nll,
+                         "rows": rows, "kept": kept, "tokens": tokens, "seconds": seconds_before + time.time() - t0})
+    seconds = seconds_before + time.time() - t0
     if kept is None:
         raise NoStateWithinBudget(
             f"{desc}: no evaluated training state stayed within the retain budget ({stopped}); no checkpoint was "
@@ -175,5 +333,6 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
     summary = {"kept_step": kept["step"], "stopped": stopped, "steps_run": rows[-1]["step"],
                "base_retain_ppl": base_retain_ppl, "base_forget_nll": base_forget_nll,
                "train_seconds": round(seconds, 2), "tokens": tokens,
-               "tokens_per_second": round(tokens / seconds, 1) if seconds else None}
+               "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+               "resumed_after_step": resumed_from}
     return TrainResult(state=kept["state"], log_rows=rows, summary=summary)

@@ -1,5 +1,6 @@
 """Trained arms (issue: LoRA / ReFT): objectives, hygiene, strict checkpoints, hooks."""
 import copy
+import math
 
 import pytest
 import torch
@@ -208,3 +209,158 @@ def test_reft_identity_init_leaves_the_model_unchanged(fresh, kind):
     random_start = ReftAdapter(model, [0], 2, kind)
     with random_start.active():
         assert not torch.allclose(logits(model, tok), clean, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- NPO as published
+def test_npo_uses_sequence_log_likelihoods_as_published():
+    """Zhang et al. 2024: L = -(2/beta) mean_seq log sigmoid(-beta (log pi_theta(y|x) - log pi_ref(y|x))),
+    log pi(y|x) = the masked SUM of token log-probabilities. Hand computation, padding included."""
+    pad = -100.0   # a padded position: must not count
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -0.2, pad]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, pad]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    # sequence log-likelihoods: theta -3.5 and -3.2, reference -3.0 and -3.0 -> log-ratios -0.5 and -0.2
+    for beta in (0.1, 2.0):
+        expected = -(2 / beta) * 0.5 * (math.log(1 / (1 + math.exp(-(-beta * -0.5))))
+                                        + math.log(1 / (1 + math.exp(-(-beta * -0.2)))))
+        got = float(unlearn.forget_loss("npo", lp, valid, ref, beta, 10.0))
+        assert got == pytest.approx(expected, rel=1e-6), beta
+    # the token-mean variant is a separately named objective: means -3.5/3, -1.6 vs -1.0, -1.5
+    beta = 0.1
+    r1, r2 = -3.5 / 3 - -1.0, -1.6 - -1.5
+    expected_mean = -(2 / beta) * 0.5 * (math.log(1 / (1 + math.exp(beta * r1))) + math.log(1 / (1 + math.exp(beta * r2))))
+    assert float(unlearn.forget_loss("npo_token_mean", lp, valid, ref, beta, 10.0)) == pytest.approx(expected_mean,
+                                                                                                      rel=1e-6)
+    assert expected_mean != pytest.approx(float(unlearn.forget_loss("npo", lp, valid, ref, beta, 10.0)), rel=1e-3)
+
+
+def test_npo_gradient_weights_every_token_of_a_sequence_alike():
+    """With the summed log-likelihood, dL/d lp_t = 2 sigmoid(beta r) / n_sequences for every valid token
+    of a sequence with log-ratio r, and 0 on padding; the token mean would divide it by the length."""
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -0.2, -7.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, -7.0]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    unlearn.forget_loss("npo", lp, valid, ref, 0.1, 10.0).backward()
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    want = torch.tensor([[sig(0.1 * -0.5)] * 3, [sig(0.1 * -0.2)] * 2 + [0.0]])   # 2 sigma(beta r) / 2 sequences
+    assert torch.allclose(lp.grad, want, atol=1e-6)
+
+
+def test_schema_names_the_token_mean_variant_separately():
+    import yaml
+
+    from conftest import ROOT
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    objective = schema["$defs"]["train"]["properties"]["objective"]
+    assert set(objective["enum"]) == set(unlearn.OBJECTIVES)
+    assert objective["default"] == "npo"
+
+
+# ----------------------------------------------------------------------------- NaN never passes a budget
+def _nan_heldout(monkeypatch, from_eval: int, which: str = "retain"):
+    """Make the adapter's held-out metric NaN from its ``from_eval``-th evaluation on (1-based)."""
+    real = unlearn.heldout_nll
+    calls = {"retain": 0, "forget": 0}
+
+    def fake(model, adapter, seqs, pad_id, device, batch_size=32, use_adapter=True):
+        value = real(model, adapter, seqs, pad_id, device, batch_size, use_adapter)
+        if not use_adapter:
+            return value
+        role = "retain" if calls["retain"] == calls["forget"] else "forget"   # retain is evaluated first
+        calls[role] += 1
+        return float("nan") if role == which and calls[role] >= from_eval else value
+
+    monkeypatch.setattr(unlearn, "heldout_nll", fake)
+
+
+@pytest.mark.parametrize("which", ["retain", "forget"])
+def test_a_nan_heldout_metric_stops_training_and_is_never_kept(fresh, data, monkeypatch, which):
+    model, tok = fresh
+    torch.manual_seed(0)
+    adapter = ReftAdapter(model, [0], 2, "loreft")
+    _nan_heldout(monkeypatch, from_eval=2, which=which)   # evaluations at steps 4, 8, 12: step 8 is NaN
+    res = unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                        data["h_retain"], TRAIN, seed=0)
+    assert res.summary["kept_step"] == 4
+    assert res.summary["steps_run"] == 8
+    assert res.summary["stopped"].startswith("early stop at step 8")
+    other = "forget" if which == "retain" else "retain"
+    assert which in res.summary["stopped"] and other not in res.summary["stopped"]   # names what failed
+
+
+def test_a_nan_heldout_perplexity_at_the_first_evaluation_is_an_error(fresh, data, monkeypatch):
+    model, tok = fresh
+    adapter = ReftAdapter(model, [0], 2, "loreft")
+    _nan_heldout(monkeypatch, from_eval=1)
+    with pytest.raises(unlearn.NoStateWithinBudget, match="nan is not <="):
+        unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                      data["h_retain"], TRAIN, seed=0)
+
+
+def test_a_nan_base_perplexity_is_an_error_not_a_budget(fresh, data, monkeypatch):
+    model, tok = fresh
+    adapter = ReftAdapter(model, [0], 2, "loreft")
+    monkeypatch.setattr(unlearn, "heldout_nll", lambda *a, **k: float("nan"))
+    with pytest.raises(unlearn.NonFiniteError, match="base model's held-out retain perplexity"):
+        unlearn.train(model, adapter, tok.pad_token_id, data["forget"], data["retain"], data["h_forget"],
+                      data["h_retain"], TRAIN, seed=0)
+
+
+# ----------------------------------------------------------------------------- resume
+def _adapter(method, model):
+    if method == "lora":
+        return LoraAdapter.create(model, {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]})
+    return ReftAdapter(model, [0, 1], 2, "loreft")
+
+
+def _run(tiny_lm, data, method, store, seed=0):
+    from mmie.seeding import seed_everything
+
+    model = copy.deepcopy(tiny_lm[0]).eval()
+    seed_everything(seed)
+    adapter = _adapter(method, model)
+    res = unlearn.train(adapter.model, adapter, tiny_lm[1].pad_token_id, data["forget"], data["retain"],
+                        data["h_forget"], data["h_retain"], {**TRAIN, "lr": 2e-2}, seed=seed, resume=store)
+    return res
+
+
+@pytest.mark.parametrize("method", ["lora", "reft"])
+def test_resumed_training_ends_bit_identical_to_an_uninterrupted_run(tiny_lm, data, tmp_path, method, caplog):
+    """The state saved after step 8 of 12, loaded into a fresh adapter, continues to the very same
+    adapter, log rows and kept step (LoReFT: pyreft's load_state_dict would rebuild the rotation and
+    leave the optimizer training orphaned tensors)."""
+    whole = _run(tiny_lm, data, method, None)
+    store = unlearn.ResumeStore(tmp_path / "seed0.resume", key="run-a")
+    first = _run(tiny_lm, data, method, store)   # leaves the state of step 8 behind (the pipeline clears it)
+    assert first.summary["resumed_after_step"] is None
+    saved = torch.load(store.path, weights_only=True)
+    assert saved["step"] == 8 and [r["step"] for r in saved["rows"]] == list(range(9))
+    with caplog.at_level("WARNING", logger="mmie.unlearn"):
+        again = _run(tiny_lm, data, method, store)
+    assert again.summary["resumed_after_step"] == 8
+    assert "resuming after step 8 of 12" in caplog.text
+    for res in (first, again):
+        assert res.state.keys() == whole.state.keys()
+        assert all(torch.equal(res.state[k], whole.state[k]) for k in whole.state)
+        assert res.log_rows == whole.log_rows
+        assert res.summary["kept_step"] == whole.summary["kept_step"]
+    assert any(not torch.equal(saved["kept"]["state"][k], whole.state[k]) for k in whole.state)  # steps 9-12 mattered
+
+
+def test_a_resume_state_of_another_run_is_ignored_loudly(tiny_lm, data, tmp_path, caplog):
+    store = unlearn.ResumeStore(tmp_path / "r", key="settings-a")
+    _run(tiny_lm, data, "lora", store)
+    with caplog.at_level("WARNING", logger="mmie.unlearn"):
+        other = _run(tiny_lm, data, "lora", unlearn.ResumeStore(tmp_path / "r", key="settings-b"))
+    assert other.summary["resumed_after_step"] is None
+    assert "belongs to another run" in caplog.text
+    assert [r["step"] for r in other.log_rows] == list(range(13))
+
+
+def test_an_unreadable_resume_state_is_an_error_naming_the_file(tiny_lm, data, tmp_path):
+    store = unlearn.ResumeStore(tmp_path / "r", key="k")
+    store.dir.mkdir()
+    store.path.write_bytes(b"not a torch file")
+    with pytest.raises(unlearn.ResumeError, match=r"(?s)state\.pt cannot be read.*delete"):
+        _run(tiny_lm, data, "lora", store)

@@ -21,6 +21,21 @@ from mmie.errors import ModelError
 WEIGHTS = "adapter_model.safetensors"
 
 
+def copy_tensors_in_place(named: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``state`` into the live tensors ``named`` (same objects afterwards, so an optimizer built
+    on them stays valid); the key sets must match exactly."""
+    missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
+    if missing or unexpected:
+        raise ModelError(f"{what} resume state does not match the adapter: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}; delete the resume folder to start from scratch")
+    with torch.no_grad():
+        for k, t in named.items():
+            if t.shape != state[k].shape:
+                raise ModelError(f"{what} resume state: tensor {k} has shape {tuple(state[k].shape)}, "
+                                 f"the adapter {tuple(t.shape)}")
+            t.copy_(state[k].to(t.device, t.dtype))
+
+
 class LoraAdapter(Switch):
     method = "lora"
 
@@ -93,6 +108,18 @@ class LoraAdapter(Switch):
         res = set_peft_model_state_dict(self.model, state)
         if res.unexpected_keys:
             raise ModelError(f"LoRA state has unexpected keys: {sorted(res.unexpected_keys)[:5]}")
+
+    def _live_tensors(self) -> dict[str, torch.Tensor]:
+        named = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        return {k: v for k, v in named.items() if "lora_" in k}
+
+    def resume_state(self) -> dict[str, torch.Tensor]:
+        """Every LoRA tensor under torch's own names (parameters and buffers), for resuming training."""
+        return {k: v.detach().cpu().clone() for k, v in self._live_tensors().items()}
+
+    def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``resume_state()`` in place (the optimizer keeps pointing at the same tensors)."""
+        copy_tensors_in_place(self._live_tensors(), state, "LoRA")
 
     def save(self, out_dir: str | Path) -> None:
         self.model.save_pretrained(str(out_dir))

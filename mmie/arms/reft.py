@@ -21,6 +21,21 @@ WEIGHTS = "reft_weights.safetensors"
 CONFIG = "reft_config.json"
 
 
+def copy_tensors_in_place(named: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``state`` into the live tensors ``named`` (same objects afterwards, so an optimizer built
+    on them stays valid); the key sets must match exactly."""
+    missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
+    if missing or unexpected:
+        raise ModelError(f"{what} resume state does not match the adapter: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}; delete the resume folder to start from scratch")
+    with torch.no_grad():
+        for k, t in named.items():
+            if t.shape != state[k].shape:
+                raise ModelError(f"{what} resume state: tensor {k} has shape {tuple(state[k].shape)}, "
+                                 f"the adapter {tuple(t.shape)}")
+            t.copy_(state[k].to(t.device, t.dtype))
+
+
 def intervention_class(kind: str):
     import pyreft
 
@@ -110,6 +125,21 @@ class ReftAdapter(Switch):
         for k, v in self.state_dict().items():
             if not torch.allclose(v.cpu(), state[k].cpu(), atol=1e-6):
                 raise ModelError(f"ReFT tensor {k} did not load (values differ)")
+
+    def _live_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.interventions.named_parameters()) | dict(self.interventions.named_buffers())
+
+    def resume_state(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the interventions under torch's own names (for LoReFT: the orthogonal
+        parametrization's ``original`` and ``base``, not the derived rotation that ``state_dict``
+        holds), for resuming training bit for bit."""
+        return {k: v.detach().cpu().clone() for k, v in self._live_tensors().items()}
+
+    def load_resume_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``resume_state()`` in place. Unlike ``load_state_dict`` (pyreft rebuilds LoReFT's
+        rotation module, so an optimizer built before would train orphaned tensors), the tensors
+        the optimizer holds stay the same objects."""
+        copy_tensors_in_place(self._live_tensors(), state, "ReFT")
 
     def save(self, out_dir: str | Path) -> None:
         from safetensors.torch import save_file
