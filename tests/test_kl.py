@@ -71,8 +71,13 @@ def assets(tiny_lm, tmp_path_factory):
     with torch.no_grad():
         sae.W_dec.mul_(4.0)
     save_sae(sae, root / "sae" / f"layer{LAYER}", {"layer": LAYER, "model_fingerprint": fp})
+    chosen = list(range(0, 64, 3))
+    pool = [i for i in range(64) if i not in chosen]
     io.write_json(root / "sae" / "features" / f"layer{LAYER}.json",
-                  {"features": [{"index": i} for i in range(0, 64, 3)], "alive": list(range(64)), "method": "test"})
+                  {"layer": LAYER, "features": [{"index": i, "freq_forget": 0.5 + i / 200} for i in chosen],
+                   "alive": list(range(64)), "method": "test",
+                   "control_pool": {"index": pool, "freq_forget": [0.4 + i / 150 for i in pool],
+                                    "filters": ["test"], "requires": "test"}})
     g = torch.Generator().manual_seed(3)
     acts = {"forget": torch.randn(60, d, generator=g) + 0.5, "retain": torch.randn(60, d, generator=g),
             "forget_romanized": torch.randn(60, d, generator=g) - 1.0}
