@@ -10,7 +10,7 @@ import yaml
 
 from conftest import DEMO, ROOT, SNAKEMAKE, planned_jobs, write_lines
 
-# The "your own study in five minutes" example of docs/_drafts/h-study.md, verbatim.
+# The "your own study in five minutes" example of README.md, verbatim.
 STUDY_YAML = """\
 experiment: my-study
 seeds: [0]
@@ -86,9 +86,9 @@ def test_minimal_study_plans_only_its_arms_sets_and_files(tmp_path):
 
 
 def test_the_documented_study_is_the_tested_one():
-    """The draft doc shows this test's config verbatim, and one real line per data role (each is the
+    """The README shows this test's config verbatim, and one real line per data role (each is the
     first line of the demo's file for that role, in the documented order)."""
-    doc = (ROOT / "docs" / "_drafts" / "h-study.md").read_text(encoding="utf-8")
+    doc = (ROOT / "README.md").read_text(encoding="utf-8")
     assert STUDY_YAML in doc
     block = doc.split("```jsonl\n", 1)[1].split("```", 1)[0].splitlines()
     files = ["forget_hi.jsonl", "retain_en.jsonl", "forget_romanized.jsonl", "mixed.jsonl", "adversarial.jsonl",
