@@ -35,7 +35,7 @@ def build(tiny: bool):
     texts = [line.split('"text": "')[1].split('"')[0] for line in
              (HERE.parent / "data" / "demo" / "retain_en.jsonl").read_text().splitlines()[:300]]
     tok = train_tokenizer(texts, vocab_size=1000, max_length=512)
-    cfg = json.loads((HERE / "qwen2.5-1.5b-config.json").read_text())
+    cfg = json.loads((HERE.parent / "config" / "models" / "qwen2.5-1.5b-instruct.json").read_text())
     if tiny:
         cfg.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2)

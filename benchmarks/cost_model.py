@@ -166,7 +166,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", nargs="+", help="config files, merged in order (as snakemake --configfile does)")
     ap.add_argument("--throughputs", help="bench.py output (JSON lines) or a JSON object; without it, token counts only")
-    ap.add_argument("--model-config", default=str(Path(__file__).parent / "qwen2.5-1.5b-config.json"),
+    ap.add_argument("--model-config", default=str(Path(__file__).parent.parent / "config" / "models" / "qwen2.5-1.5b-instruct.json"),
                     help="the model's config.json (num_hidden_layers: the layer-selection candidates)")
     ap.add_argument("--job-overhead-s", type=float, default=0.0, help="start-up and model load per GPU job")
     args = ap.parse_args(argv)

@@ -24,7 +24,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from mmie.demo_model import train_tokenizer
 from mmie.models import load_model
 from mmie.generation import Decoding, generate
-cfg = json.loads(Path("benchmarks/qwen2.5-1.5b-config.json").read_text())
+cfg = json.loads(Path("config/models/qwen2.5-1.5b-instruct.json").read_text())
 texts = [json.loads(l)["text"] for l in Path("data/demo/retain_en.jsonl").read_text().splitlines()[:300]]
 tok = train_tokenizer(texts, vocab_size=1000, max_length=512)
 cfg.update(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

@@ -1,4 +1,4 @@
-"""mmie: reproducible language-unlearning experiments (see METHOD.md in the project docs).
+"""mmie: reproducible language-unlearning experiments (the method: docs/method.md).
 
 Modules map onto the method: ``data`` (§1), ``models`` / ``demo_model`` (§2), ``generation`` (§3),
 ``lid`` / ``translit`` (§4), ``metrics`` (§5), ``arms`` (§6), ``provenance`` (§10), ``io`` (the one
@@ -6,5 +6,5 @@ place that writes files, atomically).
 """
 
 __version__ = "0.1.0"
-# Version of the output contract (METHOD §11): bump when a path, column or metric name changes.
+# Version of the output contract (docs/method.md §11): bump when a path, column or metric name changes.
 SCHEMA_VERSION = 1

@@ -1,4 +1,4 @@
-"""Residual-stream activations (METHOD §7): collected once per selected layer and shared by SAE
+"""Residual-stream activations (docs/method.md §7): collected once per selected layer and shared by SAE
 training, feature selection and the representation baselines, so the LLM is never re-run per SAE
 step.
 

@@ -1,4 +1,4 @@
-"""Aggregation (METHOD §8, §11): per-job metrics.json → a tidy long table, a summary per arm × set ×
+"""Aggregation (docs/method.md §8, §11): per-job metrics.json → a tidy long table, a summary per arm × set ×
 metric over seeds, a Markdown summary of the headline metrics, and the table of recorded failures."""
 
 from __future__ import annotations

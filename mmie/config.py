@@ -14,7 +14,7 @@ FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial", "comprehe
 
 
 def eval_sets(config: dict) -> list[SetInfo]:
-    """Evaluation sets in report order (METHOD §11 names)."""
+    """Evaluation sets in report order (docs/method.md §11 names)."""
     lang = config["languages"]
     target, retain = lang["target"]["code"], lang["retain"]["code"]
     sets = [SetInfo("forget", "forget", target), SetInfo("retain", "retain", retain),
@@ -94,7 +94,7 @@ def check_gates(config: dict) -> None:
             raise ConfigError(f"{where}: unknown set {g['set']!r}; known sets: {known_sets}")
         if not gateable(g["metric"], labels):
             raise ConfigError(f"{where}: unknown metric {g['metric']!r}; gateable metrics are the per-prompt "
-                              f"metrics of METHOD §11 (e.g. es, target_rate, ppl, gen_ppl_base, empty_share, "
+                              f"metrics of docs/method.md §11 (e.g. es, target_rate, ppl, gen_ppl_base, empty_share, "
                               f"repetitive_share, own_language_rate, mia_auc) and lang_share_<label> for {labels}")
         allowed = METRIC_SET_KINDS.get(g["metric"])
         if allowed and kinds.get(g["set"]) not in allowed:

@@ -1,4 +1,4 @@
-"""Reading and preparing data (METHOD §1).
+"""Reading and preparing data (docs/method.md §1).
 
 Raw JSONL is read strictly (UTF-8, a BOM accepted, file:line in every error), LLM-debris is detected
 and (by default) cleaned with counts, duplicates are removed with counts, texts are filtered by
@@ -32,7 +32,7 @@ SPLITS = ("train", "dev", "test", "holdout")
 FIT_SPLITS = ("train", "dev")
 BOM = "\ufeff"
 
-# Debris of LLM-generated datasets (METHOD §1).
+# Debris of LLM-generated datasets (docs/method.md §1).
 _ITEMS_PREFIX = re.compile(r'^\s*\{\s*"(items|data|sentences|examples)"\s*:\s*\[\s*')
 _CLOSING = re.compile(r"^\s*[\]\}]+\s*,?\s*[\]\}]*\s*$")
 _QUOTED_COMMA = re.compile(r'^\s*"(.*)"\s*,\s*$', re.S)

@@ -1,4 +1,4 @@
-"""The demo model (METHOD §2): a byte-level BPE tokenizer and a small Qwen2-architecture causal LM,
+"""The demo model (docs/method.md §2): a byte-level BPE tokenizer and a small Qwen2-architecture causal LM,
 trained from scratch on the prepared demo corpus on a CPU, saved as a standard HF folder, then
 checked: Hindi prompts continue in Hindi, English in English, and without degenerate repetition.
 

@@ -1,4 +1,4 @@
-"""Directions fitted on cached activations (METHOD §6): the difference in means target − retain
+"""Directions fitted on cached activations (docs/method.md §6): the difference in means target − retain
 (``dim`` arm, layer selection) and a rank-one LEACE eraser for target-script vs romanized
 (``script_scrub`` arm).
 

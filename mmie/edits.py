@@ -1,4 +1,4 @@
-"""Edits of the residual stream (METHOD §6–7), each a pure function ``hidden -> hidden`` applied by
+"""Edits of the residual stream (docs/method.md §6–7), each a pure function ``hidden -> hidden`` applied by
 ``mmie.hooks.edit_layer_outputs`` (a context manager: hooks are always removed on exit).
 
 - ``sae_gate``: encode with the SAE, change the selected latents (scale by 1 − α, or clamp the

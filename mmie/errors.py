@@ -10,7 +10,7 @@ class ConfigError(MMIEError):
 
 
 class DataError(MMIEError):
-    """Input data cannot be read or does not satisfy the data rules (METHOD §1)."""
+    """Input data cannot be read or does not satisfy the data rules (docs/method.md §1)."""
 
 
 class LIDError(MMIEError):
@@ -26,4 +26,4 @@ class MetricError(MMIEError):
 
 
 class SAEError(MMIEError):
-    """A sparse autoencoder cannot be trained, loaded or used (METHOD §7)."""
+    """A sparse autoencoder cannot be trained, loaded or used (docs/method.md §7)."""

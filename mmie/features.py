@@ -1,4 +1,4 @@
-"""SAE feature selection per layer (METHOD §7): which latents carry the target language.
+"""SAE feature selection per layer (docs/method.md §7): which latents carry the target language.
 
 Firing frequency of a latent on a role = share of that role's cached tokens on which it is active
 (> 0). The retain filter, shared by every method: a latent firing on more than

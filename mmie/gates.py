@@ -1,4 +1,4 @@
-"""Confidence intervals, gates and decisions (METHOD §8) from the per-prompt values kept in every
+"""Confidence intervals, gates and decisions (docs/method.md §8) from the per-prompt values kept in every
 metrics.json.
 
 One decision rule: a gate passes exactly when its reported one-sided confidence bound clears the

@@ -1,4 +1,4 @@
-"""Generation (METHOD §3): one decoding configuration for every arm and set; batched with left
+"""Generation (docs/method.md §3): one decoding configuration for every arm and set; batched with left
 padding, prompts sorted by length; truncation applies to the prompt content before any chat template
 and is counted; every generation is returned with its prompt id and token counts."""
 

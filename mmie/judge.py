@@ -1,4 +1,4 @@
-"""Optional LLM judge (METHOD §9): Google Gemini through the maintained ``google-genai`` SDK scores
+"""Optional LLM judge (docs/method.md §9): Google Gemini through the maintained ``google-genai`` SDK scores
 each output for "is this the target language, including romanized or obfuscated forms".
 
 Off by default and never switched on by the mere presence of a key: ``judge.enabled: true`` turns

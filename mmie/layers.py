@@ -1,4 +1,4 @@
-"""Layer selection (METHOD §7): which decoder layers carry the target language.
+"""Layer selection (docs/method.md §7): which decoder layers carry the target language.
 
 Everything here reads **dev** texts only (forget/dev, retain/dev, neighbours/<code>/dev): the choice
 is made without the evaluation sets. Each resample ``r`` (seeded by ``data.seed`` and ``r``) draws

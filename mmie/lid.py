@@ -1,10 +1,10 @@
-"""Language identification (METHOD §4): an ensemble of optional voters, each reporting whether it is
+"""Language identification (docs/method.md §4): an ensemble of optional voters, each reporting whether it is
 available. A voter that is configured but cannot load is an error, never a silent drop.
 
 Labels are the configured language codes, ``<target>_rom`` for the target language in Latin script
 (romanized Hindi: ``hi_rom``), and ``und`` ("cannot tell").
 
-Aggregation (documented in docs/lid.md, tested in tests/test_lid.py):
+Aggregation (documented in docs/method.md §4, tested in tests/test_lid.py):
 1. no letters → ``und``;
 2. one script holds ≥ ``script_min_share`` of the letters and it is not Latin → the configured
    language of that script decides (Devanagari → target, Arabic → ur, Gurmukhi → pa, Bengali → bn);

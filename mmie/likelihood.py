@@ -1,4 +1,4 @@
-"""Per-item log-likelihoods under the model (METHOD §5): the building block of perplexity, of the
+"""Per-item log-likelihoods under the model (docs/method.md §5): the building block of perplexity, of the
 fluency of outputs under the base model, and (later) of KL and MIA scores.
 
 Every pass runs under ``torch.inference_mode()``; padding is masked; each item returns the *sum* of

@@ -1,4 +1,4 @@
-"""Loading a causal LM (METHOD §2): explicit dtype, attention backend with a real fallback chain
+"""Loading a causal LM (docs/method.md §2): explicit dtype, attention backend with a real fallback chain
 (flash_attention_2 → sdpa → eager, on the actual load failure), optional bitsandbytes quantization,
 one device by default. What was used is returned and recorded, never guessed."""
 

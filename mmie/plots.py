@@ -1,4 +1,4 @@
-"""Plots for the report (METHOD §8). One function per plot, registered by name; each reads the
+"""Plots for the report (docs/method.md §8). One function per plot, registered by name; each reads the
 aggregated tables or reports (never the raw jobs) and writes one PNG atomically."""
 
 from __future__ import annotations

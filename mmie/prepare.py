@@ -1,4 +1,4 @@
-"""The prepare_data job (METHOD §1): raw role files → prepared splits, evaluation sets and a report.
+"""The prepare_data job (docs/method.md §1): raw role files → prepared splits, evaluation sets and a report.
 Runs before any model is loaded, so an empty or mis-scripted role stops the run at once."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Provenance for every output (METHOD §10): config hash and section, git commit, library versions,
+"""Provenance for every output (docs/method.md §10): config hash and section, git commit, library versions,
 device, runtime (dtype, attention, quantization), seed and data hashes.
 
 Importing this module does not import torch: CPU-only rules stay light. The device is read from

@@ -1,4 +1,4 @@
-"""TopK sparse autoencoders on cached residual activations (METHOD §7), with sae-lens classes so a
+"""TopK sparse autoencoders on cached residual activations (docs/method.md §7), with sae-lens classes so a
 checkpoint loads with plain ``sae_lens.SAE.load_from_disk``.
 
 A TopK SAE encodes ``z = TopK_k(ReLU(W_enc (x − b_dec) + b_enc))`` and decodes ``x̂ = z W_dec + b_dec``.

@@ -1,4 +1,4 @@
-"""Job functions of the SAE rules (METHOD §7): ``train_sae`` (one SAE per selected layer, from the
+"""Job functions of the SAE rules (docs/method.md §7): ``train_sae`` (one SAE per selected layer, from the
 activation cache) and ``select_features`` (the SAE's quality in the model and the chosen latents).
 Rule scripts only unpack ``snakemake`` and call these."""
 

@@ -1,4 +1,4 @@
-"""Report part for layers and SAEs (METHOD §7): the SAE quality table, the chosen features, and
+"""Report part for layers and SAEs (docs/method.md §7): the SAE quality table, the chosen features, and
 three plots — per-layer selection scores, SAE quality per layer, and the gate's dose-response
 (target rate and retain perplexity vs α, SAE features vs as many random features)."""
 

@@ -1,4 +1,4 @@
-"""Seeding and determinism (METHOD §10). Call ``seed_everything`` before any model is built."""
+"""Seeding and determinism (docs/method.md §10). Call ``seed_everything`` before any model is built."""
 
 from __future__ import annotations
 

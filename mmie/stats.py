@@ -1,4 +1,4 @@
-"""Statistics (METHOD §8): a bootstrap that matches the crossed design, paired comparisons against
+"""Statistics (docs/method.md §8): a bootstrap that matches the crossed design, paired comparisons against
 ``base`` on the same prompts, one-sided bounds and multiple-testing levels. Pure NumPy, vectorised.
 
 Every metric is a *ratio of sums* over prompts: ``transform(Σ num / Σ den)`` — a plain mean has

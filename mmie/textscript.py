@@ -1,4 +1,4 @@
-"""Writing-system (script) proportions of a text (METHOD §1, §4).
+"""Writing-system (script) proportions of a text (docs/method.md §1, §4).
 
 Only letters and combining marks count; digits, punctuation, whitespace and the dandas U+0964/U+0965
 (used by Hindi, Bengali and Punjabi alike) are script-neutral."""

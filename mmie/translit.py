@@ -1,4 +1,4 @@
-"""Devanagari → Latin transliteration (METHOD §4), used both to derive romanized evaluation prompts
+"""Devanagari → Latin transliteration (docs/method.md §4), used both to derive romanized evaluation prompts
 and to train the romanized-target detector, so the detector understands exactly this output.
 
 Scheme ``iast_plain`` (default): indic-transliteration's IAST, then the way people type Hindi in

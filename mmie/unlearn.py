@@ -1,4 +1,4 @@
-"""Unlearning objectives and the training loop of the trained arms (METHOD §6).
+"""Unlearning objectives and the training loop of the trained arms (docs/method.md §6).
 
 Forget terms (padding masked):
 - ``ga``: −NLL, token-averaged over the batch;

@@ -1,4 +1,4 @@
-# Layers and sparse autoencoders (METHOD §7). Layer selection is a checkpoint: the SAE jobs, the
+# Layers and sparse autoencoders (docs/method.md §7). Layer selection is a checkpoint: the SAE jobs, the
 # gate arms' inputs and ReFT's layers follow the layers it chooses (layers.force_layers bypasses
 # the scoring and is recorded in the same artifact).
 checkpoint select_layers:

@@ -1,4 +1,4 @@
-"""Data rules of METHOD §1 (and rows 3 and 12 of the reliability table)."""
+"""Data rules of docs/method.md §1 (and rows 3 and 12 of the reliability table)."""
 import json
 
 import pytest

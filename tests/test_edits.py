@@ -1,5 +1,5 @@
 """Residual-stream edits (SAE gate, ablation, steering, LEACE eraser), the activation cache and
-layer selection (METHOD §6–7)."""
+layer selection (docs/method.md §6–7)."""
 
 import copy
 

@@ -1,4 +1,4 @@
-"""Generation and likelihoods on a tiny random model (METHOD §3, §5; reliability rows 1, 4)."""
+"""Generation and likelihoods on a tiny random model (docs/method.md §3, §5; reliability rows 1, 4)."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""LID ensemble and transliteration (METHOD §4; reliability row 6)."""
+"""LID ensemble and transliteration (docs/method.md §4; reliability row 6)."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""Text metrics and per-set metrics (METHOD §5)."""
+"""Text metrics and per-set metrics (docs/method.md §5)."""
 import math
 
 import pytest

@@ -38,20 +38,22 @@ def test_a_lora_target_the_model_does_not_have_is_named(cfg, tmp_path):
 
 
 def qwen(**model):
-    import yaml
-
-    profile = yaml.safe_load((ROOT / "config" / "qwen2.5-1.5b-a100.yaml").read_text())
-    profile["model"].update(model)
-    return load(ROOT / "config.yaml", profile)
+    return load(ROOT / "config" / "qwen2.5-1.5b-a100.yaml", {"model": model})
 
 
 def test_the_qwen_profile_is_checked_from_its_shipped_config_json(tmp_path):
-    cfg = qwen(config_json=str(ROOT / "benchmarks" / "qwen2.5-1.5b-config.json"))
+    cfg = qwen()
     out = preflight.check(cfg, ROOT, cache_dir=tmp_path)
     assert out["checked"] and out["layers"] == 28
     cfg["layers"]["force_layers"] = [28]
     with pytest.raises(ConfigError, match="layers 0..27"):
         preflight.check(cfg, ROOT, cache_dir=tmp_path)
+
+
+def test_the_gemma_profiles_are_checked_from_their_shipped_config_json(tmp_path):
+    for name in ("gemma3-270m.yaml", "gemma3-270m-cpu.yaml"):
+        out = preflight.check(load(ROOT / "config" / name), ROOT, cache_dir=tmp_path)
+        assert out["checked"] and out["layers"] == 18 and "gemma3-270m.json" in out["origin"], name
 
 
 def test_an_unknown_architecture_source_is_skipped_with_the_reason(tmp_path):

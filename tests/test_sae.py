@@ -1,4 +1,4 @@
-"""SAE training, checkpoints, quality and feature selection (METHOD §7) on synthetic activations and
+"""SAE training, checkpoints, quality and feature selection (docs/method.md §7) on synthetic activations and
 the tiny model."""
 
 import copy

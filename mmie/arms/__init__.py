@@ -1,4 +1,4 @@
-"""Arms (METHOD §6) as a registry: method name → builder. An arm is applied to a loaded model for
+"""Arms (docs/method.md §6) as a registry: method name → builder. An arm is applied to a loaded model for
 one job. ``active()`` switches the arm on (adapter, hooks) for generation and likelihoods; outside
 it the model is the base model — the same weights, never a second copy. ``reference()`` marks a
 block that needs the base model and fails inside ``active()`` (the rule: ``mmie.arms.state``).

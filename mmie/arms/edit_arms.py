@@ -1,4 +1,4 @@
-"""Training-free arms that edit the residual stream at the selected layers (METHOD §6–7):
+"""Training-free arms that edit the residual stream at the selected layers (docs/method.md §6–7):
 ``sae_gate`` (optionally on top of a trained adapter: ``lora+sae_gate``), ``random_gate`` (the same
 number of random SAE latents per layer, passing the same filters and matched in forget firing
 frequency: the control), ``dim`` (difference-in-means steering) and

@@ -1,4 +1,4 @@
-"""LoRA arm (METHOD §6) with peft: trained with an unlearning objective, saved with peft's own API,
+"""LoRA arm (docs/method.md §6) with peft: trained with an unlearning objective, saved with peft's own API,
 loaded with ``PeftModel.from_pretrained`` and verified key by key and value by value (the old
 script saved adapters that then loaded nothing).
 

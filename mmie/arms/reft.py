@@ -1,4 +1,4 @@
-"""ReFT arm (METHOD §6): pyreft interventions (LoReFT by default) on the residual stream after the
+"""ReFT arm (docs/method.md §6): pyreft interventions (LoReFT by default) on the residual stream after the
 selected layers, applied at every position through mmie's own hook context manager, so batched
 generation and likelihoods work exactly as for every other arm. Saved as safetensors plus a config,
 loaded strictly.

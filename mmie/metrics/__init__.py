@@ -1,2 +1,2 @@
-"""Metrics (METHOD §5). ``text`` holds pure text metrics; ``sets`` turns one evaluation set's stored
-generations and likelihoods into the metrics of the output contract (METHOD §11)."""
+"""Metrics (docs/method.md §5). ``text`` holds pure text metrics; ``sets`` turns one evaluation set's stored
+generations and likelihoods into the metrics of the output contract (docs/method.md §11)."""

@@ -1,4 +1,4 @@
-"""Text metrics (METHOD §5): pure functions of strings and labels — no model, no torch."""
+"""Text metrics (docs/method.md §5): pure functions of strings and labels — no model, no torch."""
 
 from __future__ import annotations
 
