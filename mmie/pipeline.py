@@ -484,7 +484,10 @@ def merge_judge(result: dict, judged: dict) -> None:
 
 # ----------------------------------------------------------------------------- statistics
 def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
-          decisions_out: str, results_out: str) -> None:
+          decisions_out: str, results_out: str, selection: str | None = None) -> None:
+    """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
+    whose choice and stability the page reports (an unstable choice is flagged there and in
+    decisions.json's ``_choices``)."""
     import pandas as pd
 
     from mmie import gates as G
@@ -510,9 +513,12 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
     io.write_csv(intervals_out, iv)
     io.write_csv(headline_out, results_page.headline(iv, arms, sets))
     io.write_csv(gates_out, gates)
-    io.write_json(decisions_out, {**decisions, "_provenance": provenance.build(
-        config, section(config, "stats", "gates"), rule="stats", inputs=list(metric_paths))})
-    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config))
+    chosen = io.read_json(selection) if selection else None
+    choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
+                                                      "stability_floor")}} if chosen else {}
+    io.write_json(decisions_out, {**decisions, "_choices": choices, "_provenance": provenance.build(
+        config, section(config, "stats", "gates"), rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
+    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

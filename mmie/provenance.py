@@ -48,17 +48,22 @@ def data_hashes(paths) -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def git_commit() -> dict[str, Any]:
-    """The project's commit; ``MMIE_GIT_COMMIT`` (set in the container image) wins when present."""
-    env = os.environ.get("MMIE_GIT_COMMIT")
-    if env:
-        return {"commit": env, "dirty": None, "source": "MMIE_GIT_COMMIT"}
+    """The commit of the code that runs: git's view of the project folder when it is a checkout (also
+    inside the image, where the user's working tree is bound over the image's copy); the image's
+    build commit (``MMIE_GIT_COMMIT``) is recorded beside it, and stands in, marked as such, only
+    when git cannot tell."""
+    image = os.environ.get("MMIE_GIT_COMMIT")
+    extra = {"image_commit": image} if image else {}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                                 text=True, check=True, timeout=10).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
                                 capture_output=True, text=True, check=True, timeout=10).stdout
-        return {"commit": commit, "dirty": bool(status.strip()), "source": "git"}
+        return {"commit": commit, "dirty": bool(status.strip()), "source": "git", **extra}
     except (OSError, subprocess.SubprocessError) as err:
+        if image:
+            return {"commit": image, "dirty": None, "source": f"MMIE_GIT_COMMIT (the image's build commit; git "
+                                                               f"unavailable: {type(err).__name__})", **extra}
         return {"commit": "unknown", "dirty": None, "source": f"git unavailable: {type(err).__name__}"}
 
 

@@ -81,7 +81,29 @@ def sentence(iv: pd.DataFrame, arm: str, decision: dict | None, target: str, ret
     return text + "."
 
 
-def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict) -> str:
+def layer_choice(selection: dict) -> str:
+    """One line on the layer-selection checkpoint's choice, saying how stable it was; an unstable or
+    tied choice is flagged, never reported as a plain choice."""
+    layers = selection["layers"]
+    if selection.get("forced"):
+        return f"- **Layers** {layers}: forced by `layers.force_layers` (no selection ran)."
+    freq = selection.get("frequency", {})
+    shares = ", ".join(f"layer {k}: {float(v):.0%}" for k, v in sorted(freq.items(), key=lambda kv: -float(kv[1])))
+    margin = selection.get("margin") or {}
+    text = (f"- **Layers** {layers}, chosen on dev texts in {len(selection.get('resamples', []))} resamples "
+            f"(selection frequency {shares}; margin over the runner-up, layer {margin.get('runner_up')}: "
+            f"{_fmt(float(margin.get('mean_score', float('nan'))))} in mean score).")
+    if selection.get("tie"):
+        text += f" **TIE**: broken by {selection.get('tie_broken_by')}."
+    if not selection.get("stable"):
+        text += (f" **UNSTABLE**: the choice falls below the stability floor "
+                 f"({selection.get('stability_floor')}); results that depend on the layer (ReFT, gates, dim, "
+                 f"script_scrub) may change with the data or the machine.")
+    return text
+
+
+def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
+         selection: dict | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -97,6 +119,8 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
              f"computed on non-empty outputs; empty and repetitive outputs are gated (collapse is a failure).",
              "", "## What happened", ""]
     lines += [f"- {sentence(iv, a, decisions.get(a), target, retain)}" for a in arms]
+    if selection is not None:
+        lines += ["", "## Choices made on dev data", "", layer_choice(selection)]
     table = headline(iv, arms, sets)
     lines += ["", "## Headline metrics", "", "| " + " | ".join(table.columns) + " |",
               "|" + "---|" * len(table.columns)]

@@ -113,6 +113,12 @@ def checkpoint_dir(wildcards):
     return []
 
 
+def layer_selection_if_used(wildcards=None):
+    """The layer-selection artifact when some arm uses the selected layers (the results page reports
+    the choice and its stability), else nothing."""
+    return selection_file() if LAYER_ARMS else []
+
+
 def selection_file(wildcards=None):
     return f"{R}/layers/selection.json"
 

@@ -136,6 +136,7 @@ rule plot_training_curves:
 rule stats:
     input:
         metrics=all_metrics,
+        selection=layer_selection_if_used,
     output:
         intervals=report(
             f"{R}/summary/intervals.csv",

@@ -4,4 +4,5 @@ setup(snakemake.log[0])
 from mmie import pipeline  # noqa: E402
 
 o = snakemake.output
-pipeline.stats(snakemake.config, list(snakemake.input.metrics), o.intervals, o.headline, o.gates, o.decisions, o.results)
+pipeline.stats(snakemake.config, list(snakemake.input.metrics), o.intervals, o.headline, o.gates, o.decisions, o.results,
+               snakemake.input.selection or None)
