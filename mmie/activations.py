@@ -65,7 +65,6 @@ def gibberish_from(texts: list[str], seed: int) -> list[str]:
 
 def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str, list[str]]:
     """The texts of every cached role (see the module doc), at most ``max_texts`` each."""
-    from mmie import io
     from mmie.data import read_split
     from mmie.translit import romanize
 
@@ -78,10 +77,9 @@ def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str,
     }
     gib = config["data"].get("gibberish")
     if gib:
-        rows = io.read_jsonl(gib)
-        if not rows or any("text" not in r for r in rows):
-            raise DataError(f"{gib}: gibberish lines need a 'text' field (data.gibberish)")
-        roles["gibberish"] = [r["text"] for r in rows][:max_texts]
+        from mmie.prepare import read_gibberish
+
+        roles["gibberish"] = read_gibberish(gib, config["data"]["max_line_bytes"])[:max_texts]
     else:
         roles["gibberish"] = gibberish_from(forget, config["data"]["seed"])
     for code in config["languages"].get("neighbours", {}):

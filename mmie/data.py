@@ -106,14 +106,39 @@ def clean_text_debris(text: str) -> tuple[str, list[str]]:
     return stripped.strip(), kinds
 
 
+MAX_LINE_BYTES = 1_000_000   # data.max_line_bytes: one record longer than this is an error, not a silent load
+
+
+def raw_lines(path: Path, bad, max_line_bytes: int = MAX_LINE_BYTES):
+    """``(line number, text)`` of a JSONL file read as bytes: strict UTF-8 per line, a byte-order mark
+    on the first line and CRLF endings accepted, a line over ``max_line_bytes`` refused. A bad line
+    goes to ``bad(lineno, reason)`` (which raises or records) and is not yielded."""
+    lines = path.read_bytes().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for lineno, bline in enumerate(lines, start=1):
+        if bline.endswith(b"\r"):
+            bline = bline[:-1]
+        if len(bline) > max_line_bytes:
+            bad(lineno, f"line of {len(bline):,} bytes is longer than data.max_line_bytes={max_line_bytes:,}")
+            continue
+        try:
+            line = bline.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as err:
+            bad(lineno, f"invalid UTF-8 at byte {err.start}: {bline[max(0, err.start - 8):err.start + 8]!r}")
+            continue
+        if lineno == 1 and line.startswith(BOM):
+            line = line[len(BOM):]
+        yield lineno, line
+
+
 def read_role_file(path: str | Path, role: str, *, on_bad_line: str = "error",
-                   clean_debris: bool = True) -> tuple[list[str], RoleReport]:
+                   clean_debris: bool = True, max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[str], RoleReport]:
     """Read one raw JSONL file strictly. Returns its texts (cleaned, not yet deduplicated)."""
     path = Path(path)
     report = RoleReport(role=role, path=str(path))
     if not path.is_file():
         raise DataError(f"[{role}] data file not found: {path} (check data.{role} in the config)")
-    raw = path.read_bytes()
     texts: list[str] = []
 
     def bad(lineno: int, reason: str) -> None:
@@ -123,20 +148,9 @@ def read_role_file(path: str | Path, role: str, *, on_bad_line: str = "error",
             raise DataError(f"{path}:{lineno}: {reason} (role {role}; fix the line, or set "
                             f"data.on_bad_line: skip to skip and count such lines)")
 
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    report.lines = len(lines)
-    for lineno, bline in enumerate(lines, start=1):
-        if bline.endswith(b"\r"):
-            bline = bline[:-1]
-        try:
-            line = bline.decode("utf-8", errors="strict")
-        except UnicodeDecodeError as err:
-            bad(lineno, f"invalid UTF-8 at byte {err.start}: {bline[max(0, err.start - 8):err.start + 8]!r}")
-            continue
-        if lineno == 1 and line.startswith(BOM):
-            line = line[len(BOM):]
+    raw = path.read_bytes()
+    report.lines = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
+    for lineno, line in raw_lines(path, bad, max_line_bytes):
         if not line.strip():
             report.blank_lines += 1
             continue

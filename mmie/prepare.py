@@ -11,6 +11,7 @@ from mmie import io
 from mmie.config import eval_sets
 from mmie.data import (
     FIT_SPLITS,
+    MAX_LINE_BYTES,
     SPLITS,
     RoleReport,
     check_min_items,
@@ -20,6 +21,7 @@ from mmie.data import (
     item_id,
     normalize,
     prompt_prefix,
+    raw_lines,
     read_role_file,
     remove_cross_role,
     remove_overlap,
@@ -36,45 +38,60 @@ from mmie.translit import romanize
 log = logging.getLogger(__name__)
 
 
-def read_records(path: str | Path, fields: dict, what: str) -> list[dict]:
-    """A small labelled JSONL file read strictly: every line an object whose ``fields`` pass their
-    checks ({name: (check, description)}); errors name file and line."""
+def read_records(path: str | Path, fields: dict, what: str, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
+    """A small labelled JSONL file read as strictly as a role file (``mmie.data.raw_lines``: UTF-8 per
+    line, BOM and CRLF accepted, a size cap per line): every line an object whose ``fields`` pass their
+    checks ({name: (check, description)}); every error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: the {what} file does not exist")
+
+    def bad(lineno: int, reason: str) -> None:
+        raise DataError(f"{path}:{lineno}: {reason} (the {what})")
+
     items = []
     expected = ", ".join(f"{k}: {desc}" for k, (_, desc) in fields.items())
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            if not (isinstance(obj, dict) and all(ok(obj.get(k)) for k, (ok, _) in fields.items())):
-                raise DataError(f"{path}:{lineno}: expected an object with {expected}")
-            items.append({k: obj[k] for k in fields})
+    for lineno, line in raw_lines(path, bad, max_line_bytes):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}) (the {what})") from err
+        if not (isinstance(obj, dict) and all(ok(obj.get(k)) for k, (ok, _) in fields.items())):
+            raise DataError(f"{path}:{lineno}: expected an object with {expected} (the {what})")
+        items.append({k: obj[k] for k in fields})
     if not items:
         raise DataError(f"{path}: the {what} is empty")
     return items
+
+
+def read_gibberish(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[str]:
+    """The optional target-script gibberish file (``data.gibberish``): ``{"text": str}`` per line."""
+    return [r["text"] for r in read_records(path, {"text": (_is_str, "str")}, "gibberish set (data.gibberish)",
+                                            max_line_bytes)]
 
 
 def _is_str(x) -> bool:
     return isinstance(x, str)
 
 
-def read_lid_check(path: str | Path) -> list[dict]:
+def read_lid_check(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
     """The labelled LID check set: {text, label} per line."""
-    return read_records(path, {"text": (_is_str, "str"), "label": (_is_str, "str")}, "LID check set")
+    return read_records(path, {"text": (_is_str, "str"), "label": (_is_str, "str")}, "LID check set (data.lid_check)",
+                        max_line_bytes)
 
 
-def read_yes_no(path: str | Path) -> list[dict]:
+def read_yes_no(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
     """Yes/no comprehension questions: {"question": str, "answer": "yes"|"no"} per line."""
     return read_records(path, {"question": (_is_str, "str"), "answer": (lambda a: a in ("yes", "no"), '"yes" or "no"')},
-                        "yes/no set")
+                        "yes/no set (data.yes_no)", max_line_bytes)
 
 
 def _load_role(config: dict, role: str, path: str, script: str | None) -> tuple[list[str], RoleReport]:
     data = config["data"]
-    texts, rep = read_role_file(path, role, on_bad_line=data["on_bad_line"], clean_debris=data["clean_debris"])
+    texts, rep = read_role_file(path, role, on_bad_line=data["on_bad_line"], clean_debris=data["clean_debris"],
+                                max_line_bytes=data["max_line_bytes"])
     texts = dedup(texts, rep)
     texts = script_filter(texts, script, data["script_min_share"], rep)
     check_min_items(texts, role, rep, data["min_items"], "reading, deduplication and script filtering")
@@ -171,7 +188,7 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
     set_counts = {}
     for info in eval_sets(config):
         if info.kind == "yes_no":
-            qa = read_yes_no(data["yes_no"])
+            qa = read_yes_no(data["yes_no"], data["max_line_bytes"])
             rows = [{"id": item_id("yes_no", q["question"]), "prompt": q["question"], "text": None, "lang": None,
                      "answer": q["answer"]} for q in qa][:ev["max_prompts"]]
             io.write_jsonl(out / "eval_sets" / "yes_no.jsonl", rows)
@@ -199,7 +216,7 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
         io.write_jsonl(out / "eval_sets" / f"{info.name}.jsonl", rows)
         set_counts[info.name] = {"available": len(pool), "used": len(rows)}
 
-    lid_items = read_lid_check(data["lid_check"]) if data.get("lid_check") else []
+    lid_items = read_lid_check(data["lid_check"], data["max_line_bytes"]) if data.get("lid_check") else []
     io.write_jsonl(out / "lid_check.jsonl", lid_items)
 
     for role, rep in reports.items():

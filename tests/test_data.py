@@ -203,3 +203,44 @@ def test_prepare_never_puts_one_text_in_two_splits_or_two_roles(tmp_path, demo_c
                        ("mr", "neighbour_mr"), ("ur", "neighbour_ur")):
         for line in (out / "eval_sets" / f"{name}.jsonl").read_text().splitlines():
             assert owner[dedup_key(json.loads(line)["text"])] == f"{role}/test"
+
+
+# ----------------------------------------------------------------------------- every input file is read strictly
+SMALL_FILES = {
+    "lid_check": (lambda p: __import__("mmie.prepare", fromlist=["x"]).read_lid_check(p, 2000),
+                  '{"text": "नमस्ते दुनिया", "label": "hi"}'),
+    "yes_no": (lambda p: __import__("mmie.prepare", fromlist=["x"]).read_yes_no(p, 2000),
+               '{"question": "क्या यह सही है?", "answer": "yes"}'),
+    "gibberish": (lambda p: __import__("mmie.prepare", fromlist=["x"]).read_gibberish(p, 2000),
+                  '{"text": "मनस्ते यादुनि"}'),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL_FILES))
+def test_small_labelled_files_are_read_strictly_with_file_and_line(tmp_path, kind):
+    from mmie.errors import DataError
+
+    read, good = SMALL_FILES[kind]
+    ok = tmp_path / "ok.jsonl"
+    ok.write_bytes(b"\xef\xbb\xbf" + good.encode() + b"\r\n" + good.encode() + b"\r\n")   # BOM + CRLF accepted
+    assert len(read(ok)) == 2
+    bad_byte = tmp_path / "bad.jsonl"
+    bad_byte.write_bytes(good.encode() + b"\n" + b'{"text": "\xff\xfe"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid UTF-8"):
+        read(bad_byte)
+    long = tmp_path / "long.jsonl"
+    long.write_text(good + "\n" + good.replace("}", ', "pad": "' + "x" * 3000 + '"}') + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"long.jsonl:2: line of 3,0\d\d bytes is longer than data.max_line_bytes=2,000"):
+        read(long)
+
+
+def test_a_role_file_line_over_the_size_cap_is_a_bad_line(tmp_path):
+    from mmie.data import read_role_file
+    from mmie.errors import DataError
+
+    path = tmp_path / "forget.jsonl"
+    path.write_text('{"text": "नमस्ते"}\n{"text": "' + "क" * 2000 + '"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"forget.jsonl:2: line of .* bytes is longer than data.max_line_bytes=1,000"):
+        read_role_file(path, "forget", max_line_bytes=1000)
+    texts, rep = read_role_file(path, "forget", on_bad_line="skip", max_line_bytes=1000)
+    assert texts == ["नमस्ते"] and rep.skipped[0]["line"] == 2 and rep.lines == 2
