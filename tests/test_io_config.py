@@ -159,3 +159,27 @@ def test_torch_rules_declare_the_configured_threads(tmp_path):
     jobs = res.stdout.split("\nrule ")
     evaluate = [j for j in jobs if j.startswith("evaluate:")]
     assert evaluate and all("threads: 2" in j for j in evaluate)
+
+
+def test_model_folders_are_written_in_one_piece(tmp_path):
+    """io.atomic_dir: a failed block leaves the old folder untouched and no temporary behind; a
+    killed run's temporaries are swept at the next start; success replaces the folder."""
+    from mmie import io
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    stale = tmp_path / ".model.killed123"
+    stale.mkdir()
+    with pytest.raises(RuntimeError):
+        with io.atomic_dir(out) as tmp:
+            (tmp / "half.bin").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (out / "old.txt").read_text() == "old"
+    stale.mkdir()
+    with io.atomic_dir(out) as tmp:
+        assert not stale.exists()
+        (tmp / "new.txt").write_text("new")
+        assert not (out / "new.txt").exists()       # nothing visible before the block ends
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
