@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 EXPERIMENT ?= demo
 
-.PHONY: setup demo report test test-slurm lint lock clean
+.PHONY: setup demo demo-check demo-docs report test test-slurm lint lock clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,17 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/$(EXPERIMENT)/report.html
 	@echo "Report: results/$(EXPERIMENT)/report.html   Summary: results/$(EXPERIMENT)/summary/summary.md"
+
+# A fresh demo run against the committed expected one (same layers and decisions, every headline
+# estimate inside the expected run's interval and vice versa; tests/expected/demo.json, docs/demo.md).
+demo-check: setup
+	$(BIN)/python -m mmie.demo_results compare results/demo tests/expected/demo.json
+
+# After a deliberate change of the demo's results: regenerate the expected run and the docs' tables.
+demo-docs: setup
+	$(BIN)/python -m mmie.demo_results expect results/demo tests/expected/demo.json
+	$(BIN)/python -m mmie.demo_results table results/demo docs/demo.md
+	$(BIN)/python benchmarks/rule_times.py results/demo --startup --markdown docs/demo.md
 
 report: setup
 	$(BIN)/snakemake --report results/$(EXPERIMENT)/report.html

@@ -167,7 +167,8 @@ def main(argv=None) -> None:
     ap.add_argument("--startup", action="store_true", help="estimate each job's start-up (runs import probes)")
     ap.add_argument("--config", default=str(ROOT / "config.yaml"), help="the run's config (arm methods)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--markdown", help="write the table as Markdown to this file")
+    ap.add_argument("--markdown", help="write the table as Markdown to this file (or into its "
+                    "'<!-- BEGIN generated: rule-times -->' block when it has one)")
     ap.add_argument("--note", default="", help="a line under the Markdown heading (machine, run wall time)")
     args = ap.parse_args(argv)
     jobs = read_benchmarks(args.results)
@@ -182,7 +183,14 @@ def main(argv=None) -> None:
     print(summary(jobs))
     if args.markdown:
         commit = run_commit(args.results) or f"{git_commit()}, the checkout: the run records none"
-        Path(args.markdown).write_text(markdown(jobs, args.results, commit, args.note), encoding="utf-8")
+        text = markdown(jobs, args.results, commit, args.note)
+        target = Path(args.markdown)
+        if target.is_file() and "<!-- BEGIN generated: rule-times -->" in target.read_text(encoding="utf-8"):
+            from mmie.demo_results import fill_block
+
+            fill_block(target, "rule-times", text)   # a docs page: only its generated block
+        else:
+            target.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

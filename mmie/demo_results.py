@@ -33,6 +33,18 @@ HEADLINE = [("forget", "target_rate", "Hindi rate, forget prompts"),
 BEGIN, END = "<!-- BEGIN generated: demo-results -->", "<!-- END generated: demo-results -->"
 
 
+def fill_block(doc: str | Path, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->``
+    in ``doc`` (generated tables live only there; the rest of the page is written by hand)."""
+    begin, end = f"<!-- BEGIN generated: {name} -->", f"<!-- END generated: {name} -->"
+    content = Path(doc).read_text(encoding="utf-8")
+    if begin not in content or end not in content:
+        raise SystemExit(f"{doc}: no '{begin}' ... '{end}' block to fill")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    io.write_text(doc, head + begin + "\n" + text + end + tail)
+
+
 def collect(results: str | Path) -> dict:
     """Headline rows, decisions and the chosen layers of a finished run."""
     results = Path(results)
@@ -81,12 +93,7 @@ def markdown(run: dict) -> str:
 
 
 def write_table(results: str | Path, doc: str | Path) -> None:
-    text = Path(doc).read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{doc}: no '{BEGIN}' ... '{END}' block to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    io.write_text(doc, head + BEGIN + "\n" + markdown(collect(results)) + END + tail)
+    fill_block(doc, "demo-results", markdown(collect(results)))
 
 
 def compare(results: str | Path, expected_path: str | Path) -> tuple[bool, list[str]]:

@@ -59,14 +59,15 @@ rule score:
 
 
 rule judge:
+    # one job per (arm, seed) for every set (one client, one rate limiter), one judge.json per set
     input:
-        generations=f"{R}/{{arm}}/seed{{seed}}/{{set}}/generations.jsonl",
+        generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
     output:
-        f"{R}/{{arm}}/seed{{seed}}/{{set}}/judge.json",
+        judged=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/judge.json", s=SETS),
     log:
-        f"{R}/logs/judge/{{arm}}/seed{{seed}}/{{set}}.log",
+        f"{R}/logs/judge/{{arm}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/judge/{{arm}}/seed{{seed}}/{{set}}.tsv"
+        f"{R}/benchmarks/judge/{{arm}}/seed{{seed}}.tsv"
     resources:
         mem_mb=CPU_MEM,
     params:

@@ -96,12 +96,30 @@ def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    """The reduced demo, run once per session from a path with a space and an apostrophe, with a
-    sentinel API key in the environment (it must never reach an output)."""
+def gemini_server():
+    """A loopback Gemini endpoint for the whole session (the reduced run's judge talks to it; reruns
+    of its jobs in later tests do too). Its first answer is an error that echoes the API key, as a
+    careless server might: the key must still never reach an output or a log."""
+    from fake_gemini import Gemini
+
+    server = Gemini()
+    server.script.append(("status", (400, None, f"API key not valid: {SENTINEL}")))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, gemini_server):
+    """The reduced demo with the LLM judge on (against the loopback server), run once per session from
+    a path with a space and an apostrophe, with a sentinel API key in the environment (it must never
+    reach an output)."""
     workdir = tmp_path_factory.mktemp("wf") / "my run's dir"
     workdir.mkdir()
-    reduced_config(workdir)
+    path = reduced_config(workdir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["judge"] = {"enabled": True, "base_url": gemini_server.url, "rpm": 6000, "timeout_s": 10.0,
+                    "initial_delay_s": 0.05, "max_delay_s": 0.2, "max_total_s": 20.0}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     smk(workdir)
     return workdir
 

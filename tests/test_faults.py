@@ -118,8 +118,22 @@ def test_sigkill_of_a_running_job_then_rerun_incomplete_gives_the_uninterrupted_
 
 # ----------------------------------------------------------------------------- secrets
 @pytest.mark.slow
-def test_api_keys_never_reach_an_output(run_dir):
-    leaks = [str(p) for p in run_dir.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
+def test_api_keys_never_reach_an_output(run_dir, gemini_server):
+    """End to end: the reduced run had the judge on, with the sentinel key in the environment, against
+    a server whose first answer echoed the key back in its error. Build the report too, then scan
+    every file of the run — outputs, job logs, the report, Snakemake's own logs — for the key."""
+    report = run_dir / "report.html"
+    smk(run_dir, "--report", str(report))
+    # the judge really ran: every request carried the key, and every set of every run has its scores
+    # (or, for the poisoned request, a recorded failure with the key redacted)
+    assert gemini_server.calls and all(c["key"] == SENTINEL for c in gemini_server.calls)
+    judged = [json.loads(p.read_text()) for p in (run_dir / "results" / EXP).rglob("judge.json")]
+    assert judged and sum("judge_target_rate" in j["metrics"] for j in judged) >= len(judged) - 1
+    failed = [j["failures"]["judge_target_rate"] for j in judged if j["failures"]]
+    assert failed and all("[redacted]" in f and "HTTP 400" in f for f in failed)
+    scanned = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert report in scanned and any(".snakemake/log" in str(p) for p in scanned)
+    leaks = [str(p) for p in scanned if SENTINEL.encode() in p.read_bytes()]
     assert leaks == []
 
 
