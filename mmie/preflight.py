@@ -23,6 +23,7 @@ from mmie.errors import ConfigError
 
 log = logging.getLogger(__name__)
 CACHE = Path(".snakemake") / "mmie"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def architecture(config: dict, workdir: str | Path = ".") -> tuple[dict | None, str]:
@@ -53,10 +54,13 @@ def architecture(config: dict, workdir: str | Path = ".") -> tuple[dict | None, 
         if isinstance(cached, str) and Path(cached).is_file():
             return json.loads(Path(cached).read_text(encoding="utf-8")), f"HF cache ({cached})"
     if model.get("config_json"):
-        path = workdir / model["config_json"]
-        if not path.is_file():
-            raise ConfigError(f"model.config_json: file not found: {model['config_json']}")
-        return json.loads(path.read_text(encoding="utf-8")), str(path)
+        # relative to the working directory, else to the workflow (the profiles' shipped copies)
+        tried = [workdir / model["config_json"], PROJECT_ROOT / model["config_json"]]
+        path = next((p for p in tried if p.is_file()), None)
+        if path is None:
+            raise ConfigError(f"model.config_json: file not found: {model['config_json']} (looked in "
+                              f"{', '.join(str(p.parent) for p in tried)})")
+        return json.loads(path.read_text(encoding="utf-8")), str(model["config_json"])
     return None, (f"no config.json for model.source {source!r} yet (not downloaded/converted, and no "
                   "model.config_json)")
 

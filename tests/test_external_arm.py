@@ -122,7 +122,7 @@ def test_adapter_folder_without_weights_is_a_config_error(tiny_lm, tmp_path):
 
 
 def test_external_arm_is_seedless_in_the_plan(tiny_lm, tmp_path):
-    """Three seeds: every arm is evaluated three times, the external arm once; a missing adapter
+    """Three seeds: the external arm, like base, is seed-independent and evaluated once; a missing adapter
     stops `snakemake -n` with the arm named."""
     from conftest import reduced_config
 
@@ -133,12 +133,12 @@ def test_external_arm_is_seedless_in_the_plan(tiny_lm, tmp_path):
     cfg["seeds"] = [0, 1, 2]
     cfg["arms"] = {"base": cfg["arms"]["base"], "ext": {"method": "external", "adapter": str(folder)}}
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    assert arm_seeds(load(path), "ext") == [0] and arm_seeds(load(path), "base") == [0, 1, 2]
+    assert arm_seeds(load(path), "ext") == [0] and arm_seeds(load(path), "base") == [0]
     cmd = SNAKEMAKE + ["-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(path), "--cores", "2"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = planned_jobs(res)
-    assert jobs["evaluate"] == 3 + 1 and not {"train_lora", "train_reft"} & set(jobs), jobs
+    assert jobs["evaluate"] == 1 + 1 and not {"train_lora", "train_reft"} & set(jobs), jobs
     assert "/ext/seed0/evaluate.json" in res.stdout and "/ext/seed1/" not in res.stdout
     assert str(folder) in res.stdout                     # the adapter folder is an input of its evaluation
     cfg["arms"]["ext"]["adapter"] = str(tmp_path / "gone")

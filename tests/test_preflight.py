@@ -53,7 +53,7 @@ def test_the_qwen_profile_is_checked_from_its_shipped_config_json(tmp_path):
 def test_the_gemma_profiles_are_checked_from_their_shipped_config_json(tmp_path):
     for name in ("gemma3-270m.yaml", "gemma3-270m-cpu.yaml"):
         out = preflight.check(load(ROOT / "config" / name), ROOT, cache_dir=tmp_path)
-        assert out["checked"] and out["layers"] == 18 and "gemma3-270m.json" in out["origin"], name
+        assert out["checked"] and out["layers"] == 18 and out["origin"] == "config/models/gemma3-270m.json", name
 
 
 def test_an_unknown_architecture_source_is_skipped_with_the_reason(tmp_path):
@@ -74,3 +74,10 @@ def test_dry_run_stops_on_a_bad_layer(tmp_path):
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     res = smk(tmp_path, "-n", check=False)
     assert res.returncode != 0 and "layers.force_layers: layers [9] do not exist" in res.stdout + res.stderr
+
+
+def test_a_shipped_config_json_is_found_from_any_working_directory(tmp_path):
+    out = preflight.check(qwen(), tmp_path, cache_dir=tmp_path)        # tmp_path has no config/models/
+    assert out["checked"] and out["origin"] == "config/models/qwen2.5-1.5b-instruct.json"
+    with pytest.raises(ConfigError, match="model.config_json: file not found: nowhere.json"):
+        preflight.check(qwen(config_json="nowhere.json"), tmp_path, cache_dir=tmp_path)

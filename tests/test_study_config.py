@@ -75,8 +75,9 @@ def minimal_study(workdir: Path) -> Path:
 def test_minimal_study_plans_only_its_arms_sets_and_files(tmp_path):
     res = dry_run(tmp_path, minimal_study(tmp_path))
     jobs = planned_jobs(res)
-    # two arms x one seed, each scored on the four sets the study defines; nothing of the demo's grid
-    assert jobs["evaluate"] == 2 and jobs["score"] == 2 * len(STUDY_SETS), jobs
+    # two arms x one seed, each scored (one job per arm and seed) on the four sets the study defines;
+    # nothing of the demo's grid
+    assert jobs["evaluate"] == 2 and jobs["score"] == 2, jobs
     assert not {"build_demo_model", "train_lora", "train_reft", "select_layers", "sweep_gate"} & set(jobs), jobs
     inputs = planned_inputs(res)
     assert "data/my-study/forget.jsonl" in inputs and "data/my-study/retain.jsonl" in inputs
@@ -100,8 +101,11 @@ def test_demo_is_used_only_without_a_configfile():
     """No --configfile: the demo, config.yaml, with its ten arms."""
     res = subprocess.run(SNAKEMAKE + ["-n", "--forceall", "--cores", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    demo = yaml.safe_load((ROOT / "config.yaml").read_text())
-    assert planned_jobs(res)["evaluate"] == len(demo["arms"]) * len(demo["seeds"])
+    from mmie.config import arm_seeds, load
+
+    demo = load(ROOT / "config.yaml")
+    assert len(demo["arms"]) == 10
+    assert planned_jobs(res)["evaluate"] == sum(len(arm_seeds(demo, arm)) for arm in demo["arms"])
 
 
 def bengali_study(workdir: Path, *, run: bool = False) -> Path:
@@ -146,7 +150,8 @@ BN_SETS = ["forget", "retain", "romanized", "hi", "ur", "pa", "comprehension"]
 def test_bengali_target_study_with_hindi_as_a_neighbour_plans(tmp_path):
     res = dry_run(tmp_path, bengali_study(tmp_path))
     jobs = planned_jobs(res)
-    assert jobs["evaluate"] == 3 and jobs["train_lora"] == 1 and jobs["score"] == 3 * len(BN_SETS), jobs
+    # base and prompt are seed-independent (evaluated once), lora has one seed here
+    assert jobs["evaluate"] == 3 and jobs["train_lora"] == 1 and jobs["score"] == 3, jobs
     assert not [f for f in planned_inputs(res) if reads_demo_data(f)]
     assert set(re.findall(r"results/bn-study/base/seed0/([\w-]+)/metrics\.json", res.stdout)) == set(BN_SETS)
 
@@ -168,8 +173,9 @@ def test_bengali_target_study_runs_end_to_end_then_evaluates_an_external_adapter
     config = bengali_study(tmp_path, run=True)
     run_study(tmp_path, config)
     out = tmp_path / "results" / "bn-study"
-    for arm in ("base", "prompt", "lora"):
-        for seed in (0, 1):
+    for arm, seeds in (("base", (0,)), ("prompt", (0,)), ("lora", (0, 1))):   # base, prompt: seed-independent
+        assert sorted(p.name for p in (out / arm).iterdir() if p.is_dir()) == [f"seed{k}" for k in seeds]
+        for seed in seeds:
             for s in BN_SETS:
                 metrics = json.loads((out / arm / f"seed{seed}" / s / "metrics.json").read_text())
                 assert metrics["arm"] == arm and metrics["set"] == s
@@ -221,7 +227,7 @@ def test_gemma_cpu_profile_plans_its_reduced_grid_alone(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = planned_jobs(res)
-    assert jobs["evaluate"] == 4 and jobs["train_lora"] == 1 and jobs["train_reft"] == 1, jobs
+    assert jobs["evaluate"] == 4 and jobs["train_lora"] == 1 and jobs["train_reft"] == 1, jobs   # one seed
 
 
 # ----------------------------------------------------------------------------- the default workflow profile
