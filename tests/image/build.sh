@@ -45,14 +45,14 @@ base_done=$(date +%s)
 commit=$(git rev-parse HEAD)
 [ -z "$(git status --porcelain --untracked-files=no)" ] || commit="$commit-dirty"
 ca=/etc/ssl/certs/ca-certificates.crt
-buildah bud --isolation chroot --layers=false \
+buildah bud --isolation chroot --layers \
   --build-arg BASE="$BASE" --build-arg GIT_COMMIT="$commit" --build-arg IMAGE="$IMAGE" \
   --build-arg PIP_CERT=/run/build-ca.crt -v "$ca:/run/build-ca.crt:ro" \
   -t "$IMAGE" -f Dockerfile .
 end=$(date +%s)
 
 buildah rm --all >/dev/null
-buildah rmi --prune >/dev/null 2>&1 || true
+# the layer cache (intermediate images) stays for the next build; free it with: buildah rmi --prune
 size=$(buildah inspect --type image --format '{{.ImageSize}}' "$IMAGE" 2>/dev/null || echo unknown)
 id=$(buildah inspect --type image --format '{{.FromImageID}}' "$IMAGE")
 python3 - "$WORK/build.json" "$IMAGE" "$BASE" "$commit" "$id" "$size" $((base_done - start)) $((end - base_done)) <<'PY'
