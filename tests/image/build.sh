@@ -51,14 +51,14 @@ buildah bud --isolation chroot --layers \
   -t "$IMAGE" -f Dockerfile .
 end=$(date +%s)
 
-buildah rm --all >/dev/null
 # the layer cache (intermediate images) stays for the next build; free it with: buildah rmi --prune
-size=$(buildah inspect --type image --format '{{.ImageSize}}' "$IMAGE" 2>/dev/null || echo unknown)
+size=$(buildah images --noheading --format '{{.Size}}' "$IMAGE")
+digest=$(buildah images --noheading --digests --format '{{.Digest}}' "$IMAGE")
 id=$(buildah inspect --type image --format '{{.FromImageID}}' "$IMAGE")
-python3 - "$WORK/build.json" "$IMAGE" "$BASE" "$commit" "$id" "$size" $((base_done - start)) $((end - base_done)) <<'PY'
+python3 - "$WORK/build.json" "$IMAGE" "$BASE" "$commit" "$id" "$digest" "$size" $((base_done - start)) $((end - base_done)) <<'PY'
 import json, sys
-out, image, base, commit, image_id, size, base_s, build_s = sys.argv[1:]
-rec = {"image": image, "base": base, "git_commit": commit, "image_id": image_id, "size_bytes": size,
+out, image, base, commit, image_id, digest, size, base_s, build_s = sys.argv[1:]
+rec = {"image": image, "base": base, "git_commit": commit, "image_id": image_id, "digest": digest, "size": size,
        "base_seconds": int(base_s), "build_seconds": int(build_s)}
 open(out, "w").write(json.dumps(rec, indent=1) + "\n")
 print(json.dumps(rec))
