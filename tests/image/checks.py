@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTAINER_RUN = "/mmie-run"
 # What the image may have beyond the lock: the CUDA build of torch pulls CUDA in as pip packages.
 CUDA_EXTRA = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
+SITE_PACKAGES = re.compile(r"^/\S*/site-packages/")
 
 
 def _name(name: str) -> str:
@@ -72,14 +73,17 @@ def repo_pins() -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _strip(obj, roots: dict[str, str]):
-    """The JSON without its provenance, with the run-specific roots replaced by placeholders."""
+    """The JSON without its provenance; a path under a run-specific root (or a site-packages dir) starts
+    with a placeholder instead."""
     if isinstance(obj, dict):
         return {k: _strip(v, roots) for k, v in obj.items() if k not in ("provenance", "_provenance")}
     if isinstance(obj, list):
         return [_strip(v, roots) for v in obj]
     if isinstance(obj, str):
         for root, name in roots.items():
-            obj = obj.replace(root, name)
+            if obj == root or obj.startswith(root + "/"):
+                return name + obj[len(root):]
+        return SITE_PACKAGES.sub("<site-packages>/", obj)   # the venv's vs the image's installed files
     return obj
 
 
