@@ -9,8 +9,6 @@
 ARG BASE=debian:12-slim
 FROM ${BASE}
 
-ARG GIT_COMMIT=unknown
-ARG IMAGE=mmie:0.1.0
 # Where pip finds packages: PyPI only (no PPA, no extra index). ARGs are in the environment of the RUN
 # steps only, not of the image. PIP_CERT: Debian's CA bundle (the build machine may mount its own).
 ARG PIP_INDEX_URL=https://pypi.org/simple
@@ -20,11 +18,6 @@ ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 # the hash before installing. Without it mmie uses torch's `sdpa` and records attn_implementation: sdpa.
 ARG FLASH_ATTN_WHEEL=""
 ARG FLASH_ATTN_SHA256=""
-
-LABEL org.opencontainers.image.title="mmie" \
-      org.opencontainers.image.description="Reproducible language-unlearning experiments" \
-      org.opencontainers.image.revision="${GIT_COMMIT}" \
-      org.opencontainers.image.ref.name="${IMAGE}"
 
 # Debian's own Python 3.11 (the venv's minor version); no compiler: nothing is compiled (the four sdists
 # among the pins, langid, py2store, connection_pool, transformers-stream-generator, are pure Python).
@@ -41,9 +34,7 @@ ENV VIRTUAL_ENV=/opt/mmie \
     HF_HOME=/hf-cache \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
-    CUBLAS_WORKSPACE_CONFIG=:4096:8 \
-    MMIE_GIT_COMMIT=${GIT_COMMIT} \
-    MMIE_CONTAINER_IMAGE=${IMAGE}
+    CUBLAS_WORKSPACE_CONFIG=:4096:8
 RUN python3 -m venv /opt/mmie
 # HF_HOME is a mount point for the model cache:  --bind /data/hf-cache:/hf-cache
 RUN mkdir -p /hf-cache
@@ -73,6 +64,16 @@ assert h == '8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db603e83', 
 
 # Project code last (code changes do not invalidate the dependency layers). It is the image's own copy
 # (for a self-contained run); bind the working tree over /mmie to run your code instead.
+# The commit and the image name come last too: a build arg used earlier would make every commit rebuild
+# the dependency layers. Both are in the labels and in every job's provenance.
+ARG GIT_COMMIT=unknown
+ARG IMAGE=mmie:0.1.0
+LABEL org.opencontainers.image.title="mmie" \
+      org.opencontainers.image.description="Reproducible language-unlearning experiments" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.ref.name="${IMAGE}"
+ENV MMIE_GIT_COMMIT=${GIT_COMMIT} \
+    MMIE_CONTAINER_IMAGE=${IMAGE}
 WORKDIR /mmie
 COPY . /mmie
 CMD ["snakemake", "--help"]
