@@ -119,6 +119,13 @@ def write_csv(path: str | os.PathLike, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def figure_pdf(path: str | os.PathLike) -> Path:
+    """The vector (PDF) copy that ``save_figure`` writes beside a PNG figure."""
+    return Path(path).with_suffix(".pdf")
+
+
 def save_figure(path: str | os.PathLike, fig) -> None:
-    with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    """The figure as PNG at ``path`` (the report shows it) and as PDF beside it (for a paper)."""
+    for out, fmt in ((Path(path), "png"), (figure_pdf(path), "pdf")):
+        with atomic_path(out, suffix=out.suffix) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt)

@@ -473,7 +473,7 @@ def merge_judge(result: dict, judged: dict) -> None:
 
 # ----------------------------------------------------------------------------- statistics
 def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
-          decisions_out: str, results_out: str, selection: str | None = None) -> None:
+          decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
     decisions.json's ``_choices``)."""
@@ -500,7 +500,11 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
                "correction", "n_seeds", "seeded", "base_n_seeds", "n_prompts"]
     gates = pd.DataFrame(rows, columns=columns)
     io.write_csv(intervals_out, iv)
-    io.write_csv(headline_out, results_page.headline(iv, arms, sets))
+    table = results_page.headline(iv, arms, sets)
+    io.write_csv(headline_out, table)
+    io.write_text(headline_tex_out, results_page.latex(
+        table, f"{config['experiment']}: estimate [{cfg['level']:.0%} interval] per arm "
+               f"(seeds {config['seeds']}; seed-independent arms ran once)."))
     io.write_csv(gates_out, gates)
     chosen = io.read_json(selection) if selection else None
     choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
@@ -509,6 +513,17 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
         config, section(config, "stats", "gates"), rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
+
+
+def samples(config: dict, generations: list[str], out: str, n: int) -> None:
+    """The report's side-by-side sample generations (``results_page.samples_html``)."""
+    from mmie import results_page
+
+    by = {}
+    for path in generations:
+        p = Path(path)
+        by[(p.parents[2].name, p.parent.name)] = io.read_jsonl(p)   # <arm>/seed<k>/<set>/generations.jsonl
+    io.write_text(out, results_page.samples_html(config, by, n))
 
 
 def convert_gemma(config: dict, out_dir: str, report_out: str) -> None:

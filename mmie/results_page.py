@@ -50,6 +50,50 @@ def headline(iv: pd.DataFrame, arms: list[str], sets: list[str]) -> pd.DataFrame
                          for a in arms])
 
 
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")):
+        text = text.replace(a, b)
+    return text
+
+
+def latex(table: pd.DataFrame, caption: str) -> str:
+    """The headline table as a LaTeX (booktabs) table for a paper: one row per arm, estimate and
+    interval per column, special characters escaped."""
+    cols = list(table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+             " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(str(v)) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _tex(caption) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def samples_html(config: dict, generations: dict[tuple[str, str], list[dict]], n: int) -> str:
+    """The first ``n`` prompts of every set with each arm's output side by side (the arm's first
+    seed), so a reader sees what the numbers mean: Hindi, English, a neighbour language or noise."""
+    import html
+
+    arms = list(dict.fromkeys(a for a, _ in generations))
+    sets = list(dict.fromkeys(s for _, s in generations))
+    out = [f"<h1>Sample generations: {html.escape(config['experiment'])}</h1>",
+           f"<p>The first {n} prompts of each evaluation set and every arm's output (seed "
+           f"{config['seeds'][0]}; greedy decoding unless configured otherwise).</p>"]
+    for s in sets:
+        out.append(f"<h2>{html.escape(s)}</h2><table border='1' cellpadding='4' style='border-collapse:collapse'>")
+        out.append("<tr><th>prompt</th>" + "".join(f"<th>{html.escape(a)}</th>" for a in arms) + "</tr>")
+        first = generations[(arms[0], s)][:n]
+        by_arm = {a: {r["id"]: r for r in generations[(a, s)]} for a in arms}
+        for row in first:
+            cells = []
+            for a in arms:
+                r = by_arm[a].get(row["id"])
+                text = "(missing)" if r is None else (r["output"] if r["output"].strip() else "(empty)")
+                cells.append(f"<td>{html.escape(text)}</td>")
+            out.append(f"<tr><td>{html.escape(row['prompt'])}</td>" + "".join(cells) + "</tr>")
+        out.append("</table>")
+    return "<html><head><meta charset='utf-8'></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+
+
 def _get(iv, arm, set_name, metric):
     r = iv[(iv.arm == arm) & (iv.set == set_name) & (iv.metric == metric)]
     return None if r.empty else r.iloc[0]

@@ -208,8 +208,13 @@ def all_metrics(wildcards=None):
             for s in SETS]
 
 
+def sample_generations(wildcards=None):
+    """Every set's generations of every arm at the arm's first seed (the report's side-by-side samples)."""
+    return [f"{R}/{arm}/seed{mcfg.arm_seeds(config, arm)[0]}/{s}/generations.jsonl" for arm in ARMS for s in SETS]
+
+
 def final_outputs():
-    out = [f"{R}/summary/metrics_long.csv", f"{R}/summary/summary.csv", f"{R}/summary/summary.md",
+    out = [f"{R}/summary/samples.html", f"{R}/summary/headline.tex", f"{R}/summary/metrics_long.csv", f"{R}/summary/summary.csv", f"{R}/summary/summary.md",
            f"{R}/summary/gates.csv", f"{R}/summary/decisions.json", f"{R}/summary/results.md",
            f"{R}/data/data_report.json", f"{R}/lid/lid_report.json"]
     out += expand(f"{R}/plots/{{name}}.png", name=PLOTS)
@@ -218,7 +223,10 @@ def final_outputs():
     return out
 
 
-PLOTS = ["target_rate", "output_language", "perplexity", "lid_confusion", "es_ci", "tradeoff", "neighbours", "mia"] + (
+# the figures of the plots rule (each also as PDF beside its PNG, for a paper)
+PLOT_RULE_FIGURES = ["target_rate", "output_language", "perplexity", "lid_confusion", "es_ci", "tradeoff", "neighbours",
+                     "mia"]
+PLOTS = PLOT_RULE_FIGURES + (
     ["demo_training"] if config["model"]["source"] == "demo" else []
 ) + (["training_curves"] if LORA_ARMS + REFT_ARMS else [])
 

@@ -79,6 +79,7 @@ rule plots:
             caption="../report/mia.rst",
             category="Results",
         ),
+        pdf=expand(f"{R}/plots/{{name}}.pdf", name=PLOT_RULE_FIGURES),
     log:
         f"{R}/logs/plots.log",
     benchmark:
@@ -100,6 +101,7 @@ rule plot_demo_training:
             caption="../report/demo_training.rst",
             category="Demo model",
         ),
+        pdf=f"{R}/plots/demo_training.pdf",
     log:
         f"{R}/logs/plot_demo_training.log",
     benchmark:
@@ -121,6 +123,7 @@ rule plot_training_curves:
             caption="../report/training_curves.rst",
             category="Trained arms",
         ),
+        pdf=f"{R}/plots/training_curves.pdf",
     log:
         f"{R}/logs/plot_training_curves.log",
     benchmark:
@@ -148,6 +151,7 @@ rule stats:
             caption="../report/headline.rst",
             category="Results",
         ),
+        headline_tex=f"{R}/summary/headline.tex",
         gates=report(
             f"{R}/summary/gates.csv",
             caption="../report/gates.rst",
@@ -171,3 +175,26 @@ rule stats:
         "../envs/mmie.yaml"
     script:
         "../scripts/stats.py"
+
+
+rule samples:
+    input:
+        generations=sample_generations,
+    output:
+        report(
+            f"{R}/summary/samples.html",
+            caption="../report/samples.rst",
+            category="Results",
+        ),
+    log:
+        f"{R}/logs/samples.log",
+    benchmark:
+        f"{R}/benchmarks/samples.tsv"
+    resources:
+        mem_mb=CPU_MEM,
+    params:
+        n=5,
+    conda:
+        "../envs/mmie.yaml"
+    script:
+        "../scripts/samples.py"

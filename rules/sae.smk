@@ -154,6 +154,7 @@ rule sae_report:
             caption="../report/dose_response.rst",
             category="Layers and SAEs",
         ),
+        pdf=expand(f"{R}/plots/{{name}}.pdf", name=["layer_selection", "sae_quality", "dose_response"]),
     log:
         f"{R}/logs/sae_report.log",
     benchmark:

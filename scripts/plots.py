@@ -5,4 +5,5 @@ from mmie import plots  # noqa: E402
 
 inputs = dict(snakemake.input.items())
 for name, path in snakemake.output.items():
-    plots.make(name, snakemake.config, inputs, path)
+    if name != "pdf":   # the PDF copies are written beside the PNGs (mmie.io.save_figure)
+        plots.make(name, snakemake.config, inputs, path)

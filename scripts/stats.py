@@ -5,4 +5,5 @@ from mmie import pipeline  # noqa: E402
 
 o = snakemake.output
 pipeline.stats(snakemake.config, list(snakemake.input.metrics), o.intervals, o.headline, o.gates, o.decisions, o.results,
+               o.headline_tex,
                snakemake.input.selection or None)
