@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from mmie.errors import ConfigError, DataError, ModelError
 
@@ -100,13 +99,15 @@ def encode_texts(tok, texts: list[str], max_length: int) -> tuple[list[list[int]
 
 
 def collect(model, tok, texts: list[str], layers: list[int], *, max_length: int, batch_size: int,
-            pooled: bool = False, desc: str = "activations") -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+            pooled: bool = False, desc: str = "activations",
+            oom_log: list | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Activations after each of ``layers`` for ``texts``.
 
     ``pooled=False``: per layer ``(acts [tokens, d], doc [tokens])`` over real tokens only.
     ``pooled=True``: per layer ``(means [texts, d], counts [texts])`` — masked mean pooling."""
     from mmie.hooks import record_layer_outputs
     from mmie.likelihood import right_pad
+    from mmie.memory import in_batches
 
     seqs, skip = encode_texts(tok, texts, max_length)
     if any(len(s) <= skip for s in seqs):
@@ -115,24 +116,29 @@ def collect(model, tok, texts: list[str], layers: list[int], *, max_length: int,
     device = next(model.parameters()).device
     parts: dict[int, list] = {layer: [] for layer in layers}
     docs: list[torch.Tensor] = []
-    with torch.inference_mode(), record_layer_outputs(model, layers) as store:
-        for start in tqdm(range(0, len(seqs), batch_size), desc=desc, unit="batch", mininterval=2.0):
-            batch = seqs[start:start + batch_size]
-            ids, mask = right_pad(batch, tok.pad_token_id, device)
-            model(input_ids=ids, attention_mask=mask)
-            keep = mask.bool().clone()
-            keep[:, :skip] = False
-            for layer in layers:
-                h = store[layer].float()
-                if pooled:
-                    w = keep.unsqueeze(-1).to(h.dtype)
-                    parts[layer].append(((h * w).sum(1) / w.sum(1)).cpu())
-                else:
-                    parts[layer].append(h[keep].cpu())
+
+    def run(start: int, stop: int) -> None:   # appends only once the whole batch is through
+        batch = seqs[start:stop]
+        ids, mask = right_pad(batch, tok.pad_token_id, device)
+        model(input_ids=ids, attention_mask=mask)
+        keep = mask.bool().clone()
+        keep[:, :skip] = False
+        got = {}
+        for layer in layers:
+            h = store[layer].float()
             if pooled:
-                docs.append(keep.sum(1).cpu())
+                w = keep.unsqueeze(-1).to(h.dtype)
+                got[layer] = ((h * w).sum(1) / w.sum(1)).cpu()
             else:
-                docs.append((torch.arange(len(batch)).unsqueeze(1).expand_as(keep)[keep.cpu()] + start))
+                got[layer] = h[keep].cpu()
+        doc = keep.sum(1).cpu() if pooled else torch.arange(len(batch)).unsqueeze(1).expand_as(keep)[keep.cpu()] + start
+        for layer in layers:
+            parts[layer].append(got[layer])
+        docs.append(doc)
+
+    with torch.inference_mode(), record_layer_outputs(model, layers) as store:
+        in_batches(len(seqs), batch_size, run, desc=desc, oom_log=oom_log,
+                   hint="lower layers.activations.batch_size or max_length")
     out = {}
     for layer in layers:
         acts = torch.cat(parts[layer])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from mmie.memory import is_oom
 from mmie.seeding import derived_seed
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,6 @@ def _left_pad(batch_ids: list[list[int]], pad_id: int, device):
     return ids.to(device), mask.to(device)
 
 
-def _is_oom(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def generate(model, tokenizer, items: list[dict], decoding: Decoding, *, system: str | None = None,
              seed: int = 0, desc: str = "generate", oom_log: list | None = None) -> list[dict]:
     """Generate for ``items`` ({id, prompt}); returns one record per item in the input order.
@@ -123,7 +118,7 @@ def generate(model, tokenizer, items: list[dict], decoding: Decoding, *, system:
             try:
                 out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
             except (RuntimeError, MemoryError) as err:
-                if not _is_oom(err):
+                if not is_oom(err):
                     raise
                 if batch_size == 1:
                     raise RuntimeError(f"{desc}: out of memory at batch size 1 (prompt {items[idx[0]]['id']}); "

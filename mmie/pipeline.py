@@ -222,12 +222,13 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
                 ref_scores = score_sequences(
                     model, tok.pad_token_id, [ctx] * len(refs),
                     [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
-                    batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=f"ppl {info.name}")
+                    batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=f"ppl {info.name}",
+                    oom_log=oom_log)
                 by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
         if refs and info.kind == "retain":
             # token KL(base ‖ arm) on retain texts, outside active(): the base pass runs on the base model
             kls = token_kl(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
-                           max_length=ev["max_length"], desc=f"token KL {info.name}")
+                           max_length=ev["max_length"], desc=f"token KL {info.name}", oom_log=oom_log)
             for it, k in zip(refs, kls, strict=True):
                 by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
         with arm.reference():
@@ -235,7 +236,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
             contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
             base_scores = score_sequences(model, tok.pad_token_id, contexts, [g["output_ids"] for g in gens],
                                           batch_size=ev["score_batch_size"], max_length=ev["max_length"],
-                                          desc=f"gen_ppl_base {info.name}")
+                                          desc=f"gen_ppl_base {info.name}", oom_log=oom_log)
         rows = []
         for it, g, b in zip(items, gens, base_scores, strict=True):
             row = {k: v for k, v in g.items() if k != "output_ids"}
@@ -270,7 +271,8 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:ev["max_length"]]
                 for r, _ in rows]
         with arm.active():
-            scores = mia_scores(model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"])
+            scores = mia_scores(model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"],
+                                oom_log=oom_log)
         io.write_jsonl(mia_out, ({"id": r["id"], "member": m, **s} for (r, m), s in zip(rows, scores, strict=True)))
     manifest = {
         "arm": arm_name, "seed": seed, "arm_details": {"method": arm.method, **arm.details},
@@ -594,8 +596,9 @@ def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir:
     check_layers(lm.model, [layer])
     fp = model_fingerprint(lm.model)
     roles = cache_roles(config, data_dir, act["max_texts"])
+    oom_log: list = []
     acts = {role: collect(lm.model, lm.tokenizer, texts, [layer], max_length=act["max_length"],
-                          batch_size=act["batch_size"], desc=f"layer {layer} {role}")[layer]
+                          batch_size=act["batch_size"], desc=f"layer {layer} {role}", oom_log=oom_log)[layer]
             for role, texts in roles.items()}
     seconds = time.time() - t0
     tokens = sum(int(a.shape[0]) for a, _ in acts.values())
@@ -607,7 +610,7 @@ def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir:
         "texts": {role: len(t) for role, t in roles.items()},
         "tokens": {role: int(a.shape[0]) for role, (a, _) in acts.items()},
         "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
-        "dim_norm": float(directions["dim"].norm()),
+        "dim_norm": float(directions["dim"].norm()), "oom_retries": oom_log,
         "provenance": provenance.build(config, section(config, "layers", "model", "data"), runtime=lm.runtime,
                                        rule="cache_activations",
                                        inputs=[Path(data_dir) / r / "train.jsonl" for r in ("forget", "retain")],

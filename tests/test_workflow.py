@@ -106,6 +106,22 @@ def test_html_report_builds(run_dir):
     assert "target_rate.png" in html and len(html) > 10_000
 
 
+def test_what_a_paper_needs(run_dir):
+    """Every figure also as a PDF, the headline table as LaTeX, and each arm's first outputs side by side."""
+    r = run_dir / "results" / EXP
+    pngs = sorted((r / "plots").glob("*.png"))
+    assert pngs and all(p.with_suffix(".pdf").read_bytes().startswith(b"%PDF") for p in pngs)
+    tex = (r / "summary" / "headline.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "lora+sae\\_gate" in tex
+    page = (r / "summary" / "samples.html").read_text()
+    forget = [json.loads(line) for line in (r / "lora" / "seed0" / "forget" / "generations.jsonl").read_text().splitlines()]
+    assert all(f"<th>{arm}</th>" in page for arm in ARMS) and "<h2>forget</h2>" in page
+    import html
+
+    first = forget[0]["output"]
+    assert html.escape(first if first.strip() else "(empty)") in page
+
+
 def test_rerun_one_target_path_reruns_only_what_it_needs(run_dir):
     target = f"results/{EXP}/prompt/seed0/mixed/metrics.json"
     (run_dir / target).unlink()
