@@ -39,6 +39,17 @@ SWEEP_ARMS = [a for a in GATE_ARMS if config["arms"][a]["method"] == "sae_gate" 
 # arms whose layers come from layer selection (ReFT without its own layers, every edit arm)
 LAYER_ARMS = EDIT_ARMS + [a for a in REFT_ARMS if not config["arms"][a].get("layers")]
 GPU_MEM = config["resources"]["gpu_mem_mb"]
+
+
+def gpu_mem(wildcards, attempt):
+    """Host memory of a model job: the configured amount, doubled on each retry (--retries)."""
+    return GPU_MEM * 2 ** (attempt - 1)
+
+
+def cpu_mem(wildcards, attempt):
+    return CPU_MEM * 2 ** (attempt - 1)
+
+
 CPU_MEM = config["resources"]["cpu_mem_mb"]
 TORCH_THREADS = config["resources"]["torch_threads"]  # threads: of the torch rules (jobs use snakemake.threads)
 

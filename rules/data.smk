@@ -11,7 +11,7 @@ rule prepare_data:
     benchmark:
         f"{R}/benchmarks/prepare_data.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     params:
         settings=settings("data", "languages", "eval", "lid.romanization"),
     conda:
@@ -33,7 +33,7 @@ rule fit_lid:
     benchmark:
         f"{R}/benchmarks/fit_lid.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     params:
         settings=settings("lid", "languages"),
     conda:
@@ -54,7 +54,7 @@ rule data_report:
     benchmark:
         f"{R}/benchmarks/data_report.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     params:
         settings=settings("model", "data.max_length", "data.truncation_warn_share"),
         model_dir=model_dir_param,

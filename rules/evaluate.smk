@@ -18,7 +18,7 @@ rule evaluate:
         f"{R}/benchmarks/evaluate/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("model", "generation", "eval", "gate", "deterministic", arm=True),
@@ -49,7 +49,7 @@ rule score:
     benchmark:
         f"{R}/benchmarks/score/{{arm}}/seed{{seed}}.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     params:
         settings=settings("lid", "languages", "eval"),
     conda:
@@ -69,7 +69,7 @@ rule judge:
     benchmark:
         f"{R}/benchmarks/judge/{{arm}}/seed{{seed}}.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     params:
         settings=settings("judge"),
         cache_dir=config["judge"]["cache_dir"],

@@ -14,7 +14,7 @@ if config["model"]["source"] == "demo":
             f"{R}/benchmarks/build_demo_model.tsv"
         threads: 2
         resources:
-            mem_mb=CPU_MEM,
+            mem_mb=cpu_mem,
             gpu=1,
         params:
             settings=settings("demo_model", "generation", "deterministic"),

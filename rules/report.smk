@@ -28,7 +28,7 @@ rule aggregate:
     benchmark:
         f"{R}/benchmarks/aggregate.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -85,7 +85,7 @@ rule plots:
     benchmark:
         f"{R}/benchmarks/plots.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -107,7 +107,7 @@ rule plot_demo_training:
     benchmark:
         f"{R}/benchmarks/plot_demo_training.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -129,7 +129,7 @@ rule plot_training_curves:
     benchmark:
         f"{R}/benchmarks/plot_training_curves.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -168,7 +168,7 @@ rule stats:
     benchmark:
         f"{R}/benchmarks/stats.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     params:
         settings=settings("stats", "gates"),
     conda:
@@ -191,7 +191,7 @@ rule samples:
     benchmark:
         f"{R}/benchmarks/samples.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     params:
         n=5,
     conda:

@@ -13,7 +13,7 @@ checkpoint select_layers:
         f"{R}/benchmarks/select_layers.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("model", "layers", "generation", "judge.model", "data.seed", "eval.prompt_fraction"),
@@ -41,7 +41,7 @@ rule cache_activations:
         f"{R}/benchmarks/cache_activations/layer{{layer}}.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("model", "layers.activations", "data.gibberish", "lid.romanization"),
@@ -64,7 +64,7 @@ rule train_sae:
         f"{R}/benchmarks/train_sae/layer{{layer}}.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("sae", "seeds"),
@@ -89,7 +89,7 @@ rule select_features:
         f"{R}/benchmarks/select_features/layer{{layer}}.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("model", "features", "sae.quality_texts", "layers.activations", "seeds"),
@@ -116,7 +116,7 @@ rule sweep_gate:
         f"{R}/benchmarks/sweep_gate/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("model", "gate", "generation", "eval", "lid", arm=True),
@@ -160,7 +160,7 @@ rule sae_report:
     benchmark:
         f"{R}/benchmarks/sae_report.tsv"
     resources:
-        mem_mb=CPU_MEM,
+        mem_mb=cpu_mem,
     conda:
         "../envs/mmie.yaml"
     script:

@@ -15,7 +15,7 @@ rule train_lora:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("model", "deterministic", arm=True),
@@ -41,7 +41,7 @@ rule train_reft:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS
     resources:
-        mem_mb=GPU_MEM,
+        mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=settings("model", "deterministic", arm=True),

@@ -81,7 +81,10 @@ def test_profile_gives_every_gpu_rule_a_gpu_model_and_a_runtime():
         assert "gpu" not in res and "gres" not in res, name     # the rules' own gpu=1 decides
         if res.get("gpu_model"):
             assert name in gpu_rules, f"{name} is no gpu=1 rule but would get a GPU (gpu_model)"
-        assert isinstance(res.get("runtime", 0), int)
+        # wall-clock limits grow with the retry attempt ("minutes * attempt"; memory doubles in the rules)
+        runtime = str(res.get("runtime", "1 * attempt"))
+        assert runtime.endswith(" * attempt") and int(runtime.split()[0]) > 0, (name, runtime)
+    assert prof["retries"] >= 1
 
 
 def job_resources(output: str) -> dict[str, set[tuple]]:
@@ -315,3 +318,16 @@ def test_failed_slurm_job_fails_the_run_and_names_its_logs(grid):
     assert slurm_log.is_file() and slurm_log.name == f"{jobs[0]['JobID']}.log" and "rule_score" in slurm_log.parts
     assert "Error in rule score:" in slurm_log.read_text()
     assert not (work / target).exists()
+
+
+def test_a_retried_job_gets_more_memory_and_time():
+    """Snakemake evaluates the profile's runtime expressions and the rules' memory functions per
+    attempt: the second attempt of a job asks for twice the memory and a longer wall-clock limit."""
+    runtime = profile()["set-resources"]["evaluate"]["runtime"]
+    assert [eval(runtime, {"attempt": a}) for a in (1, 2, 3)] == [240, 480, 720]
+    src = (ROOT / "rules" / "common.smk").read_text()
+    body = src[src.index("def gpu_mem"):src.index("\n\n\n", src.index("def cpu_mem"))]
+    scope = {"GPU_MEM": 8000, "CPU_MEM": 2000}
+    exec(body, scope)
+    assert [scope["gpu_mem"](None, a) for a in (1, 2, 3)] == [8000, 16000, 32000]
+    assert [scope["cpu_mem"](None, a) for a in (1, 2)] == [2000, 4000]
