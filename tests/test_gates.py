@@ -151,8 +151,8 @@ def test_stats_step_writes_a_row_for_every_configured_gate(tmp_path, demo_config
     config["stats"]["n_boot"] = 200
     paths = [write(tmp_path, arm, 0, s, target=t, ppl=100) for arm, t in (("base", 0.9), ("prompt", 0.1))
              for s in ("forget", "retain")]
-    out = {k: str(tmp_path / f"{k}.out") for k in ("iv", "head", "gates", "dec", "page")}
-    stats(config, paths, out["iv"], out["head"], out["gates"], out["dec"], out["page"])
+    out = {k: str(tmp_path / f"{k}.out") for k in ("iv", "head", "gates", "dec", "page", "tex")}
+    stats(config, paths, out["iv"], out["head"], out["gates"], out["dec"], out["page"], out["tex"])
     gates = pd.read_csv(out["gates"])
     assert list(gates.gate) == [g["name"] for g in config["gates"]]
     not_eval = gates[gates.reason.fillna("").str.startswith("not evaluated")]

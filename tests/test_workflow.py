@@ -127,7 +127,7 @@ def test_rerun_one_target_path_reruns_only_what_it_needs(run_dir):
     (run_dir / target).unlink()
     assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"score": 1}
     shutil.rmtree(run_dir / "results" / EXP / "prompt" / "seed0" / "mixed")
-    assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"evaluate": 1, "score": 1}
+    assert planned_jobs(smk(run_dir, "-n", "--", target)) == {"evaluate": 1, "judge": 1, "score": 1}
     smk(run_dir, "--", *[f"results/{EXP}/prompt/seed0/{s}/metrics.json" for s in SETS])  # restore
 
 
@@ -137,7 +137,7 @@ def test_retraining_one_seed_by_target_path_reruns_exactly_that_seed(run_dir):
     assert manifest["arm"] == "lora" and manifest["seed"] == 0 and manifest["summary"]["tokens_per_second"] > 0
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "train_log.csv").is_file()
     target = f"results/{EXP}/lora/seed0/forget/metrics.json"
-    expected = {"train_lora": 1, "evaluate": 1, "score": 1}
+    expected = {"train_lora": 1, "evaluate": 1, "judge": 1, "score": 1}   # the reduced run has the judge on
     # (a) force the training rule for just this target
     assert planned_jobs(smk(run_dir, "-n", "--forcerun", "train_lora", "--", target)) == expected
     # (b) delete the seed's checkpoint and its results (Snakemake never reruns a job whose outputs
@@ -197,7 +197,9 @@ def test_every_output_validates_against_the_results_schema(run_dir):
 def test_statistics_gates_and_results_page(run_dir):
     r = run_dir / "results" / EXP / "summary"
     decisions = json.loads((r / "decisions.json").read_text())
-    assert set(decisions) - {"_provenance"} == set(ARMS) - {"base"}
+    assert set(decisions) - {"_provenance", "_choices"} == set(ARMS) - {"base"}
+    assert decisions["_choices"]["layers"]["layers"] == json.loads((run_dir / "results" / EXP / "layers" /
+                                                                    "selection.json").read_text())["layers"]
     page = (r / "results.md").read_text()
     for arm in ("base", "prompt", "lora", "reft"):
         assert f"**{arm}**" in page
