@@ -7,9 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
-from mmie.memory import is_oom
+from mmie.memory import in_batches
 from mmie.seeding import derived_seed
 
 log = logging.getLogger(__name__)
@@ -86,8 +84,8 @@ def generate(model, tokenizer, items: list[dict], decoding: Decoding, *, system:
              seed: int = 0, desc: str = "generate", oom_log: list | None = None) -> list[dict]:
     """Generate for ``items`` ({id, prompt}); returns one record per item in the input order.
 
-    On a CUDA out-of-memory error the batch size halves and the batch is retried, down to 1; each
-    halving is appended to ``oom_log`` (recorded in provenance)."""
+    On an out-of-memory error the batch size halves and the batch is retried, down to 1; each halving
+    is appended to ``oom_log`` (recorded in provenance; ``mmie.memory``)."""
     import torch
 
     device = next(model.parameters()).device
@@ -107,45 +105,30 @@ def generate(model, tokenizer, items: list[dict], decoding: Decoding, *, system:
     # Sampling is seeded per prompt (from the run seed and the prompt id), so it runs one prompt per call.
     batch_size = 1 if decoding.do_sample else decoding.batch_size
     results: dict[int, dict] = {}
-    pos = 0
-    bar = tqdm(total=len(items), desc=desc, unit="prompt", mininterval=2.0)
+
+    def run(start: int, stop: int) -> None:
+        idx = order[start:stop]
+        ids, mask = _left_pad([encoded[i][0] for i in idx], pad, device)
+        if decoding.do_sample:
+            torch.manual_seed(derived_seed(seed, items[idx[0]]["id"]))
+        out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
+        new = out[:, ids.shape[1]:].tolist()
+        for row, i in enumerate(idx):
+            toks = new[row]
+            n = len(toks)
+            for j, t in enumerate(toks):
+                if t == eos or t == pad:
+                    n = j
+                    break
+            gen_ids = toks[:n]
+            results[i] = {
+                "id": items[i]["id"], "prompt": items[i]["prompt"],
+                "output": tokenizer.decode(gen_ids, skip_special_tokens=True).strip(),
+                "prompt_tokens": len(encoded[i][0]), "output_tokens": n, "prompt_truncated": encoded[i][1],
+                "output_ids": gen_ids, "stopped_by_eos": n < len(toks),
+            }
+
     with torch.inference_mode():
-        while pos < len(order):
-            idx = order[pos:pos + batch_size]
-            ids, mask = _left_pad([encoded[i][0] for i in idx], pad, device)
-            if decoding.do_sample:
-                torch.manual_seed(derived_seed(seed, items[idx[0]]["id"]))
-            try:
-                out = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs)
-            except (RuntimeError, MemoryError) as err:
-                if not is_oom(err):
-                    raise
-                if batch_size == 1:
-                    raise RuntimeError(f"{desc}: out of memory at batch size 1 (prompt {items[idx[0]]['id']}); "
-                                       f"lower generation.max_new_tokens or max_prompt_tokens") from err
-                batch_size = max(1, batch_size // 2)
-                if oom_log is not None:
-                    oom_log.append({"where": desc, "new_batch_size": batch_size})
-                log.warning("%s: CUDA out of memory, retrying with batch size %d", desc, batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            new = out[:, ids.shape[1]:].tolist()
-            for row, i in enumerate(idx):
-                toks = new[row]
-                n = len(toks)
-                for j, t in enumerate(toks):
-                    if t == eos or t == pad:
-                        n = j
-                        break
-                gen_ids = toks[:n]
-                results[i] = {
-                    "id": items[i]["id"], "prompt": items[i]["prompt"],
-                    "output": tokenizer.decode(gen_ids, skip_special_tokens=True).strip(),
-                    "prompt_tokens": len(encoded[i][0]), "output_tokens": n, "prompt_truncated": encoded[i][1],
-                    "output_ids": gen_ids, "stopped_by_eos": n < len(toks),
-                }
-            pos += len(idx)
-            bar.update(len(idx))
-    bar.close()
+        in_batches(len(order), batch_size, run, desc=desc, oom_log=oom_log,
+                   hint="lower generation.max_new_tokens or max_prompt_tokens")
     return [results[i] for i in range(len(items))]

@@ -5,24 +5,9 @@ import re
 import yaml
 
 from conftest import ROOT
+from tests.image.checks import parse_pins as pins  # one reader of pin files (the image's lock check too)
 
 ENV = ROOT / "envs" / "mmie.yaml"
-
-
-def norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def pins(lines) -> dict[str, str]:
-    out = {}
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-        assert m, f"not an exact pin: {line!r}"
-        out[norm(m.group(1))] = m.group(2)
-    return out
 
 
 def lock_file(name: str) -> dict[str, str]:

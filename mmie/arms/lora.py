@@ -15,25 +15,10 @@ from typing import Iterator
 
 import torch
 
-from mmie.arms.state import ArmStateError, Switch
+from mmie.arms.state import ArmStateError, Switch, copy_tensors_in_place
 from mmie.errors import ModelError
 
 WEIGHTS = "adapter_model.safetensors"
-
-
-def copy_tensors_in_place(named: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
-    """Copy ``state`` into the live tensors ``named`` (same objects afterwards, so an optimizer built
-    on them stays valid); the key sets must match exactly."""
-    missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
-    if missing or unexpected:
-        raise ModelError(f"{what} resume state does not match the adapter: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}; delete the resume folder to start from scratch")
-    with torch.no_grad():
-        for k, t in named.items():
-            if t.shape != state[k].shape:
-                raise ModelError(f"{what} resume state: tensor {k} has shape {tuple(state[k].shape)}, "
-                                 f"the adapter {tuple(t.shape)}")
-            t.copy_(state[k].to(t.device, t.dtype))
 
 
 class LoraAdapter(Switch):

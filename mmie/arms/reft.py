@@ -13,27 +13,12 @@ from pathlib import Path
 
 import torch
 
-from mmie.arms.state import Switch
+from mmie.arms.state import Switch, copy_tensors_in_place
 from mmie.errors import ConfigError, ModelError
 from mmie.hooks import check_layers, edit_layer_outputs, to_hidden
 
 WEIGHTS = "reft_weights.safetensors"
 CONFIG = "reft_config.json"
-
-
-def copy_tensors_in_place(named: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
-    """Copy ``state`` into the live tensors ``named`` (same objects afterwards, so an optimizer built
-    on them stays valid); the key sets must match exactly."""
-    missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
-    if missing or unexpected:
-        raise ModelError(f"{what} resume state does not match the adapter: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}; delete the resume folder to start from scratch")
-    with torch.no_grad():
-        for k, t in named.items():
-            if t.shape != state[k].shape:
-                raise ModelError(f"{what} resume state: tensor {k} has shape {tuple(state[k].shape)}, "
-                                 f"the adapter {tuple(t.shape)}")
-            t.copy_(state[k].to(t.device, t.dtype))
 
 
 def intervention_class(kind: str):

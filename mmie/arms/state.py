@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from mmie.errors import MMIEError
+from mmie.errors import MMIEError, ModelError
 
 
 class ArmStateError(MMIEError):
@@ -69,3 +69,20 @@ class Switch:
     def _as_base(self):
         """Check that the model is the base model now (nothing to switch: outside ``active()`` it is)."""
         return contextlib.nullcontext()
+
+
+def copy_tensors_in_place(named: dict, state: dict, what: str) -> None:
+    """Copy ``state`` into the live tensors ``named`` (same objects afterwards, so an optimizer built
+    on them stays valid); the key sets must match exactly."""
+    missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
+    if missing or unexpected:
+        raise ModelError(f"{what} resume state does not match the adapter: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}; delete the resume folder to start from scratch")
+    import torch
+
+    with torch.no_grad():
+        for k, t in named.items():
+            if t.shape != state[k].shape:
+                raise ModelError(f"{what} resume state: tensor {k} has shape {tuple(state[k].shape)}, "
+                                 f"the adapter {tuple(t.shape)}")
+            t.copy_(state[k].to(t.device, t.dtype))
