@@ -30,6 +30,15 @@ def documented_command(name: str, env: dict) -> list[str]:
     return res.stdout.split("\0")[:-1]
 
 
+def test_the_readme_shows_the_tested_gpu_commands():
+    """The README's GPU lines are the ones the test below runs (with the config file named my.yaml)."""
+    lines = GPU_COMMANDS.read_text().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    for name in ("run-profile", "run-explicit"):
+        line = lines[lines.index(f"#@ {name}") + 1]
+        assert line.replace('"$CONFIG"', "my.yaml") in readme, name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["run-profile", "run-explicit"])
 def test_documented_gpu_command_pulls_the_digest_pinned_image_and_binds_gpu_cache_and_code(tmp_path, name):
