@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import eval_sets, raw_data_files, section
+from mmie.config import EDIT_METHODS, eval_sets, raw_data_files, section
 from mmie.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,65 @@ def warn_truncation(name: str, truncated: int, total: int, limit: float, what: s
 
 
 # ----------------------------------------------------------------------------- evaluate
+def evaluation_key(config: dict, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
+                   results_root: str | None) -> str:
+    """What an (arm, seed) evaluation's outputs depend on, as one hash: the config sections it reads,
+    the arm (and the arm it sits on), the seed, the model, the checkpoint, the layer assets and mmie's
+    own code. A finished set of an interrupted run is reused only under the same key."""
+    spec = config["arms"][arm_name]
+    files: list[Path] = []
+    weights = {}
+    if model_dir and Path(model_dir).is_dir():   # the model's configs by content, its weights by name and size
+        files += sorted(p for p in Path(model_dir).iterdir() if p.suffix == ".json")
+        weights = {p.name: p.stat().st_size for p in sorted(Path(model_dir).iterdir()) if p.suffix == ".safetensors"}
+    if checkpoint:
+        files += sorted(p for p in Path(checkpoint).iterdir() if p.is_file())
+    if results_root and spec["method"] in EDIT_METHODS:
+        root = Path(results_root)
+        files += [root / "layers" / "selection.json", *sorted((root / "sae").rglob("*.json")),
+                  *sorted((root / "sae").rglob("*.safetensors")), *sorted((root / "acts").glob("*.directions.safetensors"))]
+    code = sorted(Path(__file__).resolve().parent.rglob("*.py"))
+    return provenance.config_hash({
+        "config": section(config, "model", "generation", "eval", "gate", "deterministic", "numerics", "data"),
+        "arm": arm_name, "spec": spec, "on": config["arms"].get(spec.get("on") or "", None), "seed": seed,
+        "files": provenance.data_hashes([p for p in files if p.is_file()]), "weights": weights,
+        "code": provenance.data_hashes(code)})
+
+
+class FinishedSets:
+    """Each evaluation set's rows, kept beside the job's outputs in ``<arm>/seed<k>/.partial/`` as
+    the set finishes (Snakemake removes the declared outputs of a failed job; this folder is not one).
+    A rerun of the job after a kill or an error reuses the sets whose key and evaluation file are
+    unchanged, and the folder is removed when the job succeeds."""
+
+    def __init__(self, out_root: Path, key: str) -> None:
+        self.dir = out_root / ".partial"
+        self.key = key
+
+    def _stamp(self, set_file: Path) -> str:
+        return f"{self.key}:{provenance.file_sha256(set_file)}"
+
+    def load(self, name: str, set_file: Path) -> list[dict] | None:
+        rows, stamp = self.dir / f"{name}.jsonl", self.dir / f"{name}.key"
+        if not (rows.is_file() and stamp.is_file()):
+            return None
+        if stamp.read_text(encoding="utf-8").strip() != self._stamp(set_file):
+            log.warning("not reusing %s: it was written with other inputs, code or settings", rows)
+            return None
+        log.info("reusing the finished set %s of an interrupted run (%s)", name, rows)
+        return io.read_jsonl(rows)
+
+    def save(self, name: str, set_file: Path, rows: list[dict]) -> None:
+        io.write_jsonl(self.dir / f"{name}.jsonl", rows)
+        io.write_text(self.dir / f"{name}.key", self._stamp(set_file) + "\n")   # written last: marks it complete
+
+    def clear(self) -> None:
+        import shutil
+
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+
 def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
              out_root: str, manifest_out: str, checkpoint: str | None = None, mia_out: str | None = None,
              results_root: str | None = None) -> None:
@@ -207,11 +266,19 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     ev = config["eval"]
     oom_log: list = []
     timings = {}
+    finished = FinishedSets(Path(out_root), evaluation_key(config, arm_name, seed, model_dir, checkpoint, results_root))
+    reused: list[str] = []
     for info in eval_sets(config):
         t_set = time.time()
-        items = io.read_jsonl(Path(sets_dir) / f"{info.name}.jsonl")
+        set_file = Path(sets_dir) / f"{info.name}.jsonl"
+        items = io.read_jsonl(set_file)
         if not items:
             raise ValueError(f"evaluation set {info.name} is empty ({sets_dir}); rerun prepare_data")
+        rows = finished.load(info.name, set_file)
+        if rows is not None:   # finished by an earlier, interrupted run of this job with the same inputs
+            io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
+            reused.append(info.name)
+            continue
         with arm.active():
             gens = generate(model, tok, items, decoding, system=arm.system, seed=seed,
                             desc=f"{arm_name}/seed{seed}/{info.name}", oom_log=oom_log)
@@ -254,6 +321,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         warn_truncation(info.name, sum(bool(r.get("ref_truncated")) for r in rows), len(rows), limit,
                         "reference texts")
         io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
+        finished.save(info.name, set_file, rows)
         timings[info.name] = round(time.time() - t_set, 2)
         del gens, rows
         if torch.cuda.is_available():
@@ -277,6 +345,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     manifest = {
         "arm": arm_name, "seed": seed, "arm_details": {"method": arm.method, **arm.details},
         "decoding": decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
+        "reused_sets": reused,
         "oom_retries": oom_log, "seconds": round(time.time() - t0, 1),
         "provenance": provenance.build(config, section(config, "model", "generation", "eval", "arms"), seed=seed,
                                        runtime=lm.runtime, rule="evaluate",
@@ -285,6 +354,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     if checkpoint:
         manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
     io.write_json(manifest_out, manifest)
+    finished.clear()
 
 
 # ----------------------------------------------------------------------------- score

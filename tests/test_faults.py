@@ -101,7 +101,10 @@ def test_sigkill_of_a_running_job_then_rerun_incomplete_gives_the_uninterrupted_
         victim = _job_pid(work, "evaluate.py")
         time.sleep(0.2)
     assert victim is not None, "the evaluate job never started"
-    time.sleep(3)                 # let it load the model and start writing
+    partial = seed_dir / ".partial"
+    while not list(partial.glob("*.key")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)          # kill it once at least one set is finished (and kept)
+    assert list(partial.glob("*.key")), "the evaluate job finished no set before the deadline"
     os.kill(victim, signal.SIGKILL)
     out = proc.communicate(timeout=300)[0].decode(errors="replace")
     assert proc.returncode != 0, out[-2000:]
@@ -109,7 +112,11 @@ def test_sigkill_of_a_running_job_then_rerun_incomplete_gives_the_uninterrupted_
     for f in seed_dir.rglob("*.jsonl") if seed_dir.exists() else []:
         for line in f.read_text().splitlines():
             json.loads(line)
+    kept = sorted(p.stem for p in partial.glob("*.key"))
     smk(work, "--rerun-incomplete", "--", *targets)
+    # the rerun reused the sets the killed job had finished, and cleaned up after itself
+    manifest = json.loads((seed_dir / "evaluate.json").read_text())
+    assert kept and set(kept) <= set(manifest["reused_sets"]) and not partial.exists()
     def model_metrics(m: dict) -> tuple[dict, dict]:
         # the judge's scores are left out: the loopback judge's first answer of the session was an error
         return ({k: v for k, v in m["metrics"].items() if not k.startswith("judge_")},
