@@ -307,15 +307,21 @@ def test_failed_slurm_job_fails_the_run_and_names_its_logs(grid):
     rule_log = f"results/{EXP}/logs/score/base/seed0.log"
     assert "JSONDecodeError" in (work / rule_log).read_text()
     jobs = sacct(grid["env"], run_id(res))
-    assert [(rule_of(j), j["State"]) for j in jobs] == [("score", "FAILED")]
+    # the profile retries a failed job twice, each attempt with twice the memory and a longer limit
+    retries = profile()["retries"]
+    assert [(rule_of(j), j["State"]) for j in jobs] == [("score", "FAILED")] * (1 + retries), jobs
+    mem = [int(re.match(r"(\d+)", j["ReqMem"]).group(1)) for j in jobs]
+    assert [m / mem[0] for m in mem] == [2 ** k for k in range(1 + retries)], jobs
+    assert [minutes(j["Timelimit"]) for j in jobs] == [minutes(jobs[0]["Timelimit"]) * (k + 1)
+                                                        for k in range(1 + retries)], jobs
     # Snakemake's error names the rule's log and the SLURM job's log (kept because the job failed)
-    assert "Error in rule score:" in out and f"SLURM-job '{jobs[0]['JobID']}' failed" in out, out[-3000:]
+    last = jobs[-1]
+    assert "Error in rule score:" in out and f"SLURM-job '{last['JobID']}' failed" in out, out[-3000:]
     logs = re.findall(r"^\s+log: (.+) \(check log file\(s\) for error details\)$", out, re.M)
-    assert len(logs) == 1, out[-3000:]
-    named = logs[0].split(", ")
-    assert named[0] == rule_log
-    slurm_log = Path(named[1])
-    assert slurm_log.is_file() and slurm_log.name == f"{jobs[0]['JobID']}.log" and "rule_score" in slurm_log.parts
+    assert logs and all(entry.split(", ")[0] == rule_log for entry in logs), out[-3000:]
+    slurm_logs = [Path(entry.split(", ")[1]) for entry in logs]
+    slurm_log = next(p for p in slurm_logs if p.name == f"{last['JobID']}.log")
+    assert slurm_log.is_file() and "rule_score" in slurm_log.parts
     assert "Error in rule score:" in slurm_log.read_text()
     assert not (work / target).exists()
 
