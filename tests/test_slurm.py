@@ -319,9 +319,11 @@ def test_failed_slurm_job_fails_the_run_and_names_its_logs(grid):
     assert "Error in rule score:" in out and f"SLURM-job '{last['JobID']}' failed" in out, out[-3000:]
     logs = re.findall(r"^\s+log: (.+) \(check log file\(s\) for error details\)$", out, re.M)
     assert logs and all(entry.split(", ")[0] == rule_log for entry in logs), out[-3000:]
-    slurm_logs = [Path(entry.split(", ")[1]) for entry in logs]
-    slurm_log = next(p for p in slurm_logs if p.name == f"{last['JobID']}.log")
-    assert slurm_log.is_file() and "rule_score" in slurm_log.parts
+    slurm_logs = [Path(part) for entry in logs for part in entry.split(", ")[1:]]
+    assert slurm_logs and all(p.is_file() and "rule_score" in p.parts for p in slurm_logs), out[-3000:]
+    kept = list((work / ".snakemake").rglob(f"{last['JobID']}.log"))     # the last attempt's SLURM log
+    assert len(kept) == 1 and "rule_score" in kept[0].parts, kept
+    slurm_log = kept[0]
     assert "Error in rule score:" in slurm_log.read_text()
     assert not (work / target).exists()
 
