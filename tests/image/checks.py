@@ -80,10 +80,12 @@ def _strip(obj, roots: dict[str, str]):
     if isinstance(obj, list):
         return [_strip(v, roots) for v in obj]
     if isinstance(obj, str):
+        if SITE_PACKAGES.match(obj):   # installed files first: the venv may sit inside the project root
+            return SITE_PACKAGES.sub("<site-packages>/", obj)   # the venv's vs the image's installed files
         for root, name in roots.items():
             if obj == root or obj.startswith(root + "/"):
                 return name + obj[len(root):]
-        return SITE_PACKAGES.sub("<site-packages>/", obj)   # the venv's vs the image's installed files
+        return obj
     return obj
 
 
