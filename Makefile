@@ -27,12 +27,12 @@ demo: setup
 # A fresh demo run against the committed expected one (same layers and decisions, every headline
 # estimate inside the expected run's interval and vice versa; tests/expected/demo.json, docs/demo.md).
 demo-check: setup
-	$(BIN)/python -m mmie.demo_results compare results/demo tests/expected/demo.json
+	$(BIN)/python -m mmie.report.demo_results compare results/demo tests/expected/demo.json
 
 # After a deliberate change of the demo's results: regenerate the expected run and the docs' tables.
 demo-docs: setup
-	$(BIN)/python -m mmie.demo_results expect results/demo tests/expected/demo.json
-	$(BIN)/python -m mmie.demo_results table results/demo docs/demo.md
+	$(BIN)/python -m mmie.report.demo_results expect results/demo tests/expected/demo.json
+	$(BIN)/python -m mmie.report.demo_results table results/demo docs/demo.md
 	$(BIN)/python benchmarks/rule_times.py results/demo --startup --markdown docs/demo.md
 
 report: setup

@@ -30,7 +30,7 @@ def emit(**row) -> None:
 def build(tiny: bool):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from mmie.demo_model import train_tokenizer
+    from mmie.model.demo import train_tokenizer
 
     texts = [line.split('"text": "')[1].split('"')[0] for line in
              (HERE.parent / "data" / "demo" / "retain_en.jsonl").read_text().splitlines()[:300]]
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     args = ap.parse_args()
-    from mmie.generation import Decoding, generate
+    from mmie.model.generation import Decoding, generate
 
     model, tok, texts, dtype = build(args.tiny)
     n, new = (8, 8) if args.tiny else (args.prompts, args.new_tokens)
@@ -84,8 +84,8 @@ def main() -> None:
     emit(figure="generation_tokens_per_s", method="naive_per_prompt", value=round(naive, 1), prompts=n,
          new_tokens=new, dtype=dtype, speedup=round(batched / naive, 2))
 
-    from mmie.activations import collect
-    from mmie.sae import train_sae
+    from mmie.sae.activations import collect
+    from mmie.sae.autoencoder import train_sae
 
     layer = model.config.num_hidden_layers // 2
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -101,7 +101,7 @@ def main() -> None:
     emit(figure="sae_training_tokens_per_s", value=stats["tokens_per_s"], steps=stats["steps"],
          d_sae=stats["settings"]["d_sae"], k=stats["settings"]["k"], batch=sae_cfg["batch_size"])
 
-    from mmie import unlearn
+    from mmie.arms import unlearn
     from mmie.arms.lora import LoraAdapter
 
     model = model.float() if dtype != "bfloat16" else model

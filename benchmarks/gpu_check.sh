@@ -21,9 +21,9 @@ python - <<'PY' | tee "$OUT/attention.json"
 import json, tempfile, time, torch
 from pathlib import Path
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from mmie.demo_model import train_tokenizer
-from mmie.models import load_model
-from mmie.generation import Decoding, generate
+from mmie.model.demo import train_tokenizer
+from mmie.model.loading import load_model
+from mmie.model.generation import Decoding, generate
 cfg = json.loads(Path("config/models/qwen2.5-1.5b-instruct.json").read_text())
 texts = [json.loads(l)["text"] for l in Path("data/demo/retain_en.jsonl").read_text().splitlines()[:300]]
 tok = train_tokenizer(texts, vocab_size=1000, max_length=512)

@@ -24,30 +24,30 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-# what every script job imports before its work: Snakemake's preamble, the log setup, the pipeline
-BASE = ["snakemake.script", "mmie.logs", "mmie.pipeline"]
-MODEL = ["torch", "transformers.models.qwen2.modeling_qwen2", "mmie.models", "mmie.generation", "mmie.likelihood"]
+# what every script job imports before its work: Snakemake's preamble, the log setup, a job module
+BASE = ["snakemake.script", "mmie.logs", "mmie.jobs.evaluate"]
+MODEL = ["torch", "transformers.models.qwen2.modeling_qwen2", "mmie.model.loading", "mmie.model.generation", "mmie.model.likelihood"]
 STARTUP_IMPORTS = {
-    "prepare_data": ["mmie.prepare"],
-    "fit_lid": ["mmie.lid", "mmie.translit"],
-    "data_report": ["mmie.data", "mmie.models", "transformers.tokenization_utils_fast"],
-    "build_demo_model": MODEL + ["mmie.demo_model", "mmie.lid"],
+    "prepare_data": ["mmie.data.prepare"],
+    "fit_lid": ["mmie.lang.lid", "mmie.lang.translit"],
+    "data_report": ["mmie.data.corpus", "mmie.model.loading", "transformers.tokenization_utils_fast"],
+    "build_demo_model": MODEL + ["mmie.model.demo", "mmie.lang.lid"],
     "evaluate": MODEL + ["mmie.arms"],
-    "score": ["mmie.lid", "mmie.metrics.sets", "mmie.metrics.text"],
-    "judge": ["mmie.judge"],
-    "train": MODEL + ["mmie.arms", "mmie.unlearn", "pandas"],
-    "select_layers": MODEL + ["mmie.layers", "mmie.lid", "sklearn.linear_model", "sklearn.model_selection"],
-    "cache_activations": MODEL + ["mmie.activations", "mmie.directions"],
-    "train_sae": ["torch", "mmie.sae_jobs", "mmie.sae", "sae_lens"],
-    "select_features": MODEL + ["mmie.sae_jobs", "mmie.features", "mmie.sae", "sae_lens"],
-    "sweep_gate": MODEL + ["mmie.arms.edit_arms", "mmie.lid", "sae_lens"],
-    "sae_report": ["mmie.sae_report"],
-    "aggregate": ["mmie.aggregate"],
-    "stats": ["mmie.gates", "mmie.results_page", "pandas"],
-    "plots": ["mmie.plots"],
-    "plot_demo_training": ["mmie.plots"],
-    "plot_training_curves": ["mmie.plots"],
-    "convert_gemma": ["mmie.gemma"],
+    "score": ["mmie.lang.lid", "mmie.stats.sets", "mmie.stats.text"],
+    "judge": ["mmie.lang.judge"],
+    "train": MODEL + ["mmie.arms", "mmie.arms.unlearn", "pandas"],
+    "select_layers": MODEL + ["mmie.sae.layers", "mmie.lang.lid", "sklearn.linear_model", "sklearn.model_selection"],
+    "cache_activations": MODEL + ["mmie.sae.activations", "mmie.sae.directions"],
+    "train_sae": ["torch", "mmie.jobs.sae", "mmie.sae.autoencoder", "sae_lens"],
+    "select_features": MODEL + ["mmie.jobs.sae", "mmie.sae.features", "mmie.sae.autoencoder", "sae_lens"],
+    "sweep_gate": MODEL + ["mmie.arms.edit_arms", "mmie.lang.lid", "sae_lens"],
+    "sae_report": ["mmie.report.sae_report"],
+    "aggregate": ["mmie.report.aggregate"],
+    "stats": ["mmie.stats.gates", "mmie.report.results_page", "pandas"],
+    "plots": ["mmie.report.plots"],
+    "plot_demo_training": ["mmie.report.plots"],
+    "plot_training_curves": ["mmie.report.plots"],
+    "convert_gemma": ["mmie.model.gemma"],
 }
 # the library an arm's method adds to its evaluate/train job (an ``on:`` arm adds its base arm's too)
 METHOD_IMPORTS = {"lora": ["peft"], "reft": ["pyreft"], "sae_gate": ["sae_lens"], "random_gate": ["sae_lens"]}
@@ -186,7 +186,7 @@ def main(argv=None) -> None:
         text = markdown(jobs, args.results, commit, args.note)
         target = Path(args.markdown)
         if target.is_file() and "<!-- BEGIN generated: rule-times -->" in target.read_text(encoding="utf-8"):
-            from mmie.demo_results import fill_block
+            from mmie.report.demo_results import fill_block
 
             fill_block(target, "rule-times", text)   # a docs page: only its generated block
         else:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from mmie.errors import ConfigError
-from mmie.metrics.sets import SetInfo
+from mmie.stats.sets import SetInfo
 
 EDIT_METHODS = ("sae_gate", "random_gate", "dim", "script_scrub")
 FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial", "comprehension", "yes_no")
@@ -75,7 +75,7 @@ def unevaluated_reason(config: dict, set_name: str) -> str:
 def check_gates(config: dict) -> None:
     """Every gate names a known set and a metric that exists on it; names are unique. A gate on a set
     this run does not evaluate is allowed here and fails at the statistics step as "not evaluated"."""
-    from mmie.gates import METRIC_SET_KINDS, gateable
+    from mmie.stats.gates import METRIC_SET_KINDS, gateable
 
     lang = config["languages"]
     neighbours = list(lang.get("neighbours", {}))
@@ -142,7 +142,7 @@ def check(config: dict, workdir: str | Path = ".") -> None:
     if model["source"] == "local" and not model.get("path"):
         raise ConfigError("model.source is 'local': set model.path to a Hugging Face model folder")
     if config["judge"]["enabled"]:
-        from mmie.judge import api_key
+        from mmie.lang.judge import api_key
 
         api_key()  # raises ConfigError naming the variables when no key is set
     for arm, spec in config["arms"].items():

@@ -108,7 +108,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file that mmie itself wrote (raw user data goes through ``mmie.data``)."""
+    """Read a JSONL file that mmie itself wrote (raw user data goes through ``mmie.data.corpus``)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 

@@ -82,7 +82,7 @@ _JOB_DEVICE: str | None = None
 
 
 def record_device(device: str) -> None:
-    """The device this job computes on (set by mmie.models at the job's start and at model load)."""
+    """The device this job computes on (set by mmie.model.loading at the job's start and at model load)."""
     global _JOB_DEVICE
     _JOB_DEVICE = str(device)
 
@@ -121,7 +121,7 @@ def device_info() -> dict[str, Any]:
 def text_sha256(text: str) -> str:
     """The sha256 of a text's dedup key (NFKC, whitespace folded, casefolded): the same key under
     which prepare_data calls two texts the same, so a leak cannot hide behind spacing or case."""
-    from mmie.data import dedup_key
+    from mmie.data.corpus import dedup_key
 
     return hashlib.sha256(dedup_key(text).encode()).hexdigest()
 

@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 import mmie.config as mcfg
 from mmie import numerics, preflight
-import mmie.data as mdata
+import mmie.data.corpus as mdata
 
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 mcfg.check(config)  # relative data paths are relative to the working directory

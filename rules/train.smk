@@ -23,7 +23,7 @@ rule train_lora:
     conda:
         "../envs/mmie.yaml"
     script:
-        "../scripts/train_adapter.py"
+        "../scripts/train.py"
 
 
 rule train_reft:
@@ -49,4 +49,4 @@ rule train_reft:
     conda:
         "../envs/mmie.yaml"
     script:
-        "../scripts/train_adapter.py"
+        "../scripts/train.py"

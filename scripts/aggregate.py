@@ -1,7 +1,7 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie import aggregate  # noqa: E402
+from mmie.jobs import report  # noqa: E402
 
-aggregate.run(snakemake.config, snakemake.input.metrics, snakemake.output.long, snakemake.output.summary,
+report.aggregate(snakemake.config, snakemake.input.metrics, snakemake.output.long, snakemake.output.summary,
               snakemake.output.markdown, snakemake.output.failures, snakemake.output.judge_agreement)

@@ -3,7 +3,7 @@ from pathlib import Path
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie import pipeline  # noqa: E402
+from mmie.jobs import data  # noqa: E402
 
-pipeline.data_report(snakemake.config, snakemake.input.prepare, str(Path(snakemake.input.prepare).parent),
+data.data_report(snakemake.config, snakemake.input.prepare, str(Path(snakemake.input.prepare).parent),
                      snakemake.params.model_dir, snakemake.output[0])

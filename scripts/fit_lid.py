@@ -3,6 +3,6 @@ from pathlib import Path
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie import pipeline  # noqa: E402
+from mmie.jobs import data  # noqa: E402
 
-pipeline.fit_lid(snakemake.config, str(Path(snakemake.input.report).parent), snakemake.output.detector, snakemake.output.report)
+data.fit_lid(snakemake.config, str(Path(snakemake.input.report).parent), snakemake.output.detector, snakemake.output.report)

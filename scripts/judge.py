@@ -1,7 +1,7 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie import judge  # noqa: E402
+from mmie.jobs import evaluate  # noqa: E402
 
-judge.run_all(snakemake.config, list(snakemake.input.generations), snakemake.params.cache_dir,
+evaluate.judge(snakemake.config, list(snakemake.input.generations), snakemake.params.cache_dir,
               list(snakemake.output.judged))

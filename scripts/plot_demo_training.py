@@ -1,6 +1,6 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie import plots  # noqa: E402
+from mmie.jobs import report  # noqa: E402
 
-plots.make("demo_training", snakemake.config, dict(snakemake.input.items()), snakemake.output[0])
+report.plot("demo_training", snakemake.config, dict(snakemake.input.items()), snakemake.output[0])

@@ -1,7 +1,7 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie import sae_report  # noqa: E402
+from mmie.jobs import sae  # noqa: E402
 
-sae_report.run(snakemake.config, snakemake.input.selection, list(snakemake.input.quality),
+sae.sae_report(snakemake.config, snakemake.input.selection, list(snakemake.input.quality),
                list(snakemake.input.features), list(snakemake.input.sweeps), dict(snakemake.output.items()))

@@ -47,7 +47,7 @@ def tiny_lm(demo_texts):
     """A tiny random Qwen2 with a BPE tokenizer trained on part of the demo corpus (seconds on a CPU)."""
     import torch
 
-    from mmie.demo_model import build_model, train_tokenizer
+    from mmie.model.demo import build_model, train_tokenizer
 
     torch.manual_seed(0)
     tok = train_tokenizer(demo_texts["hi"][:150] + demo_texts["en"][:150], vocab_size=400, max_length=128)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from mmie.gates import Results, decide, expand_gates
-from mmie.metrics.sets import SetInfo, compute_set_metrics
-from mmie.results_page import cell
+from mmie.report.results_page import cell
+from mmie.stats.gates import Results, decide, expand_gates
+from mmie.stats.sets import SetInfo, compute_set_metrics
 
 HINDI = ["मेरा नाम राम है और मैं दिल्ली में रहता हूँ", "आज मौसम बहुत अच्छा है इसलिए हम बाहर जाएंगे",
          "उसने बाज़ार से ताज़ी सब्ज़ियाँ खरीदीं और घर लौट आया", "बच्चे स्कूल में नई किताबें पढ़ रहे हैं"]

@@ -27,7 +27,7 @@ def planted():
     forget (but on retain or Urdu at 0.005)."""
     from sae_lens import TopKSAE, TopKSAEConfig
 
-    from mmie.activations import Cache
+    from mmie.sae.activations import Cache
 
     sae = TopKSAE(TopKSAEConfig(d_in=D, d_sae=D, k=D, dtype="float32", device="cpu"))
     sae.load_state_dict({"W_enc": torch.eye(D), "b_enc": torch.full((D,), -0.5), "W_dec": torch.eye(D),
@@ -54,7 +54,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def selected():
-    from mmie.features import firing_frequency, select_features
+    from mmie.sae.features import firing_frequency, select_features
 
     sae, cache = planted()
     freq = {role: firing_frequency(sae, a) for role, a in cache.acts.items()}
@@ -76,7 +76,7 @@ def test_control_pool_is_recorded_with_the_filters(selected):
 
 
 def test_random_control_passes_the_filters_matches_frequencies_and_follows_the_seed(selected):
-    from mmie.features import ks_distance, matched_random
+    from mmie.sae.features import ks_distance, matched_random
 
     _, freq, res = selected
     sem = res["semantic"]
@@ -105,7 +105,7 @@ def test_random_control_passes_the_filters_matches_frequencies_and_follows_the_s
 def test_unmatchable_strata_widen_and_are_recorded(selected):
     """`frequency` chooses the most forget-frequent latents that pass the filters: every other
     eligible latent is below them, so the upper strata borrow from below, and the record says so."""
-    from mmie.features import matched_random
+    from mmie.sae.features import matched_random
 
     _, freq, res = selected
     fr = res["frequency"]
@@ -119,7 +119,7 @@ def test_unmatchable_strata_widen_and_are_recorded(selected):
 
 
 def test_too_small_a_pool_and_an_old_features_file_are_errors(selected):
-    from mmie.features import matched_random
+    from mmie.sae.features import matched_random
 
     sem = dict(selected[2]["semantic"])
     small = {k: (v[:3] if isinstance(v, list) and k != "filters" else v) for k, v in sem["control_pool"].items()}
@@ -133,7 +133,7 @@ def test_too_small_a_pool_and_an_old_features_file_are_errors(selected):
 
 def test_layer_edits_records_both_distributions(selected):
     from mmie.arms.edit_arms import LayerAssets, layer_edits
-    from mmie.edits import SaeCodec
+    from mmie.sae.edits import SaeCodec
 
     sae, _, res = selected
     assets = LayerAssets.under("/nonexistent")

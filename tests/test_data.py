@@ -5,7 +5,7 @@ import pytest
 
 from conftest import DEMO as DEMO_DIR
 from conftest import write_lines
-from mmie.data import (
+from mmie.data.corpus import (
     RoleReport,
     check_min_items,
     dedup,
@@ -18,7 +18,7 @@ from mmie.data import (
     split_texts,
 )
 from mmie.errors import DataError
-from mmie.textscript import dominant_script, script_proportions
+from mmie.lang.scripts import dominant_script, script_proportions
 
 
 def test_extract_text_key_order_and_messages():
@@ -143,7 +143,7 @@ def test_prompt_prefix_leaves_something_to_continue():
 def test_prepare_stops_on_empty_role_before_any_model(tmp_path, demo_config):
     """Audit #3: a forget file in the wrong script stops prepare_data with role, file, filter and counts."""
     from mmie.config import deep_update
-    from mmie.prepare import prepare
+    from mmie.data.prepare import prepare
 
     bad = write_lines(tmp_path / "forget.jsonl", [{"text": f"mera naam raj hai {i}"} for i in range(40)])
     cfg = deep_update(demo_config, {"data": {"forget": str(bad)}})
@@ -155,7 +155,7 @@ def test_prepare_stops_on_empty_role_before_any_model(tmp_path, demo_config):
 
 
 def test_prepare_demo_writes_disjoint_splits_and_report(tmp_path, demo_config):
-    from mmie.prepare import prepare
+    from mmie.data.prepare import prepare
 
     report = prepare(demo_config, tmp_path)
     rows = {p: [json.loads(x)["text"] for x in (tmp_path / "forget" / f"{p}.jsonl").read_text().splitlines()]
@@ -174,8 +174,8 @@ def test_prepare_never_puts_one_text_in_two_splits_or_two_roles(tmp_path, demo_c
     per role and per pair, and no text ends in two split files; the evaluation sets come from test
     parts only."""
     from mmie.config import deep_update
-    from mmie.data import SPLITS, dedup_key, split_path, split_roles
-    from mmie.prepare import prepare
+    from mmie.data.corpus import SPLITS, dedup_key, split_path, split_roles
+    from mmie.data.prepare import prepare
 
     def read(name):
         return [json.loads(x)["text"] for x in (DEMO_DIR / name).read_text().splitlines() if x]
@@ -207,11 +207,11 @@ def test_prepare_never_puts_one_text_in_two_splits_or_two_roles(tmp_path, demo_c
 
 # ----------------------------------------------------------------------------- every input file is read strictly
 SMALL_FILES = {
-    "lid_check": (lambda p: __import__("mmie.prepare", fromlist=["x"]).read_lid_check(p, 2000),
+    "lid_check": (lambda p: __import__("mmie.data.prepare", fromlist=["x"]).read_lid_check(p, 2000),
                   '{"text": "नमस्ते दुनिया", "label": "hi"}'),
-    "yes_no": (lambda p: __import__("mmie.prepare", fromlist=["x"]).read_yes_no(p, 2000),
+    "yes_no": (lambda p: __import__("mmie.data.prepare", fromlist=["x"]).read_yes_no(p, 2000),
                '{"question": "क्या यह सही है?", "answer": "yes"}'),
-    "gibberish": (lambda p: __import__("mmie.prepare", fromlist=["x"]).read_gibberish(p, 2000),
+    "gibberish": (lambda p: __import__("mmie.data.prepare", fromlist=["x"]).read_gibberish(p, 2000),
                   '{"text": "मनस्ते यादुनि"}'),
 }
 
@@ -235,7 +235,7 @@ def test_small_labelled_files_are_read_strictly_with_file_and_line(tmp_path, kin
 
 
 def test_a_role_file_line_over_the_size_cap_is_a_bad_line(tmp_path):
-    from mmie.data import read_role_file
+    from mmie.data.corpus import read_role_file
     from mmie.errors import DataError
 
     path = tmp_path / "forget.jsonl"

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from mmie import demo_results
+from mmie.report import demo_results
 
 
 def _run(tmp_path, estimate=0.2, decision="STOP", layers=(3,)):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmie import edits, layers
-from mmie.activations import cache_roles, collect, gibberish_from, model_fingerprint, read_cache, write_cache
 from mmie.arms.edit_arms import EditAdapter
-from mmie.directions import fit_leace, mean_difference
 from mmie.errors import ConfigError, DataError
-from mmie.hooks import edit_layer_outputs, hook_count, record_layer_outputs
+from mmie.model.hooks import edit_layer_outputs, hook_count, record_layer_outputs
+from mmie.sae import edits, layers
+from mmie.sae.activations import cache_roles, collect, gibberish_from, model_fingerprint, read_cache, write_cache
+from mmie.sae.directions import fit_leace, mean_difference
 
 
 def _sae(d_in: int, d_sae: int = 64, k: int = 4, seed: int = 0):
@@ -23,7 +23,7 @@ def _sae(d_in: int, d_sae: int = 64, k: int = 4, seed: int = 0):
 
 
 def _batch(tok, texts):
-    from mmie.likelihood import right_pad
+    from mmie.model.likelihood import right_pad
 
     seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     return right_pad(seqs, tok.pad_token_id, "cpu")
@@ -195,14 +195,14 @@ def test_ablate_removes_the_direction_and_leace_equalises_class_means():
 def _left_padded_with_bos(tok, texts):
     """Left-padded ids with a BOS in front of every text (the demo tokenizer has none: its EOS
     stands in, as in GPT-2), and the attention mask."""
-    from mmie.generation import _left_pad
+    from mmie.model.generation import _left_pad
 
     bos = tok.eos_token_id
     return _left_pad([[bos] + tok(t, add_special_tokens=False)["input_ids"] for t in texts], tok.pad_token_id, "cpu")
 
 
 def test_fitted_positions_skip_padding_and_the_prefix_also_in_cached_steps():
-    from mmie.hooks import fitted_positions
+    from mmie.model.hooks import fitted_positions
 
     ids = torch.tensor([[9, 9, 5, 7, 8], [5, 6, 7, 8, 6]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -379,15 +379,16 @@ def test_selection_artifact_on_a_tiny_model(tiny_lm, demo_texts):
 
 
 def test_force_layers_bypasses_selection_without_loading_a_model(tmp_path, monkeypatch):
-    import mmie.models
-    from mmie import io, pipeline
+    import mmie.model.loading
+    from mmie import io
+    from mmie.jobs import sae as sae_job
 
     def no_model(*a, **k):
         raise AssertionError("force_layers must not load a model")
 
-    monkeypatch.setattr(mmie.models, "load_model", no_model)
+    monkeypatch.setattr(mmie.model.loading, "load_model", no_model)
     cfg = {"layers": {"force_layers": [1, 3]}, "data": {"seed": 1}, "experiment": "x"}
     out = tmp_path / "selection.json"
-    pipeline.select_layers(cfg, None, str(tmp_path), str(out))
+    sae_job.select_layers(cfg, None, str(tmp_path), str(out))
     sel = io.read_json(out)
     assert sel["forced"] is True and sel["layers"] == [1, 3] and sel["resamples"] == [] and "provenance" in sel

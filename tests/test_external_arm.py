@@ -11,7 +11,7 @@ from conftest import ROOT, SNAKEMAKE, planned_jobs
 from mmie import arms
 from mmie.config import arm_seeds, check, load
 from mmie.errors import ConfigError, ModelError
-from mmie.models import LoadedModel
+from mmie.model.loading import LoadedModel
 
 
 def loaded(model, tok, name="tiny-base") -> LoadedModel:
@@ -70,7 +70,7 @@ def test_whole_model_folder_is_the_arm_and_base_stays_the_reference(tiny_lm, tmp
 
 
 def test_whole_model_with_another_tokenizer_is_refused(tiny_lm, demo_texts, tmp_path):
-    from mmie.demo_model import train_tokenizer
+    from mmie.model.demo import train_tokenizer
 
     model, tok = tiny_lm
     model.save_pretrained(str(tmp_path / "m"))
@@ -81,7 +81,7 @@ def test_whole_model_with_another_tokenizer_is_refused(tiny_lm, demo_texts, tmp_
 
 
 def test_adapter_for_another_model_is_a_clear_error_at_load(tiny_lm, tmp_path):
-    from mmie.demo_model import build_model
+    from mmie.model.demo import build_model
 
     model, tok = tiny_lm
     wider = build_model({"hidden_size": 48, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate_size": 64,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import EXP, ROOT, SENTINEL, SENTINEL_ENV, SETS, SNAKEMAKE, reduced_config, smk
-from mmie.data import read_role_file
+from mmie.data.corpus import read_role_file
 from mmie.errors import DataError
 
 BAD = Path(__file__).parent / "data" / "bad_inputs"
@@ -151,7 +151,7 @@ def test_api_keys_never_reach_an_output(run_dir, gemini_server):
 
 # ----------------------------------------------------------------------------- row 5: truncation
 def test_truncation_above_the_configured_share_is_logged(caplog):
-    from mmie.pipeline import warn_truncation
+    from mmie.data.corpus import warn_truncation
 
     with caplog.at_level(logging.WARNING):
         warn_truncation("forget", truncated=3, total=10, limit=0.05, what="prompts")
@@ -163,7 +163,7 @@ def test_truncation_above_the_configured_share_is_logged(caplog):
 def test_hooks_move_their_tensors_to_the_hidden_states_device_and_dtype(monkeypatch):
     import torch
 
-    from mmie.hooks import to_hidden
+    from mmie.model.hooks import to_hidden
 
     hidden = torch.zeros(2, 3, 4, dtype=torch.bfloat16)
     moved = to_hidden(torch.ones(4, dtype=torch.float32), hidden)

@@ -10,8 +10,8 @@ import yaml
 from conftest import ROOT, planned_jobs, reduced_config, smk
 from mmie import config as mcfg
 from mmie.errors import ConfigError
-from mmie.gates import RATIO_METRICS, Results, decide, expand_gates, intervals
-from mmie.stats import lower_bound, paired_margin, upper_bound
+from mmie.stats.gates import RATIO_METRICS, Results, decide, expand_gates, intervals
+from mmie.stats.inference import lower_bound, paired_margin, upper_bound
 
 CFG = {"n_boot": 500, "rng_seed": 0, "level": 0.95, "alpha": 0.05, "correction": "holm"}
 GATES = [{"name": "forget_rate", "metric": "target_rate", "set": "forget", "direction": "<=", "relative": "ratio",
@@ -142,7 +142,7 @@ def test_gate_on_a_set_the_run_does_not_evaluate_is_a_failing_row(grid):
 def test_stats_step_writes_a_row_for_every_configured_gate(tmp_path, demo_config):
     """The pipeline's stats step on a run without mixed prompts and without neighbours: the mixed and
     neighbour gates are failing rows "not evaluated" in gates.csv, never dropped."""
-    from mmie.pipeline import stats
+    from mmie.jobs.report import stats
 
     config = copy.deepcopy(demo_config)
     config["arms"] = {"base": {"method": "base"}, "prompt": {"method": "prompt", "instruction": "x"}}

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mmie.generation import Decoding, encode_prompt, generate
-from mmie.likelihood import perplexity, score_sequences
+from mmie.model.generation import Decoding, encode_prompt, generate
+from mmie.model.likelihood import perplexity, score_sequences
 
 PROMPTS = ["मेरा नाम", "The weather today is", "हम कल बाज़ार", "A", "She reads books in the evening and"]
 
@@ -132,7 +132,7 @@ def test_evaluation_keeps_no_autograd_graph(tiny_lm):
     see torch's memory; a kept graph is what would grow): no output of a forward pass has a
     grad_fn, no parameter gets a .grad, and no tensor that requires grad outlives the calls —
     on a model whose weights all require grad."""
-    from mmie.likelihood import mia_scores, token_kl
+    from mmie.model.likelihood import mia_scores, token_kl
 
     _, tok = tiny_lm
     arm = _lora_arm(tiny_lm)

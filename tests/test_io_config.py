@@ -78,7 +78,7 @@ def test_gpu_job_without_a_gpu_fails_unless_the_config_allows_the_cpu(monkeypatc
     import torch
 
     from mmie.errors import ModelError
-    from mmie.models import setup_job
+    from mmie.model.loading import setup_job
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(provenance, "_JOB_DEVICE", None)
@@ -101,7 +101,7 @@ def test_gpu_job_told_to_use_the_cpu_on_a_gpu_machine_is_refused_and_the_used_de
     import torch
 
     from mmie.errors import ModelError
-    from mmie.models import setup_job
+    from mmie.model.loading import setup_job
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(provenance, "_JOB_DEVICE", None)

@@ -8,7 +8,8 @@ from fake_gemini import Gemini
 
 from mmie import io
 from mmie.errors import ConfigError
-from mmie.judge import Judge, JudgeError, RateLimiter, cohen_kappa, instructions, parse_scores, run
+from mmie.jobs.evaluate import judge_set as run
+from mmie.lang.judge import Judge, JudgeError, RateLimiter, cohen_kappa, instructions, parse_scores
 
 KEY = "sentinel-judge-key-77c1"
 
@@ -126,7 +127,7 @@ def test_judge_assisted_layer_selection_blends_and_records_the_judge(gemini, tmp
     weight, every resample records it, and a rerun is served from the cache (zero calls)."""
     from types import SimpleNamespace
 
-    from mmie import layers
+    from mmie.sae import layers
 
     model, tok = tiny_lm
     lm = SimpleNamespace(model=model, tokenizer=tok)

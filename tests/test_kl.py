@@ -2,7 +2,7 @@
 
 The reference computation uses two separately loaded copies of the model: a base copy with
 nothing attached, and an arm copy with the arm switched on exactly once; evaluate's code path
-(``mmie.likelihood.token_kl`` on one copy, batched and padded) must agree to 1e-4 relative. The
+(``mmie.model.likelihood.token_kl`` on one copy, batched and padded) must agree to 1e-4 relative. The
 old evaluate computed the KL inside ``arm.active()``, so for ReFT and every edit arm the "base"
 pass ran with the arm on and the arm pass applied it twice (script_scrub: KL 0)."""
 
@@ -16,8 +16,8 @@ import torch
 from mmie import arms
 from mmie.arms.edit_arms import LayerAssets
 from mmie.arms.state import ArmStateError
-from mmie.hooks import hook_count
-from mmie.likelihood import arm_contexts, token_kl
+from mmie.model.hooks import hook_count
+from mmie.model.likelihood import arm_contexts, token_kl
 
 LAYER = 1
 LORA = {"rank": 2, "alpha": 4, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}
@@ -55,11 +55,11 @@ def assets(tiny_lm, tmp_path_factory):
     from sae_lens import TopKSAE, TopKSAEConfig
 
     from mmie import io
-    from mmie.activations import model_fingerprint
     from mmie.arms.lora import LoraAdapter
     from mmie.arms.reft import ReftAdapter
-    from mmie.directions import fit_layer_directions, save_directions
-    from mmie.sae import save_sae
+    from mmie.sae.activations import model_fingerprint
+    from mmie.sae.autoencoder import save_sae
+    from mmie.sae.directions import fit_layer_directions, save_directions
 
     model, _ = tiny_lm
     root = tmp_path_factory.mktemp("arm_assets")

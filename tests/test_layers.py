@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mmie import layers
+from mmie.sae import layers
 
 
 def _noisy(means: dict[int, float], resamples: int, sd: float, seed: int = 0) -> list[dict[int, float]]:

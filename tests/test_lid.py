@@ -5,9 +5,9 @@ import pytest
 
 from conftest import DEMO
 from mmie.errors import LIDError
-from mmie.lid import LID, RomanizedDetector, confusion
-from mmie.textscript import script_proportions
-from mmie.translit import romanize
+from mmie.lang.lid import LID, RomanizedDetector, confusion
+from mmie.lang.scripts import script_proportions
+from mmie.lang.translit import romanize
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import contextlib
 import pytest
 import torch
 
-from mmie.generation import Decoding, generate
-from mmie.likelihood import mia_scores, score_sequences, token_kl
+from mmie.model.generation import Decoding, generate
+from mmie.model.likelihood import mia_scores, score_sequences, token_kl
 
 
 @contextlib.contextmanager
@@ -34,8 +34,8 @@ def _texts(tok, demo_texts, n=10):
 
 
 def _sites(model, tok, demo_texts):
-    from mmie.activations import collect
     from mmie.arms import Arm
+    from mmie.sae.activations import collect
 
     seqs = _texts(tok, demo_texts)
     texts = demo_texts["hi"][:5] + demo_texts["en"][:5]

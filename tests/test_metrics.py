@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from mmie.metrics.sets import SetInfo, compute_set_metrics
-from mmie.metrics.text import (
+from mmie.stats.sets import SetInfo, compute_set_metrics
+from mmie.stats.text import (
     distinct_n,
     extraction_strength,
     is_repetitive,
@@ -104,7 +104,7 @@ def test_failed_metric_is_recorded_never_a_stand_in():
 
 
 def test_yes_no_is_whole_word_and_script_aware():
-    from mmie.metrics.text import yes_no
+    from mmie.stats.text import yes_no
 
     yes, no = ["yes", "haan", "हाँ"], ["no", "nahin", "नहीं"]
     assert yes_no("Yes, it does.", yes, no) == "yes"

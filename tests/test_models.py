@@ -1,8 +1,8 @@
 """Model loading: attention fallback on the actual failure, recorded (reliability row 9)."""
 import pytest
 
-from mmie import models
 from mmie.errors import ConfigError, ModelError
+from mmie.model import loading as models
 
 CFG = {"source": "local", "path": None, "dtype": "auto", "attn_implementation": "auto", "quantization": "none",
        "device": "cpu", "device_map": None, "offline": True}

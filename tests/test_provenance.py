@@ -4,7 +4,8 @@ import subprocess
 
 import pandas as pd
 
-from mmie import provenance, results_page
+from mmie import provenance
+from mmie.report import results_page
 
 
 def test_the_running_tree_wins_over_the_image_build_commit(monkeypatch, tmp_path):

@@ -32,7 +32,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    from mmie.sae import train_sae
+    from mmie.sae.autoencoder import train_sae
 
     return train_sae(data[0], SAE_CFG, seed=0, device="cpu")
 
@@ -57,7 +57,7 @@ def exact_sae(d: int):
 
 # ----------------------------------------------------------------------------- training
 def test_training_reduces_fvu_and_is_deterministic(data, trained):
-    from mmie.sae import quality, train_sae
+    from mmie.sae.autoencoder import quality, train_sae
 
     sae, stats = trained
     held = data[1]
@@ -79,7 +79,7 @@ def test_training_reduces_fvu_and_is_deterministic(data, trained):
 
 def test_training_config_errors(data):
     from mmie.errors import ConfigError
-    from mmie.sae import train_sae
+    from mmie.sae.autoencoder import train_sae
 
     with pytest.raises(ConfigError, match="lr_warm_up_steps"):
         train_sae(data[0], {**SAE_CFG, "train_tokens": 512}, seed=0, device="cpu")
@@ -92,7 +92,7 @@ def test_training_config_errors(data):
 
 
 def test_divergence_names_the_step(data):
-    from mmie.sae import train_sae
+    from mmie.sae.autoencoder import train_sae
 
     with pytest.raises(SAEError, match=r"non-finite loss .* at step \d+ of"):
         train_sae(data[0] * 1e30, {**SAE_CFG, "lr": 1e30}, seed=0, device="cpu")
@@ -102,7 +102,7 @@ def test_divergence_names_the_step(data):
 def test_save_load_round_trip(tmp_path, data, trained):
     from sae_lens import SAE
 
-    from mmie.sae import load_sae, save_sae
+    from mmie.sae.autoencoder import load_sae, save_sae
 
     sae, stats = trained
     out = tmp_path / "sae" / "layer3"
@@ -127,7 +127,7 @@ def test_save_load_round_trip(tmp_path, data, trained):
 
 
 def test_load_errors(tmp_path, trained):
-    from mmie.sae import load_sae, save_sae
+    from mmie.sae.autoencoder import load_sae, save_sae
 
     sae, _ = trained
     out = tmp_path / "layer3"
@@ -162,7 +162,7 @@ def test_load_errors(tmp_path, trained):
 # ----------------------------------------------------------------------------- quality
 def test_quality_known_cases():
     from mmie.errors import MetricError
-    from mmie.sae import quality
+    from mmie.sae.autoencoder import quality
 
     x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
     x[:, 0] = x[:, 0].abs() + 0.1  # latent 4 (fires on x_0 < 0) is dead
@@ -182,8 +182,8 @@ def test_quality_known_cases():
 @pytest.fixture(scope="module")
 def trained_lm(tiny_lm, demo_texts):
     """A copy of the tiny model trained a little (so that zeroing a layer's output hurts)."""
-    from mmie.activations import encode_texts
-    from mmie.likelihood import right_pad
+    from mmie.model.likelihood import right_pad
+    from mmie.sae.activations import encode_texts
 
     model, tok = tiny_lm
     model = copy.deepcopy(model).train()
@@ -204,9 +204,9 @@ def trained_lm(tiny_lm, demo_texts):
 
 
 def test_loss_recovered(trained_lm, demo_texts):
-    from mmie.activations import collect
-    from mmie.hooks import hook_count
-    from mmie.sae import loss_recovered, train_sae
+    from mmie.model.hooks import hook_count
+    from mmie.sae.activations import collect
+    from mmie.sae.autoencoder import loss_recovered, train_sae
 
     model, tok = trained_lm
     texts = demo_texts["hi"][48:60] + demo_texts["en"][48:60]
@@ -227,8 +227,8 @@ def test_loss_recovered(trained_lm, demo_texts):
 
 def test_loss_recovered_keeps_the_prefix_clean(trained_lm, demo_texts):
     """With a special prefix, its positions never reach the SAE and predictions from it are not scored."""
-    from mmie.activations import encode_texts
-    from mmie.sae import loss_recovered
+    from mmie.sae.activations import encode_texts
+    from mmie.sae.autoencoder import loss_recovered
 
     model, tok = trained_lm
     tok = copy.deepcopy(tok)
@@ -247,8 +247,8 @@ def test_loss_recovered_keeps_the_prefix_clean(trained_lm, demo_texts):
     assert rows == [len(seqs) * (width - 1)]
     assert res["tokens"] == sum(len(s) - 2 for s in seqs)
     # zero-ablation spares the prefix position too
-    from mmie.hooks import edit_layer_outputs
-    from mmie.likelihood import right_pad
+    from mmie.model.hooks import edit_layer_outputs
+    from mmie.model.likelihood import right_pad
 
     ids, mask = right_pad(seqs, tok.pad_token_id, "cpu")
     with torch.no_grad(), edit_layer_outputs(model, {0: lambda h: torch.cat([h[:, :1], 0 * h[:, 1:]], 1)}):
@@ -264,9 +264,9 @@ def test_loss_recovered_undefined_is_an_error(trained_lm, demo_texts):
     is undefined: an error, never a stand-in number."""
     from unittest import mock
 
-    from mmie import hooks
     from mmie.errors import MetricError
-    from mmie.sae import loss_recovered
+    from mmie.model import hooks
+    from mmie.sae.autoencoder import loss_recovered
 
     model, tok = trained_lm
     real = hooks.edit_layer_outputs
@@ -274,7 +274,7 @@ def test_loss_recovered_undefined_is_an_error(trained_lm, demo_texts):
     def no_op(model_, edits):
         return real(model_, {layer: (lambda h: h) for layer in edits})
 
-    with mock.patch("mmie.hooks.edit_layer_outputs", no_op), pytest.raises(MetricError, match="undefined.*ce_zero"):
+    with mock.patch("mmie.model.hooks.edit_layer_outputs", no_op), pytest.raises(MetricError, match="undefined.*ce_zero"):
         loss_recovered(model, tok, 0, exact_sae(32), demo_texts["en"][:4], max_length=16, batch_size=4)
 
 
@@ -283,7 +283,7 @@ def planted_cache(seed: int = 0):
     """16-d activations whose coordinates are latents of an identity SAE (fires when x_i > 0.5):
     0 planted (forget + romanized only), 1 script decoy (forget + gibberish), 2 general (also
     retain/neighbours), 3 neighbour decoy (forget + Urdu), 4..15 background (every role)."""
-    from mmie.activations import Cache
+    from mmie.sae.activations import Cache
 
     g = torch.Generator().manual_seed(seed)
     rates = {  # role -> {latent: share of tokens}
@@ -307,7 +307,7 @@ def identity_sae():
 
 
 def test_frequency_and_semantic_find_the_planted_feature():
-    from mmie.features import select_features
+    from mmie.sae.features import select_features
 
     cache, sae = planted_cache(), identity_sae()
     freq = select_features("frequency", sae, cache, FEAT_CFG)
@@ -329,7 +329,7 @@ def test_frequency_and_semantic_find_the_planted_feature():
 
 
 def test_zero_selected_features_is_an_error():
-    from mmie.features import select_features
+    from mmie.sae.features import select_features
 
     with pytest.raises(SAEError, match=r"kept none of the 16 latents.*rare_on_forget.*features.min_forget_freq"):
         select_features("frequency", identity_sae(), planted_cache(), {**FEAT_CFG, "min_forget_freq": 0.95})
@@ -340,10 +340,10 @@ def test_zero_selected_features_is_an_error():
 
 
 def test_gradient_finds_the_latent_that_drives_the_forget_loss(trained_lm, demo_texts):
-    from mmie.activations import Cache, encode_texts
-    from mmie.features import select_features
-    from mmie.hooks import edit_layer_outputs, hook_count
-    from mmie.likelihood import right_pad
+    from mmie.model.hooks import edit_layer_outputs, hook_count
+    from mmie.model.likelihood import right_pad
+    from mmie.sae.activations import Cache, encode_texts
+    from mmie.sae.features import select_features
 
     model, tok = trained_lm
     forget = demo_texts["hi"][100:116]
@@ -408,7 +408,7 @@ TEXT_ROLES = ("forget", "forget_romanized", "gibberish", "neighbour_ur", "retain
 def text_coded_cache(n_texts: int = 30, d: int = 8):
     """Every token of text t of role r carries the code r + t/100 in coordinate 0 (the rest is
     noise): the text a row came from can be read off the row. Texts have 5 to 14 tokens."""
-    from mmie.activations import Cache
+    from mmie.sae.activations import Cache
 
     g = torch.Generator().manual_seed(0)
     acts, doc = {}, {}
@@ -427,7 +427,7 @@ def text_codes(rows: torch.Tensor) -> set[int]:
 
 
 def test_holdout_is_whole_texts_and_seeded():
-    from mmie.sae_jobs import holdout_texts, split_by_text
+    from mmie.jobs.sae import holdout_texts, split_by_text
 
     cache = text_coded_cache()
     roles = ["forget", "neighbour_ur", "retain"]
@@ -446,10 +446,10 @@ def test_holdout_is_whole_texts_and_seeded():
 def test_train_sae_job_never_trains_on_a_quality_text(tmp_path, demo_config, monkeypatch):
     """The rows the SAE trains on and the rows its quality is measured on come from disjoint texts,
     and mmie.json names the held-out ones."""
-    from mmie import sae as sae_mod
-    from mmie import sae_jobs
-    from mmie.activations import write_cache
     from mmie.config import deep_update
+    from mmie.jobs import sae as sae_jobs
+    from mmie.sae.activations import write_cache
+    from mmie.sae import autoencoder as sae_mod
 
     cache = text_coded_cache()
     path = tmp_path / "acts" / "layer1.safetensors"
@@ -475,10 +475,10 @@ def test_train_sae_job_never_trains_on_a_quality_text(tmp_path, demo_config, mon
 def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     """train_sae and select_features as the rules call them: the SAE folder, its quality and features."""
     from conftest import write_lines
-    from mmie import sae_jobs
-    from mmie.activations import collect, model_fingerprint, write_cache
     from mmie.config import deep_update
-    from mmie.sae import load_sae
+    from mmie.jobs import sae as sae_jobs
+    from mmie.sae.activations import collect, model_fingerprint, write_cache
+    from mmie.sae.autoencoder import load_sae
 
     model, tok = trained_lm
     model.save_pretrained(tmp_path / "model")

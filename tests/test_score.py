@@ -6,10 +6,11 @@ import sys
 import pytest
 
 from conftest import ROOT, write_lines
-from mmie import io, pipeline
+from mmie import io
 from mmie.config import eval_sets
-from mmie.lid import RomanizedDetector
-from mmie.translit import romanize
+from mmie.jobs import evaluate as evaluate_job
+from mmie.lang.lid import RomanizedDetector
+from mmie.lang.translit import romanize
 
 HEAVY = ("torch", "transformers", "peft", "pyreft", "sae_lens")
 
@@ -52,7 +53,7 @@ def run(tmp_path, demo_config, demo_texts):
 def call(run, **over):
     args = {"generations": run["gens"], "manifest": str(run["root"] / "evaluate.json"), "lid_detector": run["detector"],
             "outputs": run["outs"], "mia": str(run["root"] / "mia.jsonl"), "judges": run["judges"], **over}
-    pipeline.score(run["config"], "base", 0, **args)
+    evaluate_job.score(run["config"], "base", 0, **args)
 
 
 def test_one_call_writes_every_sets_metrics_with_its_own_judge_scores_and_mia_on_forget_only(run):
@@ -92,9 +93,9 @@ def test_scoring_imports_no_torch_or_model_library(run):
     """The score job's interpreter stays light: no torch, transformers, peft, pyreft or sae_lens."""
     code = ("import json, sys\n"
             "from mmie.config import load\n"
-            "from mmie import pipeline\n"
+            "from mmie.jobs import evaluate as evaluate_job\n"
             f"a = json.loads(sys.argv[1])\n"
-            "pipeline.score(load(a.pop('config')), 'base', 0, **a)\n"
+            "evaluate_job.score(load(a.pop('config')), 'base', 0, **a)\n"
             f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n")
     args = {"config": str(ROOT / "config.yaml"), "generations": run["gens"], "manifest": str(run["root"] / "evaluate.json"),
             "lid_detector": run["detector"], "outputs": run["outs"], "mia": str(run["root"] / "mia.jsonl"),
@@ -111,7 +112,7 @@ def test_lid_scoring_runs_on_one_blas_thread(run, monkeypatch):
     other jobs on 2 cores; scoring pins BLAS to one thread (and leaves the caller's setting alone)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    import mmie.metrics.sets as sets
+    import mmie.stats.sets as sets
 
     seen, original = [], sets.compute_set_metrics
 

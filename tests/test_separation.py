@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mmie import io
-from mmie.data import SPLITS, split_path, split_roles
+from mmie.data.corpus import SPLITS, split_path, split_roles
 from mmie.provenance import text_sha256, used_hashes
 
 FORBIDDEN_PARTS = ("test", "holdout")
@@ -54,8 +54,10 @@ def assert_no_test_texts(blocks: list[dict], forbidden: set[str]) -> dict[str, i
 def small_run(tmp_path_factory, demo_config):
     """prepare → fit_lid → a tiny demo model → layer selection → an activation cache, on the demo
     corpus, at library level (tens of seconds on a CPU)."""
-    from mmie import pipeline
     from mmie.config import deep_update
+    from mmie.jobs import data as data_job
+    from mmie.jobs import model as model_job
+    from mmie.jobs import sae as sae_job
 
     root = tmp_path_factory.mktemp("sep")
     cfg = deep_update(demo_config, {
@@ -67,13 +69,13 @@ def small_run(tmp_path_factory, demo_config):
                    "activations": {"max_texts": 8, "max_length": 32}},
     })
     data = root / "data"
-    pipeline.prepare_data(cfg, str(data), str(data / "prepare_report.json"))
-    pipeline.fit_lid(cfg, str(data), str(root / "lid" / "detector.json"), str(root / "lid" / "report.json"))
+    data_job.prepare_data(cfg, str(data), str(data / "prepare_report.json"))
+    data_job.fit_lid(cfg, str(data), str(root / "lid" / "detector.json"), str(root / "lid" / "report.json"))
     model = root / "model"
-    pipeline.build_demo_model(cfg, str(data), str(root / "lid" / "detector.json"), str(model),
+    model_job.build_demo_model(cfg, str(data), str(root / "lid" / "detector.json"), str(model),
                               str(root / "model_report.json"))
-    pipeline.select_layers(cfg, str(model), str(data), str(root / "selection.json"))
-    pipeline.cache_activations(cfg, 0, str(model), str(data), str(root / "acts.safetensors"),
+    sae_job.select_layers(cfg, str(model), str(data), str(root / "selection.json"))
+    sae_job.cache_activations(cfg, 0, str(model), str(data), str(root / "acts.safetensors"),
                                str(root / "directions.safetensors"), str(root / "acts.json"))
     return cfg, root
 
@@ -100,7 +102,7 @@ def test_choosing_jobs_record_texts_used_and_none_is_a_test_text(small_run):
 
 def test_adapter_early_stopping_texts_are_train_and_dev(small_run):
     """train_adapter's texts_used (the texts it encodes: train for the loss, dev for early stopping)."""
-    from mmie.pipeline import adapter_texts
+    from mmie.jobs.train import adapter_texts
 
     cfg, root = small_run
     data = root / "data"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from mmie.stats import (
+from mmie.stats.inference import (
     Sample,
     adjust,
     benjamini_hochberg,

@@ -13,8 +13,8 @@ seed-independent arms counted as 3 seeds; reproduced below) on the same data, to
 it sets is one the old scheme does not meet."""
 import numpy as np
 
-from mmie.gates import Results, decide
-from mmie.stats import Sample, hierarchical_ci
+from mmie.stats.gates import Results, decide
+from mmie.stats.inference import Sample, hierarchical_ci
 
 N_DATA, S, P, N_BOOT = 2000, 3, 48, 1000
 SD_PROMPT, SD_SEED, SD_NOISE = 0.15, 0.02, 0.10

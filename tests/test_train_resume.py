@@ -16,10 +16,11 @@ from conftest import ROOT, write_lines
 CHILD = r'''
 import json, logging, os, signal, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-from mmie import pipeline, unlearn
+from mmie.jobs import train as train_job
+from mmie.arms import unlearn
 args = json.load(open(sys.argv[1]))
 if args["reference_out"]:
-    pipeline.train_adapter(args["config"], "lora", 0, None, args["data"], args["reference_out"])
+    train_job.train(args["config"], "lora", 0, None, args["data"], args["reference_out"])
 if args["kill_at_step"]:
     real, calls = unlearn.kl_to_reference, {"n": 0}
 
@@ -29,7 +30,7 @@ if args["kill_at_step"]:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*a, **k)
     unlearn.kl_to_reference = kill_mid_step
-pipeline.train_adapter(args["config"], "lora", 0, None, args["data"], args["out"])
+train_job.train(args["config"], "lora", 0, None, args["data"], args["out"])
 '''
 
 

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from mmie import unlearn
+from mmie.arms import unlearn
 from mmie.arms.lora import LoraAdapter
 from mmie.arms.reft import ReftAdapter
 from mmie.errors import ConfigError, ModelError
-from mmie.hooks import hook_count
-from mmie.likelihood import right_pad
+from mmie.model.hooks import hook_count
+from mmie.model.likelihood import right_pad
 
 TRAIN = {"objective": "npo", "beta": 0.1, "bound": 10.0, "retain_kl": 1.0, "retain_nll": 0.0, "lr": 5e-3,
          "weight_decay": 0.0, "max_steps": 12, "warmup_steps": 2, "batch_size": 4, "grad_clip": 1.0,
@@ -336,7 +336,7 @@ def test_resumed_training_ends_bit_identical_to_an_uninterrupted_run(tiny_lm, da
     assert first.summary["resumed_after_step"] is None
     saved = torch.load(store.path, weights_only=True)
     assert saved["step"] == 8 and [r["step"] for r in saved["rows"]] == list(range(9))
-    with caplog.at_level("WARNING", logger="mmie.unlearn"):
+    with caplog.at_level("WARNING", logger="mmie.arms.unlearn"):
         again = _run(tiny_lm, data, method, store)
     assert again.summary["resumed_after_step"] == 8
     assert "resuming after step 8 of 12" in caplog.text
@@ -351,7 +351,7 @@ def test_resumed_training_ends_bit_identical_to_an_uninterrupted_run(tiny_lm, da
 def test_a_resume_state_of_another_run_is_ignored_loudly(tiny_lm, data, tmp_path, caplog):
     store = unlearn.ResumeStore(tmp_path / "r", key="settings-a")
     _run(tiny_lm, data, "lora", store)
-    with caplog.at_level("WARNING", logger="mmie.unlearn"):
+    with caplog.at_level("WARNING", logger="mmie.arms.unlearn"):
         other = _run(tiny_lm, data, "lora", unlearn.ResumeStore(tmp_path / "r", key="settings-b"))
     assert other.summary["resumed_after_step"] is None
     assert "belongs to another run" in caplog.text

@@ -22,7 +22,7 @@ def metrics(run_dir: Path, arm: str, seed: int, set_name: str) -> dict:
 @pytest.fixture(scope="module")
 def lid(run_dir):
     from mmie.config import load
-    from mmie.lid import load_lid
+    from mmie.lang.lid import load_lid
 
     cfg = load(run_dir / "config.yaml")
     return load_lid(cfg["lid"], cfg["languages"], run_dir / "results" / EXP / "lid" / "romanized_detector.json")

@@ -134,7 +134,7 @@ def _edit_arm(name, spec, loaded, checkpoint, config, seed, assets) -> Arm:
         trained = build(on, config["arms"][on], loaded, checkpoint)
         inner, model = trained.adapter, trained.model
         details = {"on": on, "checkpoint": str(checkpoint)}
-    from mmie.generation import special_prefix
+    from mmie.model.generation import special_prefix
 
     fns, used = layer_edits(config, spec, model, assets, seed)
     prefix = special_prefix(loaded.tokenizer)

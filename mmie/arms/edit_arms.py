@@ -49,8 +49,8 @@ class LayerAssets:
         instance (the dose-response sweep builds many gates from them)."""
         key = (layer, fingerprint)
         if key not in self._gates:
-            from mmie.edits import SaeCodec
-            from mmie.sae import load_sae
+            from mmie.sae.autoencoder import load_sae
+            from mmie.sae.edits import SaeCodec
 
             sae = load_sae(self.sae_dir(layer), layer=layer, model_fingerprint=fingerprint, d_in=d_in, device="cpu")
             self._gates[key] = (SaeCodec(sae), io.read_json(self.features(layer)))
@@ -66,10 +66,10 @@ def gate_settings(config: dict, spec: dict) -> dict:
 def random_features(feats: dict, seed: int, layer: int) -> tuple[list[int], dict]:
     """The control's latents for one layer: as many as ``feats`` (the layer's features file) chose,
     none of them chosen, passing the same retain/neighbour (``semantic``: and gibberish) filters and
-    matched to the chosen latents' forget firing frequency by strata (``mmie.features.matched_random``;
+    matched to the chosen latents' forget firing frequency by strata (``mmie.sae.features.matched_random``;
     seeded by ``seed`` and the layer). Also returns the record of the draw (both frequency
     distributions, the strata and any widening)."""
-    from mmie.features import matched_random
+    from mmie.sae.features import matched_random
 
     if int(feats["layer"]) != layer:
         raise ConfigError(f"random_gate at layer {layer} was given the features of layer {feats['layer']}")
@@ -80,8 +80,8 @@ def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int,
                 method: str | None = None, fingerprint: str | None = None) -> tuple[dict, dict]:
     """The edit per layer of an edit arm, and what it used (recorded in the manifest).
     ``fingerprint``: the model's, when the caller already has it."""
-    from mmie import edits
-    from mmie.activations import model_fingerprint
+    from mmie.sae import edits
+    from mmie.sae.activations import model_fingerprint
 
     method = method or spec["method"]
     layers = [int(x) for x in spec.get("layers") or assets.layers()]
@@ -102,7 +102,7 @@ def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int,
             if control is not None:
                 details[f"layer{layer}"]["control"] = control
         elif method in ("dim", "script_scrub"):
-            from mmie.directions import load_directions
+            from mmie.sae.directions import load_directions
 
             d = load_directions(assets.directions(layer), layer=layer, fingerprint=fp)
             if method == "dim":
@@ -122,8 +122,8 @@ class EditAdapter(Switch):
     switched on and off with the edits; its own ``active()`` cannot be entered again inside).
 
     ``skip_prefix``: the tokenizer's special prefix. The edits were fitted on activations without
-    padding and without that prefix (``mmie.activations``), so they leave those positions
-    unchanged (``mmie.hooks.edit_layer_outputs``)."""
+    padding and without that prefix (``mmie.sae.activations``), so they leave those positions
+    unchanged (``mmie.model.hooks.edit_layer_outputs``)."""
 
     def __init__(self, model, edit_fns: dict, inner=None, *, skip_prefix: list[int]) -> None:
         self.model = model
@@ -133,7 +133,7 @@ class EditAdapter(Switch):
 
     @contextlib.contextmanager
     def _switched_on(self):
-        from mmie.hooks import edit_layer_outputs
+        from mmie.model.hooks import edit_layer_outputs
 
         with contextlib.ExitStack() as stack:
             if self.inner is not None:

@@ -189,7 +189,7 @@ def load_adapter(name: str, folder: str, loaded) -> tuple[PeftExternal, dict]:
 
 def load_full_model(name: str, model_spec: dict, loaded) -> tuple[ModelSwitch, dict]:
     """Load the external model like the base model (its dtype and device) and check its tokenizer."""
-    from mmie.models import load_model
+    from mmie.model.loading import load_model
 
     rt = loaded.runtime
     cfg = {"source": model_spec["source"], "id": model_spec.get("id"), "revision": model_spec.get("revision"),

@@ -15,7 +15,7 @@ import torch
 
 from mmie.arms.state import Switch, copy_tensors_in_place
 from mmie.errors import ConfigError, ModelError
-from mmie.hooks import check_layers, edit_layer_outputs, to_hidden
+from mmie.model.hooks import check_layers, edit_layer_outputs, to_hidden
 
 WEIGHTS = "reft_weights.safetensors"
 CONFIG = "reft_config.json"
@@ -33,7 +33,7 @@ def intervention_class(kind: str):
 class ReftAdapter(Switch):
     """Outside ``active()`` no hook is attached: the model is the base model (``mmie.arms.state``).
     The interventions act at every position, the special prefix included: that is how they are
-    trained (``mmie.unlearn`` runs the adapter on whole sequences)."""
+    trained (``mmie.arms.unlearn`` runs the adapter on whole sequences)."""
 
     method = "reft"
 

@@ -30,7 +30,7 @@ inside "$ctr" -- pip freeze --disable-pip-version-check > "$T/freeze.txt"
 "$PY" tests/image/checks.py lock "$T/freeze.txt"
 
 echo "== 2. torch and the fastText model"
-inside "$ctr" -- python -c "import torch, mmie.lid as l; p = l.bundled_fasttext_model(); assert p.is_file(), p; \
+inside "$ctr" -- python -c "import torch, mmie.lang.lid as l; p = l.bundled_fasttext_model(); assert p.is_file(), p; \
 assert torch.version.cuda, 'CPU torch'; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuda available:', torch.cuda.is_available()); print('fastText:', p)"
 
 echo "== 3. the working tree's code runs, not the image's copy"

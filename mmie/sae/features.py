@@ -74,9 +74,9 @@ def attribution(model, tok, layer: int, sae, texts: list[str], *, max_length: in
     and the hook is removed on exit."""
     import torch.nn.functional as F
 
-    from mmie.activations import encode_texts
-    from mmie.hooks import edit_layer_outputs
-    from mmie.likelihood import right_pad
+    from mmie.model.hooks import edit_layer_outputs
+    from mmie.model.likelihood import right_pad
+    from mmie.sae.activations import encode_texts
 
     seqs, skip = encode_texts(tok, texts, max_length)
     seqs = [s for s in seqs if len(s) >= skip + 2]
@@ -138,7 +138,7 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
                     max_length: int = 64, batch_size: int = 8) -> dict:
     """Choose at most ``cfg["n_features"]`` latents of ``sae`` by ``method`` (see the module doc).
 
-    ``cache``: the layer's ``mmie.activations.Cache`` (roles ``forget``, ``retain``, neighbours;
+    ``cache``: the layer's ``mmie.sae.activations.Cache`` (roles ``forget``, ``retain``, neighbours;
     ``semantic`` also needs ``forget_romanized`` and ``gibberish``). ``gradient`` needs ``model``,
     ``tok`` and ``forget_texts`` (the first ``cfg["gradient_texts"]`` are used; ``retain_texts``
     likewise, for the reported ``retain_score``); ``max_length``/``batch_size`` apply to its passes.
@@ -348,7 +348,7 @@ def matched_random(feats: dict, seed: int, *, strata: int = CONTROL_STRATA) -> t
         rand_per_stratum[bisect.bisect_left(edges, f)] += 1
     bounds = [None, *edges, None]
     record = {
-        "draw": "forget-frequency-matched random latents (mmie.features.matched_random)", "seed": seed,
+        "draw": "forget-frequency-matched random latents (mmie.sae.features.matched_random)", "seed": seed,
         "strata": [{"stratum": k, "freq_forget_above": bounds[k], "freq_forget_at_most": bounds[k + 1],
                     "chosen": quota[k], "pool": len(members[k]), "random": rand_per_stratum[k]} for k in range(s)],
         "widened": widened, "pool_size": len(cand), "pool_filters": pool["filters"], "pool_requires": pool["requires"],

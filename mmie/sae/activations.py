@@ -64,8 +64,8 @@ def gibberish_from(texts: list[str], seed: int) -> list[str]:
 
 def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str, list[str]]:
     """The texts of every cached role (see the module doc), at most ``max_texts`` each."""
-    from mmie.data import read_split
-    from mmie.translit import romanize
+    from mmie.data.corpus import read_split
+    from mmie.lang.translit import romanize
 
     data_dir = Path(data_dir)
     forget = read_split(data_dir, "forget", "train")[:max_texts]
@@ -76,7 +76,7 @@ def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str,
     }
     gib = config["data"].get("gibberish")
     if gib:
-        from mmie.prepare import read_gibberish
+        from mmie.data.prepare import read_gibberish
 
         roles["gibberish"] = read_gibberish(gib, config["data"]["max_line_bytes"])[:max_texts]
     else:
@@ -92,7 +92,7 @@ def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str,
 def encode_texts(tok, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
     """Token ids of raw texts with the tokenizer's special prefix, cut at ``max_length``; also the
     prefix length (positions that are not cached)."""
-    from mmie.generation import special_prefix
+    from mmie.model.generation import special_prefix
 
     prefix = special_prefix(tok)
     return [(prefix + tok(t, add_special_tokens=False)["input_ids"])[:max_length] for t in texts], len(prefix)
@@ -105,9 +105,9 @@ def collect(model, tok, texts: list[str], layers: list[int], *, max_length: int,
 
     ``pooled=False``: per layer ``(acts [tokens, d], doc [tokens])`` over real tokens only.
     ``pooled=True``: per layer ``(means [texts, d], counts [texts])`` — masked mean pooling."""
-    from mmie.hooks import record_layer_outputs
-    from mmie.likelihood import right_pad
-    from mmie.memory import in_batches
+    from mmie.model.hooks import record_layer_outputs
+    from mmie.model.likelihood import right_pad
+    from mmie.model.memory import in_batches
 
     seqs, skip = encode_texts(tok, texts, max_length)
     if any(len(s) <= skip for s in seqs):

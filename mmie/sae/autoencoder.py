@@ -12,7 +12,7 @@ quality figures, sha256 of the two sae-lens files and the provenance. ``load_sae
 them against what the caller expects.
 
 Quality: ``quality`` (fraction of variance unexplained, L0, dead-latent share, MSE on the tokens of
-held-out cached texts: whole texts the SAE never trains on, see ``mmie.sae_jobs.holdout_texts``) and
+held-out cached texts: whole texts the SAE never trains on, see ``mmie.jobs.sae.holdout_texts``) and
 ``loss_recovered`` (next-token cross-entropy with the layer's output replaced by the reconstruction,
 between the clean model and the zero-ablated layer)."""
 
@@ -326,9 +326,9 @@ def loss_recovered(model, tok, layer: int, sae, texts: list[str], *, max_length:
     leaves the ratio undefined: an error, not a number."""
     import torch.nn.functional as F
 
-    from mmie.activations import encode_texts
-    from mmie.hooks import edit_layer_outputs, to_hidden
-    from mmie.likelihood import right_pad
+    from mmie.model.hooks import edit_layer_outputs, to_hidden
+    from mmie.model.likelihood import right_pad
+    from mmie.sae.activations import encode_texts
 
     seqs, skip = encode_texts(tok, texts, max_length)
     # label j (token j + 1) is predicted from position j: scored when j ≥ skip

@@ -218,9 +218,3 @@ REGISTRY: dict[str, Callable] = {"es_ci": es_ci, "tradeoff": tradeoff, "neighbou
                                  "training_curves": training_curves, "target_rate": target_rate, "output_language": output_language,
                                  "perplexity": perplexity, "lid_confusion": lid_confusion,
                                  "demo_training": demo_training}
-
-
-def make(name: str, config: dict, inputs: dict, out: str) -> None:
-    fig = REGISTRY[name](config, inputs)
-    io.save_figure(out, fig)
-    plt.close(fig)

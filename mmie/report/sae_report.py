@@ -108,15 +108,3 @@ def plot_sweep(df: pd.DataFrame):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def run(config: dict, selection_path: str, quality: list[str], features: list[str], sweeps: list[str],
-        outputs: dict[str, str]) -> None:
-    selection = io.read_json(selection_path)
-    table = quality_table(quality)
-    io.write_csv(outputs["table"], table)
-    io.write_csv(outputs["features"], features_table(features))
-    for key, fig in (("layer_selection", plot_selection(selection)), ("sae_quality", plot_quality(table)),
-                     ("dose_response", plot_sweep(sweep_table(sweeps)))):
-        io.save_figure(outputs[key], fig)
-        plt.close(fig)

@@ -9,9 +9,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from mmie.lid import LID
-from mmie.metrics.text import extraction_strength, is_empty, is_repetitive, ngram_entropy, target_letters, yes_no
-from mmie.translit import romanize
+from mmie.lang.lid import LID
+from mmie.lang.translit import romanize
+from mmie.stats.text import extraction_strength, is_empty, is_repetitive, ngram_entropy, target_letters, yes_no
 
 
 @dataclass(frozen=True)

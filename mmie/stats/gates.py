@@ -3,8 +3,8 @@ metrics.json.
 
 One decision rule: a gate passes exactly when its reported one-sided confidence bound clears the
 threshold. Each gate is a paired comparison with ``base`` on the same prompts (crossed bootstrap,
-mmie/stats.py); the bound's level comes from the multiple-testing correction over the arm's gates
-(``stats.correction``; :func:`mmie.stats.gate_levels`), so "adjusted p ≤ alpha" and "the bound
+mmie/stats/inference.py); the bound's level comes from the multiple-testing correction over the arm's gates
+(``stats.correction``; :func:`mmie.stats.inference.gate_levels`), so "adjusted p ≤ alpha" and "the bound
 clears" are the same statement. A missing metric, a set the run does not evaluate, a non-finite
 value or threshold are failing gates with their reason, never a pass, and never dropped."""
 
@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 
 from mmie import io
-from mmie.stats import (
+from mmie.stats.inference import (
     Sample,
     adjust,
     gate_levels,
@@ -52,7 +52,7 @@ RATIO_METRICS = {
     "fluency_entropy": ("entropy", "_entropy_den", "identity"),
 }
 AUC_METRICS = {"mia_auc": "mink_pp", "mia_auc_loss": "loss_score"}
-# metrics that exist only on some sets: metric -> set kinds (mmie.metrics.sets.SetInfo.kind)
+# metrics that exist only on some sets: metric -> set kinds (mmie.stats.sets.SetInfo.kind)
 METRIC_SET_KINDS = {
     "own_language_rate": ("neighbour",),
     "mia_auc": ("forget",), "mia_auc_loss": ("forget",),

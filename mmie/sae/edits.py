@@ -1,5 +1,5 @@
 """Edits of the residual stream (docs/method.md §6–7), each a pure function ``hidden -> hidden`` applied by
-``mmie.hooks.edit_layer_outputs`` (a context manager: hooks are always removed on exit).
+``mmie.model.hooks.edit_layer_outputs`` (a context manager: hooks are always removed on exit).
 
 - ``sae_gate``: encode with the SAE, change the selected latents (scale by 1 − α, or clamp the
   active ones to −c), and add only the *change* of the decoded vector — the SAE's reconstruction
@@ -57,7 +57,7 @@ class SaeCodec:
         return int(self.sae.cfg.d_sae)
 
     def _placed(self, hidden: torch.Tensor):
-        from mmie.hooks import to_hidden
+        from mmie.model.hooks import to_hidden
 
         return to_hidden(self.sae, hidden)
 
@@ -125,7 +125,7 @@ def steer(vector: torch.Tensor, strength: float = 1.0):
 
 
 def erase(mean: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
-    """Rank-one LEACE eraser ``x − a · bᵀ(x − μ)`` (see ``mmie.directions.fit_leace``)."""
+    """Rank-one LEACE eraser ``x − a · bᵀ(x − μ)`` (see ``mmie.sae.directions.fit_leace``)."""
     dev = _OnDevice(mu=mean.float(), a=a.float(), b=b.float())
 
     def edit(hidden: torch.Tensor) -> torch.Tensor:

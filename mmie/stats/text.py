@@ -6,7 +6,7 @@ import math
 from collections import Counter
 from typing import Callable
 
-from mmie.textscript import script_counts
+from mmie.lang.scripts import script_counts
 
 Identify = Callable[[str], tuple[str, float]]
 

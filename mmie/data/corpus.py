@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import unicodedata
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from mmie.errors import DataError
-from mmie.textscript import dominant_script, script_proportions
+from mmie.lang.scripts import dominant_script, script_proportions
 
+log = logging.getLogger(__name__)
 TEXT_KEYS = ("prompt", "text", "completion", "response", "output", "instruction", "input", "question", "answer")
 SPLITS = ("train", "dev", "test", "holdout")
 #: parts that fitting or choosing jobs may read
@@ -382,3 +384,10 @@ def script_histogram(texts: list[str]) -> dict[str, float]:
     for t in texts:
         totals.update(script_proportions(t))
     return {k: round(v / len(texts), 4) for k, v in sorted(totals.items())} if texts else {}
+
+
+def warn_truncation(name: str, truncated: int, total: int, limit: float, what: str) -> None:
+    """Log a warning when more than ``limit`` of a set's prompts or texts were truncated."""
+    if total and truncated / total > limit:
+        log.warning("%s: %.1f%% of %s were truncated (%d of %d; warning threshold data.truncation_warn_share=%s)",
+                    name, 100 * truncated / total, what, truncated, total, limit)

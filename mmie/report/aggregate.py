@@ -81,20 +81,3 @@ def judge_agreement(paths: list[str]) -> pd.DataFrame:
             rows.append({"arm": m["arm"], "seed": m["seed"], "set": m["set"], **agree})
     return pd.DataFrame(rows, columns=["arm", "seed", "set", "kappa", "both_target", "judge_only", "lid_only",
                                        "neither"])
-
-
-def run(config: dict, metric_paths: list[str], long_out: str, summary_out: str, md_out: str, failures_out: str,
-        agreement_out: str | None = None) -> None:
-    from mmie.config import set_names
-
-    long, fails = collect(list(metric_paths))
-    if long.empty:
-        raise ValueError("no metrics to aggregate: every metrics.json is empty")
-    summary = summarize(long, list(config["arms"]), set_names(config))
-    io.write_csv(long_out, long)
-    io.write_csv(summary_out, wide(summary))
-    io.write_csv(failures_out, fails)
-    io.write_text(md_out, markdown(summary, fails, config["experiment"]))
-    if agreement_out:
-        io.write_csv(agreement_out, judge_agreement(list(metric_paths)))
-    log.info("aggregated %d rows from %d jobs; %d recorded failures", len(long), len(metric_paths), len(fails))

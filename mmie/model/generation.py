@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mmie.memory import in_batches
+from mmie.model.memory import in_batches
 from mmie.seeding import derived_seed
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def generate(model, tokenizer, items: list[dict], decoding: Decoding, *, system:
     """Generate for ``items`` ({id, prompt}); returns one record per item in the input order.
 
     On an out-of-memory error the batch size halves and the batch is retried, down to 1; each halving
-    is appended to ``oom_log`` (recorded in provenance; ``mmie.memory``)."""
+    is appended to ``oom_log`` (recorded in provenance; ``mmie.model.memory``)."""
     import torch
 
     device = next(model.parameters()).device

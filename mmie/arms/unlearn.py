@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmie import io
-from mmie.likelihood import right_pad
+from mmie.model.likelihood import right_pad
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mmie import io
 from mmie.config import eval_sets
-from mmie.data import (
+from mmie.data.corpus import (
     FIT_SPLITS,
     MAX_LINE_BYTES,
     SPLITS,
@@ -33,13 +33,13 @@ from mmie.data import (
     stable_order,
 )
 from mmie.errors import DataError
-from mmie.translit import romanize
+from mmie.lang.translit import romanize
 
 log = logging.getLogger(__name__)
 
 
 def read_records(path: str | Path, fields: dict, what: str, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
-    """A small labelled JSONL file read as strictly as a role file (``mmie.data.raw_lines``: UTF-8 per
+    """A small labelled JSONL file read as strictly as a role file (``mmie.data.corpus.raw_lines``: UTF-8 per
     line, BOM and CRLF accepted, a size cap per line): every line an object whose ``fields`` pass their
     checks ({name: (check, description)}); every error names the file and line."""
     path = Path(path)

@@ -204,38 +204,3 @@ def cohen_kappa(a: list[int], b: list[int]) -> float | None:
     pa, pb = sum(a) / n, sum(b) / n
     pe = pa * pb + (1 - pa) * (1 - pb)
     return None if pe == 1 else (po - pe) / (1 - pe)
-
-
-def run(config: dict, generations: str, cache_dir: str, out: str, judge: Judge | None = None) -> None:
-    """The judge's scores of one set's generations, or a recorded failure, never a stand-in."""
-    from mmie import provenance
-
-    cfg = config["judge"]
-    rows = io.read_jsonl(generations)
-    result: dict = {"metrics": {}, "per_prompt": {"id": [r["id"] for r in rows]}, "failures": {}}
-    judge = judge or Judge.from_config(cfg, config["languages"]["target"].get("name", "the target language"), cache_dir)
-    calls, events = judge.calls, len(judge.events)
-    try:
-        scores = judge.score([r["output"] for r in rows])
-    except JudgeError as err:
-        result["failures"]["judge_target_rate"] = redact(str(err))
-    else:
-        result["per_prompt"]["judge_score"] = scores
-        result["per_prompt"]["judge_target"] = [int(s >= cfg["threshold"]) for s in scores]
-        result["metrics"]["judge_target_rate"] = sum(result["per_prompt"]["judge_target"]) / len(scores)
-    result["calls"] = judge.calls - calls
-    result["retries"] = judge.events[events:]
-    result["provenance"] = provenance.build(config, {"judge": cfg}, rule="judge", inputs=[generations])
-    io.write_json(out, result)
-
-
-def run_all(config: dict, generations: list[str], cache_dir: str, outs: list[str]) -> None:
-    """The judge job of one (arm, seed): every set with one client and one rate limiter."""
-    if len(generations) != len(outs):
-        raise ValueError(f"judge: {len(generations)} generation files for {len(outs)} outputs (rules/evaluate.smk)")
-    judge = Judge.from_config(config["judge"], config["languages"]["target"].get("name", "the target language"),
-                              cache_dir)
-    for gen, out in zip(generations, outs, strict=True):
-        if Path(gen).parent != Path(out).parent:
-            raise ValueError(f"judge: {gen} and {out} are not the same set (rules/evaluate.smk)")
-        run(config, gen, cache_dir, out, judge)

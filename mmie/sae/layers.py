@@ -124,12 +124,12 @@ def halves(n: int, fraction: float, rng: np.random.Generator) -> tuple[list[int]
 
 def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
     """Run the selection on a loaded model. ``data``: dev texts of roles ``target``, ``retain`` and
-    ``neighbours``; ``judge``: a ``mmie.judge.Judge`` when judge-assisted."""
-    from mmie.activations import collect, encode_texts
-    from mmie.edits import ablate
-    from mmie.generation import special_prefix
-    from mmie.hooks import check_layers, decoder_layers, edit_layer_outputs
-    from mmie.likelihood import score_sequences
+    ``neighbours``; ``judge``: a ``mmie.lang.judge.Judge`` when judge-assisted."""
+    from mmie.model.generation import special_prefix
+    from mmie.model.hooks import check_layers, decoder_layers, edit_layer_outputs
+    from mmie.model.likelihood import score_sequences
+    from mmie.sae.activations import collect, encode_texts
+    from mmie.sae.edits import ablate
 
     sel = config["layers"]["selection"]
     act = config["layers"]["activations"]
@@ -169,8 +169,8 @@ def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
 
     judge_base, dec, prompts = None, None, None
     if judge is not None:
-        from mmie.data import prompt_prefix
-        from mmie.generation import Decoding, generate
+        from mmie.data.corpus import prompt_prefix
+        from mmie.model.generation import Decoding, generate
 
         dec = Decoding.from_config(config["generation"])
         dec = Decoding(**{**dec.__dict__, "max_new_tokens": sel["causal_max_new_tokens"],

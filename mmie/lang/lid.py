@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mmie.errors import LIDError
-from mmie.textscript import dominant_script
+from mmie.lang.scripts import dominant_script
 
 UND = "und"
 

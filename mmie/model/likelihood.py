@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from mmie.memory import in_batches
+from mmie.model.memory import in_batches
 
 
 def score_sequences(model, pad_id: int, contexts: list[list[int]], targets: list[list[int]], *,
@@ -135,7 +135,7 @@ def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list
 def arm_contexts(arm, tokenizer) -> tuple[list[int], list[int]]:
     """What the base and the arm condition a reference text on: the tokenizer's special prefix, and
     that prefix plus the arm's instruction and a newline (the prompt arm; nothing for other arms)."""
-    from mmie.generation import special_prefix
+    from mmie.model.generation import special_prefix
 
     prefix = special_prefix(tokenizer)
     instruction = tokenizer(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else []

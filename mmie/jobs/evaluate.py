@@ -1,0 +1,327 @@
+"""Job functions of rules/evaluate.smk: evaluate (generations, likelihoods, token KL, MIA of one arm and seed), score, judge.
+Rule scripts (scripts/*.py) only unpack ``snakemake`` and call these."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+
+from mmie import io, provenance
+from mmie.config import EDIT_METHODS, eval_sets, section
+from mmie.data.corpus import warn_truncation
+from mmie.lang.judge import Judge, JudgeError, redact
+
+log = logging.getLogger(__name__)
+
+
+def evaluation_key(config: dict, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
+                   results_root: str | None) -> str:
+    """What an (arm, seed) evaluation's outputs depend on, as one hash: the config sections it reads,
+    the arm (and the arm it sits on), the seed, the model, the checkpoint, the layer assets and mmie's
+    own code. A finished set of an interrupted run is reused only under the same key."""
+    spec = config["arms"][arm_name]
+    files: list[Path] = []
+    weights = {}
+    if model_dir and Path(model_dir).is_dir():   # the model's configs by content, its weights by name and size
+        files += sorted(p for p in Path(model_dir).iterdir() if p.suffix == ".json")
+        weights = {p.name: p.stat().st_size for p in sorted(Path(model_dir).iterdir()) if p.suffix == ".safetensors"}
+    if checkpoint:
+        files += sorted(p for p in Path(checkpoint).iterdir() if p.is_file())
+    if results_root and spec["method"] in EDIT_METHODS:
+        root = Path(results_root)
+        files += [root / "layers" / "selection.json", *sorted((root / "sae").rglob("*.json")),
+                  *sorted((root / "sae").rglob("*.safetensors")), *sorted((root / "acts").glob("*.directions.safetensors"))]
+    code = sorted(Path(__file__).resolve().parent.parent.rglob("*.py"))   # all of mmie/
+    return provenance.config_hash({
+        "config": section(config, "model", "generation", "eval", "gate", "deterministic", "numerics", "data"),
+        "arm": arm_name, "spec": spec, "on": config["arms"].get(spec.get("on") or "", None), "seed": seed,
+        "files": provenance.data_hashes([p for p in files if p.is_file()]), "weights": weights,
+        "code": provenance.data_hashes(code)})
+
+
+class FinishedSets:
+    """Each evaluation set's rows, kept beside the job's outputs in ``<arm>/seed<k>/.partial/`` as
+    the set finishes (Snakemake removes the declared outputs of a failed job; this folder is not one).
+    A rerun of the job after a kill or an error reuses the sets whose key and evaluation file are
+    unchanged, and the folder is removed when the job succeeds."""
+
+    def __init__(self, out_root: Path, key: str) -> None:
+        self.dir = out_root / ".partial"
+        self.key = key
+
+    def _stamp(self, set_file: Path) -> str:
+        return f"{self.key}:{provenance.file_sha256(set_file)}"
+
+    def load(self, name: str, set_file: Path) -> list[dict] | None:
+        rows, stamp = self.dir / f"{name}.jsonl", self.dir / f"{name}.key"
+        if not (rows.is_file() and stamp.is_file()):
+            return None
+        if stamp.read_text(encoding="utf-8").strip() != self._stamp(set_file):
+            log.warning("not reusing %s: it was written with other inputs, code or settings", rows)
+            return None
+        log.info("reusing the finished set %s of an interrupted run (%s)", name, rows)
+        return io.read_jsonl(rows)
+
+    def save(self, name: str, set_file: Path, rows: list[dict]) -> None:
+        io.write_jsonl(self.dir / f"{name}.jsonl", rows)
+        io.write_text(self.dir / f"{name}.key", self._stamp(set_file) + "\n")   # written last: marks it complete
+
+    def clear(self) -> None:
+        import shutil
+
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+
+def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
+             out_root: str, manifest_out: str, checkpoint: str | None = None, mia_out: str | None = None,
+             results_root: str | None = None) -> None:
+    """One (arm, seed) job: load the model once, then generate and score likelihoods for every set."""
+    import torch
+
+    from mmie import arms
+    from mmie.model.generation import Decoding, encode_prompt, generate, special_prefix
+    from mmie.model.likelihood import mia_scores, score_sequences, token_kl
+    from mmie.model.loading import load_model
+    from mmie.seeding import seed_everything
+
+    t0 = time.time()
+    seed_everything(seed, config["deterministic"])
+    lm = load_model(config["model"], model_dir)
+    assets = None
+    if results_root is not None:
+        from mmie.arms.edit_arms import LayerAssets
+
+        assets = LayerAssets.under(results_root)
+    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint, config=config, seed=seed, assets=assets)
+    model, tok = arm.model, lm.tokenizer
+    decoding = Decoding.from_config(config["generation"])
+    ev = config["eval"]
+    oom_log: list = []
+    timings = {}
+    finished = FinishedSets(Path(out_root), evaluation_key(config, arm_name, seed, model_dir, checkpoint, results_root))
+    reused: list[str] = []
+    for info in eval_sets(config):
+        t_set = time.time()
+        set_file = Path(sets_dir) / f"{info.name}.jsonl"
+        items = io.read_jsonl(set_file)
+        if not items:
+            raise ValueError(f"evaluation set {info.name} is empty ({sets_dir}); rerun prepare_data")
+        rows = finished.load(info.name, set_file)
+        if rows is not None:   # finished by an earlier, interrupted run of this job with the same inputs
+            io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
+            reused.append(info.name)
+            continue
+        with arm.active():
+            gens = generate(model, tok, items, decoding, system=arm.system, seed=seed,
+                            desc=f"{arm_name}/seed{seed}/{info.name}", oom_log=oom_log)
+            refs = [it for it in items if it.get("text")]
+            if refs:
+                prefix = special_prefix(tok)
+                ctx = prefix + (tok(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else [])
+                ref_scores = score_sequences(
+                    model, tok.pad_token_id, [ctx] * len(refs),
+                    [tok(it["text"], add_special_tokens=False)["input_ids"] for it in refs],
+                    batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=f"ppl {info.name}",
+                    oom_log=oom_log)
+                by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
+        if refs and info.kind == "retain":
+            # token KL(base ‖ arm) on retain texts, outside active(): the base pass runs on the base model
+            kls = token_kl(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
+                           max_length=ev["max_length"], desc=f"token KL {info.name}", oom_log=oom_log)
+            for it, k in zip(refs, kls, strict=True):
+                by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
+        with arm.reference():
+            # fluency of the outputs under the base model, conditioned on the raw prompt (no instruction)
+            contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
+            base_scores = score_sequences(model, tok.pad_token_id, contexts, [g["output_ids"] for g in gens],
+                                          batch_size=ev["score_batch_size"], max_length=ev["max_length"],
+                                          desc=f"gen_ppl_base {info.name}", oom_log=oom_log)
+        rows = []
+        for it, g, b in zip(items, gens, base_scores, strict=True):
+            row = {k: v for k, v in g.items() if k != "output_ids"}
+            if "answer" in it:
+                row["answer"] = it["answer"]
+            row.update(gen_nll_base=b["nll"], gen_tokens_base=b["tokens"])
+            if it.get("text"):
+                s = by_id[it["id"]]
+                row.update(reference=it["text"], ref_nll=s["nll"], ref_tokens=s["tokens"], ref_truncated=s["truncated"])
+                if "kl" in s:
+                    row.update(kl=s["kl"], kl_tokens=s["kl_tokens"])
+            rows.append(row)
+        limit = config["data"]["truncation_warn_share"]
+        warn_truncation(info.name, sum(r["prompt_truncated"] for r in rows), len(rows), limit, "prompts")
+        warn_truncation(info.name, sum(bool(r.get("ref_truncated")) for r in rows), len(rows), limit,
+                        "reference texts")
+        io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
+        finished.save(info.name, set_file, rows)
+        timings[info.name] = round(time.time() - t_set, 2)
+        del gens, rows
+        if torch.cuda.is_available():
+            # hand the set's cached blocks back to the GPU; on a CPU a full collection is all cost
+            # (0.1-0.6 s per set with torch and transformers loaded: a fifth of a demo evaluate job)
+            gc.collect()
+            torch.cuda.empty_cache()
+    if mia_out:
+        # membership inference: forget/train (members, seen by the base model's training when it is
+        # the demo model) vs forget/holdout (never seen) — same language, so it measures memorisation
+        data_root = Path(sets_dir).parent
+        n = ev["mia_max_items"]
+        rows = [(r, 1) for r in io.read_jsonl(data_root / "forget" / "train.jsonl")[:n]] + \
+               [(r, 0) for r in io.read_jsonl(data_root / "forget" / "holdout.jsonl")[:n]]
+        seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:ev["max_length"]]
+                for r, _ in rows]
+        with arm.active():
+            scores = mia_scores(model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"],
+                                oom_log=oom_log)
+        io.write_jsonl(mia_out, ({"id": r["id"], "member": m, **s} for (r, m), s in zip(rows, scores, strict=True)))
+    manifest = {
+        "arm": arm_name, "seed": seed, "arm_details": {"method": arm.method, **arm.details},
+        "decoding": decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
+        "reused_sets": reused,
+        "oom_retries": oom_log, "seconds": round(time.time() - t0, 1),
+        "provenance": provenance.build(config, section(config, "model", "generation", "eval", "arms"), seed=seed,
+                                       runtime=lm.runtime, rule="evaluate",
+                                       inputs=[Path(sets_dir) / f"{s.name}.jsonl" for s in eval_sets(config)]),
+    }
+    if checkpoint:
+        manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
+    io.write_json(manifest_out, manifest)
+    finished.clear()
+
+
+def by_set(paths, filename: str) -> dict[str, str]:
+    """``<run>/<set>/<filename>`` paths keyed by their set folder (the rule's expand() order is kept)."""
+    out: dict[str, str] = {}
+    for p in paths:
+        path = Path(p)
+        if path.name != filename:
+            raise ValueError(f"expected a path ending in <set>/{filename}, got {p}; the score rule's input or "
+                             f"output list is miswired (rules/evaluate.smk)")
+        if path.parent.name in out:
+            raise ValueError(f"two paths for set {path.parent.name!r}: {out[path.parent.name]} and {p}")
+        out[path.parent.name] = str(p)
+    return out
+
+
+def score(config: dict, arm_name: str, seed: int, generations, manifest: str, lid_detector: str, outputs,
+          mia: str | None = None, judges=None) -> None:
+    """Metrics of every set of one (arm, seed) from stored generations, one ``metrics.json`` per set:
+    one job, one LID load, no model and no torch. ``generations``, ``outputs`` and ``judges`` are
+    ``<run>/<set>/{generations.jsonl,metrics.json,judge.json}`` paths (``judges`` only when the judge
+    is enabled); the membership-inference scores ``mia`` feed the forget set's metrics."""
+    from mmie.lang.lid import load_lid
+
+    gens, outs = by_set(generations, "generations.jsonl"), by_set(outputs, "metrics.json")
+    judged = by_set(judges, "judge.json") if judges else {}
+    expected = [s.name for s in eval_sets(config)]
+    for role, got in (("generations", gens), ("metrics outputs", outs)) + ((("judge scores", judged),) if judges else ()):
+        if sorted(got) != sorted(expected):
+            raise ValueError(f"score {arm_name}/seed{seed}: {role} for sets {sorted(got)} but the config's "
+                             f"evaluation sets are {sorted(expected)}; the score rule is miswired (rules/evaluate.smk)")
+    from threadpoolctl import threadpool_limits
+
+    lid = load_lid(config["lid"], config["languages"], lid_detector)
+    man = io.read_json(manifest)
+    t0 = time.time()
+    # langid scores each text with one small matrix-vector product; a multithreaded BLAS spends far
+    # more on thread hand-offs than on the product, worst when jobs share the cores (measured: 12x the
+    # CPU time with OpenBLAS's 2 threads next to other jobs on 2 cores). This job has no torch to slow.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for info in eval_sets(config):
+            try:
+                result = score_set(config, arm_name, seed, info, gens[info.name], man, lid, lid_detector,
+                                   mia if info.kind == "forget" else None, judged.get(info.name))
+            except Exception as err:  # annotate and re-raise: the log names the set and file that failed
+                err.add_note(f"while scoring set {info.name!r} of {arm_name}/seed{seed} from {gens[info.name]}")
+                raise
+            io.write_json(outs[info.name], result)
+    log.info("scored %d sets of %s/seed%d in %.2f s", len(outs), arm_name, seed, time.time() - t0)
+
+
+def score_set(config: dict, arm_name: str, seed: int, info, generations: str, man: dict, lid, lid_detector: str,
+              mia: str | None = None, judge: str | None = None) -> dict:
+    """The metrics.json content of one set (see ``score``)."""
+    from mmie.stats.sets import compute_set_metrics
+
+    records = io.read_jsonl(generations)
+    result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
+                                 romanization_scheme=config["lid"]["romanization"],
+                                 yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"])
+    if mia:
+        from mmie.stats.text import auc
+
+        rows = io.read_jsonl(mia)
+        mem = [r for r in rows if r["member"] == 1]
+        non = [r for r in rows if r["member"] == 0]
+        result["metrics"]["mia_auc"] = auc([r["mink_pp"] for r in mem], [r["mink_pp"] for r in non])
+        result["metrics"]["mia_auc_loss"] = auc([r["loss_score"] for r in mem], [r["loss_score"] for r in non])
+        result["mia"] = {k: [r[k] for r in rows] for k in ("id", "member", "mink_pp", "loss_score")}
+    if judge:
+        merge_judge(result, io.read_json(judge))
+    evaluated = man["provenance"]
+    return {"arm": arm_name, "seed": seed, "set": info.name, **result, "lid": lid.describe(),
+            "provenance": {**provenance.build(config, section(config, "lid", "languages"), seed=seed,
+                                              runtime=evaluated["runtime"], rule="score",
+                                              inputs=[generations, lid_detector]),
+                           "evaluate": {"git": evaluated["git"], "device": evaluated["device"],
+                                        "config_hash": evaluated["config_hash"],
+                                        "oom_retries": man["oom_retries"]}}}
+
+
+def merge_judge(result: dict, judged: dict) -> None:
+    """Judge scores become metrics like any other (or a recorded failure), plus the agreement of the
+    judge with the LID: where they disagree is where romanized or obfuscated Hindi hides."""
+    from mmie.lang.judge import cohen_kappa
+
+    if judged["per_prompt"]["id"] != result["per_prompt"]["id"]:
+        raise ValueError("judge scores and generations are for different prompts; rerun the judge rule")
+    result["failures"].update(judged["failures"])
+    if "judge_target_rate" in judged["metrics"]:
+        result["metrics"]["judge_target_rate"] = judged["metrics"]["judge_target_rate"]
+        jt, lt = judged["per_prompt"]["judge_target"], result["per_prompt"]["target"]
+        result["per_prompt"]["judge_target"] = jt
+        result["per_prompt"]["judge_score"] = judged["per_prompt"]["judge_score"]
+        result["diagnostics"]["judge_agreement"] = {
+            "kappa": cohen_kappa(jt, lt),
+            "both_target": sum(a and b for a, b in zip(jt, lt, strict=True)),
+            "judge_only": sum(a and not b for a, b in zip(jt, lt, strict=True)),
+            "lid_only": sum(b and not a for a, b in zip(jt, lt, strict=True)),
+            "neither": sum(not a and not b for a, b in zip(jt, lt, strict=True))}
+
+
+def judge_set(config: dict, generations: str, cache_dir: str, out: str, judge=None) -> None:
+    """The judge's scores of one set's generations, or a recorded failure, never a stand-in."""
+    from mmie import provenance
+
+    cfg = config["judge"]
+    rows = io.read_jsonl(generations)
+    result: dict = {"metrics": {}, "per_prompt": {"id": [r["id"] for r in rows]}, "failures": {}}
+    judge = judge or Judge.from_config(cfg, config["languages"]["target"].get("name", "the target language"), cache_dir)
+    calls, events = judge.calls, len(judge.events)
+    try:
+        scores = judge.score([r["output"] for r in rows])
+    except JudgeError as err:
+        result["failures"]["judge_target_rate"] = redact(str(err))
+    else:
+        result["per_prompt"]["judge_score"] = scores
+        result["per_prompt"]["judge_target"] = [int(s >= cfg["threshold"]) for s in scores]
+        result["metrics"]["judge_target_rate"] = sum(result["per_prompt"]["judge_target"]) / len(scores)
+    result["calls"] = judge.calls - calls
+    result["retries"] = judge.events[events:]
+    result["provenance"] = provenance.build(config, {"judge": cfg}, rule="judge", inputs=[generations])
+    io.write_json(out, result)
+
+
+def judge(config: dict, generations: list[str], cache_dir: str, outs: list[str]) -> None:
+    """The judge job of one (arm, seed): every set with one client and one rate limiter."""
+    if len(generations) != len(outs):
+        raise ValueError(f"judge: {len(generations)} generation files for {len(outs)} outputs (rules/evaluate.smk)")
+    client = Judge.from_config(config["judge"], config["languages"]["target"].get("name", "the target language"),
+                              cache_dir)
+    for gen, out in zip(generations, outs, strict=True):
+        if Path(gen).parent != Path(out).parent:
+            raise ValueError(f"judge: {gen} and {out} are not the same set (rules/evaluate.smk)")
+        judge_set(config, gen, cache_dir, out, client)

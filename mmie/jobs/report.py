@@ -1,0 +1,95 @@
+"""Job functions of rules/report.smk: aggregate, stats, plots, samples.
+Rule scripts (scripts/*.py) only unpack ``snakemake`` and call these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from mmie import io, provenance
+from mmie.config import section
+from mmie.report.aggregate import collect, judge_agreement, markdown, summarize, wide
+
+log = logging.getLogger(__name__)
+
+
+def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
+          decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None) -> None:
+    """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
+    whose choice and stability the page reports (an unstable choice is flagged there and in
+    decisions.json's ``_choices``)."""
+    import pandas as pd
+
+    from mmie.config import arm_seeds, is_seeded, set_names, unevaluated_reason
+    from mmie.report import results_page
+    from mmie.stats import gates as G
+
+    t0 = time.time()
+    res = G.Results(list(metric_paths))
+    arms, sets = list(config["arms"]), set_names(config)
+    grid = {a: arm_seeds(config, a) for a in arms}
+    seeded = {a: is_seeded(config, a) for a in arms}
+    cfg = config["stats"]
+    iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded),
+                      columns=["arm", "set", "metric", *G.INTERVAL_COLUMNS, "n_seeds", "seeded", "n_prompts"])
+    # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated"
+    gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
+    reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
+    rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded)
+    columns = ["arm", "gate", "metric", "set", "value", "threshold", "ci_low", "ci_high", "p_adjusted", "passed",
+               "reason", "direction", "relative", "factor", "base", "margin", "ci_level", "gate_alpha", "p_value",
+               "correction", "n_seeds", "seeded", "base_n_seeds", "n_prompts"]
+    gates = pd.DataFrame(rows, columns=columns)
+    io.write_csv(intervals_out, iv)
+    table = results_page.headline(iv, arms, sets)
+    io.write_csv(headline_out, table)
+    io.write_text(headline_tex_out, results_page.latex(
+        table, f"{config['experiment']}: estimate [{cfg['level']:.0%} interval] per arm "
+               f"(seeds {config['seeds']}; seed-independent arms ran once)."))
+    io.write_csv(gates_out, gates)
+    chosen = io.read_json(selection) if selection else None
+    choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
+                                                      "stability_floor")}} if chosen else {}
+    io.write_json(decisions_out, {**decisions, "_choices": choices, "_provenance": provenance.build(
+        config, section(config, "stats", "gates"), rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
+    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen))
+    log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
+
+
+def samples(config: dict, generations: list[str], out: str, n: int) -> None:
+    """The report's side-by-side sample generations (``results_page.samples_html``)."""
+    from mmie.report import results_page
+
+    by = {}
+    for path in generations:
+        p = Path(path)
+        by[(p.parents[2].name, p.parent.name)] = io.read_jsonl(p)   # <arm>/seed<k>/<set>/generations.jsonl
+    io.write_text(out, results_page.samples_html(config, by, n))
+
+
+def aggregate(config: dict, metric_paths: list[str], long_out: str, summary_out: str, md_out: str, failures_out: str,
+        agreement_out: str | None = None) -> None:
+    from mmie.config import set_names
+
+    long, fails = collect(list(metric_paths))
+    if long.empty:
+        raise ValueError("no metrics to aggregate: every metrics.json is empty")
+    summary = summarize(long, list(config["arms"]), set_names(config))
+    io.write_csv(long_out, long)
+    io.write_csv(summary_out, wide(summary))
+    io.write_csv(failures_out, fails)
+    io.write_text(md_out, markdown(summary, fails, config["experiment"]))
+    if agreement_out:
+        io.write_csv(agreement_out, judge_agreement(list(metric_paths)))
+    log.info("aggregated %d rows from %d jobs; %d recorded failures", len(long), len(metric_paths), len(fails))
+
+
+def plot(name: str, config: dict, inputs: dict, out: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from mmie.report.plots import REGISTRY
+
+    fig = REGISTRY[name](config, inputs)
+    io.save_figure(out, fig)
+    plt.close(fig)

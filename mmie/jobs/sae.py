@@ -1,0 +1,343 @@
+"""Job functions of rules/sae.smk: select_layers, cache_activations, train_sae, select_features, sweep_gate, sae_report (docs/method.md §7).
+Rule scripts (scripts/*.py) only unpack ``snakemake`` and call these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from mmie import io, provenance
+from mmie.config import section
+from mmie.errors import DataError, ModelError, SAEError
+
+log = logging.getLogger(__name__)
+
+
+def select_layers(config: dict, model_dir: str | None, data_dir: str, out: str,
+                  judge_cache_dir: str | None = None) -> None:
+    """The layer-selection checkpoint: one artifact with every score, each candidate's selection
+    frequency, the margin, ties, ``stable`` and the chosen layers, from dev texts only. With
+    ``layers.force_layers`` set it records the forced layers and loads no model."""
+    from mmie.sae import layers
+
+    if config["layers"]["force_layers"]:
+        result = layers.forced(config)
+        runtime, used = {}, None
+    else:
+
+        from mmie.data.corpus import read_split, split_dir
+        from mmie.model.loading import load_model
+        from mmie.seeding import seed_everything
+
+        seed_everything(config["data"]["seed"], config["deterministic"])
+        sel = config["layers"]["selection"]
+        lm = load_model(config["model"], model_dir)
+        neighbours = [f"neighbour_{c}" for c in config["languages"].get("neighbours", {})]
+        dev = {role: read_split(data_dir, role, "dev")[:sel["max_texts"]] for role in ("forget", "retain", *neighbours)}
+        texts = {"target": dev["forget"], "retain": dev["retain"], "neighbours": [t for r in neighbours for t in dev[r]]}
+        used = {f"{split_dir(role)}/dev": t for role, t in dev.items()}
+        judge = None
+        if sel["judge_weight"] > 0:
+            from mmie.lang.judge import Judge
+
+            if not config["judge"]["enabled"]:
+                raise ModelError("layers.selection.judge_weight > 0 needs judge.enabled: true")
+            judge = Judge.from_config(config["judge"], config["languages"]["target"].get("name", "the target language"),
+                                      judge_cache_dir or config["judge"]["cache_dir"])
+        result = layers.select(config, lm, texts, judge)
+        if judge is not None:
+            result["judge_calls"] = judge.calls
+        runtime = lm.runtime
+        log.info("chosen layers %s (frequency %s, stable %s)", result["layers"], result["frequency"], result["stable"])
+    result["provenance"] = provenance.build(config, section(config, "layers", "model"), runtime=runtime,
+                                            rule="select_layers", seed=config["data"]["seed"], texts=used)
+    io.write_json(out, result)
+
+
+def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir: str, out: str,
+                      directions_out: str, meta_out: str) -> None:
+    """Token-level activations of one layer for every cached role (written once), and the
+    directions fitted on them (difference in means, script eraser)."""
+
+    from mmie.model.hooks import check_layers
+    from mmie.model.loading import load_model
+    from mmie.sae.activations import cache_roles, collect, model_fingerprint, write_cache
+    from mmie.sae.directions import fit_layer_directions, save_directions
+
+    t0 = time.time()
+    act = config["layers"]["activations"]
+    lm = load_model(config["model"], model_dir)
+    check_layers(lm.model, [layer])
+    fp = model_fingerprint(lm.model)
+    roles = cache_roles(config, data_dir, act["max_texts"])
+    oom_log: list = []
+    acts = {role: collect(lm.model, lm.tokenizer, texts, [layer], max_length=act["max_length"],
+                          batch_size=act["batch_size"], desc=f"layer {layer} {role}", oom_log=oom_log)[layer]
+            for role, texts in roles.items()}
+    seconds = time.time() - t0
+    tokens = sum(int(a.shape[0]) for a, _ in acts.values())
+    write_cache(out, layer, acts, fp, dtype=act["dtype"])
+    directions = fit_layer_directions({role: a for role, (a, _) in acts.items()})
+    save_directions(directions_out, directions, {"layer": str(layer), "model_fingerprint": fp})
+    io.write_json(meta_out, {
+        "layer": layer, "model_fingerprint": fp, "d_in": int(next(iter(acts.values()))[0].shape[1]),
+        "texts": {role: len(t) for role, t in roles.items()},
+        "tokens": {role: int(a.shape[0]) for role, (a, _) in acts.items()},
+        "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
+        "dim_norm": float(directions["dim"].norm()), "oom_retries": oom_log,
+        "provenance": provenance.build(config, section(config, "layers", "model", "data"), runtime=lm.runtime,
+                                       rule="cache_activations",
+                                       inputs=[Path(data_dir) / r / "train.jsonl" for r in ("forget", "retain")],
+                                       texts=roles),
+    })
+
+
+def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, lid_detector: str,
+               results_root: str, out: str) -> None:
+    """Dose-response of an SAE gate arm: target rate on forget/dev prompts and retain/dev perplexity for
+    each alpha in gate.sweep_alphas, for the arm's features and for as many random features (the
+    control). It informs the choice of gate.alpha, so it reads dev, never the evaluation sets."""
+
+    from mmie.arms.edit_arms import LayerAssets, layer_edits
+    from mmie.data.corpus import prompt_prefix
+    from mmie.lang.lid import load_lid
+    from mmie.model.generation import Decoding, generate, special_prefix
+    from mmie.model.hooks import edit_layer_outputs
+    from mmie.model.likelihood import perplexity, score_sequences
+    from mmie.model.loading import load_model
+    from mmie.sae.activations import model_fingerprint
+    from mmie.seeding import seed_everything
+
+    t0 = time.time()
+    seed_everything(seed, config["deterministic"])
+    spec = config["arms"][arm_name]
+    g = config["gate"]
+    lm = load_model(config["model"], model_dir)
+    model, tok = lm.model, lm.tokenizer
+    lid = load_lid(config["lid"], config["languages"], lid_detector)
+    assets = LayerAssets.under(results_root)   # loads each layer's SAE once for every sweep point
+    fingerprint = model_fingerprint(model)
+    n = g["sweep_prompts"]
+    data = Path(data_dir)
+    forget = io.read_jsonl(data / "forget" / "dev.jsonl")[:n]
+    prompts = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])} for r in forget]
+    retain = io.read_jsonl(data / "retain" / "dev.jsonl")[:n]
+    prefix = special_prefix(tok)
+    retain_ids = [tok(r["text"], add_special_tokens=False)["input_ids"] for r in retain]
+    decoding = Decoding.from_config(config["generation"])
+    ev = config["eval"]
+    rows = []
+    for method in ("sae_gate", "random_gate"):
+        for alpha in g["sweep_alphas"]:
+            fns, used = layer_edits(config, spec, model, assets, seed, alpha=alpha, method=method,
+                                    fingerprint=fingerprint)
+            with edit_layer_outputs(model, fns, skip_prefix=prefix):   # where the gate arm edits
+                outs = [x["output"] for x in generate(model, tok, prompts, decoding, seed=seed,
+                                                      desc=f"sweep {method} alpha={alpha}")]
+                scores = score_sequences(model, tok.pad_token_id, [prefix] * len(retain_ids), retain_ids,
+                                         batch_size=ev["score_batch_size"], max_length=ev["max_length"],
+                                         desc=f"sweep ppl {method} alpha={alpha}")
+            target = [int(lid.is_target(lid.identify(o)[0])) for o in outs]
+            ppl = perplexity(sum(s["nll"] for s in scores), sum(s["tokens"] for s in scores))
+            rows.append({"method": method, "alpha": alpha, "target_rate": sum(target) / len(target),
+                         "retain_ppl": ppl, "prompts": len(outs), "retain_texts": len(scores),
+                         "features": {k: v["features"] for k, v in used.items() if k[len("layer"):].isdigit()}})
+            log.info("sweep %s alpha=%s: target_rate %.3f retain ppl %.2f", method, alpha, rows[-1]["target_rate"], ppl)
+    io.write_json(out, {"arm": arm_name, "seed": seed, "rows": rows, "seconds": round(time.time() - t0, 1),
+                        "provenance": provenance.build(config, section(config, "gate", "arms"), seed=seed,
+                                                       runtime=lm.runtime, rule="sweep_gate",
+                                                       inputs=[data / "forget" / "dev.jsonl",
+                                                               data / "retain" / "dev.jsonl"],
+                                                       texts={"forget/dev": [r["text"] for r in forget],
+                                                              "retain/dev": [r["text"] for r in retain]})})
+
+
+# Roles the SAE is not trained on: gibberish is a control for feature selection, and the romanized
+# target must stay unseen so that `semantic` selection tests generalisation across scripts.
+NOT_TRAINED_ON = ("gibberish", "forget_romanized")
+
+
+def sae_seed(config: dict) -> int:
+    """The SAE is shared by every run seed: it is trained (and its features chosen) with the first."""
+    return int(config["seeds"][0])
+
+
+def holdout_texts(doc: dict, fraction: float, seed: int, *, source: str = "activation cache") -> dict[str, list[int]]:
+    """Per role, the indices of the cached texts held out of SAE training: ``max(1,
+    round(fraction × texts))`` whole texts (at most all but one), drawn by a generator seeded with
+    ``seed`` (roles in sorted order). ``doc[role]`` is the text index of every cached token."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    held = {}
+    for role in sorted(doc):
+        texts = torch.unique(doc[role])
+        if len(texts) < 2:
+            raise DataError(f"{source}: role {role!r} has {len(texts)} text(s); holding out whole texts for the SAE's "
+                            f"quality needs at least 2 per role (raise layers.activations.max_texts)")
+        n_hold = min(len(texts) - 1, max(1, round(fraction * len(texts))))
+        pick = torch.randperm(len(texts), generator=gen)[:n_hold]
+        held[role] = sorted(int(t) for t in texts[pick])
+    return held
+
+
+def split_by_text(cache, roles: list[str], held: dict[str, list[int]]):
+    """The cached tokens of ``roles`` split into (training rows, held-out rows): a token is held
+    out exactly when its text is in ``held[role]``."""
+    import torch
+
+    train, test = [], []
+    for role in roles:
+        mask = torch.isin(cache.doc[role], torch.tensor(held[role], dtype=cache.doc[role].dtype))
+        train.append(cache.acts[role][~mask])
+        test.append(cache.acts[role][mask])
+    return torch.cat(train), torch.cat(test)
+
+
+def train_sae(config: dict, layer: int, cache_path: str, out_dir: str) -> None:
+    """Train the layer's SAE on every cached role except gibberish and the romanized target,
+    holding out whole texts — ``sae.holdout_fraction`` of each role's cached texts (seeded; see
+    ``holdout_texts``) — for the quality figures, which go into ``mmie.json`` under ``quality``;
+    the held-out text indices go under ``data.holdout_texts`` (``select_features`` computes loss
+    recovered on them)."""
+    import torch
+
+    from mmie.model.loading import resolve_device
+    from mmie.sae.activations import read_cache
+    from mmie.sae.autoencoder import quality, save_sae
+    from mmie.sae.autoencoder import train_sae as fit
+    from mmie.seeding import seed_everything
+
+    t0 = time.time()
+    cfg = config["sae"]
+    seed = sae_seed(config)
+    seed_everything(seed, config["deterministic"])
+    cache = read_cache(cache_path, layer=layer)
+    roles = sorted(r for r in cache.acts if r not in NOT_TRAINED_ON)
+    if not roles:
+        raise DataError(f"activation cache {cache_path} has no roles to train an SAE on ({sorted(cache.acts)})")
+    texts = holdout_texts({r: cache.doc[r] for r in roles}, cfg["holdout_fraction"], seed,
+                          source=f"activation cache {cache_path}")
+    train, held = split_by_text(cache, roles, texts)
+    n, n_hold = train.shape[0] + held.shape[0], held.shape[0]
+    if train.shape[0] < 2 or n_hold == 0:
+        raise DataError(f"activation cache {cache_path}: holding out texts {texts} leaves {train.shape[0]} training "
+                        f"and {n_hold} held-out tokens; lower sae.holdout_fraction or cache more texts")
+    device = resolve_device(cfg["device"])
+    sae, stats = fit(train, cfg, seed, device)
+    q = quality(sae, held)
+    log.info("layer %d SAE on %d held-out tokens of %d held-out texts: %s", layer, n_hold,
+             sum(len(t) for t in texts.values()), q)
+    runtime = {"device": device, "tokens_per_s": stats["tokens_per_s"], "train_seconds": stats["seconds"],
+               "job_seconds": round(time.time() - t0, 1)}
+    meta = {
+        "model_fingerprint": cache.meta["model_fingerprint"], "layer": layer, "seed": seed,
+        "training": stats, "quality": {**q, "split": "held-out cached texts (never trained on)"},
+        "data": {"roles": roles, "cached_tokens": int(n), "train_tokens": int(n - n_hold), "holdout_tokens": int(n_hold),
+                 "holdout_fraction": cfg["holdout_fraction"], "holdout_texts": texts,
+                 "train_texts": {r: int(len(torch.unique(cache.doc[r]))) - len(texts[r]) for r in roles},
+                 "cache": str(cache_path)},
+        "provenance": provenance.build(config, section(config, "sae"), seed=seed, rule="train_sae",
+                                       inputs=[cache_path], runtime=runtime),
+    }
+    save_sae(sae, out_dir, meta)
+
+
+def held_out_texts(cache, meta: dict, role: str, rows: list[str], tok, max_length: int, limit: int,
+                   where: str) -> list[int]:
+    """The first ``limit`` of the SAE's held-out texts of ``role`` (indices into ``rows``, the
+    role's train texts), each checked against the cache: text i must encode to as many tokens as
+    the cache holds for text i (a cache built from other texts is an error, not a silent leak)."""
+    from mmie.sae.activations import encode_texts
+
+    held = meta.get("data", {}).get("holdout_texts")
+    if held is None:
+        raise SAEError(f"{where}/mmie.json has no data.holdout_texts: the SAE was trained by an older mmie that held "
+                       f"out tokens, not texts; delete the folder and rerun train_sae")
+    if not held.get(role):
+        raise DataError(f"{where}/mmie.json: no held-out {role!r} texts (held out: {sorted(held)}); the SAE must be "
+                        f"trained on the {role} role")
+    idx = [int(i) for i in held[role][:limit]]
+    if idx[-1] >= len(rows):
+        raise DataError(f"{where}: held-out {role} text {idx[-1]} does not exist ({len(rows)} texts); the data changed "
+                        f"after the activation cache was built: rerun cache_activations")
+    seqs, skip = encode_texts(tok, [rows[i] for i in idx], max_length)
+    for i, seq in zip(idx, seqs, strict=True):
+        cached = int((cache.doc[role] == i).sum())
+        if cached != len(seq) - skip:
+            raise DataError(f"activation cache: {role} text {i} has {cached} cached tokens but the data's {role} "
+                            f"text {i} encodes to {len(seq) - skip}: the cache was built from other texts; rerun "
+                            f"cache_activations")
+    return idx
+
+
+def select_features(config: dict, layer: int, model_dir: str | None, data_dir: str, cache_path: str, sae_dir: str,
+                    features_out: str, quality_out: str) -> None:
+    """Load the model once; check the cache and the SAE against its fingerprint; write the SAE's
+    quality (held-out figures from training + loss recovered in the model on the first
+    ``sae.quality_texts`` held-out forget/train texts and as many held-out retain/train texts: texts
+    the SAE never trained on) and the selected features."""
+
+    from mmie.model.loading import load_model
+    from mmie.sae.activations import model_fingerprint, read_cache
+    from mmie.sae.autoencoder import WEIGHTS_FILE, load_sae, loss_recovered, read_meta
+    from mmie.sae.features import select_features as choose
+    from mmie.seeding import seed_everything
+
+    t0 = time.time()
+    seed = sae_seed(config)
+    seed_everything(seed, config["deterministic"])
+    lm = load_model(config["model"], model_dir)
+    fp = model_fingerprint(lm.model)
+    cache = read_cache(cache_path, layer=layer, fingerprint=fp)
+    device = str(next(lm.model.parameters()).device)
+    sae = load_sae(sae_dir, layer=layer, model_fingerprint=fp, d_in=cache.d_in, device=device)
+    meta = read_meta(sae_dir)
+    data = Path(data_dir)
+    forget = [r["text"] for r in io.read_jsonl(data / "forget" / "train.jsonl")]
+    retain = [r["text"] for r in io.read_jsonl(data / "retain" / "train.jsonl")]
+    acts_cfg = config["layers"]["activations"]
+    n_q = config["sae"]["quality_texts"]
+    lr_texts = {role: held_out_texts(cache, meta, role, rows, lm.tokenizer, acts_cfg["max_length"], n_q, str(sae_dir))
+                for role, rows in (("forget", forget), ("retain", retain))}
+    lr = loss_recovered(lm.model, lm.tokenizer, layer, sae,
+                        [forget[i] for i in lr_texts["forget"]] + [retain[i] for i in lr_texts["retain"]],
+                        max_length=acts_cfg["max_length"], batch_size=acts_cfg["batch_size"])
+    log.info("layer %d loss recovered: %s", layer, lr)
+    inputs = [cache_path, str(Path(sae_dir) / WEIGHTS_FILE), data / "forget" / "train.jsonl",
+              data / "retain" / "train.jsonl"]
+    held = meta["quality"]
+    report = {"layer": layer, "fvu": held["fvu"], "l0": held["l0"], "dead_share": held["dead_share"],
+              "mse": held["mse"], "holdout_tokens": held["tokens"], **lr,
+              "holdout_texts": {r: len(t) for r, t in meta["data"]["holdout_texts"].items()},
+              "loss_recovered_texts": lr_texts, "split": "held-out texts (never in SAE training)",
+              "training": {k: meta["training"][k] for k in ("tokens", "steps", "seconds", "tokens_per_s", "final_mse")},
+              "provenance": provenance.build(config, section(config, "sae", "layers"), seed=seed, rule="select_features",
+                                             inputs=inputs, runtime=lm.runtime)}
+    fcfg = config["features"]
+    result = choose(fcfg["method"], sae, cache, fcfg, model=lm.model, tok=lm.tokenizer, layer=layer,
+                    forget_texts=forget, retain_texts=retain, seed=seed,
+                    max_length=acts_cfg["max_length"], batch_size=acts_cfg["batch_size"])
+    result["provenance"] = provenance.build(config, section(config, "features", "sae", "layers"), seed=seed,
+                                            rule="select_features", inputs=inputs,
+                                            texts={"forget/train": forget, "retain/train": retain},
+                                            runtime={**lm.runtime, "job_seconds": round(time.time() - t0, 1)})
+    io.write_json(quality_out, report)
+    io.write_json(features_out, result)
+
+
+def sae_report(config: dict, selection_path: str, quality: list[str], features: list[str], sweeps: list[str],
+        outputs: dict[str, str]) -> None:
+    import matplotlib.pyplot as plt
+
+    from mmie.report.sae_report import features_table, plot_quality, plot_selection, plot_sweep, quality_table, sweep_table
+
+    selection = io.read_json(selection_path)
+    table = quality_table(quality)
+    io.write_csv(outputs["table"], table)
+    io.write_csv(outputs["features"], features_table(features))
+    for key, fig in (("layer_selection", plot_selection(selection)), ("sae_quality", plot_quality(table)),
+                     ("dose_response", plot_sweep(sweep_table(sweeps)))):
+        io.save_figure(outputs[key], fig)
+        plt.close(fig)

@@ -1,0 +1,1 @@
+"""Languages: language identification, scripts, transliteration and the optional LLM judge."""

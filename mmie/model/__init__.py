@@ -1,0 +1,1 @@
+"""Models: loading, generation, likelihoods, hooks and memory back-off, the demo model, Gemma."""

@@ -1,0 +1,1 @@
+"""Metrics, statistics and gates (docs/method.md §5, §8)."""
