@@ -19,7 +19,15 @@ last state within budget is kept.
 Resume: with a :class:`ResumeStore`, every ``eval_every`` steps the whole training state (adapter
 tensors, optimizer, scheduler, RNG states, step, best-so-far state, log rows) replaces one file
 atomically; a rerun with the same identity key continues from it and ends with the same adapter,
-bit for bit, as an uninterrupted run."""
+bit for bit, as an uninterrupted run.
+
+Memory back-off (mmie.memory): a step whose forward/backward runs out of memory is redone in
+micro-batches (rows of both batches) of half the size, down to 1, accumulating the gradient of the
+whole batch: every term of the loss (:class:`Objective`) is a sum over a micro-batch divided by a
+count of the whole batch, taken from the masks before any forward pass. The size that worked stays
+for the rest of the run (and across a resume); every halving, and those of the held-out NLL passes,
+is recorded in the summary's ``oom_retries``. Without an out-of-memory error the whole batch is one
+micro-batch and the computation is that of the loop before the back-off, bit for bit."""
 
 from __future__ import annotations
 
@@ -229,10 +237,10 @@ def _rows(ids: torch.Tensor, mask: torch.Tensor, rows: slice) -> tuple[torch.Ten
 
 def step_gradients(objective: Objective, model, adapter, params: list[torch.Tensor], forget_ids: torch.Tensor,
                    forget_mask: torch.Tensor, retain_ids: torch.Tensor, retain_mask: torch.Tensor, micro: int,
-                   where: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   desc: str, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Accumulate into ``params``' ``.grad`` (zeroed before) the gradient of one step's loss, running
     the batch in micro-batches of ``micro`` rows of both batches; returns the loss and its terms
-    (after ``outer``). Raises :class:`NonFiniteError` naming ``where`` if a term is not finite.
+    (after ``outer``). Raises :class:`NonFiniteError` naming the step if a term is not finite.
 
     A term with an ``outer`` (``bounded``: −B·tanh(mean NLL / B) is non-linear in the batch mean)
     cannot add micro-batch losses. Its gradient is outer'(V)·Σᵢ ∂vᵢ/∂θ, V = Σᵢ vᵢ the whole batch's
@@ -242,13 +250,13 @@ def step_gradients(objective: Objective, model, adapter, params: list[torch.Tens
     totals = objective.totals(forget_mask, retain_mask)
     n = forget_ids.shape[0]
     if retain_ids.shape[0] != n:
-        raise ValueError(f"{where}: the forget and retain batches differ in size ({n} vs {retain_ids.shape[0]})")
+        raise ValueError(f"{desc}: step {step}: the forget and retain batches differ in size ({n} vs {retain_ids.shape[0]})")
 
     def check(parts: dict[str, torch.Tensor], context: str) -> None:
         if not all(torch.isfinite(v).all() for v in parts.values()):
             values = ", ".join(f"{k} {v.item()}" for k, v in parts.items())
-            raise NonFiniteError(f"{where}: non-finite loss{context} ({values}); no checkpoint was written. "
-                                 f"Lower the learning rate or use the 'bounded' objective.")
+            raise NonFiniteError(f"{desc}: non-finite loss at step {step}{context} ({values}); no checkpoint was "
+                                 f"written. Lower the learning rate or use the 'bounded' objective.")
 
     if micro >= n:
         values = objective.terms(model, adapter, forget_ids, forget_mask, retain_ids, retain_mask, totals)
@@ -274,6 +282,7 @@ def step_gradients(objective: Objective, model, adapter, params: list[torch.Tens
             _combine(objective, values, linear).backward()
         for k, v in values.items():
             sums[k] = v.detach() if k not in sums else sums[k] + v.detach()
+        del values   # this micro-batch's graph goes before the next one's forward pass
     for k, term in outer.items():
         at = sums[k].clone().requires_grad_(True)
         (slope,) = torch.autograd.grad(term.outer(at), at)
@@ -284,7 +293,6 @@ def step_gradients(objective: Objective, model, adapter, params: list[torch.Tens
     parts = {k: term.outer(sums[k]) if term.outer else sums[k] for k, term in objective.spec.items()}
     check(parts, "")
     return _combine(objective, parts), parts
-
 
 
 # ----------------------------------------------------------------------------- resume
@@ -483,15 +491,14 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
         f_ids, f_mask = right_pad(fb, pad_id, device)
         r_ids, r_mask = right_pad(rb, pad_id, device)
         while True:
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)   # also drops what a step that ran out of memory accumulated
             try:
                 loss, parts = step_gradients(objective, model, adapter, params, f_ids, f_mask, r_ids, r_mask, micro,
-                                             f"{desc}: step {step}")
+                                             desc, step)
                 break
             except (RuntimeError, MemoryError) as err:
                 if not is_oom(err):
                     raise
-                opt.zero_grad(set_to_none=True)   # a partly accumulated gradient never counts
                 if micro == 1:
                     raise RuntimeError(
                         f"{desc}: out of memory at step {step} even in micro-batches of 1 sequence (train.batch_size "
