@@ -508,9 +508,9 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
                 oom_log.append({"where": f"{desc} step {step}", "new_batch_size": micro})
                 log.warning("%s: out of memory at step %d, redoing the step in micro-batches of %d (batch size %d)",
                             desc, step, micro, bs)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
                 announce = True
+            if torch.cuda.is_available():   # after the except clause: its traceback held the failed attempt's tensors
+                torch.cuda.empty_cache()
         if announce:   # once, when a smaller micro-batch size worked
             log.warning("%s: micro-batches of %d sequences (train.batch_size %d) fit; the rest of the run "
                         "accumulates the gradient of each step over them", desc, micro, bs)

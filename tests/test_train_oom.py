@@ -65,7 +65,8 @@ def test_an_out_of_memory_step_is_redone_in_micro_batches_to_the_same_adapter(ti
         [{"where": "train t held-out NLL", "new_batch_size": b} for b in (16, 8, 4, 2)]
         + [{"where": "train t step 1", "new_batch_size": 2}])
     assert backed.summary["micro_batch_size"] == 2
-    _assert_close(backed.state, clean.state, 1e-5)
+    # six AdamW steps from gradients summed in another order: measured up to 8e-6 of the largest weight
+    _assert_close(backed.state, clean.state, 3e-5)
     assert [r["step"] for r in backed.log_rows] == [r["step"] for r in clean.log_rows]
     for got, want in zip(backed.log_rows, clean.log_rows, strict=True):
         assert got.keys() == want.keys()
