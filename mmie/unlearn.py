@@ -252,8 +252,8 @@ def step_gradients(objective: Objective, model, adapter, params: list[torch.Tens
     if retain_ids.shape[0] != n:
         raise ValueError(f"{desc}: step {step}: the forget and retain batches differ in size ({n} vs {retain_ids.shape[0]})")
 
-    def check(parts: dict[str, torch.Tensor], context: str) -> None:
-        if not all(torch.isfinite(v).all() for v in parts.values()):
+    def check(parts: dict[str, torch.Tensor], context: str, loss: torch.Tensor | None = None) -> None:
+        if not all(torch.isfinite(v).all() for v in parts.values()) or (loss is not None and not torch.isfinite(loss)):
             values = ", ".join(f"{k} {v.item()}" for k, v in parts.items())
             raise NonFiniteError(f"{desc}: non-finite loss at step {step}{context} ({values}); no checkpoint was "
                                  f"written. Lower the learning rate or use the 'bounded' objective.")
@@ -262,7 +262,7 @@ def step_gradients(objective: Objective, model, adapter, params: list[torch.Tens
         values = objective.terms(model, adapter, forget_ids, forget_mask, retain_ids, retain_mask, totals)
         parts = {k: term.outer(values[k]) if term.outer else values[k] for k, term in objective.spec.items()}
         loss = _combine(objective, parts)
-        check(parts, "")
+        check(parts, "", loss)
         loss.backward()
         return loss.detach(), {k: v.detach() for k, v in parts.items()}
     outer = {k: t for k, t in objective.spec.items() if t.outer is not None}
@@ -291,8 +291,9 @@ def step_gradients(objective: Objective, model, adapter, params: list[torch.Tens
                 scaled = term.weight * slope * g
                 p.grad = scaled if p.grad is None else p.grad + scaled
     parts = {k: term.outer(sums[k]) if term.outer else sums[k] for k, term in objective.spec.items()}
-    check(parts, "")
-    return _combine(objective, parts), parts
+    loss = _combine(objective, parts)
+    check(parts, "", loss)
+    return loss, parts
 
 
 # ----------------------------------------------------------------------------- resume
@@ -410,7 +411,7 @@ def heldout_nll(model, adapter, seqs: list[list[int]], pad_id: int, device, batc
     ctx = adapter.active if use_adapter else adapter.reference
     with torch.inference_mode(), ctx():
         in_batches(len(seqs), batch_size, run, desc=desc, oom_log=oom_log, progress=False,
-                   hint="lower train.heldout_items or train.max_length")
+                   hint="lower train.max_length")
     total, count = 0.0, 0
     for nll, n in done:
         total += nll
