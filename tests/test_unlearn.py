@@ -263,8 +263,8 @@ def _nan_heldout(monkeypatch, from_eval: int, which: str = "retain"):
     real = unlearn.heldout_nll
     calls = {"retain": 0, "forget": 0}
 
-    def fake(model, adapter, seqs, pad_id, device, batch_size=32, use_adapter=True):
-        value = real(model, adapter, seqs, pad_id, device, batch_size, use_adapter)
+    def fake(model, adapter, seqs, pad_id, device, batch_size=32, use_adapter=True, **kw):
+        value = real(model, adapter, seqs, pad_id, device, batch_size, use_adapter, **kw)
         if not use_adapter:
             return value
         role = "retain" if calls["retain"] == calls["forget"] else "forget"   # retain is evaluated first

@@ -19,7 +19,15 @@ last state within budget is kept.
 Resume: with a :class:`ResumeStore`, every ``eval_every`` steps the whole training state (adapter
 tensors, optimizer, scheduler, RNG states, step, best-so-far state, log rows) replaces one file
 atomically; a rerun with the same identity key continues from it and ends with the same adapter,
-bit for bit, as an uninterrupted run."""
+bit for bit, as an uninterrupted run.
+
+Memory back-off (mmie.model.memory): a step whose forward/backward runs out of memory is redone in
+micro-batches (rows of both batches) of half the size, down to 1, accumulating the gradient of the
+whole batch: every term of the loss (:class:`Objective`) is a sum over a micro-batch divided by a
+count of the whole batch, taken from the masks before any forward pass. The size that worked stays
+for the rest of the run (and across a resume); every halving, and those of the held-out NLL passes,
+is recorded in the summary's ``oom_retries``. Without an out-of-memory error the whole batch is one
+micro-batch and the computation is that of the loop before the back-off, bit for bit."""
 
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +46,7 @@ from tqdm import tqdm
 
 from mmie import io
 from mmie.model.likelihood import right_pad
+from mmie.model.memory import in_batches, is_oom
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +72,23 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) 
     """Log-probability of each next token and the mask of positions that count (both [B, T-1])."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    valid = (mask[:, 1:] * mask[:, :-1]).bool()
-    return tok_lp, valid
+    return tok_lp, next_token_valid(mask)
 
 
-def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    return (values * valid).sum() / valid.sum().clamp(min=1)
+def next_token_valid(mask: torch.Tensor) -> torch.Tensor:
+    """The next-token positions that count (both the token and its predecessor are not padding), [B, T-1]."""
+    return (mask[:, 1:] * mask[:, :-1]).bool()
+
+
+def count(valid: torch.Tensor) -> torch.Tensor:
+    """The denominator of a masked token mean: the number of valid positions, at least 1."""
+    return valid.sum().clamp(min=1)
+
+
+def masked_mean(values: torch.Tensor, valid: torch.Tensor, total: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Sum of the valid values divided by ``total`` (default: their own count). Given the count of a
+    whole batch, the shares of its micro-batches add up to the batch's mean."""
+    return (values * valid).sum() / (count(valid) if total is None else total)
 
 
 def seq_sum(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -79,31 +100,200 @@ def seq_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return seq_sum(values, valid) / valid.sum(dim=1).clamp(min=1)
 
 
-def npo_loss(seq_lp: torch.Tensor, ref_seq_lp: torch.Tensor, beta: float) -> torch.Tensor:
-    """−(2/β) · mean over sequences of log σ(−β (log πθ − log πref)), from per-sequence log-likelihoods."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * (seq_lp - ref_seq_lp)).mean()
+def npo_loss(seq_lp: torch.Tensor, ref_seq_lp: torch.Tensor, beta: float, n_seqs: int | None = None) -> torch.Tensor:
+    """−(2/β) · mean over sequences of log σ(−β (log πθ − log πref)), from per-sequence log-likelihoods;
+    with ``n_seqs`` (the whole batch's sequence count) the share of these sequences in that mean."""
+    terms = F.logsigmoid(-beta * (seq_lp - ref_seq_lp))
+    return -(2.0 / beta) * (terms.mean() if n_seqs is None else terms.sum() / n_seqs)
 
 
-def forget_loss(kind: str, tok_lp: torch.Tensor, valid: torch.Tensor, ref_tok_lp: torch.Tensor | None,
-                beta: float, bound: float) -> torch.Tensor:
-    if kind == "ga":
-        return masked_mean(tok_lp, valid)
-    if kind == "bounded":
-        return -bound * torch.tanh(-masked_mean(tok_lp, valid) / bound)
+def forget_share(kind: str, tok_lp: torch.Tensor, valid: torch.Tensor, ref_tok_lp: torch.Tensor | None,
+                 beta: float, tokens: torch.Tensor | int, seqs: int) -> torch.Tensor:
+    """The batch-additive part of a forget objective for one micro-batch, divided by the whole batch's
+    valid-token count ``tokens`` or sequence count ``seqs``: the mean log-probability for ``ga`` and
+    ``bounded`` (which applies :func:`bounded_outer` to the batch's total), the NPO loss otherwise."""
+    if kind in ("ga", "bounded"):
+        return masked_mean(tok_lp, valid, tokens)
     if kind in NPO_OBJECTIVES:
         if ref_tok_lp is None:
             raise ValueError(f"{kind} needs reference log-probabilities")
         per_seq = seq_sum if kind == "npo" else seq_mean
-        return npo_loss(per_seq(tok_lp, valid), per_seq(ref_tok_lp, valid), beta)
+        return npo_loss(per_seq(tok_lp, valid), per_seq(ref_tok_lp, valid), beta, seqs)
     raise ValueError(f"unknown forget objective {kind!r}; one of {', '.join(OBJECTIVES)}")
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over non-pad positions of KL(p_ref ‖ pθ)."""
+def bounded_outer(mean_lp: torch.Tensor, bound: float) -> torch.Tensor:
+    """``bounded``: −B·tanh(NLL/B) of the batch's mean log-probability (NLL = −mean log-probability)."""
+    return -bound * torch.tanh(-mean_lp / bound)
+
+
+def forget_loss(kind: str, tok_lp: torch.Tensor, valid: torch.Tensor, ref_tok_lp: torch.Tensor | None,
+                beta: float, bound: float) -> torch.Tensor:
+    """The forget loss of one whole batch."""
+    share = forget_share(kind, tok_lp, valid, ref_tok_lp, beta, count(valid), valid.shape[0])
+    return bounded_outer(share, bound) if kind == "bounded" else share
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
+                    total: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Mean over non-pad positions of KL(p_ref ‖ pθ) (with ``total``: the sum divided by it)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return masked_mean(kl, mask.bool())
+    return masked_mean(kl, mask.bool(), total)
+
+
+# ----------------------------------------------------------------------------- objectives
+@dataclass(frozen=True)
+class Term:
+    """One named term of an objective; the step's loss is the sum of ``weight × outer(value)`` over
+    the terms. ``value`` adds up over micro-batches (each micro-batch returns its share, already
+    divided by whole-batch totals); ``outer`` (None: the identity) is a non-linear function of the
+    whole batch's value, such as ``bounded``'s −B·tanh."""
+    weight: float
+    outer: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class Objective:
+    """What a training step minimises, written so that a batch split into micro-batches (the memory
+    back-off) gives the gradient of the whole batch. A new objective (e.g. RMU) subclasses this:
+
+    - ``spec``: the terms, in order, by name (the names are train_log.csv columns);
+    - ``totals(forget_mask, retain_mask)``: the whole batch's denominators (token and sequence
+      counts), taken from the masks before any forward pass;
+    - ``terms(model, adapter, forget_ids, forget_mask, retain_ids, retain_mask, totals)``: the
+      value of every term on one micro-batch (its rows of both batches), each a sum over the
+      micro-batch divided by the whole batch's total, so that micro-batches add up to the batch.
+      It runs its own forward passes (the frozen reference under ``adapter.reference()``).
+
+    The training loop does the splitting, backward passes, gradient accumulation, logging, the
+    NaN guard and clipping."""
+
+    spec: dict[str, Term]
+
+    def totals(self, forget_mask: torch.Tensor, retain_mask: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def terms(self, model, adapter, forget_ids: torch.Tensor, forget_mask: torch.Tensor, retain_ids: torch.Tensor,
+              retain_mask: torch.Tensor, totals: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ForgetRetainObjective(Objective):
+    """``ga``, ``bounded``, ``npo``, ``npo_token_mean`` on the forget batch (``forget_loss``), plus
+    KL(p_ref ‖ pθ) (``retain_kl``) and NLL (``retain_nll``) on the retain batch, weighted by
+    ``train.retain_kl`` and ``train.retain_nll`` (see the module doc)."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.kind, self.beta, bound = cfg["objective"], cfg["beta"], cfg["bound"]
+        outer = (lambda mean_lp: bounded_outer(mean_lp, bound)) if self.kind == "bounded" else None
+        self.spec = {"forget_loss": Term(1.0, outer), "retain_kl": Term(cfg["retain_kl"]),
+                     "retain_nll": Term(cfg["retain_nll"])}
+
+    def totals(self, forget_mask, retain_mask):
+        return {"forget_tokens": count(next_token_valid(forget_mask)), "forget_seqs": forget_mask.shape[0],
+                "retain_positions": count(retain_mask.bool()), "retain_tokens": count(next_token_valid(retain_mask))}
+
+    def terms(self, model, adapter, forget_ids, forget_mask, retain_ids, retain_mask, totals):
+        # the order of the forward passes is that of the code before micro-batches (dropout draws alike)
+        with torch.no_grad(), adapter.reference():
+            ref_r_logits = model(input_ids=retain_ids, attention_mask=retain_mask).logits
+            ref_f_lp = (token_logprobs(model(input_ids=forget_ids, attention_mask=forget_mask).logits, forget_ids,
+                                       forget_mask)[0] if self.kind in NPO_OBJECTIVES else None)
+        with adapter.active():
+            f_lp, f_valid = token_logprobs(model(input_ids=forget_ids, attention_mask=forget_mask).logits,
+                                           forget_ids, forget_mask)
+            r_logits = model(input_ids=retain_ids, attention_mask=retain_mask).logits
+        forget = forget_share(self.kind, f_lp, f_valid, ref_f_lp, self.beta, totals["forget_tokens"],
+                              totals["forget_seqs"])
+        kl = kl_to_reference(r_logits, ref_r_logits, retain_mask, totals["retain_positions"])
+        r_lp, r_valid = token_logprobs(r_logits, retain_ids, retain_mask)
+        return {"forget_loss": forget, "retain_kl": kl,
+                "retain_nll": -masked_mean(r_lp, r_valid, totals["retain_tokens"])}
+
+
+def make_objective(cfg: dict) -> Objective:
+    """The objective named by ``train.objective``."""
+    if cfg["objective"] in OBJECTIVES:
+        return ForgetRetainObjective(cfg)
+    raise ValueError(f"unknown train.objective {cfg['objective']!r}; one of {', '.join(OBJECTIVES)}")
+
+
+def _combine(objective: Objective, parts: dict[str, torch.Tensor], names=None) -> torch.Tensor:
+    """Σ weight × part over the terms (all, or ``names``), in the objective's order."""
+    loss = None
+    for name in objective.spec if names is None else names:
+        part = objective.spec[name].weight * parts[name]
+        loss = part if loss is None else loss + part
+    return loss
+
+
+def _rows(ids: torch.Tensor, mask: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a right-padded batch, without the columns that are padding in all of them."""
+    ids, mask = ids[rows], mask[rows]
+    width = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+    return ids[:, :width], mask[:, :width]
+
+
+def step_gradients(objective: Objective, model, adapter, params: list[torch.Tensor], forget_ids: torch.Tensor,
+                   forget_mask: torch.Tensor, retain_ids: torch.Tensor, retain_mask: torch.Tensor, micro: int,
+                   desc: str, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Accumulate into ``params``' ``.grad`` (zeroed before) the gradient of one step's loss, running
+    the batch in micro-batches of ``micro`` rows of both batches; returns the loss and its terms
+    (after ``outer``). Raises :class:`NonFiniteError` naming the step if a term is not finite.
+
+    A term with an ``outer`` (``bounded``: −B·tanh(mean NLL / B) is non-linear in the batch mean)
+    cannot add micro-batch losses. Its gradient is outer'(V)·Σᵢ ∂vᵢ/∂θ, V = Σᵢ vᵢ the whole batch's
+    value: each micro-batch's ∂vᵢ/∂θ is accumulated apart (``torch.autograd.grad``, no extra forward
+    pass), and once V is known it is scaled by outer'(V) and added. Exact up to float summation
+    order. With the whole batch as one micro-batch the loss is one graph, as before the back-off."""
+    totals = objective.totals(forget_mask, retain_mask)
+    n = forget_ids.shape[0]
+    if retain_ids.shape[0] != n:
+        raise ValueError(f"{desc}: step {step}: the forget and retain batches differ in size ({n} vs {retain_ids.shape[0]})")
+
+    def check(parts: dict[str, torch.Tensor], context: str, loss: torch.Tensor | None = None) -> None:
+        if not all(torch.isfinite(v).all() for v in parts.values()) or (loss is not None and not torch.isfinite(loss)):
+            values = ", ".join(f"{k} {v.item()}" for k, v in parts.items())
+            raise NonFiniteError(f"{desc}: non-finite loss at step {step}{context} ({values}); no checkpoint was "
+                                 f"written. Lower the learning rate or use the 'bounded' objective.")
+
+    if micro >= n:
+        values = objective.terms(model, adapter, forget_ids, forget_mask, retain_ids, retain_mask, totals)
+        parts = {k: term.outer(values[k]) if term.outer else values[k] for k, term in objective.spec.items()}
+        loss = _combine(objective, parts)
+        check(parts, "", loss)
+        loss.backward()
+        return loss.detach(), {k: v.detach() for k, v in parts.items()}
+    outer = {k: t for k, t in objective.spec.items() if t.outer is not None}
+    sums: dict[str, torch.Tensor] = {}
+    inner_grads: dict[str, list] = {k: [None] * len(params) for k in outer}
+    for start in range(0, n, micro):
+        rows = slice(start, min(n, start + micro))
+        values = objective.terms(model, adapter, *_rows(forget_ids, forget_mask, rows),
+                                 *_rows(retain_ids, retain_mask, rows), totals)
+        check(values, f" in micro-batch rows {rows.start}-{rows.stop - 1} of {n}")
+        for k in outer:
+            grads = torch.autograd.grad(values[k], params, retain_graph=True, allow_unused=True)
+            inner_grads[k] = [a if b is None else b if a is None else a + b
+                              for a, b in zip(inner_grads[k], grads, strict=True)]
+        linear = [k for k in objective.spec if k not in outer]
+        if linear:
+            _combine(objective, values, linear).backward()
+        for k, v in values.items():
+            sums[k] = v.detach() if k not in sums else sums[k] + v.detach()
+        del values   # this micro-batch's graph goes before the next one's forward pass
+    for k, term in outer.items():
+        at = sums[k].clone().requires_grad_(True)
+        (slope,) = torch.autograd.grad(term.outer(at), at)
+        for p, g in zip(params, inner_grads[k], strict=True):
+            if g is not None:
+                scaled = term.weight * slope * g
+                p.grad = scaled if p.grad is None else p.grad + scaled
+    parts = {k: term.outer(sums[k]) if term.outer else sums[k] for k, term in objective.spec.items()}
+    loss = _combine(objective, parts)
+    check(parts, "", loss)
+    return loss, parts
 
 
 # ----------------------------------------------------------------------------- resume
@@ -196,6 +386,8 @@ class ResumeStore:
 
 
 # ----------------------------------------------------------------------------- loop
+HELDOUT_BATCH = 32   # held-out NLL batch size (halved on out-of-memory errors)
+
 @dataclass
 class TrainResult:
     state: dict
@@ -204,18 +396,26 @@ class TrainResult:
 
 
 def heldout_nll(model, adapter, seqs: list[list[int]], pad_id: int, device, batch_size: int = 32,
-                use_adapter: bool = True) -> float:
-    """Token-weighted mean NLL on held-out sequences (inference mode)."""
+                use_adapter: bool = True, *, oom_log: list | None = None, desc: str = "held-out NLL") -> float:
+    """Token-weighted mean NLL on held-out sequences (inference mode; the batch halves on an
+    out-of-memory error, mmie.model.memory)."""
     if not seqs:
         raise ValueError("no held-out sequences to evaluate (train.heldout_items or the held-out split is empty)")
-    total, count = 0.0, 0
+    done: list[tuple[float, int]] = []   # one entry per batch that ran through
+
+    def run(start: int, stop: int) -> None:
+        ids, mask = right_pad(seqs[start:stop], pad_id, device)
+        lp, valid = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+        done.append((float(-(lp * valid).sum()), int(valid.sum())))
+
     ctx = adapter.active if use_adapter else adapter.reference
     with torch.inference_mode(), ctx():
-        for i in range(0, len(seqs), batch_size):
-            ids, mask = right_pad(seqs[i:i + batch_size], pad_id, device)
-            lp, valid = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
-            total += float(-(lp * valid).sum())
-            count += int(valid.sum())
+        in_batches(len(seqs), batch_size, run, desc=desc, oom_log=oom_log, progress=False,
+                   hint="lower train.max_length")
+    total, count = 0.0, 0
+    for nll, n in done:
+        total += nll
+        count += n
     return total / count
 
 
@@ -232,6 +432,7 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
         raise ValueError(f"{desc}: the adapter has no trainable parameters")
     if cfg["objective"] not in OBJECTIVES:
         raise ValueError(f"{desc}: unknown train.objective {cfg['objective']!r}; one of {', '.join(OBJECTIVES)}")
+    objective = make_objective(cfg)
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps, warm = cfg["max_steps"], cfg["warmup_steps"]
 
@@ -243,9 +444,26 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     gen = torch.Generator().manual_seed(seed)
     saved = resume.load() if resume is not None else None
+    bs = cfg["batch_size"]
+    # memory back-off: every halving (training micro-batches, held-out batches) is recorded here, and the
+    # sizes that worked are kept for the rest of the run (and across a resume)
+    oom_log: list[dict] = [] if saved is None else saved.get("oom_retries", [])   # states of before: none
+    micro = bs if saved is None else saved.get("micro_batch", bs)
+    eval_bs = HELDOUT_BATCH if saved is None else saved.get("heldout_batch", HELDOUT_BATCH)
+    announce = False
+
+    def held_out(seqs: list[list[int]], use_adapter: bool = True) -> float:
+        nonlocal eval_bs
+        before = len(oom_log)
+        value = heldout_nll(model, adapter, seqs, pad_id, device, eval_bs, use_adapter, oom_log=oom_log,
+                            desc=f"{desc} held-out NLL")
+        if len(oom_log) > before:
+            eval_bs = oom_log[-1]["new_batch_size"]
+        return value
+
     if saved is None:
-        base_retain_ppl = math.exp(heldout_nll(model, adapter, heldout_retain, pad_id, device, use_adapter=False))
-        base_forget_nll = heldout_nll(model, adapter, heldout_forget, pad_id, device, use_adapter=False)
+        base_retain_ppl = math.exp(held_out(heldout_retain, use_adapter=False))
+        base_forget_nll = held_out(heldout_forget, use_adapter=False)
         if not (math.isfinite(base_retain_ppl) and math.isfinite(base_forget_nll)):
             raise NonFiniteError(f"{desc}: the base model's held-out retain perplexity ({base_retain_ppl}) or forget "
                                  f"NLL ({base_forget_nll}) is not finite; no budget can be set. Check the model's "
@@ -268,42 +486,47 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
     budget = cfg["max_retain_ppl_ratio"] * base_retain_ppl
     stopped = "max_steps"
     t0 = time.time()
-    bs = cfg["batch_size"]
-    npo = cfg["objective"] in NPO_OBJECTIVES
     for step in tqdm(range(start, steps + 1), desc=desc, mininterval=2.0, initial=start - 1, total=steps):
         fb = [forget[i] for i in torch.randint(len(forget), (bs,), generator=gen).tolist()]
         rb = [retain[i] for i in torch.randint(len(retain), (bs,), generator=gen).tolist()]
         f_ids, f_mask = right_pad(fb, pad_id, device)
         r_ids, r_mask = right_pad(rb, pad_id, device)
-        with torch.no_grad(), adapter.reference():
-            ref_r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
-            ref_f_lp = (token_logprobs(model(input_ids=f_ids, attention_mask=f_mask).logits, f_ids, f_mask)[0]
-                        if npo else None)
-        with adapter.active():
-            f_lp, f_valid = token_logprobs(model(input_ids=f_ids, attention_mask=f_mask).logits, f_ids, f_mask)
-            r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
-        l_forget = forget_loss(cfg["objective"], f_lp, f_valid, ref_f_lp, cfg["beta"], cfg["bound"])
-        l_kl = kl_to_reference(r_logits, ref_r_logits, r_mask)
-        r_lp, r_valid = token_logprobs(r_logits, r_ids, r_mask)
-        l_rnll = -masked_mean(r_lp, r_valid)
-        loss = l_forget + cfg["retain_kl"] * l_kl + cfg["retain_nll"] * l_rnll
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"{desc}: non-finite loss at step {step} (forget {l_forget.item()}, "
-                                 f"KL {l_kl.item()}, retain NLL {l_rnll.item()}); no checkpoint was written. "
-                                 f"Lower the learning rate or use the 'bounded' objective.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        while True:
+            opt.zero_grad(set_to_none=True)   # also drops what a step that ran out of memory accumulated
+            try:
+                loss, parts = step_gradients(objective, model, adapter, params, f_ids, f_mask, r_ids, r_mask, micro,
+                                             desc, step)
+                break
+            except (RuntimeError, MemoryError) as err:
+                if not is_oom(err):
+                    raise
+                if micro == 1:
+                    raise RuntimeError(
+                        f"{desc}: out of memory at step {step} even in micro-batches of 1 sequence (train.batch_size "
+                        f"{bs}, train.max_length {cfg['max_length']}); lower train.max_length, or use a smaller "
+                        f"model or a device with more memory") from err
+                micro = max(1, micro // 2)
+                oom_log.append({"where": f"{desc} step {step}", "new_batch_size": micro})
+                log.warning("%s: out of memory at step %d, redoing the step in micro-batches of %d (batch size %d)",
+                            desc, step, micro, bs)
+                announce = True
+            if torch.cuda.is_available():   # after the except clause: its traceback held the failed attempt's tensors
+                torch.cuda.empty_cache()
+        if announce:   # once, when a smaller micro-batch size worked
+            log.warning("%s: micro-batches of %d sequences (train.batch_size %d) fit; the rest of the run "
+                        "accumulates the gradient of each step over them", desc, micro, bs)
+            announce = False
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
         if not torch.isfinite(grad_norm):
             raise NonFiniteError(f"{desc}: non-finite gradient norm at step {step}; no checkpoint was written")
         opt.step()
         sched.step()
         tokens += int(f_mask.sum() + r_mask.sum())
-        row = {"step": step, "loss": loss.item(), "forget_loss": l_forget.item(), "retain_kl": l_kl.item(),
-               "retain_nll": l_rnll.item(), "lr": sched.get_last_lr()[0], "grad_norm": grad_norm.item()}
+        row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+               "lr": sched.get_last_lr()[0], "grad_norm": grad_norm.item()}
         if step % cfg["eval_every"] == 0 or step == steps:
-            row["retain_ppl"] = math.exp(heldout_nll(model, adapter, heldout_retain, pad_id, device))
-            row["forget_nll"] = heldout_nll(model, adapter, heldout_forget, pad_id, device)
+            row["retain_ppl"] = math.exp(held_out(heldout_retain))
+            row["forget_nll"] = held_out(heldout_forget)
             # written so that NaN fails (every comparison with NaN is false)
             problems = []
             if not (row["retain_ppl"] <= budget):
@@ -323,7 +546,8 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
             resume.save({"step": step, "adapter": adapter.resume_state(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "batch_rng": gen.get_state(), "rng": rng_states(),
                          "base_retain_ppl": base_retain_ppl, "base_forget_nll": base_forget_nll,
-                         "rows": rows, "kept": kept, "tokens": tokens, "seconds": seconds_before + time.time() - t0})
+                         "rows": rows, "kept": kept, "tokens": tokens, "seconds": seconds_before + time.time() - t0,
+                         "oom_retries": oom_log, "micro_batch": micro, "heldout_batch": eval_bs})
     seconds = seconds_before + time.time() - t0
     if kept is None:
         raise NoStateWithinBudget(
@@ -334,5 +558,5 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
                "base_retain_ppl": base_retain_ppl, "base_forget_nll": base_forget_nll,
                "train_seconds": round(seconds, 2), "tokens": tokens,
                "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-               "resumed_after_step": resumed_from}
+               "resumed_after_step": resumed_from, "micro_batch_size": micro, "oom_retries": oom_log}
     return TrainResult(state=kept["state"], log_rows=rows, summary=summary)

@@ -21,13 +21,14 @@ def is_oom(err: BaseException) -> bool:
 
 
 def in_batches(n: int, batch_size: int, run: Callable[[int, int], None], *, desc: str,
-               oom_log: list | None = None, hint: str = "lower the batch size or max_length in the config") -> None:
+               oom_log: list | None = None, hint: str = "lower the batch size or max_length in the config",
+               progress: bool = True) -> None:
     """Call ``run(start, stop)`` over ``range(n)`` in consecutive batches, halving the batch size on
-    an out-of-memory error (see the module doc)."""
+    an out-of-memory error (see the module doc); ``progress=False`` shows no progress bar."""
     import torch
 
     pos = 0
-    with tqdm(total=n, desc=desc, unit="item", mininterval=2.0) as bar:
+    with tqdm(total=n, desc=desc, unit="item", mininterval=2.0, disable=not progress) as bar:
         while pos < n:
             stop = min(n, pos + batch_size)
             try:
