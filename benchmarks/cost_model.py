@@ -66,16 +66,12 @@ def read_throughputs(path: str | Path) -> dict:
 
 
 def grid(config: dict) -> dict:
-    """The arms of each job family, as rules/common.smk builds them."""
-    from mmie.config import EDIT_METHODS
+    """The arms of each job family, as rules/common.smk builds them (mmie.config.arm_groups)."""
+    from mmie.config import arm_groups
 
-    arms = config["arms"]
-    edit = [a for a, s in arms.items() if s["method"] in EDIT_METHODS]
-    gate = [a for a in edit if arms[a]["method"] in ("sae_gate", "random_gate")]
-    reft = [a for a, s in arms.items() if s["method"] == "reft"]
-    return {"arms": list(arms), "trained": [a for a, s in arms.items() if s["method"] in ("lora", "reft")],
-            "layer_arms": edit + [a for a in reft if not arms[a].get("layers")], "gate": gate,
-            "sweep": [a for a in gate if arms[a]["method"] == "sae_gate" and not arms[a].get("on")]}
+    g = arm_groups(config)
+    return {"arms": g["arms"], "trained": g["trained"], "layer_arms": g["layer_arms"], "gate": g["sae"],
+            "sweep": g["sweep"]}
 
 
 def job_tokens(config: dict, model_layers: int) -> list[dict]:

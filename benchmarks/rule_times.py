@@ -49,8 +49,6 @@ STARTUP_IMPORTS = {
     "plot_training_curves": ["mmie.report.plots"],
     "convert_gemma": ["mmie.model.gemma"],
 }
-# the library an arm's method adds to its evaluate/train job (an ``on:`` arm adds its base arm's too)
-METHOD_IMPORTS = {"lora": ["peft"], "reft": ["pyreft"], "sae_gate": ["sae_lens"], "random_gate": ["sae_lens"]}
 
 
 def read_benchmarks(results: str | Path) -> pd.DataFrame:
@@ -82,11 +80,15 @@ def rule_table(jobs: pd.DataFrame) -> pd.DataFrame:
 
 
 def job_modules(rule: str, arm: str | None, arms: dict) -> list[str]:
+    """What a job imports: the rule's modules and the libraries its arm's method declares (an ``on:``
+    arm adds its base arm's too)."""
+    from mmie.arms.methods import methods
+
     mods = BASE + STARTUP_IMPORTS.get(rule, [])
     if isinstance(arm, str) and rule in ("evaluate", "train") and arm in arms:
         spec = arms[arm]
         for method in (spec["method"], arms.get(spec.get("on"), {}).get("method")):
-            mods = mods + METHOD_IMPORTS.get(method, [])
+            mods = mods + (list(methods()[method].imports) if method else [])
     return list(dict.fromkeys(mods))
 
 

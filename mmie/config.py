@@ -9,7 +9,6 @@ from pathlib import Path
 from mmie.errors import ConfigError
 from mmie.stats.sets import SetInfo
 
-EDIT_METHODS = ("sae_gate", "random_gate", "dim", "script_scrub")
 FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial", "comprehension", "yes_no")
 
 
@@ -44,17 +43,33 @@ def set_info(config: dict, name: str) -> SetInfo:
     raise ConfigError(f"unknown evaluation set {name!r}; configured sets: {set_names(config)}")
 
 
-SEEDED_METHODS = ("lora", "reft", "random_gate")
-
-
 def is_seeded(config: dict, arm: str) -> bool:
-    """Whether an arm's outputs depend on the seed: trained arms (lora, reft), the random-gate control
-    (its features are drawn from the seed), any arm sitting ``on:`` a trained arm, and every arm when
-    generation samples (``generation.do_sample``). Every other arm is deterministic given the model
-    and the data, so its seeds would be copies of one run."""
-    spec = config["arms"][arm]
-    return (spec["method"] in SEEDED_METHODS or bool(spec.get("on"))
-            or bool(config["generation"]["do_sample"]))
+    """Whether an arm's outputs depend on the seed: trained arms, seeded methods (the random-gate
+    control draws its features from the seed), any arm sitting ``on:`` a trained arm, and every arm
+    when generation samples (``generation.do_sample``). Every other arm is deterministic given the
+    model and the data, so its seeds would be copies of one run."""
+    from mmie.arms.methods import of
+
+    spec, declared = config["arms"][arm], of(config, arm)
+    return declared.trains or declared.seeded or bool(spec.get("on")) or bool(config["generation"]["do_sample"])
+
+
+def arm_groups(config: dict) -> dict[str, list[str]]:
+    """The workflow's arm lists, from the method declarations (``mmie/arms/methods``): ``trained``
+    (a train job per seed), ``layer_arms`` (read the layer selection), ``sae`` / ``directions`` (need
+    those layer assets), ``sweep`` (a dose-response sweep: sweep methods not sitting on a trained arm)."""
+    from mmie.arms.methods import of
+
+    arms = config["arms"]
+    declared = {a: of(config, a) for a in arms}
+    return {
+        "arms": list(arms),
+        "trained": [a for a in arms if declared[a].trains],
+        "layer_arms": [a for a in arms if declared[a].needs_selection(arms[a])],
+        "sae": [a for a in arms if "sae" in declared[a].layer_assets],
+        "directions": [a for a in arms if "directions" in declared[a].layer_assets],
+        "sweep": [a for a in arms if declared[a].sweep and not arms[a].get("on")],
+    }
 
 
 def arm_seeds(config: dict, arm: str) -> list[int]:
@@ -146,32 +161,34 @@ def check(config: dict, workdir: str | Path = ".") -> None:
 
         api_key()  # raises ConfigError naming the variables when no key is set
     for arm, spec in config["arms"].items():
-        if spec["method"] == "prompt" and not spec.get("instruction"):
-            raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")
-        if spec["method"] == "reft":
-            if spec.get("intervention", "loreft") == "loreft" and spec["train"]["weight_decay"] != 0:
-                raise ConfigError(f"arms.{arm}.train.weight_decay must be 0 for LoReFT: weight decay collapses its "
-                                  f"orthogonal rotation to zero after one AdamW step")
-        if spec["method"] == "external":
-            from mmie.arms.external import check_spec
-
-            check_spec(arm, spec, workdir)
-        elif spec.get("adapter") is not None or spec.get("model") is not None:
-            raise ConfigError(f"arms.{arm}: 'adapter' and 'model' are only for external arms")
-        if spec.get("on") is not None:
-            from mmie.arms import base_arm
-
-            base_arm(config, arm)  # the arm it sits on must be a trained arm of this config
-        if spec.get("strength") is not None and spec["method"] != "dim":
-            raise ConfigError(f"arms.{arm}.strength is only for dim arms")
-        gate_keys = [k for k in ("gate_alpha", "gate_mode", "gate_clamp") if spec.get(k) is not None]
-        if gate_keys and spec["method"] not in ("sae_gate", "random_gate"):
-            raise ConfigError(f"arms.{arm}: {gate_keys} are only for sae_gate / random_gate arms")
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arm):
-            raise ConfigError(f"arms.{arm}: arm names may use letters, digits and _ . + - only")
+        check_arm(config, arm, spec, workdir)
     if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":
         raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
     check_gates(config)
+
+
+ARM_KEYS = ("method", "train")   # every arm has these (train: the schema's defaults, used by trained methods)
+
+
+def check_arm(config: dict, arm: str, spec: dict, workdir: Path) -> None:
+    """An arm's settings against its method's declaration (``mmie/arms/methods/<method>.py``): its own
+    check, then only the keys the method takes."""
+    from mmie.arms.methods import method
+
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arm):
+        raise ConfigError(f"arms.{arm}: arm names may use letters, digits and _ . + - only")
+    declared = method(spec["method"], f"arms.{arm}.method")
+    if declared.check is not None:
+        declared.check(arm, spec, config, workdir)
+    extra = sorted(k for k, v in spec.items() if v is not None and k not in ARM_KEYS + declared.keys)
+    if extra:
+        takes = ", ".join(declared.keys) or "no settings besides method"
+        raise ConfigError(f"arms.{arm}: {extra} {'is' if len(extra) == 1 else 'are'} not a setting of method "
+                          f"{declared.name!r} (it takes: {takes})")
+    if spec.get("on") is not None:
+        from mmie.arms import base_arm
+
+        base_arm(config, arm)  # the arm it sits on must be a trained arm of this config
 
 
 def with_workflow_on_path(basedir: str) -> str:

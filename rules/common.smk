@@ -7,6 +7,7 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 import mmie.config as mcfg
+from mmie.arms import methods
 from mmie import numerics, preflight
 import mmie.data.corpus as mdata
 
@@ -31,13 +32,12 @@ SPLIT_FILES = mdata.split_files(f"{R}/data", mdata.split_roles(NEIGHBOURS), mdat
 TRAIN_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train"])
 DEV_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["dev"])
 FIT_FILES = mdata.split_files(f"{R}/data", ["forget", "retain"], ["train", "dev"])
-LORA_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "lora"]
-REFT_ARMS = [a for a, spec in config["arms"].items() if spec["method"] == "reft"]
-EDIT_ARMS = [a for a, spec in config["arms"].items() if spec["method"] in mcfg.EDIT_METHODS]
-GATE_ARMS = [a for a in EDIT_ARMS if config["arms"][a]["method"] in ("sae_gate", "random_gate")]
-SWEEP_ARMS = [a for a in GATE_ARMS if config["arms"][a]["method"] == "sae_gate" and not config["arms"][a].get("on")]
-# arms whose layers come from layer selection (ReFT without its own layers, every edit arm)
-LAYER_ARMS = EDIT_ARMS + [a for a in REFT_ARMS if not config["arms"][a].get("layers")]
+# arm lists, from the method declarations (mmie/arms/methods/<method>.py; mmie.config.arm_groups)
+GROUPS = mcfg.arm_groups(config)
+TRAINED_ARMS = GROUPS["trained"]      # a train job per (arm, seed): checkpoints/<arm>/seed<k>
+LAYER_ARMS = GROUPS["layer_arms"]     # arms that read the layer selection
+GATE_ARMS = GROUPS["sae"]             # arms that need each selected layer's SAE and features
+SWEEP_ARMS = GROUPS["sweep"]          # arms with a dose-response sweep (dev data)
 GPU_MEM = config["resources"]["gpu_mem_mb"]
 
 
@@ -114,11 +114,16 @@ def arm_regex(arms):
     return "|".join(re.escape(a) for a in arms) or "(?!x)x"
 
 
+def method_of(arm):
+    """The declaration of an arm's method (mmie/arms/methods/<method>.py)."""
+    return methods.of(config, arm)
+
+
 def checkpoint_dir(wildcards):
     """The checkpoint an (arm, seed) evaluation loads: its own when trained, the trained arm's
     for a gate that sits on one (``on:``, e.g. lora+sae_gate), none otherwise."""
     spec = config["arms"][wildcards.arm]
-    trained = spec["method"] in ("lora", "reft")
+    trained = method_of(wildcards.arm).trains
     if trained or spec.get("on"):
         return f"{R}/checkpoints/{wildcards.arm if trained else spec['on']}/seed{wildcards.seed}"
     return []
@@ -146,13 +151,14 @@ def gibberish_file(wildcards=None):
     return config["data"]["gibberish"] or []
 
 
+# where each layer asset a method can declare (mmie.arms.method.ASSETS) is written
+ASSET_FILES = {"sae": f"{R}/sae/layer{{layer}}", "features": f"{R}/sae/features/layer{{layer}}.json",
+               "directions": f"{R}/acts/layer{{layer}}.directions.safetensors"}
+
+
 def layer_assets(method, layers):
-    if method in ("sae_gate", "random_gate"):
-        return expand(f"{R}/sae/layer{{layer}}", layer=layers) + expand(
-            f"{R}/sae/features/layer{{layer}}.json", layer=layers)
-    if method in ("dim", "script_scrub"):
-        return expand(f"{R}/acts/layer{{layer}}.directions.safetensors", layer=layers)
-    return []
+    """The files of the layer assets ``method`` declares, for each of ``layers``."""
+    return [f for asset in methods.method(method).layer_assets for f in expand(ASSET_FILES[asset], layer=layers)]
 
 
 def edit_inputs(wildcards):
@@ -165,15 +171,20 @@ def edit_inputs(wildcards):
     return [selection_file()] + layer_assets(spec["method"], layers)
 
 
-def external_files(wildcards):
-    """An external arm's adapter folder or local model folder (a change reruns its evaluation)."""
-    from mmie.arms.external import files
+def method_files(wildcards):
+    """Input files an arm's method declares besides the model (an external arm's adapter or model
+    folder: a change reruns its evaluation)."""
+    declared = method_of(wildcards.arm)
+    return declared.files(config["arms"][wildcards.arm]) if declared.files else []
 
-    spec = config["arms"][wildcards.arm]
-    return files(spec) if spec["method"] == "external" else []
+
+def train_runtime(wildcards, attempt):
+    """A train job's wall-clock limit in minutes (SLURM): its method's declaration, times the attempt."""
+    return method_of(wildcards.arm).train_minutes * attempt
 
 
-def reft_selection(wildcards):
+def selection_if_read(wildcards):
+    """The layer selection, when the arm reads it (its method's declaration)."""
     return selection_file() if wildcards.arm in LAYER_ARMS else []
 
 
@@ -181,7 +192,7 @@ def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
     return {"model": model_dir(), "splits": mdata.split_files(f"{R}/data", ["forget", "retain"], ["dev"]),
             "detector": f"{R}/lid/romanized_detector.json",
-            "assets": [selection_file()] + layer_assets("sae_gate", spec.get("layers") or selected_layers())}
+            "assets": [selection_file()] + layer_assets(spec["method"], spec.get("layers") or selected_layers())}
 
 
 def sae_report_inputs(wildcards):
@@ -198,7 +209,7 @@ def checkpoint_param(wildcards):
 
 
 def train_logs(wildcards=None):
-    return expand(f"{R}/checkpoints/{{arm}}/seed{{seed}}", arm=LORA_ARMS + REFT_ARMS, seed=SEEDS)
+    return expand(f"{R}/checkpoints/{{arm}}/seed{{seed}}", arm=TRAINED_ARMS, seed=SEEDS)
 
 
 def judge_files(wildcards):
@@ -239,7 +250,7 @@ PLOT_RULE_FIGURES = ["target_rate", "output_language", "perplexity", "lid_confus
                      "mia"]
 PLOTS = PLOT_RULE_FIGURES + (
     ["demo_training"] if config["model"]["source"] == "demo" else []
-) + (["training_curves"] if LORA_ARMS + REFT_ARMS else [])
+) + (["training_curves"] if TRAINED_ARMS else [])
 
 
 def plot_inputs(wildcards):

@@ -6,7 +6,7 @@ rule evaluate:
         eval_sets=eval_set_files,
         checkpoint=checkpoint_dir,
         edits=edit_inputs,
-        external=external_files,
+        method_files=method_files,
         mia=[f"{R}/data/forget/train.jsonl", f"{R}/data/forget/holdout.jsonl"],
     output:
         generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),

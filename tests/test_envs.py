@@ -53,5 +53,5 @@ def test_every_rule_that_runs_code_has_the_environment():
                 rules[m.group(1)] = env.group(1) if env else None
                 if env:
                     assert (smk.parent / env.group(1)).resolve() == ENV.resolve(), (m.group(1), env.group(1))
-    assert len(rules) >= 20 and {"evaluate", "score", "train_lora", "prepare_data", "stats"} <= set(rules)
+    assert len(rules) >= 20 and {"evaluate", "score", "train", "prepare_data", "stats"} <= set(rules)
     assert [r for r, env in rules.items() if env is None] == []

@@ -125,7 +125,7 @@ def test_workflow_evaluates_seed_independent_arms_once(tmp_path):
     cfg["arms"] = {k: v for k, v in cfg["arms"].items() if k in ("base", "prompt", "lora")}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
     jobs = planned_jobs(smk(tmp_path, "-n"))
-    assert jobs["evaluate"] == 1 + 1 + 3 and jobs["train_lora"] == 3
+    assert jobs["evaluate"] == 1 + 1 + 3 and jobs["train"] == 3
 
 
 # ----------------------------------------------------------------------------- no gate disappears

@@ -107,7 +107,7 @@ def test_gpu_job_told_to_use_the_cpu_on_a_gpu_machine_is_refused_and_the_used_de
     monkeypatch.setattr(provenance, "_JOB_DEVICE", None)
     cfg = load(ROOT / "config.yaml", {"resources": {"allow_cpu": False}})
     with pytest.raises(ModelError, match="the config asks for device 'cpu'"):
-        setup_job("train_lora", 1, {"gpu": 1}, cfg, "cpu")
+        setup_job("train", 1, {"gpu": 1}, cfg, "cpu")
     provenance.record_device("cpu")
     # the machine offers CUDA (patched), the job computed on the CPU: provenance says what was used
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -135,7 +135,7 @@ def test_every_gpu_job_checks_its_device_and_uses_the_threads_snakemake_gave_it(
     import re
 
     rules = gpu_rules()
-    assert {"evaluate", "train_lora", "train_sae", "build_demo_model", "sweep_gate"} <= set(rules)
+    assert {"evaluate", "train", "train_sae", "build_demo_model", "sweep_gate"} <= set(rules)
     for rule, script in rules.items():
         assert "setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config" in \
             (ROOT / script).read_text(), (rule, script)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mmie import arms
+from mmie.arms import methods
 from mmie.arms.edit_arms import LayerAssets
 from mmie.arms.state import ArmStateError
 from mmie.model.hooks import hook_count
@@ -100,7 +101,7 @@ def build(name, tiny_lm, root, tok=None):
     model, base_tok = tiny_lm
     loaded = SimpleNamespace(model=copy.deepcopy(model).eval(), tokenizer=tok or base_tok)
     spec = SPECS[name]
-    trained = spec.get("on") or (name if spec["method"] in arms.TRAINED else None)
+    trained = spec.get("on") or (name if methods.method(spec["method"]).trains else None)
     return arms.build(name, spec, loaded, str(root / trained) if trained else None, config=CONFIG, seed=0,
                       assets=LayerAssets.under(root))
 

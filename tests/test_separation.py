@@ -135,7 +135,7 @@ def test_workflow_choices_never_see_test_texts(run_dir):
     for path in sorted(r.rglob("*.json")):
         blocks += provenance_blocks(json.loads(path.read_text()))
     used = assert_no_test_texts(blocks, forbidden)
-    assert {"fit_lid", "build_demo_model", "select_layers", "cache_activations", "select_features", "train_lora",
-            "train_reft", "sweep_gate"} <= set(used)
+    assert {"fit_lid", "build_demo_model", "select_layers", "cache_activations", "select_features", "train",
+            "sweep_gate"} <= set(used)
     sel = json.loads((r / "layers" / "selection.json").read_text())
     assert set(sel["frequency"]) == {str(c) for c in sel["candidates"]} and isinstance(sel["stable"], bool)

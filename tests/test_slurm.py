@@ -72,7 +72,7 @@ def test_profile_gives_every_gpu_rule_a_gpu_model_and_a_runtime():
     assert prof["executor"] == "slurm" and prof["jobs"] >= 1 and prof["latency-wait"] >= 5
     assert {"runtime", "mem_mb"} <= set(prof["default-resources"])
     gpu_rules = gpu_rules_in_workflow()
-    assert {"evaluate", "train_lora", "train_reft", "build_demo_model"} <= gpu_rules
+    assert {"evaluate", "train", "build_demo_model"} <= gpu_rules
     per_rule = prof["set-resources"]
     model = per_rule["evaluate"]["gpu_model"]
     missing = sorted(r for r in gpu_rules if per_rule.get(r, {}).get("gpu_model") != model)
@@ -123,7 +123,7 @@ def test_profile_resolves_gpu_requests_memory_and_runtime_per_rule(tmp_path):
     # memory from the workflow config (resources.gpu_mem_mb / cpu_mem_mb), runtime from the profile
     assert jobs["evaluate"] == {(("gpu", "1"), ("gpu_model", model), ("mem_mb", "7100"), ("runtime", "240"))}
     assert jobs["score"] == {(("mem_mb", "1700"), ("runtime", "30"))}
-    assert all(dict(r).get("gpu_model") == model for r in jobs["train_lora"] | jobs["build_demo_model"])
+    assert all(dict(r).get("gpu_model") == model for r in jobs["train"] | jobs["build_demo_model"])
     for rule in set(jobs) - NO_JOB_RULES:
         for r in jobs[rule]:
             r = dict(r)
@@ -269,7 +269,7 @@ def test_every_job_was_a_slurm_job_with_the_requested_resources(grid):
             assert f"gres/gpu:{model}=1" in job["AllocTRES"] and "gres/gpu=1" in job["AllocTRES"], job
         else:
             assert "gres/gpu" not in job["AllocTRES"], job
-    assert gpu_rules == {"build_demo_model", "train_lora", "evaluate"}
+    assert gpu_rules == {"build_demo_model", "train", "evaluate"}
     assert dict(next(iter(resolved["evaluate"])))["mem_mb"] == str(GPU_MEM)      # from the workflow config
     assert dict(next(iter(resolved["score"])))["mem_mb"] == str(CPU_MEM)
 

@@ -78,7 +78,7 @@ def test_minimal_study_plans_only_its_arms_sets_and_files(tmp_path):
     # two arms x one seed, each scored (one job per arm and seed) on the four sets the study defines;
     # nothing of the demo's grid
     assert jobs["evaluate"] == 2 and jobs["score"] == 2, jobs
-    assert not {"build_demo_model", "train_lora", "train_reft", "select_layers", "sweep_gate"} & set(jobs), jobs
+    assert not {"build_demo_model", "train", "select_layers", "sweep_gate"} & set(jobs), jobs
     inputs = planned_inputs(res)
     assert "data/my-study/forget.jsonl" in inputs and "data/my-study/retain.jsonl" in inputs
     assert not [f for f in inputs if reads_demo_data(f)]
@@ -151,7 +151,7 @@ def test_bengali_target_study_with_hindi_as_a_neighbour_plans(tmp_path):
     res = dry_run(tmp_path, bengali_study(tmp_path))
     jobs = planned_jobs(res)
     # base and prompt are seed-independent (evaluated once), lora has one seed here
-    assert jobs["evaluate"] == 3 and jobs["train_lora"] == 1 and jobs["score"] == 3, jobs
+    assert jobs["evaluate"] == 3 and jobs["train"] == 1 and jobs["score"] == 3, jobs
     assert not [f for f in planned_inputs(res) if reads_demo_data(f)]
     assert set(re.findall(r"results/bn-study/base/seed0/([\w-]+)/metrics\.json", res.stdout)) == set(BN_SETS)
 
@@ -227,7 +227,7 @@ def test_gemma_cpu_profile_plans_its_reduced_grid_alone(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = planned_jobs(res)
-    assert jobs["evaluate"] == 4 and jobs["train_lora"] == 1 and jobs["train_reft"] == 1, jobs   # one seed
+    assert jobs["evaluate"] == 4 and jobs["train"] == 2, jobs   # lora and reft, one seed
 
 
 # ----------------------------------------------------------------------------- the default workflow profile

@@ -137,9 +137,9 @@ def test_retraining_one_seed_by_target_path_reruns_exactly_that_seed(run_dir):
     assert manifest["arm"] == "lora" and manifest["seed"] == 0 and manifest["summary"]["tokens_per_second"] > 0
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "train_log.csv").is_file()
     target = f"results/{EXP}/lora/seed0/forget/metrics.json"
-    expected = {"train_lora": 1, "evaluate": 1, "judge": 1, "score": 1}   # the reduced run has the judge on
+    expected = {"train": 1, "evaluate": 1, "judge": 1, "score": 1}   # the reduced run has the judge on
     # (a) force the training rule for just this target
-    assert planned_jobs(smk(run_dir, "-n", "--forcerun", "train_lora", "--", target)) == expected
+    assert planned_jobs(smk(run_dir, "-n", "--forcerun", "train", "--", target)) == expected
     # (b) delete the seed's checkpoint and its results (Snakemake never reruns a job whose outputs
     # exist because an upstream file was deleted, so the results go too)
     shutil.rmtree(ckpt)

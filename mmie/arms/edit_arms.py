@@ -76,45 +76,59 @@ def random_features(feats: dict, seed: int, layer: int) -> tuple[list[int], dict
     return matched_random(feats, seed)
 
 
+def gate_edit(config: dict, spec: dict, model, assets: LayerAssets, layer: int, fingerprint: str, chosen: list[int],
+              *, alpha: float | None = None) -> tuple:
+    """The SAE gate of one layer on the latents ``chosen`` (sae_gate: the features file's; random_gate:
+    the matched random draw), and what it used."""
+    from mmie.sae import edits
+
+    enc, feats = assets.gate(layer, fingerprint, int(model.config.hidden_size))
+    g = gate_settings(config, spec)
+    if alpha is not None:
+        g["alpha"] = alpha
+    return edits.sae_gate(enc, chosen, **g), {"features": chosen, **g, "feature_method": feats.get("method")}
+
+
 def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int, *, alpha: float | None = None,
                 method: str | None = None, fingerprint: str | None = None) -> tuple[dict, dict]:
-    """The edit per layer of an edit arm, and what it used (recorded in the manifest).
+    """The edit per layer of an edit arm (its method's ``edit``), and what it used (recorded in the
+    manifest). ``method``: another edit method on the same layers (the sweep's random control);
     ``fingerprint``: the model's, when the caller already has it."""
-    from mmie.sae import edits
+    from mmie.arms.methods import method as method_of
     from mmie.sae.activations import model_fingerprint
 
-    method = method or spec["method"]
+    declared = method_of(method or spec["method"])
+    if declared.edit is None:
+        raise ConfigError(f"method {declared.name!r} is not an edit arm")
     layers = [int(x) for x in spec.get("layers") or assets.layers()]
     fp = fingerprint or model_fingerprint(model)
     out, details = {}, {"layers": layers, "model_fingerprint": fp}
     for layer in layers:
-        if method in ("sae_gate", "random_gate"):
-            enc, feats = assets.gate(layer, fp, int(model.config.hidden_size))
-            chosen = [int(f["index"]) for f in feats["features"]]
-            control = None
-            if method == "random_gate":
-                chosen, control = random_features(feats, seed, layer)
-            g = gate_settings(config, spec)
-            if alpha is not None:
-                g["alpha"] = alpha
-            out[layer] = edits.sae_gate(enc, chosen, **g)
-            details[f"layer{layer}"] = {"features": chosen, **g, "feature_method": feats.get("method")}
-            if control is not None:
-                details[f"layer{layer}"]["control"] = control
-        elif method in ("dim", "script_scrub"):
-            from mmie.sae.directions import load_directions
-
-            d = load_directions(assets.directions(layer), layer=layer, fingerprint=fp)
-            if method == "dim":
-                strength = spec.get("strength", 1.0)
-                out[layer] = edits.steer(d["dim"], strength)
-                details[f"layer{layer}"] = {"strength": strength, "dim_norm": float(d["dim"].norm())}
-            else:
-                out[layer] = edits.erase(d["scrub.mean"], d["scrub.a"], d["scrub.b"])
-                details[f"layer{layer}"] = {"eraser": "LEACE rank 1 (target script vs romanized)"}
-        else:
-            raise ConfigError(f"method {method!r} is not an edit arm")
+        out[layer], details[f"layer{layer}"] = declared.edit(config, spec, model, assets, layer, fp, seed, alpha)
     return out, details
+
+
+def build_edit_arm(ctx):
+    """An edit arm on a loaded model: its edits at its layers, on top of the trained arm it sits on
+    (``on:``, whose checkpoint is ``ctx.checkpoint``) or of the base model."""
+    from mmie.arms import Arm, base_arm, build
+    from mmie.model.generation import special_prefix
+
+    name, spec, config = ctx.name, ctx.spec, ctx.config
+    if config is None or ctx.assets is None:
+        raise ConfigError(f"arm {name} ({spec['method']}) needs the config and the layer assets")
+    inner, model, details = None, ctx.loaded.model, {}
+    on = base_arm(config, name)
+    if on is not None:
+        if not ctx.checkpoint:
+            raise ConfigError(f"arm {name} sits on {on} and needs {on}'s checkpoint")
+        trained = build(on, config["arms"][on], ctx.loaded, ctx.checkpoint)
+        inner, model = trained.adapter, trained.model
+        details = {"on": on, "checkpoint": str(ctx.checkpoint)}
+    fns, used = layer_edits(config, spec, model, ctx.assets, ctx.seed)
+    prefix = special_prefix(ctx.loaded.tokenizer)
+    return Arm(name=name, method=spec["method"], model=model, adapter=EditAdapter(model, fns, inner, skip_prefix=prefix),
+               details={**details, **used, "unedited_positions": {"padding": True, "special_prefix": prefix}})
 
 
 class EditAdapter(Switch):

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import EDIT_METHODS, eval_sets, section
+from mmie.arms.methods import method
+from mmie.config import eval_sets, section
 from mmie.data.corpus import warn_truncation
 from mmie.lang.judge import Judge, JudgeError, redact
 
@@ -29,7 +30,7 @@ def evaluation_key(config: dict, arm_name: str, seed: int, model_dir: str | None
         weights = {p.name: p.stat().st_size for p in sorted(Path(model_dir).iterdir()) if p.suffix == ".safetensors"}
     if checkpoint:
         files += sorted(p for p in Path(checkpoint).iterdir() if p.is_file())
-    if results_root and spec["method"] in EDIT_METHODS:
+    if results_root and method(spec["method"]).layer_assets:
         root = Path(results_root)
         files += [root / "layers" / "selection.json", *sorted((root / "sae").rglob("*.json")),
                   *sorted((root / "sae").rglob("*.safetensors")), *sorted((root / "acts").glob("*.directions.safetensors"))]

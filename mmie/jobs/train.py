@@ -66,7 +66,7 @@ def train(config: dict, arm_name: str, seed: int, model_dir: str | None, data_di
             "layers": getattr(adapter, "layers", None), "trainable_parameters": n_trainable,
             "train_texts": {"forget": len(forget), "retain": len(retain)}, "summary": result.summary,
             "provenance": provenance.build(config, {"arm": spec, "layers": config["layers"]}, seed=seed,
-                                           runtime=lm.runtime, rule=f"train_{spec['method']}",
+                                           runtime=lm.runtime, rule="train",
                                            inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"],
                                            texts=adapter_texts(data, tcfg["heldout_items"])),
         })

@@ -1,0 +1,73 @@
+"""The declaration of an arm method (docs/extending.md): everything the workflow, the config checks and
+the jobs need to know about one method, in one place. Each method lives in its own module under
+``mmie/arms/methods/`` and declares ``METHOD = Method(...)``; the registry (``mmie.arms.methods``)
+finds it there. The schema's method list, the Snakemake arm lists, checkpoint paths, the ``train``
+rule, the layer assets an arm's evaluation needs and the SLURM run time all derive from these fields.
+
+Declarations are read when Snakemake parses the workflow, so a method module stays light: it imports
+torch, peft or pyreft only inside the functions that need them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+# layer assets an arm's evaluation can need, per selected layer (paths: rules/common.smk ASSET_FILES)
+ASSETS = ("sae", "features", "directions")
+
+
+def never(spec: dict) -> bool:
+    return False
+
+
+def unless_own_layers(spec: dict) -> bool:
+    """The arm reads the selected layers unless it sets its own ``layers``."""
+    return not spec.get("layers")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder gets: the arm's name and resolved settings, the loaded model (``mmie.model.loading``),
+    its checkpoint folder (trained arms, and gates that sit ``on:`` one), and for edit arms the config,
+    the seed and the layer assets (``mmie.arms.edit_arms.LayerAssets``)."""
+
+    name: str
+    spec: dict
+    loaded: Any
+    checkpoint: str | None = None
+    config: dict | None = None
+    seed: int = 0
+    assets: Any = None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str                                   # one line: docs, error messages
+    build: Callable[[BuildContext], Any]           # the arm (mmie.arms.Arm) on a loaded model
+    keys: tuple[str, ...] = ()                     # arm settings it takes besides method and train
+    defaults: Mapping[str, Any] = field(default_factory=dict)   # for its keys (the schema has no per-method defaults)
+    trains: bool = False                           # a `train` job writes checkpoints/<arm>/seed<k>
+    seeded: bool = False                           # outputs depend on the seed without training (random_gate)
+    needs_selection: Callable[[dict], bool] = never   # reads layers/selection.json (given the arm's settings)
+    layer_assets: tuple[str, ...] = ()             # what its evaluation needs per layer (ASSETS)
+    sits_on: bool = False                          # may sit `on:` a trained arm (lora+sae_gate)
+    sweep: bool = False                            # has a dose-response sweep on dev data (sweep_gate rule)
+    create: Callable | None = None                 # trained: create(spec, model, layers) -> a fresh adapter
+    objective: Callable | None = None              # trained: objective(spec, ...) -> its loss; None: train.objective
+    edit: Callable | None = None                   # edit arms: the edit of one layer (mmie.arms.edit_arms)
+    check: Callable | None = None                  # check(arm, spec, config, workdir): ConfigError naming the key
+    files: Callable[[dict], list[str]] | None = None   # input files of its evaluation besides the model
+    param_markers: tuple[str, ...] = ()            # names of its adapter parameters inside a model
+    imports: tuple[str, ...] = ()                  # libraries its jobs import (start-up estimates, benchmarks/)
+    train_minutes: int = 240                       # SLURM wall-clock limit of a train job (times the attempt)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.layer_assets) - set(ASSETS)
+        if unknown:
+            raise ValueError(f"method {self.name}: unknown layer assets {sorted(unknown)}; known: {ASSETS}")
+        if self.trains and self.create is None:
+            raise ValueError(f"method {self.name}: a trained method needs `create`")
+        if set(self.defaults) - set(self.keys):
+            raise ValueError(f"method {self.name}: defaults for keys it does not take: "
+                             f"{sorted(set(self.defaults) - set(self.keys))}")

@@ -1,0 +1,38 @@
+"""The arm-method registry: one module per method in this folder, each declaring ``METHOD``
+(``mmie.arms.method.Method``). A new method is a new module here: nothing else lists the methods."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from mmie.arms.method import Method
+from mmie.errors import ConfigError
+
+
+@cache
+def methods() -> dict[str, Method]:
+    """Every declared method by name, in a stable (alphabetical) order."""
+    found: dict[str, Method] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        declared = getattr(module, "METHOD", None)
+        if not isinstance(declared, Method):
+            raise TypeError(f"{module.__name__} declares no METHOD = Method(...)")
+        if declared.name != info.name:
+            raise TypeError(f"{module.__name__} declares method {declared.name!r}; the module must be named after it")
+        found[declared.name] = declared
+    return found
+
+
+def method(name: str, where: str = "method") -> Method:
+    try:
+        return methods()[name]
+    except KeyError:
+        raise ConfigError(f"{where}: unknown method {name!r}; known methods: {', '.join(methods())}") from None
+
+
+def of(config: dict, arm: str) -> Method:
+    """The method of a configured arm."""
+    return method(config["arms"][arm]["method"], f"arms.{arm}.method")

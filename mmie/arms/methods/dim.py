@@ -1,0 +1,22 @@
+"""``dim``: difference-in-means steering at the selected layers, away from the target language."""
+
+from mmie.arms.method import Method
+
+
+def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
+    from mmie.sae import edits
+    from mmie.sae.directions import load_directions
+
+    d = load_directions(assets.directions(layer), layer=layer, fingerprint=fingerprint)
+    strength = spec.get("strength", 1.0)
+    return edits.steer(d["dim"], strength), {"strength": strength, "dim_norm": float(d["dim"].norm())}
+
+
+def build(ctx):
+    from mmie.arms.edit_arms import build_edit_arm
+
+    return build_edit_arm(ctx)
+
+
+METHOD = Method(name="dim", summary="difference-in-means steering at the selected layers", build=build, edit=edit,
+                keys=("layers", "strength"), needs_selection=lambda spec: True, layer_assets=("directions",))

@@ -1,0 +1,20 @@
+"""``prompt``: an instruction given to the model (system message, or a prefix without a chat template)."""
+
+from mmie.arms.method import BuildContext, Method
+from mmie.errors import ConfigError
+
+
+def build(ctx: BuildContext):
+    from mmie.arms import Arm
+
+    return Arm(name=ctx.name, method="prompt", model=ctx.loaded.model, system=ctx.spec["instruction"],
+               details={"instruction": ctx.spec["instruction"]})
+
+
+def check(arm: str, spec: dict, config: dict, workdir) -> None:
+    if not spec.get("instruction"):
+        raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")
+
+
+METHOD = Method(name="prompt", summary="an instruction to answer in the retain language", build=build,
+                keys=("instruction",), check=check)

@@ -1,0 +1,25 @@
+"""``random_gate``: the control of ``sae_gate``: as many random latents, passing the same filters and
+matched in forget firing frequency, drawn from the seed (docs/method.md §7)."""
+
+from mmie.arms.method import Method
+
+
+def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
+    from mmie.arms.edit_arms import gate_edit, random_features
+
+    feats = assets.gate(layer, fingerprint, int(model.config.hidden_size))[1]
+    chosen, control = random_features(feats, seed, layer)
+    fn, details = gate_edit(config, spec, model, assets, layer, fingerprint, chosen, alpha=alpha)
+    return fn, {**details, "control": control}
+
+
+def build(ctx):
+    from mmie.arms.edit_arms import build_edit_arm
+
+    return build_edit_arm(ctx)
+
+
+METHOD = Method(
+    name="random_gate", summary="the SAE gate's control: matched random latents", build=build, edit=edit,
+    keys=("layers", "on", "gate_alpha", "gate_mode", "gate_clamp"), needs_selection=lambda spec: True,
+    layer_assets=("sae", "features"), sits_on=True, seeded=True, imports=("sae_lens",))

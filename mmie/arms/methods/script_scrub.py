@@ -1,0 +1,22 @@
+"""``script_scrub``: a rank-1 LEACE eraser of the target-script vs romanized direction at the selected layers."""
+
+from mmie.arms.method import Method
+
+
+def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
+    from mmie.sae import edits
+    from mmie.sae.directions import load_directions
+
+    d = load_directions(assets.directions(layer), layer=layer, fingerprint=fingerprint)
+    return edits.erase(d["scrub.mean"], d["scrub.a"], d["scrub.b"]), {"eraser": "LEACE rank 1 (target script vs romanized)"}
+
+
+def build(ctx):
+    from mmie.arms.edit_arms import build_edit_arm
+
+    return build_edit_arm(ctx)
+
+
+METHOD = Method(name="script_scrub", summary="LEACE eraser of the script direction at the selected layers",
+                build=build, edit=edit, keys=("layers",), needs_selection=lambda spec: True,
+                layer_assets=("directions",))
