@@ -448,8 +448,8 @@ def test_train_sae_job_never_trains_on_a_quality_text(tmp_path, demo_config, mon
     and mmie.json names the held-out ones."""
     from mmie.config import deep_update
     from mmie.jobs import sae as sae_jobs
-    from mmie.sae.activations import write_cache
     from mmie.sae import autoencoder as sae_mod
+    from mmie.sae.activations import write_cache
 
     cache = text_coded_cache()
     path = tmp_path / "acts" / "layer1.safetensors"
