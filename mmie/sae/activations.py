@@ -36,8 +36,11 @@ def model_fingerprint(model) -> str:
     h = hashlib.sha256()
     for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
         h.update(f"{key}={getattr(cfg, key, None)};".encode())
-    # adapter weights (peft's lora_*, mmie's ReFT modules) are not the model's
-    params = [p for n, p in model.named_parameters() if "lora_" not in n and "reft" not in n.lower()]
+    # adapter weights are not the model's: each trained method declares how its parameters are named
+    from mmie.arms.methods import methods
+
+    markers = {m for declared in methods().values() for m in declared.param_markers}
+    params = [p for n, p in model.named_parameters() if not any(m in n.lower() for m in markers)]
     if not params:
         raise ModelError("model has no parameters to fingerprint")
     emb = model.get_input_embeddings().weight
