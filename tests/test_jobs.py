@@ -141,10 +141,12 @@ def test_declarations_import_no_heavy_library():
 # rule's inputs and outputs instead
 DECLARED_FRAGMENTS = [r'"sae" /', r"features/layer", r"directions\.safetensors", r'"eval_sets"',
                       r'/ "(forget|retain|romanized|neighbours)" /', r'"(train|dev|test|holdout)\.jsonl"',
-                      r'"selection\.json"', r'"layers" /', r'"acts" /', r'"checkpoints" /']
+                      r'"selection\.json"', r'"layers" /', r'"acts" /', r'"checkpoints" /',
+                      r"\bread_split\(", r"\bsplit_path\("]   # a split file from a data folder
 # the one place that maps split files (the declaration rules/common.smk uses), the writer of
 # prepare_data's declared outputs, and a command-line tool that reads a finished results tree
 ALLOWED = {"mmie/data/corpus.py": "split_path", "mmie/data/prepare.py": "writes prepare_data's outputs",
+           "mmie/jobs/__init__.py": "split_files: checks each declared split file round-trips through split_path",
            "mmie/report/demo_results.py": "reads a finished run (python -m mmie.report.demo_results)"}
 
 

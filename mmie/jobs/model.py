@@ -29,17 +29,17 @@ def build_demo_model(cfg: JobConfig, splits, lid_detector: str, out_dir: str, re
     config, cfg = cfg, cfg["demo_model"]
     files = split_files(splits)
 
-    def read_split(role: str, part: str) -> list[str]:
+    def texts_of(role: str, part: str) -> list[str]:
         return split_texts(files, role, part, "build_demo_model")
 
     # trained on train splits; early stopping, the reload check and the generation check use dev
-    used = {f"{split_dir(role)}/train": read_split(role, "train")
+    used = {f"{split_dir(role)}/train": texts_of(role, "train")
             for role in ("forget", "retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {})))}
     train_texts = [t for texts in used.values() for t in texts]
     if cfg["include_romanized"]:
         train_texts += [romanize(t, config["lid"]["romanization"]) for t in used["forget/train"]]
     target, retain = config["languages"]["target"]["code"], config["languages"]["retain"]["code"]
-    heldout = {target: read_split("forget", "dev"), retain: read_split("retain", "dev")}
+    heldout = {target: texts_of("forget", "dev"), retain: texts_of("retain", "dev")}
     used.update({"forget/dev": heldout[target], "retain/dev": heldout[retain]})
     # written to a temporary folder and renamed when trained and checked (a killed or failed job
     # leaves no half-written model folder)

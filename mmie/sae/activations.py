@@ -68,14 +68,14 @@ def cache_roles(config, splits, max_texts: int) -> dict[str, list[str]]:
     from mmie.jobs import split_texts
     from mmie.lang.translit import romanize
 
-    def read_split(role: str) -> list[str]:
+    def texts_of(role: str) -> list[str]:
         return split_texts(splits, role, "train", "cache_activations")
 
-    forget = read_split("forget")[:max_texts]
+    forget = texts_of("forget")[:max_texts]
     roles = {
         "forget": forget,
         "forget_romanized": [romanize(t, config["lid"]["romanization"]) for t in forget],
-        "retain": read_split("retain")[:max_texts],
+        "retain": texts_of("retain")[:max_texts],
     }
     gib = config["data"].get("gibberish")
     if gib:
@@ -85,7 +85,7 @@ def cache_roles(config, splits, max_texts: int) -> dict[str, list[str]]:
     else:
         roles["gibberish"] = gibberish_from(forget, config["data"]["seed"])
     for code in config["languages"].get("neighbours", {}):
-        roles[f"neighbour_{code}"] = read_split(f"neighbour_{code}")[:max_texts]
+        roles[f"neighbour_{code}"] = texts_of(f"neighbour_{code}")[:max_texts]
     for role, texts in roles.items():
         if not texts:
             raise DataError(f"no texts for activation role {role!r}")
