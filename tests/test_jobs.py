@@ -39,6 +39,17 @@ def test_a_job_reading_an_undeclared_section_raises_naming_job_and_key(demo_conf
         cfg["stats"]
 
 
+def test_declarations_are_normalized():
+    """A section declared whole subsumes its dotted keys (e.g. evaluate's ``eval`` and
+    ``eval.comprehension`` from ``EVAL_SETS``): each value is tracked and recorded once."""
+    declared = jobs.declarations()
+    assert jobs.normalized(["data", "languages", "data.mixed", "languages", "eval.comprehension"]) == (
+        "data", "languages", "eval.comprehension")
+    for name, d in declared.items():
+        assert d.sections == jobs.normalized(d.sections), name
+    assert declared["prepare_data"].sections == ("data", "languages", "eval", "lid.romanization")
+
+
 def test_the_view_is_read_only_and_a_copy(demo_config):
     cfg = view(demo_config, "fit_lid")
     with pytest.raises(TypeError):
@@ -110,7 +121,7 @@ def test_provenance_records_the_declared_sections(demo_config):
     # evaluate reads the arm it runs, not every arm, and everything that picks the evaluation sets
     section = settings(demo_config, "evaluate", "lora")
     assert "arms" not in section and section["arm"] == demo_config["arms"]["lora"]
-    assert {"languages", "data.mixed", "data.yes_no", "eval.comprehension", "gate", "deterministic"} <= set(section)
+    assert {"languages", "data.mixed", "data.yes_no", "eval", "gate", "deterministic"} <= set(section)
 
 
 def test_a_conditional_section_is_read_and_tracked_only_when_its_condition_holds(demo_config):

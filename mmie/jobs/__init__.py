@@ -75,7 +75,7 @@ def job(*sections: str, arm: bool = False, rule: str | None = None, when: dict[s
         for key in (*sections, *(when or {})):
             if not key or any(not part for part in key.split(".")):
                 raise ValueError(f"job {name!r}: bad config key {key!r}")
-        declared = Job(name, tuple(sections), arm, fn.__module__, tuple((when or {}).items()))
+        declared = Job(name, normalized(sections), arm, fn.__module__, tuple((when or {}).items()))
         _JOBS[name] = declared
         sig = inspect.signature(fn)
 
@@ -88,6 +88,12 @@ def job(*sections: str, arm: bool = False, rule: str | None = None, when: dict[s
         return run
 
     return wrap
+
+
+def normalized(keys) -> tuple[str, ...]:
+    """``keys`` without repeats and without a dotted key whose section is declared whole (in order)."""
+    keys = list(dict.fromkeys(keys))
+    return tuple(k for k in keys if not any(k.startswith(f"{other}.") for other in keys if other != k))
 
 
 def declarations() -> dict[str, Job]:
