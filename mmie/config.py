@@ -199,11 +199,6 @@ def with_workflow_on_path(basedir: str) -> str:
     return os.pathsep.join(p for p in (str(basedir), os.environ.get("PYTHONPATH")) if p)
 
 
-def section(config: dict, *keys: str) -> dict:
-    """The resolved config sections a job used (recorded in its provenance)."""
-    return {k: config[k] for k in keys if k in config}
-
-
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 

@@ -142,20 +142,30 @@ def used_hashes(block: dict[str, Any]) -> set[str]:
     return {h for group in block["groups"].values() for h in group["sha256"]}
 
 
-def build(config: dict, section: dict | None = None, *, seed: int | None = None,
+def build(config, section: dict | None = None, *, seed: int | None = None,
           inputs=(), runtime: dict | None = None, rule: str | None = None,
           texts: dict[str, Any] | None = None) -> dict[str, Any]:
     """The provenance block embedded in every JSON output; ``texts`` ({group: texts}) of a fitting or
-    choosing job become its ``texts_used``."""
+    choosing job become its ``texts_used``. ``config``: a job's view (``mmie.jobs.JobConfig``), whose
+    declared sections become ``config_section`` and whose ``config_hash`` is the whole config's; or,
+    outside a job, the whole config dict with the ``section`` to record."""
+    from mmie.jobs import JobConfig
+
+    if isinstance(config, JobConfig):
+        if section is not None:
+            raise ValueError(f"provenance.build: job {config._rule!r} records its declared sections; pass no section")
+        hashed, section, numerics_config = config.config_hash, config.settings, config.numerics
+    else:
+        hashed, numerics_config = config_hash(config), config
     block = {
         "schema_version": SCHEMA_VERSION,
         "rule": rule,
-        "config_hash": config_hash(config),
+        "config_hash": hashed,
         "config_section": section if section is not None else {},
         "git": git_commit(),
         "libraries": library_versions(),
         "device": device_info(),
-        "numerics": numerics.describe(config),
+        "numerics": numerics.describe(numerics_config),
         "runtime": runtime or {},
         "seed": seed,
         "data_hashes": data_hashes(inputs),

@@ -10,6 +10,7 @@ import mmie.config as mcfg
 from mmie.arms import methods
 from mmie import numerics, preflight
 import mmie.data.corpus as mdata
+import mmie.jobs as mjobs
 
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 mcfg.check(config)  # relative data paths are relative to the working directory
@@ -26,7 +27,7 @@ SEEDS = [int(s) for s in config["seeds"]]
 SETS = mcfg.set_names(config)
 NEIGHBOURS = list(config["languages"]["neighbours"])
 NEIGHBOUR_ROLES = [f"neighbour_{code}" for code in NEIGHBOURS]
-# every split file prepare_data writes (forget first: data_dir_of reads the data folder off it)
+# every split file prepare_data writes
 SPLIT_FILES = mdata.split_files(f"{R}/data", mdata.split_roles(NEIGHBOURS), mdata.SPLITS)
 # what fitting and choosing jobs may read: train and dev parts only (never test or holdout)
 TRAIN_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train"])
@@ -61,32 +62,17 @@ wildcard_constraints:
     set="|".join(re.escape(s) for s in SETS),
 
 
-def _section(key):
-    value = config
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
+def job_settings(rule):
+    """A rule's rerun trigger (``params: settings``): the config sections its job function declares
+    (``@job(...)`` in mmie/jobs/<rulesfile>.py), and for an arm job the wildcard arm's settings and
+    those of the arm it sits on (``on:``). Snakemake's params trigger then reruns the job when one
+    of them changes (config is not tracked otherwise); its provenance records the same values."""
+    declared = mjobs.declaration(rule)
 
+    def params(wildcards):
+        return mjobs.settings_json(config, rule, wildcards.arm if declared.arm else None)
 
-def _settings(keys, arm, wildcards):
-    import json
-
-    out = {k: _section(k) for k in keys}
-    if arm:
-        spec = config["arms"][wildcards.arm]
-        out["arm"] = spec
-        if spec.get("on"):
-            out["on"] = config["arms"][spec["on"]]
-    return json.dumps(out, sort_keys=True, default=str)
-
-
-def settings(*keys, arm=False):
-    """The config sections a job depends on, as a ``params`` entry. Snakemake's params rerun
-    trigger then reruns the job when one of them changes (config is not tracked otherwise).
-    ``arm=True`` adds the wildcard arm's settings and those of the arm it sits on (``on:``)."""
-    from functools import partial
-
-    return partial(_settings, keys, arm)
+    return params
 
 
 def raw_data(wildcards):
@@ -156,19 +142,24 @@ ASSET_FILES = {"sae": f"{R}/sae/layer{{layer}}", "features": f"{R}/sae/features/
                "directions": f"{R}/acts/layer{{layer}}.directions.safetensors"}
 
 
-def layer_assets(method, layers):
-    """The files of the layer assets ``method`` declares, for each of ``layers``."""
-    return [f for asset in methods.method(method).layer_assets for f in expand(ASSET_FILES[asset], layer=layers)]
+def layer_asset_inputs(method, layers):
+    """The layer assets ``method`` declares at each of ``layers``, and the layer selection, as named
+    inputs: ``selection`` and ``<asset><layer>`` (e.g. ``sae3``, ``features3``): the job maps them
+    back to layers (mmie.arms.edit_arms.LayerAssets.from_inputs)."""
+    out = {"selection": selection_file()}
+    for asset in methods.method(method).layer_assets:
+        for layer in layers:
+            out[f"{asset}{layer}"] = ASSET_FILES[asset].format(layer=layer)
+    return out
 
 
 def edit_inputs(wildcards):
     """What an (arm, seed) evaluation needs besides the model: the layer selection and, for an edit
-    arm, each selected layer's SAE and features or fitted directions."""
+    arm, each selected layer's SAE and features or fitted directions (named: layer_asset_inputs)."""
     if wildcards.arm not in LAYER_ARMS:
-        return []
+        return {}
     spec = config["arms"][wildcards.arm]
-    layers = spec.get("layers") or selected_layers()
-    return [selection_file()] + layer_assets(spec["method"], layers)
+    return layer_asset_inputs(spec["method"], spec.get("layers") or selected_layers())
 
 
 def method_files(wildcards):
@@ -192,7 +183,7 @@ def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
     return {"model": model_dir(), "splits": mdata.split_files(f"{R}/data", ["forget", "retain"], ["dev"]),
             "detector": f"{R}/lid/romanized_detector.json",
-            "assets": [selection_file()] + layer_assets(spec["method"], spec.get("layers") or selected_layers())}
+            **layer_asset_inputs(spec["method"], spec.get("layers") or selected_layers())}
 
 
 def sae_report_inputs(wildcards):
@@ -256,15 +247,3 @@ PLOTS = PLOT_RULE_FIGURES + (
 def plot_inputs(wildcards):
     return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json",
             "intervals": f"{R}/summary/intervals.csv"}
-
-
-def data_dir_of(wildcards, input):
-    """results/<exp>/data, from the rule's split files (no hard-coded prefix)."""
-    return str(Path(input.splits[0]).parent.parent)
-
-
-def results_root_of(wildcards, output):
-    """results/<exp>, from an output file three levels below it (<arm>/seed<k>/evaluate.json or
-    sweep/<arm>/seed<k>.json)."""
-    path = output.manifest if "manifest" in output.keys() else output[0]
-    return str(Path(path).parents[2])

@@ -13,7 +13,7 @@ rule prepare_data:
     resources:
         mem_mb=cpu_mem,
     params:
-        settings=settings("data", "languages", "eval", "lid.romanization"),
+        settings=job_settings("prepare_data"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -35,7 +35,7 @@ rule fit_lid:
     resources:
         mem_mb=cpu_mem,
     params:
-        settings=settings("lid", "languages"),
+        settings=job_settings("fit_lid"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -45,6 +45,7 @@ rule fit_lid:
 rule data_report:
     input:
         prepare=f"{R}/data/prepare_report.json",
+        splits=SPLIT_FILES,
         eval_sets=eval_set_files,
         model=model_dir,
     output:
@@ -56,7 +57,7 @@ rule data_report:
     resources:
         mem_mb=cpu_mem,
     params:
-        settings=settings("model", "data.max_length", "data.truncation_warn_share"),
+        settings=job_settings("data_report"),
         model_dir=model_dir_param,
     conda:
         "../envs/mmie.yaml"

@@ -2,10 +2,10 @@
 # job; the per-set scoring that follows imports no torch.
 rule evaluate:
     input:
+        unpack(edit_inputs),
         model=model_dir,
         eval_sets=eval_set_files,
         checkpoint=checkpoint_dir,
-        edits=edit_inputs,
         method_files=method_files,
         mia=[f"{R}/data/forget/train.jsonl", f"{R}/data/forget/holdout.jsonl"],
     output:
@@ -21,12 +21,9 @@ rule evaluate:
         mem_mb=gpu_mem,
         gpu=1,
     params:
-        settings=settings("model", "generation", "eval", "gate", "deterministic", arm=True),
-        sets_dir=f"{R}/data/eval_sets",
-        out_root=f"{R}/{{arm}}/seed{{seed}}",
+        settings=job_settings("evaluate"),
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
-        results_root=results_root_of,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -51,7 +48,7 @@ rule score:
     resources:
         mem_mb=cpu_mem,
     params:
-        settings=settings("lid", "languages", "eval"),
+        settings=job_settings("score"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -71,7 +68,7 @@ rule judge:
     resources:
         mem_mb=cpu_mem,
     params:
-        settings=settings("judge"),
+        settings=job_settings("judge"),
         cache_dir=config["judge"]["cache_dir"],
     conda:
         "../envs/mmie.yaml"

@@ -17,7 +17,7 @@ if config["model"]["source"] == "demo":
             mem_mb=cpu_mem,
             gpu=1,
         params:
-            settings=settings("demo_model", "generation", "deterministic"),
+            settings=job_settings("build_demo_model"),
         conda:
             "../envs/mmie.yaml"
         script:
@@ -37,6 +37,8 @@ if config["model"]["source"] == "gemma3-270m":
         threads: 2
         resources:
             mem_mb=6000,
+        params:
+            settings=job_settings("convert_gemma"),
         conda:
             "../envs/mmie.yaml"
         script:

@@ -29,6 +29,8 @@ rule aggregate:
         f"{R}/benchmarks/aggregate.tsv"
     resources:
         mem_mb=cpu_mem,
+    params:
+        settings=job_settings("aggregate"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -86,6 +88,8 @@ rule plots:
         f"{R}/benchmarks/plots.tsv"
     resources:
         mem_mb=cpu_mem,
+    params:
+        settings=job_settings("plots"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -108,6 +112,8 @@ rule plot_demo_training:
         f"{R}/benchmarks/plot_demo_training.tsv"
     resources:
         mem_mb=cpu_mem,
+    params:
+        settings=job_settings("plot_demo_training"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -130,6 +136,8 @@ rule plot_training_curves:
         f"{R}/benchmarks/plot_training_curves.tsv"
     resources:
         mem_mb=cpu_mem,
+    params:
+        settings=job_settings("plot_training_curves"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -170,7 +178,7 @@ rule stats:
     resources:
         mem_mb=cpu_mem,
     params:
-        settings=settings("stats", "gates"),
+        settings=job_settings("stats"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -193,6 +201,7 @@ rule samples:
     resources:
         mem_mb=cpu_mem,
     params:
+        settings=job_settings("samples"),
         n=5,
     conda:
         "../envs/mmie.yaml"

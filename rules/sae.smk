@@ -16,9 +16,8 @@ checkpoint select_layers:
         mem_mb=gpu_mem,
         gpu=1,
     params:
-        settings=settings("model", "layers", "generation", "judge.model", "data.seed", "eval.prompt_fraction"),
+        settings=job_settings("select_layers"),
         model_dir=model_dir_param,
-        data_dir=data_dir_of,
         judge_cache=config["judge"]["cache_dir"],
     conda:
         "../envs/mmie.yaml"
@@ -44,9 +43,8 @@ rule cache_activations:
         mem_mb=gpu_mem,
         gpu=1,
     params:
-        settings=settings("model", "layers.activations", "data.gibberish", "lid.romanization"),
+        settings=job_settings("cache_activations"),
         model_dir=model_dir_param,
-        data_dir=data_dir_of,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -67,7 +65,7 @@ rule train_sae:
         mem_mb=gpu_mem,
         gpu=1,
     params:
-        settings=settings("sae", "seeds"),
+        settings=job_settings("train_sae"),
     conda:
         "../envs/mmie.yaml"
     script:
@@ -92,9 +90,8 @@ rule select_features:
         mem_mb=gpu_mem,
         gpu=1,
     params:
-        settings=settings("model", "features", "sae.quality_texts", "layers.activations", "seeds"),
+        settings=job_settings("select_features"),
         model_dir=model_dir_param,
-        data_dir=data_dir_of,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -119,10 +116,8 @@ rule sweep_gate:
         mem_mb=gpu_mem,
         gpu=1,
     params:
-        settings=settings("model", "gate", "generation", "eval", "lid", arm=True),
+        settings=job_settings("sweep_gate"),
         model_dir=model_dir_param,
-        data_dir=f"{R}/data",  # not from input: the input function waits for the select_layers checkpoint
-        results_root=results_root_of,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -163,5 +158,7 @@ rule sae_report:
         mem_mb=cpu_mem,
     conda:
         "../envs/mmie.yaml"
+    params:
+        settings=job_settings("sae_report"),
     script:
         "../scripts/sae_report.py"

@@ -21,7 +21,7 @@ rule train:
         gpu=1,
         runtime=train_runtime,
     params:
-        settings=settings("model", "deterministic", arm=True),
+        settings=job_settings("train"),
         model_dir=model_dir_param,
     conda:
         "../envs/mmie.yaml"

@@ -1,7 +1,8 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import report  # noqa: E402
+from mmie.jobs import cfg_of, report  # noqa: E402
 
-report.aggregate(snakemake.config, snakemake.input.metrics, snakemake.output.long, snakemake.output.summary,
-              snakemake.output.markdown, snakemake.output.failures, snakemake.output.judge_agreement)
+o = snakemake.output
+report.aggregate(cfg_of(snakemake), snakemake.input.metrics, o.long, o.summary, o.markdown, o.failures,
+                 o.judge_agreement)

@@ -1,8 +1,8 @@
-from pathlib import Path
-
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import data  # noqa: E402
+from mmie.jobs import cfg_of, data  # noqa: E402
 
-data.fit_lid(snakemake.config, str(Path(snakemake.input.report).parent), snakemake.output.detector, snakemake.output.report)
+i = snakemake.input
+data.fit_lid(cfg_of(snakemake), list(i.splits), i.lid_check, i.report, snakemake.output.detector,
+             snakemake.output.report)

@@ -1,7 +1,7 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import evaluate  # noqa: E402
+from mmie.jobs import cfg_of, evaluate  # noqa: E402
 
-evaluate.judge(snakemake.config, list(snakemake.input.generations), snakemake.params.cache_dir,
-              list(snakemake.output.judged))
+evaluate.judge(cfg_of(snakemake), list(snakemake.input.generations), snakemake.params.cache_dir,
+               list(snakemake.output.judged))

@@ -1,6 +1,6 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import report  # noqa: E402
+from mmie.jobs import cfg_of, report  # noqa: E402
 
-report.plot("demo_training", snakemake.config, dict(snakemake.input.items()), snakemake.output[0])
+report.plot_demo_training(cfg_of(snakemake), snakemake.input.model_report, snakemake.output[0])

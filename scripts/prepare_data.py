@@ -1,8 +1,6 @@
-from pathlib import Path
-
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import data  # noqa: E402
+from mmie.jobs import cfg_of, data  # noqa: E402
 
-data.prepare_data(snakemake.config, str(Path(snakemake.output.report).parent), snakemake.output.report)
+data.prepare_data(cfg_of(snakemake), snakemake.output.report, list(snakemake.output))

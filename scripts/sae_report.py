@@ -1,7 +1,7 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import sae  # noqa: E402
+from mmie.jobs import cfg_of, sae  # noqa: E402
 
-sae.sae_report(snakemake.config, snakemake.input.selection, list(snakemake.input.quality),
+sae.sae_report(cfg_of(snakemake), snakemake.input.selection, list(snakemake.input.quality),
                list(snakemake.input.features), list(snakemake.input.sweeps), dict(snakemake.output.items()))

@@ -1,8 +1,8 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import evaluate  # noqa: E402
+from mmie.jobs import cfg_of, evaluate  # noqa: E402
 
-evaluate.score(snakemake.config, snakemake.wildcards.arm, int(snakemake.wildcards.seed), snakemake.input.generations,
-               snakemake.input.manifest, snakemake.input.detector, snakemake.output.metrics, snakemake.input.mia,
-               snakemake.input.judge or None)
+i = snakemake.input
+evaluate.score(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), i.generations, i.manifest,
+               i.detector, snakemake.output.metrics, i.mia, i.judge or None)

@@ -1,10 +1,10 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import sae  # noqa: E402
+from mmie.jobs import cfg_of, sae  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
-sae.select_features(snakemake.config, int(snakemake.wildcards.layer), snakemake.params.model_dir,
-                         snakemake.params.data_dir, snakemake.input.acts, snakemake.input.sae,
-                         snakemake.output.features, snakemake.output.quality)
+sae.select_features(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.params.model_dir,
+                    list(snakemake.input.splits), snakemake.input.acts, snakemake.input.sae,
+                    snakemake.output.features, snakemake.output.quality)

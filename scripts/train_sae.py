@@ -1,8 +1,8 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
-from mmie.jobs import sae  # noqa: E402
+from mmie.jobs import cfg_of, sae  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["sae"]["device"])
-sae.train_sae(snakemake.config, int(snakemake.wildcards.layer), snakemake.input.acts, snakemake.output[0])
+sae.train_sae(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.input.acts, snakemake.output[0])

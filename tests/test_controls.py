@@ -3,6 +3,7 @@ it draws from the latents that pass the real gate's filters, matched to the chos
 firing frequency, seeded."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -136,7 +137,7 @@ def test_layer_edits_records_both_distributions(selected):
     from mmie.sae.edits import SaeCodec
 
     sae, _, res = selected
-    assets = LayerAssets.under("/nonexistent")
+    assets = LayerAssets(selection=Path("/nonexistent"))
     assets._gates[(3, "f")] = (SaeCodec(sae), res["semantic"])
     model = SimpleNamespace(config=SimpleNamespace(hidden_size=D))
     config = {"gate": {"alpha": 1.0, "mode": "scale", "clamp": 0.0}}

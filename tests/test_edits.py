@@ -329,7 +329,8 @@ def test_cache_roles_and_gibberish(tmp_path):
     io.write_jsonl(data / "neighbours" / "ur" / "train.jsonl", [{"id": "c", "text": "میرا نام رام ہے"}])
     cfg = {"lid": {"romanization": "iast_plain"}, "data": {"gibberish": None, "seed": 1},
            "languages": {"neighbours": {"ur": {}}}}
-    roles = cache_roles(cfg, data, 10)
+    roles = cache_roles(cfg, {(r, "train"): str(p / "train.jsonl") for r, p in (
+        ("forget", data / "forget"), ("retain", data / "retain"), ("neighbour_ur", data / "neighbours" / "ur"))}, 10)
     assert set(roles) == {"forget", "forget_romanized", "gibberish", "retain", "neighbour_ur"}
     assert roles["forget_romanized"][0].isascii()
     g = roles["gibberish"][0]
@@ -389,6 +390,6 @@ def test_force_layers_bypasses_selection_without_loading_a_model(tmp_path, monke
     monkeypatch.setattr(mmie.model.loading, "load_model", no_model)
     cfg = {"layers": {"force_layers": [1, 3]}, "data": {"seed": 1}, "experiment": "x"}
     out = tmp_path / "selection.json"
-    sae_job.select_layers(cfg, None, str(tmp_path), str(out))
+    sae_job.select_layers(cfg, None, [], str(out))
     sel = io.read_json(out)
     assert sel["forced"] is True and sel["layers"] == [1, 3] and sel["resamples"] == [] and "provenance" in sel

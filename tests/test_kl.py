@@ -103,7 +103,10 @@ def build(name, tiny_lm, root, tok=None):
     spec = SPECS[name]
     trained = spec.get("on") or (name if methods.method(spec["method"]).trains else None)
     return arms.build(name, spec, loaded, str(root / trained) if trained else None, config=CONFIG, seed=0,
-                      assets=LayerAssets.under(root))
+                      assets=LayerAssets.from_inputs({
+                          "selection": root / "layers" / "selection.json", f"sae{LAYER}": root / "sae" / f"layer{LAYER}",
+                          f"features{LAYER}": root / "sae" / "features" / f"layer{LAYER}.json",
+                          f"directions{LAYER}": root / "acts" / f"layer{LAYER}.directions.safetensors"}))
 
 
 def texts(demo_texts):

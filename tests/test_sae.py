@@ -486,6 +486,7 @@ def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     data = tmp_path / "data"
     write_lines(data / "forget" / "train.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(demo_texts["hi"][:40])])
     write_lines(data / "retain" / "train.jsonl", [{"id": str(i), "text": t} for i, t in enumerate(demo_texts["en"][:40])])
+    splits = [str(data / "forget" / "train.jsonl"), str(data / "retain" / "train.jsonl")]
     roles = {"forget": demo_texts["hi"][:40], "retain": demo_texts["en"][:40], "neighbour_ur": demo_texts["ur"][:20],
              "gibberish": demo_texts["hi"][200:210], "forget_romanized": demo_texts["en"][200:210]}
     acts = {r: collect(model, tok, t, [1], max_length=24, batch_size=16)[1] for r, t in roles.items()}
@@ -508,7 +509,7 @@ def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     assert meta["provenance"]["runtime"]["tokens_per_s"] > 0
     assert load_sae(out, layer=1, model_fingerprint=model_fingerprint(model), d_in=32).cfg.d_sae == 64
     feats, qual = tmp_path / "sae" / "features" / "layer1.json", tmp_path / "sae" / "quality" / "layer1.json"
-    sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
+    sae_jobs.select_features(config, 1, None, splits, str(cache), str(out), str(feats), str(qual))
     q = json.loads(qual.read_text())
     assert {"layer", "fvu", "l0", "dead_share", "ce_clean", "ce_sae", "ce_zero", "loss_recovered", "provenance"} <= set(q)
     # loss recovered on held-out texts only: 4 of each role's 40 (holdout_fraction 0.1) < quality_texts 6
@@ -521,7 +522,7 @@ def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     forget_file = data / "forget" / "train.jsonl"
     write_lines(forget_file, [{"id": str(i), "text": "नमस्ते"} for i in range(40)])
     with pytest.raises(DataError, match=r"forget text \d+ has \d+ cached tokens .* cache was built from other texts"):
-        sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
+        sae_jobs.select_features(config, 1, None, splits, str(cache), str(out), str(feats), str(qual))
     write_lines(forget_file, [{"id": str(i), "text": t} for i, t in enumerate(demo_texts["hi"][:40])])
     # an SAE trained before texts were held out (no data.holdout_texts) is refused
     meta_file = out / "mmie.json"
@@ -529,11 +530,11 @@ def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     del old_meta["data"]["holdout_texts"]
     meta_file.write_text(json.dumps(old_meta))
     with pytest.raises(SAEError, match="held out tokens, not texts.*rerun train_sae"):
-        sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
+        sae_jobs.select_features(config, 1, None, splits, str(cache), str(out), str(feats), str(qual))
     # a cache from another model is refused before anything is computed
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.model.embed_tokens.weight.add_(1.0)
     write_cache(cache, 1, acts, model_fingerprint(other))
     with pytest.raises(Exception, match="fingerprint"):
-        sae_jobs.select_features(config, 1, None, str(data), str(cache), str(out), str(feats), str(qual))
+        sae_jobs.select_features(config, 1, None, splits, str(cache), str(out), str(feats), str(qual))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmie import io
-from mmie.data.corpus import SPLITS, split_path, split_roles
+from mmie import io, jobs
+from mmie.data.corpus import SPLITS, split_files, split_path, split_roles
 from mmie.provenance import text_sha256, used_hashes
 
 FORBIDDEN_PARTS = ("test", "holdout")
@@ -69,13 +69,15 @@ def small_run(tmp_path_factory, demo_config):
                    "activations": {"max_texts": 8, "max_length": 32}},
     })
     data = root / "data"
-    data_job.prepare_data(cfg, str(data), str(data / "prepare_report.json"))
-    data_job.fit_lid(cfg, str(data), str(root / "lid" / "detector.json"), str(root / "lid" / "report.json"))
+    data_job.prepare_data(cfg, str(data / "prepare_report.json"))
+    splits = split_files(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
+    data_job.fit_lid(cfg, splits, str(data / "lid_check.jsonl"), str(data / "prepare_report.json"),
+                     str(root / "lid" / "detector.json"), str(root / "lid" / "report.json"))
     model = root / "model"
-    model_job.build_demo_model(cfg, str(data), str(root / "lid" / "detector.json"), str(model),
-                              str(root / "model_report.json"))
-    sae_job.select_layers(cfg, str(model), str(data), str(root / "selection.json"))
-    sae_job.cache_activations(cfg, 0, str(model), str(data), str(root / "acts.safetensors"),
+    model_job.build_demo_model(cfg, splits, str(root / "lid" / "detector.json"), str(model),
+                               str(root / "model_report.json"))
+    sae_job.select_layers(cfg, str(model), splits, str(root / "selection.json"))
+    sae_job.cache_activations(cfg, 0, str(model), splits, str(root / "acts.safetensors"),
                                str(root / "directions.safetensors"), str(root / "acts.json"))
     return cfg, root
 
@@ -106,7 +108,7 @@ def test_adapter_early_stopping_texts_are_train_and_dev(small_run):
 
     cfg, root = small_run
     data = root / "data"
-    texts = adapter_texts(data, 8)
+    texts = adapter_texts(jobs.split_files(split_files(data, ["forget", "retain"], ["train", "dev"])), 8)
     assert set(texts) == {"forget/train", "retain/train", "forget/dev", "retain/dev"} and len(texts["forget/dev"]) == 8
     forbidden = forbidden_hashes(data, cfg["languages"]["neighbours"])
     assert not {text_sha256(t) for group in texts.values() for t in group} & forbidden

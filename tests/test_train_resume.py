@@ -51,6 +51,7 @@ def test_a_killed_training_job_resumes_to_the_same_checkpoint(tiny_lm, demo_text
         write_lines(data / role / "train.jsonl", rows(demo_texts[lang][:40]))
         for split in ("eval", "dev"):   # the early-stopping split (named dev once the data split has one)
             write_lines(data / role / f"{split}.jsonl", rows(demo_texts[lang][200:208]))
+    splits = [str(data / role / f"{part}.jsonl") for role in ("forget", "retain") for part in ("train", "dev")]
     config = copy.deepcopy(demo_config)
     config["model"].update(source="local", path=str(tmp_path / "model"), device="cpu")
     config["resources"]["torch_threads"] = 1
@@ -63,7 +64,7 @@ def test_a_killed_training_job_resumes_to_the_same_checkpoint(tiny_lm, demo_text
     state = ckpts / "seed0.resume" / "state.pt"
 
     # 1) an uninterrupted run, then the same job killed during step 8 (states were saved after 3 and 6)
-    killed = run_child(tmp_path, "first", config=config, data=str(data), out=str(out),
+    killed = run_child(tmp_path, "first", config=config, data=splits, out=str(out),
                        reference_out=str(reference), kill_at_step=8)
     assert (reference / "adapter_model.safetensors").is_file(), killed.stderr[-3000:]
     assert not (ckpts / "reference" / "seed0.resume").exists()     # removed after success
@@ -76,7 +77,7 @@ def test_a_killed_training_job_resumes_to_the_same_checkpoint(tiny_lm, demo_text
     (state.parent / ".state.pt.abc123.tmp").write_bytes(b"half")
 
     # 2) the rerun continues after step 6 and ends with the uninterrupted run's checkpoint, bit for bit
-    resumed = run_child(tmp_path, "rerun", config=config, data=str(data), out=str(out), reference_out=None,
+    resumed = run_child(tmp_path, "rerun", config=config, data=splits, out=str(out), reference_out=None,
                         kill_at_step=None)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after step 6 of 12" in resumed.stderr

@@ -92,6 +92,37 @@ def test_every_contract_output_exists_with_provenance(run_dir, lid):
     assert metrics(run_dir, "base", 0, "ur")["metrics"]["own_language_rate"] == pytest.approx(own, abs=1e-12)
 
 
+def test_provenance_records_each_jobs_declared_sections(run_dir):
+    """Every job's provenance records as config_section exactly what its rule tracks (``params:
+    settings``, from the job's ``@job`` declaration), with the whole config's hash beside it."""
+    from mmie import jobs, provenance
+    from mmie.config import load
+
+    cfg = load(run_dir / "config.yaml")
+    r = run_dir / "results" / EXP
+    layer = json.loads((r / "layers" / "selection.json").read_text())["layers"][0]
+    files = {("evaluate", "lora"): ("lora/seed0/evaluate.json", ["provenance"]),
+             ("evaluate", "sae_gate"): ("sae_gate/seed0/evaluate.json", ["provenance"]),
+             ("score", None): ("prompt/seed0/forget/metrics.json", ["provenance"]),
+             ("train", "lora"): ("checkpoints/lora/seed0/manifest.json", ["provenance"]),
+             ("prepare_data", None): ("data/prepare_report.json", ["provenance"]),
+             ("data_report", None): ("data/data_report.json", ["provenance_tokens"]),
+             ("fit_lid", None): ("lid/lid_report.json", ["provenance"]),
+             ("build_demo_model", None): ("model_report.json", ["provenance"]),
+             ("select_layers", None): ("layers/selection.json", ["provenance"]),
+             ("cache_activations", None): (f"acts/layer{layer}.json", ["provenance"]),
+             ("select_features", None): (f"sae/features/layer{layer}.json", ["provenance"]),
+             ("train_sae", None): (f"sae/layer{layer}/mmie.json", ["provenance"]),
+             ("sweep_gate", "sae_gate"): ("sweep/sae_gate/seed0.json", ["provenance"]),
+             ("stats", None): ("summary/decisions.json", ["_provenance"])}
+    for (rule, arm), (path, keys) in files.items():
+        block = json.loads((r / path).read_text())
+        for k in keys:
+            block = block[k]
+        assert block["rule"] == rule and block["config_hash"] == provenance.config_hash(cfg), path
+        assert block["config_section"] == json.loads(jobs.settings_json(cfg, rule, arm)), path
+
+
 def test_demo_model_really_speaks_the_languages(run_dir):
     rep = json.loads((run_dir / "results" / EXP / "model_report.json").read_text())
     assert rep["problems"] == []

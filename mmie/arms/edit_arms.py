@@ -4,13 +4,16 @@ number of random SAE latents per layer, passing the same filters and matched in 
 frequency: the control), ``dim`` (difference-in-means steering) and
 ``script_scrub`` (LEACE eraser of the target-script vs romanized direction).
 
-``LayerAssets`` finds what a layer's edit needs under the experiment's results folder: the layer
-selection, the SAE, its features and the directions; every file is checked against the loaded
-model's fingerprint."""
+``LayerAssets`` holds what a layer's edit needs, as the rule declares it (rules/common.smk
+``layer_asset_inputs``: named inputs ``selection`` and ``<asset><layer>``, e.g. ``sae3``,
+``features3``, ``directions3``): the layer selection, the SAE, its features and the directions;
+every file is checked against the loaded model's fingerprint."""
 
 from __future__ import annotations
 
 import contextlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,28 +24,54 @@ from mmie.errors import ConfigError
 
 @dataclass
 class LayerAssets:
-    root: Path                      # results/<exp>
-    selection: Path                 # results/<exp>/layers/selection.json
+    selection: Path                 # the layer-selection artifact (layers/selection.json)
+    files: dict = field(default_factory=dict)   # (asset, layer) -> declared path (mmie.arms.method.ASSETS)
     _gates: dict = field(default_factory=dict, repr=False)   # (layer, fingerprint) -> (codec, features)
 
     @classmethod
-    def under(cls, root: str | Path) -> "LayerAssets":
-        root = Path(root)
-        return cls(root=root, selection=root / "layers" / "selection.json")
+    def from_inputs(cls, named: Mapping[str, str]) -> "LayerAssets":
+        """From a rule's named inputs: ``selection`` and ``<asset><layer>`` (other names are ignored)."""
+        from mmie.arms.method import ASSETS
+
+        if "selection" not in named:
+            raise ConfigError(f"the rule declares no 'selection' input among {sorted(named)}; an edit arm's layer "
+                              f"assets come from rules/common.smk layer_asset_inputs")
+        pattern = re.compile(rf"({'|'.join(ASSETS)})(\d+)")
+        files = {}
+        for name, path in named.items():
+            m = pattern.fullmatch(name)
+            if m:
+                files[m.group(1), int(m.group(2))] = Path(path)
+        return cls(selection=Path(named["selection"]), files=files)
 
     def layers(self) -> list[int]:
         if not self.selection.exists():
             raise FileNotFoundError(f"{self.selection} does not exist; run the select_layers rule")
         return [int(x) for x in io.read_json(self.selection)["layers"]]
 
+    def path(self, asset: str, layer: int) -> Path:
+        if (asset, layer) not in self.files:
+            declared = sorted(f"{a}{lay}" for a, lay in self.files)
+            raise ConfigError(f"layer {layer}'s {asset} is not among the rule's declared layer assets {declared}; "
+                              f"the rule's inputs come from rules/common.smk layer_asset_inputs (method's "
+                              f"layer_assets x the arm's layers)")
+        return self.files[asset, layer]
+
+    def all_files(self) -> list[Path]:
+        """Every declared asset file (an SAE folder's files), for a hash of what an evaluation read."""
+        out = [self.selection]
+        for p in (self.files[k] for k in sorted(self.files)):
+            out += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        return out
+
     def sae_dir(self, layer: int) -> Path:
-        return self.root / "sae" / f"layer{layer}"
+        return self.path("sae", layer)
 
     def features(self, layer: int) -> Path:
-        return self.root / "sae" / "features" / f"layer{layer}.json"
+        return self.path("features", layer)
 
     def directions(self, layer: int) -> Path:
-        return self.root / "acts" / f"layer{layer}.directions.safetensors"
+        return self.path("directions", layer)
 
     def gate(self, layer: int, fingerprint: str, d_in: int):
         """The layer's checked SAE (as a ``SaeCodec``) and its features file, loaded once per

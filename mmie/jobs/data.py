@@ -7,35 +7,44 @@ import logging
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import raw_data_files, section
+from mmie.config import raw_data_files
 from mmie.data.corpus import warn_truncation
+from mmie.jobs import EVAL_SETS, JobConfig, job, split_files, split_texts
 
 log = logging.getLogger(__name__)
 
 
-def prepare_data(config: dict, out_dir: str, report_path: str) -> None:
+@job("data", "languages", "eval", "lid.romanization", *EVAL_SETS)
+def prepare_data(cfg: JobConfig, report_path: str, outputs=()) -> None:
+    """Every split file, evaluation set and the LID check set, in the folder of ``report_path`` (the
+    rule's outputs: ``mmie.data.corpus.split_path`` places the split files); ``outputs``, the rule's
+    declared outputs, are checked to be what was written."""
     from mmie.data.prepare import prepare
 
-    report = prepare(config, out_dir)
-    report["provenance"] = provenance.build(config, section(config, "data", "languages", "eval", "lid"),
-                                            inputs=raw_data_files(config).values(), rule="prepare_data")
+    report = prepare(cfg, Path(report_path).parent)
+    missing = [str(p) for p in outputs if str(p) != str(report_path) and not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"prepare_data did not write the declared outputs {missing} (rules/data.smk "
+                                f"prepare_data's output and mmie.data.prepare disagree)")
+    report["provenance"] = provenance.build(cfg, inputs=raw_data_files(cfg).values(), rule="prepare_data")
     io.write_json(report_path, report)
 
 
-def data_report(config: dict, prepare_report: str, data_dir: str, model_dir: str | None, out: str) -> None:
+@job("model", "data.max_length", "data.truncation_warn_share")
+def data_report(cfg: JobConfig, prepare_report: str, data_files, model_dir: str | None, out: str) -> None:
     """The final data report: the prepare report plus token lengths and truncation rate under the
-    model's tokenizer (which exists only once the model is known)."""
+    model's tokenizer (which exists only once the model is known), for each of ``data_files`` (the
+    rule's split files and evaluation sets, keyed by their path below the prepare report's folder)."""
     from mmie.data.corpus import histogram
     from mmie.model.loading import load_tokenizer, model_source
 
     report = io.read_json(prepare_report)
-    tok = load_tokenizer(model_source(config["model"], model_dir))
-    max_len = config["data"]["max_length"]
+    tok = load_tokenizer(model_source(cfg["model"], model_dir))
+    max_len = cfg["data"]["max_length"]
     tokens: dict[str, dict] = {}
-    warn = config["data"]["truncation_warn_share"]
-    for path in sorted(Path(data_dir).rglob("*.jsonl")):
-        if path.name == "lid_check.jsonl":
-            continue
+    warn = cfg["data"]["truncation_warn_share"]
+    data_dir = Path(prepare_report).parent
+    for path in sorted(Path(p) for p in data_files):
         rows = io.read_jsonl(path)
         texts = [r.get("text") or r.get("prompt") for r in rows]
         lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
@@ -46,33 +55,37 @@ def data_report(config: dict, prepare_report: str, data_dir: str, model_dir: str
         warn_truncation(key, sum(n > max_len for n in lengths), len(lengths), warn,
                         f"texts (longer than data.max_length={max_len} tokens)")
     report["tokens"] = {"max_length": max_len, "by_file": tokens}
-    report["provenance_tokens"] = provenance.build(config, section(config, "data", "model"), rule="data_report")
+    report["provenance_tokens"] = provenance.build(cfg, rule="data_report")
     io.write_json(out, report)
 
 
-def fit_lid(config: dict, data_dir: str, detector_out: str, report_out: str) -> None:
+@job("lid", "languages")
+def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detector_out: str, report_out: str) -> None:
     """The romanized detector, fitted on transliterated forget/train vs retain/train and reported on
-    the dev splits (never on test: the evaluation sets stay unseen)."""
-    from mmie.data.corpus import read_split
+    the dev splits (never on test: the evaluation sets stay unseen). ``splits``: the rule's split files."""
     from mmie.lang.lid import LID, RomanizedDetector, confusion
     from mmie.lang.translit import romanize
 
-    data = Path(data_dir)
-    scheme = config["lid"]["romanization"]
-    forget_train, retain_train = read_split(data, "forget", "train"), read_split(data, "retain", "train")
+    files = split_files(splits)
+
+    def read(role: str, part: str) -> list[str]:
+        return split_texts(files, role, part, "fit_lid")
+
+    scheme = cfg["lid"]["romanization"]
+    forget_train, retain_train = read("forget", "train"), read("retain", "train")
     detector = RomanizedDetector.train([romanize(t, scheme) for t in forget_train], retain_train)
     detector.save(detector_out)
-    lid = LID(config["lid"], config["languages"], detector)
-    forget_dev, retain_dev = read_split(data, "forget", "dev"), read_split(data, "retain", "dev")
-    derived = set_is_derived(data)
-    natural_rom = [] if derived else read_split(data, "forget_romanized", "dev")
+    lid = LID(cfg["lid"], cfg["languages"], detector)
+    forget_dev, retain_dev = read("forget", "dev"), read("retain", "dev")
+    derived = set_is_derived(prepare_report)
+    natural_rom = [] if derived else read("forget_romanized", "dev")
 
     def acc(texts: list[str], want_target: bool) -> float:
         return sum((detector.prob_target(t) >= 0.5) == want_target for t in texts) / len(texts)
 
-    target_rom = f"{config['languages']['target']['code']}_rom"
-    retain = config["languages"]["retain"]["code"]
-    check_items = io.read_jsonl(data / "lid_check.jsonl")
+    target_rom = f"{cfg['languages']['target']['code']}_rom"
+    retain = cfg["languages"]["retain"]["code"]
+    check_items = io.read_jsonl(lid_check)
     used = {"forget/train": forget_train, "retain/train": retain_train, "forget/dev": forget_dev,
             "retain/dev": retain_dev, **({} if derived else {"romanized/dev": natural_rom})}
     report = {
@@ -87,13 +100,12 @@ def fit_lid(config: dict, data_dir: str, detector_out: str, report_out: str) -> 
                                      + [{"text": t, "label": retain} for t in retain_dev]),
         "lid_check": confusion(lid, check_items) if check_items else None,
         "lid": lid.describe(),
-        "provenance": provenance.build(config, section(config, "lid", "languages"), rule="fit_lid",
-                                       inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"],
-                                       texts=used),
+        "provenance": provenance.build(cfg, rule="fit_lid", texts=used,
+                                       inputs=[files["forget", "train"], files["retain", "train"]]),
     }
     io.write_json(report_out, report)
 
 
-def set_is_derived(data_dir: Path) -> bool:
-    rep = Path(data_dir) / "prepare_report.json"
-    return bool(rep.is_file() and io.read_json(rep).get("romanized_derived"))
+def set_is_derived(prepare_report: str | Path) -> bool:
+    """Whether prepare_data derived the romanized split (no natural romanized data): its report says."""
+    return bool(io.read_json(prepare_report).get("romanized_derived"))

@@ -9,20 +9,19 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.arms.methods import method
-from mmie.config import eval_sets, section
+from mmie.config import eval_sets
 from mmie.data.corpus import warn_truncation
-from mmie.lang.judge import Judge, JudgeError, redact
+from mmie.jobs import EVAL_SETS, JobConfig, job, split_files, view
 
 log = logging.getLogger(__name__)
 
 
-def evaluation_key(config: dict, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
-                   results_root: str | None) -> str:
-    """What an (arm, seed) evaluation's outputs depend on, as one hash: the config sections it reads,
-    the arm (and the arm it sits on), the seed, the model, the checkpoint, the layer assets and mmie's
-    own code. A finished set of an interrupted run is reused only under the same key."""
-    spec = config["arms"][arm_name]
+def evaluation_key(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
+                   assets=None) -> str:
+    """What an (arm, seed) evaluation's outputs depend on, as one hash: the config sections it reads
+    (its declaration: with the arm and the arm it sits on) and the runner's numerics, the seed, the
+    model, the checkpoint, the declared layer assets (``LayerAssets``) and mmie's own code. A finished
+    set of an interrupted run is reused only under the same key."""
     files: list[Path] = []
     weights = {}
     if model_dir and Path(model_dir).is_dir():   # the model's configs by content, its weights by name and size
@@ -30,14 +29,11 @@ def evaluation_key(config: dict, arm_name: str, seed: int, model_dir: str | None
         weights = {p.name: p.stat().st_size for p in sorted(Path(model_dir).iterdir()) if p.suffix == ".safetensors"}
     if checkpoint:
         files += sorted(p for p in Path(checkpoint).iterdir() if p.is_file())
-    if results_root and method(spec["method"]).layer_assets:
-        root = Path(results_root)
-        files += [root / "layers" / "selection.json", *sorted((root / "sae").rglob("*.json")),
-                  *sorted((root / "sae").rglob("*.safetensors")), *sorted((root / "acts").glob("*.directions.safetensors"))]
+    if assets is not None:
+        files += assets.all_files()
     code = sorted(Path(__file__).resolve().parent.parent.rglob("*.py"))   # all of mmie/
     return provenance.config_hash({
-        "config": section(config, "model", "generation", "eval", "gate", "deterministic", "numerics", "data"),
-        "arm": arm_name, "spec": spec, "on": config["arms"].get(spec.get("on") or "", None), "seed": seed,
+        "config": config.settings, "numerics": config.numerics, "arm": arm_name, "seed": seed,
         "files": provenance.data_hashes([p for p in files if p.is_file()]), "weights": weights,
         "code": provenance.data_hashes(code)})
 
@@ -48,8 +44,8 @@ class FinishedSets:
     A rerun of the job after a kill or an error reuses the sets whose key and evaluation file are
     unchanged, and the folder is removed when the job succeeds."""
 
-    def __init__(self, out_root: Path, key: str) -> None:
-        self.dir = out_root / ".partial"
+    def __init__(self, run_dir: Path, key: str) -> None:
+        self.dir = run_dir / ".partial"
         self.key = key
 
     def _stamp(self, set_file: Path) -> str:
@@ -76,10 +72,16 @@ class FinishedSets:
             shutil.rmtree(self.dir)
 
 
-def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets_dir: str,
-             out_root: str, manifest_out: str, checkpoint: str | None = None, mia_out: str | None = None,
-             results_root: str | None = None) -> None:
-    """One (arm, seed) job: load the model once, then generate and score likelihoods for every set."""
+@job("model", "generation", "eval", "gate", "deterministic", "data.truncation_warn_share", *EVAL_SETS, arm=True)
+def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, set_files, generations_out,
+             manifest_out: str, checkpoint: str | None = None, mia_inputs=(), mia_out: str | None = None,
+             assets=None) -> None:
+    """One (arm, seed) job: load the model once, then generate and score likelihoods for every set.
+    ``set_files``: the evaluation sets (``<sets>/<set>.jsonl``), ``generations_out`` the
+    ``<run>/<set>/generations.jsonl`` outputs, ``mia_inputs`` the forget/train and forget/holdout
+    split files, ``assets`` the rule's named layer-asset inputs (``LayerAssets.from_inputs``; edit arms):
+    all as the rule declares them. Finished sets of an interrupted run wait in ``.partial/`` beside
+    the manifest (``FinishedSets``)."""
     import torch
 
     from mmie import arms
@@ -91,28 +93,34 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     t0 = time.time()
     seed_everything(seed, config["deterministic"])
     lm = load_model(config["model"], model_dir)
-    assets = None
-    if results_root is not None:
+    if assets is not None and "selection" in assets:
         from mmie.arms.edit_arms import LayerAssets
 
-        assets = LayerAssets.under(results_root)
+        assets = LayerAssets.from_inputs(assets)
+    else:
+        assets = None
+    sets = {s.name for s in eval_sets(config)}
+    set_paths, gen_paths = sets_by_name(set_files, sets), by_set(generations_out, "generations.jsonl")
+    if sorted(gen_paths) != sorted(sets):
+        raise ValueError(f"evaluate {arm_name}/seed{seed}: generations outputs for sets {sorted(gen_paths)} but the "
+                         f"config's evaluation sets are {sorted(sets)}; the evaluate rule is miswired (rules/evaluate.smk)")
     arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint, config=config, seed=seed, assets=assets)
     model, tok = arm.model, lm.tokenizer
     decoding = Decoding.from_config(config["generation"])
     ev = config["eval"]
     oom_log: list = []
     timings = {}
-    finished = FinishedSets(Path(out_root), evaluation_key(config, arm_name, seed, model_dir, checkpoint, results_root))
+    finished = FinishedSets(Path(manifest_out).parent, evaluation_key(config, arm_name, seed, model_dir, checkpoint, assets))
     reused: list[str] = []
     for info in eval_sets(config):
         t_set = time.time()
-        set_file = Path(sets_dir) / f"{info.name}.jsonl"
+        set_file = Path(set_paths[info.name])
         items = io.read_jsonl(set_file)
         if not items:
-            raise ValueError(f"evaluation set {info.name} is empty ({sets_dir}); rerun prepare_data")
+            raise ValueError(f"evaluation set {info.name} is empty ({set_file}); rerun prepare_data")
         rows = finished.load(info.name, set_file)
         if rows is not None:   # finished by an earlier, interrupted run of this job with the same inputs
-            io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
+            io.write_jsonl(gen_paths[info.name], rows)
             reused.append(info.name)
             continue
         with arm.active():
@@ -156,7 +164,7 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         warn_truncation(info.name, sum(r["prompt_truncated"] for r in rows), len(rows), limit, "prompts")
         warn_truncation(info.name, sum(bool(r.get("ref_truncated")) for r in rows), len(rows), limit,
                         "reference texts")
-        io.write_jsonl(Path(out_root) / info.name / "generations.jsonl", rows)
+        io.write_jsonl(gen_paths[info.name], rows)
         finished.save(info.name, set_file, rows)
         timings[info.name] = round(time.time() - t_set, 2)
         del gens, rows
@@ -168,10 +176,10 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
     if mia_out:
         # membership inference: forget/train (members, seen by the base model's training when it is
         # the demo model) vs forget/holdout (never seen) — same language, so it measures memorisation
-        data_root = Path(sets_dir).parent
+        mia_files = split_files(mia_inputs)
         n = ev["mia_max_items"]
-        rows = [(r, 1) for r in io.read_jsonl(data_root / "forget" / "train.jsonl")[:n]] + \
-               [(r, 0) for r in io.read_jsonl(data_root / "forget" / "holdout.jsonl")[:n]]
+        rows = [(r, 1) for r in io.read_jsonl(mia_files["forget", "train"])[:n]] + \
+               [(r, 0) for r in io.read_jsonl(mia_files["forget", "holdout"])[:n]]
         seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:ev["max_length"]]
                 for r, _ in rows]
         with arm.active():
@@ -183,14 +191,22 @@ def evaluate(config: dict, arm_name: str, seed: int, model_dir: str | None, sets
         "decoding": decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
         "reused_sets": reused,
         "oom_retries": oom_log, "seconds": round(time.time() - t0, 1),
-        "provenance": provenance.build(config, section(config, "model", "generation", "eval", "arms"), seed=seed,
-                                       runtime=lm.runtime, rule="evaluate",
-                                       inputs=[Path(sets_dir) / f"{s.name}.jsonl" for s in eval_sets(config)]),
+        "provenance": provenance.build(config, seed=seed, runtime=lm.runtime, rule="evaluate",
+                                       inputs=[set_paths[s.name] for s in eval_sets(config)]),
     }
     if checkpoint:
         manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
     io.write_json(manifest_out, manifest)
     finished.clear()
+
+
+def sets_by_name(paths, names) -> dict[str, str]:
+    """The rule's ``<sets>/<set>.jsonl`` evaluation-set files keyed by set name; they must be the config's sets."""
+    out = {Path(p).stem: str(p) for p in paths}
+    if sorted(out) != sorted(names) or len(out) != len(list(paths)):
+        raise ValueError(f"evaluate: evaluation-set inputs {list(paths)} are not one file per configured set "
+                         f"{sorted(names)}; the evaluate rule's eval_sets input is miswired (rules/evaluate.smk)")
+    return out
 
 
 def by_set(paths, filename: str) -> dict[str, str]:
@@ -207,7 +223,8 @@ def by_set(paths, filename: str) -> dict[str, str]:
     return out
 
 
-def score(config: dict, arm_name: str, seed: int, generations, manifest: str, lid_detector: str, outputs,
+@job("lid", "languages", "eval", *EVAL_SETS)
+def score(config: JobConfig, arm_name: str, seed: int, generations, manifest: str, lid_detector: str, outputs,
           mia: str | None = None, judges=None) -> None:
     """Metrics of every set of one (arm, seed) from stored generations, one ``metrics.json`` per set:
     one job, one LID load, no model and no torch. ``generations``, ``outputs`` and ``judges`` are
@@ -264,8 +281,7 @@ def score_set(config: dict, arm_name: str, seed: int, info, generations: str, ma
         merge_judge(result, io.read_json(judge))
     evaluated = man["provenance"]
     return {"arm": arm_name, "seed": seed, "set": info.name, **result, "lid": lid.describe(),
-            "provenance": {**provenance.build(config, section(config, "lid", "languages"), seed=seed,
-                                              runtime=evaluated["runtime"], rule="score",
+            "provenance": {**provenance.build(config, seed=seed, runtime=evaluated["runtime"], rule="score",
                                               inputs=[generations, lid_detector]),
                            "evaluate": {"git": evaluated["git"], "device": evaluated["device"],
                                         "config_hash": evaluated["config_hash"],
@@ -295,8 +311,9 @@ def merge_judge(result: dict, judged: dict) -> None:
 
 def judge_set(config: dict, generations: str, cache_dir: str, out: str, judge=None) -> None:
     """The judge's scores of one set's generations, or a recorded failure, never a stand-in."""
-    from mmie import provenance
+    from mmie.lang.judge import Judge, JudgeError, redact
 
+    config = view(config, "judge")
     cfg = config["judge"]
     rows = io.read_jsonl(generations)
     result: dict = {"metrics": {}, "per_prompt": {"id": [r["id"] for r in rows]}, "failures": {}}
@@ -312,12 +329,15 @@ def judge_set(config: dict, generations: str, cache_dir: str, out: str, judge=No
         result["metrics"]["judge_target_rate"] = sum(result["per_prompt"]["judge_target"]) / len(scores)
     result["calls"] = judge.calls - calls
     result["retries"] = judge.events[events:]
-    result["provenance"] = provenance.build(config, {"judge": cfg}, rule="judge", inputs=[generations])
+    result["provenance"] = provenance.build(config, rule="judge", inputs=[generations])
     io.write_json(out, result)
 
 
-def judge(config: dict, generations: list[str], cache_dir: str, outs: list[str]) -> None:
+@job("judge", "languages.target")
+def judge(config: JobConfig, generations: list[str], cache_dir: str, outs: list[str]) -> None:
     """The judge job of one (arm, seed): every set with one client and one rate limiter."""
+    from mmie.lang.judge import Judge
+
     if len(generations) != len(outs):
         raise ValueError(f"judge: {len(generations)} generation files for {len(outs)} outputs (rules/evaluate.smk)")
     client = Judge.from_config(config["judge"], config["languages"]["target"].get("name", "the target language"),

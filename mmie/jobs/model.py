@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import section
 from mmie.errors import ModelError
+from mmie.jobs import JobConfig, job, split_files, split_texts
 
 log = logging.getLogger(__name__)
 
 
-def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: str, report_out: str) -> None:
-    from mmie.data.corpus import prompt_prefix, read_split, split_dir
+@job("demo_model", "generation", "deterministic", "model", "languages", "lid", "eval.prompt_fraction")
+def build_demo_model(cfg: JobConfig, splits, lid_detector: str, out_dir: str, report_out: str) -> None:
+    """The demo model, trained from scratch on the train parts of ``splits`` (the rule's split files)
+    and checked on their forget and retain dev parts."""
+    from mmie.data.corpus import prompt_prefix, split_dir
     from mmie.lang.lid import load_lid
     from mmie.lang.translit import romanize
     from mmie.model import demo as demo_model
@@ -24,16 +26,20 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
     from mmie.seeding import seed_everything
     from mmie.stats.text import distinct_n, is_repetitive, mean_distinct_n
 
-    cfg = config["demo_model"]
-    data = Path(data_dir)
+    config, cfg = cfg, cfg["demo_model"]
+    files = split_files(splits)
+
+    def texts_of(role: str, part: str) -> list[str]:
+        return split_texts(files, role, part, "build_demo_model")
+
     # trained on train splits; early stopping, the reload check and the generation check use dev
-    used = {f"{split_dir(role)}/train": read_split(data, role, "train")
+    used = {f"{split_dir(role)}/train": texts_of(role, "train")
             for role in ("forget", "retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {})))}
     train_texts = [t for texts in used.values() for t in texts]
     if cfg["include_romanized"]:
         train_texts += [romanize(t, config["lid"]["romanization"]) for t in used["forget/train"]]
     target, retain = config["languages"]["target"]["code"], config["languages"]["retain"]["code"]
-    heldout = {target: read_split(data, "forget", "dev"), retain: read_split(data, "retain", "dev")}
+    heldout = {target: texts_of("forget", "dev"), retain: texts_of("retain", "dev")}
     used.update({"forget/dev": heldout[target], "retain/dev": heldout[retain]})
     # written to a temporary folder and renamed when trained and checked (a killed or failed job
     # leaves no half-written model folder)
@@ -60,7 +66,7 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
         for lang, role in ((target, "forget"), (retain, "retain")):
             # continuation prompts from the dev split (the evaluation sets come from test)
             items = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])}
-                     for r in io.read_jsonl(data / role / "dev.jsonl")[:cfg["check"]["prompts"]]]
+                     for r in io.read_jsonl(files[role, "dev"])[:cfg["check"]["prompts"]]]
             gens = generate(lm.model, lm.tokenizer, items, decoding, desc=f"check {lang}")
             outs = [g["output"] for g in gens]
             labels = [lid.identify(o)[0] for o in outs]
@@ -72,7 +78,7 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
         ck = cfg["check"]
         problems = demo_model.check_generations(check, ck["min_language_rate"], ck["min_distinct2"], ck["max_repetitive_share"])
         report = {"training": info, "check": check, "problems": problems, "runtime": lm.runtime,
-                  "provenance": provenance.build(config, section(config, "demo_model", "generation"), seed=cfg["seed"],
+                  "provenance": provenance.build(config, seed=cfg["seed"],
                                                  runtime=lm.runtime, rule="build_demo_model", texts=used)}
         io.write_json(tmp / "mmie_model.json", report)
         io.write_json(report_out, report)
@@ -82,11 +88,12 @@ def build_demo_model(config: dict, data_dir: str, lid_detector: str, out_dir: st
                                "or add data.")
 
 
-def convert_gemma(config: dict, out_dir: str, report_out: str) -> None:
+@job("model")
+def convert_gemma(cfg: JobConfig, out_dir: str, report_out: str) -> None:
     """Gemma-3-270M from its PyPI package to an HF folder, once per experiment (optional extra)."""
     from mmie.model.gemma import convert
 
     with io.atomic_dir(out_dir) as tmp:
         info = convert(tmp)
     io.write_json(report_out, {"conversion": info, "provenance": provenance.build(
-        config, section(config, "model"), rule="convert_gemma")})
+        cfg, rule="convert_gemma")})

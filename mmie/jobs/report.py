@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import section
-from mmie.report.aggregate import collect, judge_agreement, markdown, summarize, wide
+from mmie.jobs import EVAL_SETS, JobConfig, job
 
 log = logging.getLogger(__name__)
 
 
-def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
+@job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", *EVAL_SETS)
+def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
           decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
@@ -52,12 +52,13 @@ def stats(config: dict, metric_paths: list[str], intervals_out: str, headline_ou
     choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
                                                       "stability_floor")}} if chosen else {}
     io.write_json(decisions_out, {**decisions, "_choices": choices, "_provenance": provenance.build(
-        config, section(config, "stats", "gates"), rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
+        config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 
-def samples(config: dict, generations: list[str], out: str, n: int) -> None:
+@job("experiment", "seeds")
+def samples(config: JobConfig, generations: list[str], out: str, n: int) -> None:
     """The report's side-by-side sample generations (``results_page.samples_html``)."""
     from mmie.report import results_page
 
@@ -68,9 +69,11 @@ def samples(config: dict, generations: list[str], out: str, n: int) -> None:
     io.write_text(out, results_page.samples_html(config, by, n))
 
 
-def aggregate(config: dict, metric_paths: list[str], long_out: str, summary_out: str, md_out: str, failures_out: str,
-        agreement_out: str | None = None) -> None:
+@job("arms", "experiment", *EVAL_SETS)
+def aggregate(config: JobConfig, metric_paths: list[str], long_out: str, summary_out: str, md_out: str,
+              failures_out: str, agreement_out: str | None = None) -> None:
     from mmie.config import set_names
+    from mmie.report.aggregate import collect, judge_agreement, markdown, summarize, wide
 
     long, fails = collect(list(metric_paths))
     if long.empty:
@@ -85,7 +88,26 @@ def aggregate(config: dict, metric_paths: list[str], long_out: str, summary_out:
     log.info("aggregated %d rows from %d jobs; %d recorded failures", len(long), len(metric_paths), len(fails))
 
 
-def plot(name: str, config: dict, inputs: dict, out: str) -> None:
+@job("arms", *EVAL_SETS)
+def plots(config: JobConfig, inputs: dict, outputs: dict) -> None:
+    """The figures of the plots rule, one per named output (each PDF copy is written beside its PNG
+    by ``mmie.io.save_figure``: the ``pdf`` output is not a figure of its own)."""
+    for name, path in outputs.items():
+        if name != "pdf":
+            plot(name, config, inputs, path)
+
+
+@job()
+def plot_demo_training(config: JobConfig, model_report: str, out: str) -> None:
+    plot("demo_training", config, {"model_report": model_report}, out)
+
+
+@job()
+def plot_training_curves(config: JobConfig, checkpoints: list[str], out: str) -> None:
+    plot("training_curves", config, {"checkpoints": list(checkpoints)}, out)
+
+
+def plot(name: str, config: JobConfig, inputs: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     from mmie.report.plots import REGISTRY

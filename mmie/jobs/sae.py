@@ -8,17 +8,20 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import section
 from mmie.errors import DataError, ModelError, SAEError
+from mmie.jobs import JobConfig, job, split_files, split_texts
 
 log = logging.getLogger(__name__)
 
 
-def select_layers(config: dict, model_dir: str | None, data_dir: str, out: str,
+@job("model", "layers", "generation", "judge.model", "data.seed", "eval.prompt_fraction", "deterministic",
+     "languages", when={"judge": "layers.selection.judge_weight"})
+def select_layers(config: JobConfig, model_dir: str | None, splits, out: str,
                   judge_cache_dir: str | None = None) -> None:
     """The layer-selection checkpoint: one artifact with every score, each candidate's selection
-    frequency, the margin, ties, ``stable`` and the chosen layers, from dev texts only. With
-    ``layers.force_layers`` set it records the forced layers and loads no model."""
+    frequency, the margin, ties, ``stable`` and the chosen layers, from the dev parts of ``splits``
+    (the rule's split files) only. With ``layers.force_layers`` set it records the forced layers and
+    loads no model."""
     from mmie.sae import layers
 
     if config["layers"]["force_layers"]:
@@ -26,7 +29,7 @@ def select_layers(config: dict, model_dir: str | None, data_dir: str, out: str,
         runtime, used = {}, None
     else:
 
-        from mmie.data.corpus import read_split, split_dir
+        from mmie.data.corpus import split_dir
         from mmie.model.loading import load_model
         from mmie.seeding import seed_everything
 
@@ -34,7 +37,9 @@ def select_layers(config: dict, model_dir: str | None, data_dir: str, out: str,
         sel = config["layers"]["selection"]
         lm = load_model(config["model"], model_dir)
         neighbours = [f"neighbour_{c}" for c in config["languages"].get("neighbours", {})]
-        dev = {role: read_split(data_dir, role, "dev")[:sel["max_texts"]] for role in ("forget", "retain", *neighbours)}
+        files = split_files(splits)
+        dev = {role: split_texts(files, role, "dev", "select_layers")[:sel["max_texts"]]
+               for role in ("forget", "retain", *neighbours)}
         texts = {"target": dev["forget"], "retain": dev["retain"], "neighbours": [t for r in neighbours for t in dev[r]]}
         used = {f"{split_dir(role)}/dev": t for role, t in dev.items()}
         judge = None
@@ -50,15 +55,18 @@ def select_layers(config: dict, model_dir: str | None, data_dir: str, out: str,
             result["judge_calls"] = judge.calls
         runtime = lm.runtime
         log.info("chosen layers %s (frequency %s, stable %s)", result["layers"], result["frequency"], result["stable"])
-    result["provenance"] = provenance.build(config, section(config, "layers", "model"), runtime=runtime,
+    result["provenance"] = provenance.build(config, runtime=runtime,
                                             rule="select_layers", seed=config["data"]["seed"], texts=used)
     io.write_json(out, result)
 
 
-def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir: str, out: str,
+@job("model", "layers.activations", "data.gibberish", "data.max_line_bytes", "data.seed", "lid.romanization",
+     "languages")
+def cache_activations(config: JobConfig, layer: int, model_dir: str | None, splits, out: str,
                       directions_out: str, meta_out: str) -> None:
     """Token-level activations of one layer for every cached role (written once), and the
-    directions fitted on them (difference in means, script eraser)."""
+    directions fitted on them (difference in means, script eraser). ``splits``: the rule's train
+    split files."""
 
     from mmie.model.hooks import check_layers
     from mmie.model.loading import load_model
@@ -70,7 +78,8 @@ def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir:
     lm = load_model(config["model"], model_dir)
     check_layers(lm.model, [layer])
     fp = model_fingerprint(lm.model)
-    roles = cache_roles(config, data_dir, act["max_texts"])
+    files = split_files(splits)
+    roles = cache_roles(config, files, act["max_texts"])
     oom_log: list = []
     acts = {role: collect(lm.model, lm.tokenizer, texts, [layer], max_length=act["max_length"],
                           batch_size=act["batch_size"], desc=f"layer {layer} {role}", oom_log=oom_log)[layer]
@@ -86,18 +95,19 @@ def cache_activations(config: dict, layer: int, model_dir: str | None, data_dir:
         "tokens": {role: int(a.shape[0]) for role, (a, _) in acts.items()},
         "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
         "dim_norm": float(directions["dim"].norm()), "oom_retries": oom_log,
-        "provenance": provenance.build(config, section(config, "layers", "model", "data"), runtime=lm.runtime,
-                                       rule="cache_activations",
-                                       inputs=[Path(data_dir) / r / "train.jsonl" for r in ("forget", "retain")],
+        "provenance": provenance.build(config, runtime=lm.runtime, rule="cache_activations",
+                                       inputs=[files[r, "train"] for r in ("forget", "retain")],
                                        texts=roles),
     })
 
 
-def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, lid_detector: str,
-               results_root: str, out: str) -> None:
+@job("model", "gate", "generation", "eval", "lid", "deterministic", "languages", arm=True)
+def sweep_gate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, splits, lid_detector: str,
+               assets, out: str) -> None:
     """Dose-response of an SAE gate arm: target rate on forget/dev prompts and retain/dev perplexity for
     each alpha in gate.sweep_alphas, for the arm's features and for as many random features (the
-    control). It informs the choice of gate.alpha, so it reads dev, never the evaluation sets."""
+    control). It informs the choice of gate.alpha, so it reads dev (``splits``), never the evaluation
+    sets. ``assets``: the rule's named layer-asset inputs (``LayerAssets.from_inputs``)."""
 
     from mmie.arms.edit_arms import LayerAssets, layer_edits
     from mmie.data.corpus import prompt_prefix
@@ -116,13 +126,13 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, da
     lm = load_model(config["model"], model_dir)
     model, tok = lm.model, lm.tokenizer
     lid = load_lid(config["lid"], config["languages"], lid_detector)
-    assets = LayerAssets.under(results_root)   # loads each layer's SAE once for every sweep point
+    assets = LayerAssets.from_inputs(assets)   # loads each layer's SAE once for every sweep point
     fingerprint = model_fingerprint(model)
     n = g["sweep_prompts"]
-    data = Path(data_dir)
-    forget = io.read_jsonl(data / "forget" / "dev.jsonl")[:n]
+    files = split_files(splits)
+    forget = io.read_jsonl(files["forget", "dev"])[:n]
     prompts = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])} for r in forget]
-    retain = io.read_jsonl(data / "retain" / "dev.jsonl")[:n]
+    retain = io.read_jsonl(files["retain", "dev"])[:n]
     prefix = special_prefix(tok)
     retain_ids = [tok(r["text"], add_special_tokens=False)["input_ids"] for r in retain]
     decoding = Decoding.from_config(config["generation"])
@@ -145,10 +155,8 @@ def sweep_gate(config: dict, arm_name: str, seed: int, model_dir: str | None, da
                          "features": {k: v["features"] for k, v in used.items() if k[len("layer"):].isdigit()}})
             log.info("sweep %s alpha=%s: target_rate %.3f retain ppl %.2f", method, alpha, rows[-1]["target_rate"], ppl)
     io.write_json(out, {"arm": arm_name, "seed": seed, "rows": rows, "seconds": round(time.time() - t0, 1),
-                        "provenance": provenance.build(config, section(config, "gate", "arms"), seed=seed,
-                                                       runtime=lm.runtime, rule="sweep_gate",
-                                                       inputs=[data / "forget" / "dev.jsonl",
-                                                               data / "retain" / "dev.jsonl"],
+                        "provenance": provenance.build(config, seed=seed, runtime=lm.runtime, rule="sweep_gate",
+                                                       inputs=[files["forget", "dev"], files["retain", "dev"]],
                                                        texts={"forget/dev": [r["text"] for r in forget],
                                                               "retain/dev": [r["text"] for r in retain]})})
 
@@ -195,7 +203,8 @@ def split_by_text(cache, roles: list[str], held: dict[str, list[int]]):
     return torch.cat(train), torch.cat(test)
 
 
-def train_sae(config: dict, layer: int, cache_path: str, out_dir: str) -> None:
+@job("sae", "seeds", "deterministic")
+def train_sae(config: JobConfig, layer: int, cache_path: str, out_dir: str) -> None:
     """Train the layer's SAE on every cached role except gibberish and the romanized target,
     holding out whole texts — ``sae.holdout_fraction`` of each role's cached texts (seeded; see
     ``holdout_texts``) — for the quality figures, which go into ``mmie.json`` under ``quality``;
@@ -238,7 +247,7 @@ def train_sae(config: dict, layer: int, cache_path: str, out_dir: str) -> None:
                  "holdout_fraction": cfg["holdout_fraction"], "holdout_texts": texts,
                  "train_texts": {r: int(len(torch.unique(cache.doc[r]))) - len(texts[r]) for r in roles},
                  "cache": str(cache_path)},
-        "provenance": provenance.build(config, section(config, "sae"), seed=seed, rule="train_sae",
+        "provenance": provenance.build(config, seed=seed, rule="train_sae",
                                        inputs=[cache_path], runtime=runtime),
     }
     save_sae(sae, out_dir, meta)
@@ -272,7 +281,8 @@ def held_out_texts(cache, meta: dict, role: str, rows: list[str], tok, max_lengt
     return idx
 
 
-def select_features(config: dict, layer: int, model_dir: str | None, data_dir: str, cache_path: str, sae_dir: str,
+@job("model", "features", "sae.quality_texts", "layers.activations", "seeds", "deterministic")
+def select_features(config: JobConfig, layer: int, model_dir: str | None, splits, cache_path: str, sae_dir: str,
                     features_out: str, quality_out: str) -> None:
     """Load the model once; check the cache and the SAE against its fingerprint; write the SAE's
     quality (held-out figures from training + loss recovered in the model on the first
@@ -294,9 +304,9 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
     device = str(next(lm.model.parameters()).device)
     sae = load_sae(sae_dir, layer=layer, model_fingerprint=fp, d_in=cache.d_in, device=device)
     meta = read_meta(sae_dir)
-    data = Path(data_dir)
-    forget = [r["text"] for r in io.read_jsonl(data / "forget" / "train.jsonl")]
-    retain = [r["text"] for r in io.read_jsonl(data / "retain" / "train.jsonl")]
+    files = split_files(splits)
+    forget = [r["text"] for r in io.read_jsonl(files["forget", "train"])]
+    retain = [r["text"] for r in io.read_jsonl(files["retain", "train"])]
     acts_cfg = config["layers"]["activations"]
     n_q = config["sae"]["quality_texts"]
     lr_texts = {role: held_out_texts(cache, meta, role, rows, lm.tokenizer, acts_cfg["max_length"], n_q, str(sae_dir))
@@ -305,21 +315,20 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
                         [forget[i] for i in lr_texts["forget"]] + [retain[i] for i in lr_texts["retain"]],
                         max_length=acts_cfg["max_length"], batch_size=acts_cfg["batch_size"])
     log.info("layer %d loss recovered: %s", layer, lr)
-    inputs = [cache_path, str(Path(sae_dir) / WEIGHTS_FILE), data / "forget" / "train.jsonl",
-              data / "retain" / "train.jsonl"]
+    inputs = [cache_path, str(Path(sae_dir) / WEIGHTS_FILE), files["forget", "train"], files["retain", "train"]]
     held = meta["quality"]
     report = {"layer": layer, "fvu": held["fvu"], "l0": held["l0"], "dead_share": held["dead_share"],
               "mse": held["mse"], "holdout_tokens": held["tokens"], **lr,
               "holdout_texts": {r: len(t) for r, t in meta["data"]["holdout_texts"].items()},
               "loss_recovered_texts": lr_texts, "split": "held-out texts (never in SAE training)",
               "training": {k: meta["training"][k] for k in ("tokens", "steps", "seconds", "tokens_per_s", "final_mse")},
-              "provenance": provenance.build(config, section(config, "sae", "layers"), seed=seed, rule="select_features",
+              "provenance": provenance.build(config, seed=seed, rule="select_features",
                                              inputs=inputs, runtime=lm.runtime)}
     fcfg = config["features"]
     result = choose(fcfg["method"], sae, cache, fcfg, model=lm.model, tok=lm.tokenizer, layer=layer,
                     forget_texts=forget, retain_texts=retain, seed=seed,
                     max_length=acts_cfg["max_length"], batch_size=acts_cfg["batch_size"])
-    result["provenance"] = provenance.build(config, section(config, "features", "sae", "layers"), seed=seed,
+    result["provenance"] = provenance.build(config, seed=seed,
                                             rule="select_features", inputs=inputs,
                                             texts={"forget/train": forget, "retain/train": retain},
                                             runtime={**lm.runtime, "job_seconds": round(time.time() - t0, 1)})
@@ -327,7 +336,8 @@ def select_features(config: dict, layer: int, model_dir: str | None, data_dir: s
     io.write_json(features_out, result)
 
 
-def sae_report(config: dict, selection_path: str, quality: list[str], features: list[str], sweeps: list[str],
+@job()
+def sae_report(config: JobConfig, selection_path: str, quality: list[str], features: list[str], sweeps: list[str],
         outputs: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
 

@@ -7,13 +7,16 @@ import logging
 from pathlib import Path
 
 from mmie import io, provenance
+from mmie.jobs import JobConfig, job, split_files
 
 log = logging.getLogger(__name__)
 
 
-def train(config: dict, arm_name: str, seed: int, model_dir: str | None, data_dir: str, out_dir: str,
-                  selection: str | None = None) -> None:
-    """One (arm, seed) unlearning run; writes the checkpoint directory atomically (temp dir + rename):
+@job("model", "deterministic", "layers.force_layers", arm=True)
+def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, splits, out_dir: str,
+          selection: str | None = None) -> None:
+    """One (arm, seed) unlearning run on the forget/retain train and dev parts of ``splits`` (the
+    rule's split files); writes the checkpoint directory atomically (temp dir + rename):
     adapter weights, manifest.json, train_log.csv. The resumable state lives in the sibling folder
     ``<out_dir>.resume/`` while training runs (a rerun after a kill continues from it) and is removed
     once the checkpoint is in place."""
@@ -36,17 +39,17 @@ def train(config: dict, arm_name: str, seed: int, model_dir: str | None, data_di
     for p in lm.model.parameters():
         p.requires_grad_(False)
     tok = lm.tokenizer
-    data = Path(data_dir)
+    data = split_files(splits)
 
-    def enc(path: Path, limit: int | None = None) -> list[list[int]]:
+    def enc(path: str, limit: int | None = None) -> list[list[int]]:
         rows = io.read_jsonl(path)[:limit]
         seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:tcfg["max_length"]]
                 for r in rows]
         return [s for s in seqs if len(s) >= 2]
 
-    forget, retain = enc(data / "forget" / "train.jsonl"), enc(data / "retain" / "train.jsonl")
-    h_forget = enc(data / "forget" / "dev.jsonl", tcfg["heldout_items"])   # early stopping on dev, never test
-    h_retain = enc(data / "retain" / "dev.jsonl", tcfg["heldout_items"])
+    forget, retain = enc(data["forget", "train"]), enc(data["retain", "train"])
+    h_forget = enc(data["forget", "dev"], tcfg["heldout_items"])   # early stopping on dev, never test
+    h_retain = enc(data["retain", "dev"], tcfg["heldout_items"])
     seed_everything(seed, config["deterministic"])  # adapter initialisation depends only on the seed
     selected = io.read_json(selection)["layers"] if selection else None
     adapter = arms.create_adapter(config, spec, lm.model, selected)
@@ -65,9 +68,8 @@ def train(config: dict, arm_name: str, seed: int, model_dir: str | None, data_di
             "arm": arm_name, "seed": seed, "method": spec["method"], "spec": spec,
             "layers": getattr(adapter, "layers", None), "trainable_parameters": n_trainable,
             "train_texts": {"forget": len(forget), "retain": len(retain)}, "summary": result.summary,
-            "provenance": provenance.build(config, {"arm": spec, "layers": config["layers"]}, seed=seed,
-                                           runtime=lm.runtime, rule="train",
-                                           inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"],
+            "provenance": provenance.build(config, seed=seed, runtime=lm.runtime, rule="train",
+                                           inputs=[data["forget", "train"], data["retain", "train"]],
                                            texts=adapter_texts(data, tcfg["heldout_items"])),
         })
     resume.clear()
@@ -89,8 +91,8 @@ def sweep_killed_run(out_dir: Path) -> None:
     sweep_unfinished_writes(resume_dir(out_dir))
 
 
-def adapter_texts(data: Path, heldout_items: int) -> dict[str, list[str]]:
+def adapter_texts(data: dict, heldout_items: int) -> dict[str, list[str]]:
     """The texts an unlearning run used: forget/retain train (fitted) and the first ``heldout_items``
-    of forget/retain dev (early stopping)."""
-    return {f"{role}/{part}": [r["text"] for r in io.read_jsonl(data / role / f"{part}.jsonl")[:limit]]
+    of forget/retain dev (early stopping); ``data``: split files by (role, part)."""
+    return {f"{role}/{part}": [r["text"] for r in io.read_jsonl(data[role, part])[:limit]]
             for role in ("forget", "retain") for part, limit in (("train", None), ("dev", heldout_items))}

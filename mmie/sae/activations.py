@@ -65,17 +65,20 @@ def gibberish_from(texts: list[str], seed: int) -> list[str]:
     return out
 
 
-def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str, list[str]]:
-    """The texts of every cached role (see the module doc), at most ``max_texts`` each."""
-    from mmie.data.corpus import read_split
+def cache_roles(config, splits, max_texts: int) -> dict[str, list[str]]:
+    """The texts of every cached role (see the module doc), at most ``max_texts`` each; ``splits``:
+    the rule's declared train split files by (role, part) (``mmie.jobs.split_files``)."""
+    from mmie.jobs import split_texts
     from mmie.lang.translit import romanize
 
-    data_dir = Path(data_dir)
-    forget = read_split(data_dir, "forget", "train")[:max_texts]
+    def texts_of(role: str) -> list[str]:
+        return split_texts(splits, role, "train", "cache_activations")
+
+    forget = texts_of("forget")[:max_texts]
     roles = {
         "forget": forget,
         "forget_romanized": [romanize(t, config["lid"]["romanization"]) for t in forget],
-        "retain": read_split(data_dir, "retain", "train")[:max_texts],
+        "retain": texts_of("retain")[:max_texts],
     }
     gib = config["data"].get("gibberish")
     if gib:
@@ -85,10 +88,10 @@ def cache_roles(config: dict, data_dir: str | Path, max_texts: int) -> dict[str,
     else:
         roles["gibberish"] = gibberish_from(forget, config["data"]["seed"])
     for code in config["languages"].get("neighbours", {}):
-        roles[f"neighbour_{code}"] = read_split(data_dir, f"neighbour_{code}", "train")[:max_texts]
+        roles[f"neighbour_{code}"] = texts_of(f"neighbour_{code}")[:max_texts]
     for role, texts in roles.items():
         if not texts:
-            raise DataError(f"no texts for activation role {role!r} (under {data_dir})")
+            raise DataError(f"no texts for activation role {role!r}")
     return roles
 
 
