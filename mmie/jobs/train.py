@@ -22,6 +22,7 @@ def train(config: dict, arm_name: str, seed: int, model_dir: str | None, data_di
 
     from mmie import arms
     from mmie.arms import unlearn
+    from mmie.arms.methods import method
     from mmie.model.generation import special_prefix
     from mmie.model.loading import load_model
     from mmie.sae.activations import model_fingerprint
@@ -56,8 +57,11 @@ def train(config: dict, arm_name: str, seed: int, model_dir: str | None, data_di
         "deterministic": config["deterministic"], "model": model_fingerprint(lm.model),
         "data": [forget, retain, h_forget, h_retain]})
     resume = unlearn.ResumeStore(resume_dir(out), key)
+    declared = method(spec["method"])   # a method's own objective (rmu), else train.objective
+    objective = (declared.objective(spec, adapter, forget, tok.pad_token_id, special_prefix(tok), seed)
+                 if declared.objective else None)
     result = unlearn.train(adapter.model, adapter, tok.pad_token_id, forget, retain, h_forget, h_retain, tcfg,
-                           seed, desc=f"train {arm_name}/seed{seed}", resume=resume)
+                           seed, desc=f"train {arm_name}/seed{seed}", resume=resume, objective=objective)
     with io.atomic_dir(out) as tmp:
         adapter.save(tmp)
         io.write_csv(tmp / "train_log.csv", pd.DataFrame(result.log_rows))
@@ -65,6 +69,7 @@ def train(config: dict, arm_name: str, seed: int, model_dir: str | None, data_di
             "arm": arm_name, "seed": seed, "method": spec["method"], "spec": spec,
             "layers": getattr(adapter, "layers", None), "trainable_parameters": n_trainable,
             "train_texts": {"forget": len(forget), "retain": len(retain)}, "summary": result.summary,
+            **({"objective": objective.record} if objective is not None else {}),
             "provenance": provenance.build(config, {"arm": spec, "layers": config["layers"]}, seed=seed,
                                            runtime=lm.runtime, rule="train",
                                            inputs=[data / "forget" / "train.jsonl", data / "retain" / "train.jsonl"],
