@@ -74,7 +74,7 @@ def reduced_config(workdir: Path) -> Path:
     cfg["eval"] = {"max_prompts": 6}
     cfg["generation"]["max_new_tokens"] = 12
     cfg["demo_model"] = {"check": {"prompts": 12}}
-    for arm in ("lora", "reft"):
+    for arm in ("lora", "reft", "rmu"):
         cfg["arms"][arm]["train"].update(max_steps=6, eval_every=3)
     cfg["layers"]["selection"].update(resamples=2, max_texts=40, causal_prompts=6)
     cfg["layers"]["activations"] = {"max_texts": 80}

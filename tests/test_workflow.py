@@ -181,7 +181,7 @@ def test_retraining_one_seed_by_target_path_reruns_exactly_that_seed(run_dir):
 
 
 def test_trained_arms_record_their_checkpoint(run_dir):
-    for arm in ("lora", "reft"):
+    for arm in ("lora", "reft", "rmu"):
         man = json.loads((run_dir / "results" / EXP / arm / "seed0" / "evaluate.json").read_text())
         assert man["checkpoint"]["kept_step"] >= 0 and man["arm_details"]["checkpoint"].endswith(f"{arm}/seed0")
     assert (run_dir / "results" / EXP / "plots" / "training_curves.png").is_file()

@@ -421,18 +421,21 @@ def heldout_nll(model, adapter, seqs: list[list[int]], pad_id: int, device, batc
 
 def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[list[int]],
           heldout_forget: list[list[int]], heldout_retain: list[list[int]], cfg: dict, seed: int,
-          desc: str = "unlearn", resume: ResumeStore | None = None) -> TrainResult:
+          desc: str = "unlearn", resume: ResumeStore | None = None,
+          objective: Objective | None = None) -> TrainResult:
     """Run the unlearning loop; ``adapter`` provides ``parameters()``, ``active()``, ``reference()``,
     ``state_dict()``, ``load_state_dict()`` and, with ``resume``, ``resume_state()`` and
     ``load_resume_state()`` (every tensor training changes, in place, so the optimizer keeps its
-    parameters)."""
+    parameters). ``objective``: what to minimise (a method's own, e.g. RMU's); None: the one named
+    by ``train.objective`` (``make_objective``)."""
     device = next(model.parameters()).device
     params = [p for p in adapter.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{desc}: the adapter has no trainable parameters")
-    if cfg["objective"] not in OBJECTIVES:
-        raise ValueError(f"{desc}: unknown train.objective {cfg['objective']!r}; one of {', '.join(OBJECTIVES)}")
-    objective = make_objective(cfg)
+    if objective is None:
+        if cfg["objective"] not in OBJECTIVES:
+            raise ValueError(f"{desc}: unknown train.objective {cfg['objective']!r}; one of {', '.join(OBJECTIVES)}")
+        objective = make_objective(cfg)
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps, warm = cfg["max_steps"], cfg["warmup_steps"]
 

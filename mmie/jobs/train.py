@@ -25,6 +25,7 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
 
     from mmie import arms
     from mmie.arms import unlearn
+    from mmie.arms.methods import method
     from mmie.model.generation import special_prefix
     from mmie.model.loading import load_model
     from mmie.sae.activations import model_fingerprint
@@ -59,8 +60,11 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
         "deterministic": config["deterministic"], "model": model_fingerprint(lm.model),
         "data": [forget, retain, h_forget, h_retain]})
     resume = unlearn.ResumeStore(resume_dir(out), key)
+    declared = method(spec["method"])   # a method's own objective (rmu), else train.objective
+    objective = (declared.objective(spec, adapter, forget, tok.pad_token_id, special_prefix(tok), seed)
+                 if declared.objective else None)
     result = unlearn.train(adapter.model, adapter, tok.pad_token_id, forget, retain, h_forget, h_retain, tcfg,
-                           seed, desc=f"train {arm_name}/seed{seed}", resume=resume)
+                           seed, desc=f"train {arm_name}/seed{seed}", resume=resume, objective=objective)
     with io.atomic_dir(out) as tmp:
         adapter.save(tmp)
         io.write_csv(tmp / "train_log.csv", pd.DataFrame(result.log_rows))
@@ -68,6 +72,7 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
             "arm": arm_name, "seed": seed, "method": spec["method"], "spec": spec,
             "layers": getattr(adapter, "layers", None), "trainable_parameters": n_trainable,
             "train_texts": {"forget": len(forget), "retain": len(retain)}, "summary": result.summary,
+            **({"objective": objective.record} if objective is not None else {}),
             "provenance": provenance.build(config, seed=seed, runtime=lm.runtime, rule="train",
                                            inputs=[data["forget", "train"], data["retain", "train"]],
                                            texts=adapter_texts(data, tcfg["heldout_items"])),
