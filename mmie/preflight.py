@@ -102,8 +102,12 @@ def check(config: dict, workdir: str | Path = ".", cache_dir: Path | None = None
     """Raise ConfigError naming the key for a layer or LoRA target the model does not have. Returns
     what was checked (for tests and the log)."""
     arch, origin = architecture(config, workdir)
-    lora = {arm: spec.get("targets") or ["q_proj", "k_proj", "v_proj", "o_proj"]
-            for arm, spec in config["arms"].items() if spec["method"] == "lora"}
+    from mmie.arms import resolve_spec
+    from mmie.arms.methods import method
+
+    # the adapter target modules of every method that takes `targets` (lora, rmu), defaults included
+    lora = {arm: resolve_spec(spec)["targets"] for arm, spec in config["arms"].items()
+            if "targets" in method(spec["method"]).keys}
     layers = configured_layers(config)
     if arch is None:
         if lora or layers:

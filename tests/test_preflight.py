@@ -19,6 +19,7 @@ def test_demo_layers_and_lora_targets_pass(cfg, tmp_path):
     out = preflight.check(cfg, ROOT, cache_dir=tmp_path)
     assert out["checked"] and out["layers"] == cfg["demo_model"]["layers"]
     assert out["lora_targets"]["lora"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert out["lora_targets"]["rmu"] == ["gate_proj", "up_proj", "down_proj"]   # every method with targets
 
 
 def test_a_layer_the_model_does_not_have_is_named(cfg, tmp_path):
@@ -34,6 +35,12 @@ def test_a_layer_the_model_does_not_have_is_named(cfg, tmp_path):
 def test_a_lora_target_the_model_does_not_have_is_named(cfg, tmp_path):
     cfg["arms"]["lora"]["targets"] = ["q_proj", "query_key_value"]
     with pytest.raises(ConfigError, match=r"arms.lora.targets: \['query_key_value'\] match no module.*q_proj"):
+        preflight.check(cfg, ROOT, cache_dir=tmp_path)
+
+
+def test_an_rmu_target_the_model_does_not_have_is_named(cfg, tmp_path):
+    cfg["arms"]["rmu"]["targets"] = ["down_proj", "fc2"]
+    with pytest.raises(ConfigError, match=r"arms.rmu.targets: \['fc2'\] match no module"):
         preflight.check(cfg, ROOT, cache_dir=tmp_path)
 
 

@@ -271,7 +271,8 @@ def test_the_train_job_records_what_rmu_used(tiny_lm, demo_texts, demo_config, t
     config["arms"] = {"rmu": {"method": "rmu", "layers": [1], "steering": 4.0,
                               "train": {**TRAIN, "max_steps": 4, "eval_every": 2}}}
     out = tmp_path / "checkpoints" / "rmu" / "seed0"
-    train_job(config, "rmu", 0, None, str(tmp_path / "data"), str(out))
+    splits = [str(tmp_path / "data" / role / f"{part}.jsonl") for role in ("forget", "retain") for part in ("train", "dev")]
+    train_job(config, "rmu", 0, None, splits, str(out))
     manifest = json.loads((out / "manifest.json").read_text())
     rec = manifest["objective"]
     assert manifest["layers"] == [1] and rec["layer"] == 1 and rec["updated_layers"] == [0, 1]
