@@ -47,13 +47,13 @@ test: lint
 
 # The SLURM test (needs root): the executor plugin (optional extra), then a real one-node cluster
 # (tests/slurm/up.sh installs Debian's slurm-wlm, munge, slurmdbd, mariadb-server if missing), the
-# grid on it (tests/test_slurm.py), and the cluster stopped again, also when a test fails.
+# grid on it (tests/workflow/test_slurm.py), and the cluster stopped again, also when a test fails.
 $(VENV)/.slurm-installed: $(VENV)/.installed requirements-slurm.txt
 	$(BIN)/pip install --disable-pip-version-check -r requirements-slurm.txt
 	touch $@
 
 test-slurm: $(VENV)/.slurm-installed
-	tests/slurm/up.sh && MMIE_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py; \
+	tests/slurm/up.sh && MMIE_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/workflow/test_slurm.py; \
 	rc=$$?; tests/slurm/down.sh; exit $$rc
 
 # The image (Dockerfile), built with buildah, no daemon (apt-installs buildah/debootstrap if missing;

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -137,3 +138,19 @@ def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
     return jobs
 
 
+@contextlib.contextmanager
+def oom_above(model, limit: int):
+    """Injected out-of-memory errors (tests of the memory back-off): the model raises CUDA's
+    out-of-memory error for batches larger than ``limit``."""
+    import torch
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: batch {ids.shape[0]} > {limit})")
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

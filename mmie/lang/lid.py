@@ -4,7 +4,7 @@ available. A voter that is configured but cannot load is an error, never a silen
 Labels are the configured language codes, ``<target>_rom`` for the target language in Latin script
 (romanized Hindi: ``hi_rom``), and ``und`` ("cannot tell").
 
-Aggregation (documented in docs/method.md §4, tested in tests/test_lid.py):
+Aggregation (documented in docs/method.md §4, tested in tests/lang/test_lid.py):
 1. no letters → ``und``;
 2. one script holds ≥ ``script_min_share`` of the letters and it is not Latin → the configured
    language of that script decides (Devanagari → target, Arabic → ur, Gurmukhi → pa, Bengali → bn);

@@ -1,4 +1,4 @@
-"""Checks of `make test-image` (tests/image/test.sh), importable by tests/test_container.py.
+"""Checks of `make test-image` (tests/image/test.sh), importable by tests/workflow/test_container.py.
 
     python tests/image/checks.py lock FREEZE            the image's `pip freeze` equals the venv's lock
     python tests/image/checks.py metrics A B REL...     metrics.json under two run dirs are equal

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU user's commands for the image, in one place: the docs quote them and tests/test_container.py
+# The GPU user's commands for the image, in one place: the docs quote them and tests/workflow/test_container.py
 # runs the `#@ run-*` lines exactly as written (through a stub apptainer; every line is expanded by
 # bash with HF_HOME/CONFIG set, then `-d WORKDIR TARGET` is appended). Run from the repository root:
 # your working tree is bound over the image's /mmie, so the jobs run your mmie/ and scripts/.

@@ -45,7 +45,7 @@ stop slurmctld "$DIR/run/slurmctld.pid"
 stop slurmdbd "$DIR/run/slurmdbd.pid"
 stop mariadbd "$DIR/run/mariadb.pid"
 stop munged "$DIR/munge/munged.pid"
-rm -f "$DIR/env"     # the cluster is down: tests/test_slurm.py then skips with "no test cluster"
+rm -f "$DIR/env"     # the cluster is down: tests/workflow/test_slurm.py then skips with "no test cluster"
 if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$DIR/etc/slurm.conf" ]; then
     rm /etc/slurm/slurm.conf
     log "removed the symlink /etc/slurm/slurm.conf"

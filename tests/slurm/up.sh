@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bring up a real one-node SLURM cluster (Debian's slurm-wlm 22.05) on 127.0.0.1 for the SLURM test
-# (tests/test_slurm.py): munged, MariaDB, slurmdbd, slurmctld and slurmd, with two fake GPUs.
+# (tests/workflow/test_slurm.py): munged, MariaDB, slurmdbd, slurmctld and slurmd, with two fake GPUs.
 # Needs root. Every piece of state (configs, pid files, spool, logs, database, munge key and socket,
 # fake GPU device files) lives under $MMIE_SLURM_DIR (default /tmp/mmie-slurm), which is wiped and
 # recreated. The one thing outside it is the symlink /etc/slurm/slurm.conf -> $MMIE_SLURM_DIR/etc/

@@ -16,7 +16,7 @@ from conftest import EXP, ROOT, SENTINEL, SENTINEL_ENV, SETS, SNAKEMAKE, reduced
 from mmie.data.corpus import read_role_file
 from mmie.errors import DataError
 
-BAD = Path(__file__).parent / "data" / "bad_inputs"
+BAD = ROOT / "tests" / "fixtures" / "bad_inputs"
 
 
 # ----------------------------------------------------------------------------- row 12: bad encodings

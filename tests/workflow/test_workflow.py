@@ -190,7 +190,7 @@ def test_trained_arms_record_their_checkpoint(run_dir):
 def test_same_config_and_seed_give_identical_metrics(run_dir):
     """A trained arm evaluated again from its checkpoint gives the same metrics and per-prompt
     values (the reduced run decodes greedily; sampled decoding's seeding is tested in
-    tests/test_generation.py)."""
+    tests/model/test_generation.py)."""
     arm = "lora"
     before = {s: metrics(run_dir, arm, 0, s) for s in SETS}
     assert before["retain"]["metrics"]["token_kl"] > 0          # the arm is not the base model

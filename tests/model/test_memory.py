@@ -1,28 +1,12 @@
 """Memory back-off in every model pass: an injected out-of-memory error halves the batch and the
 results equal those of a run without it; the halvings are recorded; at batch size 1 it is an error."""
 
-import contextlib
 
 import pytest
-import torch
 
+from conftest import oom_above
 from mmie.model.generation import Decoding, generate
 from mmie.model.likelihood import mia_scores, score_sequences, token_kl
-
-
-@contextlib.contextmanager
-def oom_above(model, limit: int):
-    """The model raises CUDA's out-of-memory error for batches larger than ``limit``."""
-    def hook(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and ids.shape[0] > limit:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: batch {ids.shape[0]} > {limit})")
-
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _numbers(rows: list[dict]) -> list[float]:

@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
-from test_memory import oom_above
 from test_unlearn import TRAIN, data, seqs  # noqa: F401  (data is a fixture)
 
+from conftest import oom_above
 from mmie.arms import unlearn
 from mmie.arms.lora import LoraAdapter
 from mmie.arms.reft import ReftAdapter
