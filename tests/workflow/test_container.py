@@ -112,7 +112,7 @@ def test_real_profiles_validate_and_list_the_full_dag():
     from mmie.config import arm_seeds, load
 
     for profile, expected in (("qwen2.5-1.5b-a100.yaml", {"select_layers": 1, "train": 6}),
-                              ("gemma3-270m.yaml", {"convert_gemma": 1, "select_layers": 1, "train": 3})):
+                              ("gemma3-270m.yaml", {"convert_gemma": 1, "select_layers": 1, "train": 6})):
         cfg = load(ROOT / "config" / profile)
         expected["evaluate"] = sum(len(arm_seeds(cfg, arm)) for arm in cfg["arms"])   # seed-independent arms once
         res = subprocess.run(SNAKEMAKE + ["-n", "--forceall", "--cores", "2", "--configfile", str(ROOT / "config" / profile)],
