@@ -139,14 +139,15 @@ def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def oom_above(model, limit: int):
+def oom_above(model, limit: int, *, grad_only: bool = False):
     """Injected out-of-memory errors (tests of the memory back-off): the model raises CUDA's
-    out-of-memory error for batches larger than ``limit``."""
+    out-of-memory error for batches larger than ``limit`` (``grad_only``: only in grad-enabled
+    passes, i.e. a training step's)."""
     import torch
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and ids.shape[0] > limit:
+        if (torch.is_grad_enabled() or not grad_only) and ids is not None and ids.shape[0] > limit:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: batch {ids.shape[0]} > {limit})")
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)

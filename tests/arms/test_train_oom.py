@@ -19,19 +19,9 @@ from mmie.seeding import seed_everything
 CFG = {**TRAIN, "max_steps": 6, "eval_every": 3, "lr": 2e-2, "retain_nll": 0.5}
 
 
-@contextlib.contextmanager
 def oom_in_training_above(model, limit: int):
     """CUDA's out-of-memory error for grad-enabled forward passes (the training step) larger than ``limit``."""
-    def hook(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if torch.is_grad_enabled() and ids is not None and ids.shape[0] > limit:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: batch {ids.shape[0]} > {limit})")
-
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return oom_above(model, limit, grad_only=True)
 
 
 def _train(tiny_lm, data, method, objective, oom=None, store=None):  # noqa: F811

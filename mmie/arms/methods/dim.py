@@ -1,5 +1,6 @@
 """``dim``: difference-in-means steering at the selected layers, away from the target language."""
 
+from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import Method
 
 
@@ -12,11 +13,5 @@ def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, 
     return edits.steer(d["dim"], strength), {"strength": strength, "dim_norm": float(d["dim"].norm())}
 
 
-def build(ctx):
-    from mmie.arms.edit_arms import build_edit_arm
-
-    return build_edit_arm(ctx)
-
-
-METHOD = Method(name="dim", summary="difference-in-means steering at the selected layers", build=build, edit=edit,
+METHOD = Method(name="dim", summary="difference-in-means steering at the selected layers", build=build_edit_arm, edit=edit,
                 keys=("layers", "strength"), needs_selection=lambda spec: True, layer_assets=("directions",))

@@ -1,6 +1,7 @@
 """``random_gate``: the control of ``sae_gate``: as many random latents, passing the same filters and
 matched in forget firing frequency, drawn from the seed (docs/method.md §7)."""
 
+from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import Method
 
 
@@ -13,13 +14,7 @@ def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, 
     return fn, {**details, "control": control}
 
 
-def build(ctx):
-    from mmie.arms.edit_arms import build_edit_arm
-
-    return build_edit_arm(ctx)
-
-
 METHOD = Method(
-    name="random_gate", summary="the SAE gate's control: matched random latents", build=build, edit=edit,
+    name="random_gate", summary="the SAE gate's control: matched random latents", build=build_edit_arm, edit=edit,
     keys=("layers", "on", "gate_alpha", "gate_mode", "gate_clamp"), needs_selection=lambda spec: True,
     layer_assets=("sae", "features"), sits_on=True, seeded=True, imports=("sae_lens",))

@@ -1,6 +1,7 @@
 """``sae_gate``: scales the chosen SAE latents at the selected layers by 1 − alpha (docs/method.md §7);
 may sit ``on:`` a trained arm (``lora+sae_gate``)."""
 
+from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import Method
 
 
@@ -12,13 +13,7 @@ def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, 
                      alpha=alpha)
 
 
-def build(ctx):
-    from mmie.arms.edit_arms import build_edit_arm
-
-    return build_edit_arm(ctx)
-
-
 METHOD = Method(
-    name="sae_gate", summary="scale the chosen SAE latents at the selected layers", build=build, edit=edit,
+    name="sae_gate", summary="scale the chosen SAE latents at the selected layers", build=build_edit_arm, edit=edit,
     keys=("layers", "on", "gate_alpha", "gate_mode", "gate_clamp"), needs_selection=lambda spec: True,
     layer_assets=("sae", "features"), sits_on=True, sweep=True, imports=("sae_lens",))

@@ -1,5 +1,6 @@
 """``script_scrub``: a rank-1 LEACE eraser of the target-script vs romanized direction at the selected layers."""
 
+from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import Method
 
 
@@ -11,12 +12,6 @@ def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, 
     return edits.erase(d["scrub.mean"], d["scrub.a"], d["scrub.b"]), {"eraser": "LEACE rank 1 (target script vs romanized)"}
 
 
-def build(ctx):
-    from mmie.arms.edit_arms import build_edit_arm
-
-    return build_edit_arm(ctx)
-
-
 METHOD = Method(name="script_scrub", summary="LEACE eraser of the script direction at the selected layers",
-                build=build, edit=edit, keys=("layers",), needs_selection=lambda spec: True,
+                build=build_edit_arm, edit=edit, keys=("layers",), needs_selection=lambda spec: True,
                 layer_assets=("directions",))
