@@ -56,8 +56,8 @@ def is_seeded(config: dict, arm: str) -> bool:
 
 def arm_groups(config: dict) -> dict[str, list[str]]:
     """The workflow's arm lists, from the method declarations (``mmie/arms/methods``): ``trained``
-    (a train job per seed), ``layer_arms`` (read the layer selection), ``sae`` / ``directions`` (need
-    those layer assets), ``sweep`` (a dose-response sweep: sweep methods not sitting on a trained arm)."""
+    (a train job per seed), ``layer_arms`` (read the layer selection), ``sae`` (need each selected
+    layer's SAE and features), ``sweep`` (a dose-response sweep: sweep methods not sitting on a trained arm)."""
     from mmie.arms.methods import of
 
     arms = config["arms"]
@@ -67,7 +67,6 @@ def arm_groups(config: dict) -> dict[str, list[str]]:
         "trained": [a for a in arms if declared[a].trains],
         "layer_arms": [a for a in arms if declared[a].needs_selection(arms[a])],
         "sae": [a for a in arms if "sae" in declared[a].layer_assets],
-        "directions": [a for a in arms if "directions" in declared[a].layer_assets],
         "sweep": [a for a in arms if declared[a].sweep and not arms[a].get("on")],
     }
 
