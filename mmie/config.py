@@ -25,7 +25,7 @@ def eval_sets(config: dict) -> list[SetInfo]:
         sets.append(SetInfo("adversarial", "prompts", None))
     for code in lang.get("neighbours", {}):
         sets.append(SetInfo(code, "neighbour", code))
-    if config["eval"]["comprehension"]["enabled"]:
+    if config["eval"]["comprehension"]["enabled"] and data.get("translations"):
         sets.append(SetInfo("comprehension", "comprehension", retain))
     if data.get("yes_no"):
         sets.append(SetInfo("yes_no", "yes_no", None))
@@ -71,6 +71,15 @@ def arm_groups(config: dict) -> dict[str, list[str]]:
     }
 
 
+def oracle_arm(config: dict) -> str | None:
+    """The study's oracle arm (method ``oracle``: the model that never learned the target), or None."""
+    names = [a for a, spec in config["arms"].items() if spec.get("method") == "oracle"]
+    if len(names) > 1:
+        raise ConfigError(f"arms: at most one arm with method 'oracle' (the reference of oracle-relative gates), "
+                          f"got {names}")
+    return names[0] if names else None
+
+
 def arm_seeds(config: dict, arm: str) -> list[int]:
     """The seeds an arm is evaluated with: every configured seed for a seeded arm, the first
     configured seed only for a seed-independent one (evaluated once, reported as one run)."""
@@ -81,7 +90,7 @@ def arm_seeds(config: dict, arm: str) -> list[int]:
 def unevaluated_reason(config: dict, set_name: str) -> str:
     """Why a known set is not part of this run (for a gate on it)."""
     why = {"mixed": "data.mixed is not set", "adversarial": "data.adversarial is not set",
-           "yes_no": "data.yes_no is not set", "comprehension": "eval.comprehension.enabled is false",
+           "yes_no": "data.yes_no is not set", "comprehension": "data.translations is not set or eval.comprehension.enabled is false",
            "neighbours": "languages.neighbours is empty"}
     return why.get(set_name, f"no evaluation set named {set_name!r} is configured")
 
@@ -95,7 +104,7 @@ def check_gates(config: dict) -> None:
     neighbours = list(lang.get("neighbours", {}))
     known_sets = [*FIXED_SETS, *neighbours, "neighbours"]
     target = lang["target"]["code"]
-    labels = sorted({target, f"{target}_rom", lang["retain"]["code"], "und", *neighbours})
+    labels = sorted({target, f"{target}_rom", lang["retain"]["code"], "und", "noise", *neighbours})
     kinds = {"forget": "forget", "retain": "retain", "comprehension": "comprehension", "yes_no": "yes_no",
              "neighbours": "neighbour", **{c: "neighbour" for c in neighbours}}
     seen = set()
@@ -115,14 +124,20 @@ def check_gates(config: dict) -> None:
             raise ConfigError(f"{where}: metric {g['metric']!r} is only computed on {'/'.join(allowed)} sets, "
                               f"not on {g['set']!r}")
         if g["direction"] == "within" and g["relative"] != "delta":
-            raise ConfigError(f"{where}: direction 'within' tests |arm − base| ≤ threshold; set relative: delta")
+            raise ConfigError(f"{where}: direction 'within' tests |arm − reference| ≤ threshold; set relative: delta")
+        if g.get("floor") is not None and not (g["relative"] == "ratio" and g["direction"] == "<="):
+            raise ConfigError(f"{where}: 'floor' applies to ratio gates with direction '<=' only (the threshold is "
+                              f"max(threshold x reference, floor))")
+        if g.get("reference", "base") == "oracle" and oracle_arm(config) is None and g.get("fallback") is None:
+            raise ConfigError(f"{where}: the gate compares with the oracle arm, but the study has none; add an arm "
+                              f"with method 'oracle' or set the gate's 'fallback' (e.g. 0.5 for an AUC)")
 
 
 def raw_data_files(config: dict) -> dict[str, str]:
     """role -> raw file path, for every configured input file."""
     data = config["data"]
     files = {role: data[role] for role in ("forget", "retain", "forget_romanized", "mixed", "adversarial",
-                                             "lid_check", "yes_no", "gibberish") if data.get(role)}
+                                             "lid_check", "yes_no", "gibberish", "translations") if data.get(role)}
     for code, path in data.get("neighbours", {}).items():
         files[f"neighbour_{code}"] = path
     return files

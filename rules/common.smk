@@ -33,6 +33,8 @@ SPLIT_FILES = mdata.split_files(f"{R}/data", mdata.split_roles(NEIGHBOURS), mdat
 TRAIN_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train"])
 DEV_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["dev"])
 FIT_FILES = mdata.split_files(f"{R}/data", ["forget", "retain"], ["train", "dev"])
+# the dev texts of every language (romanized target included): human text of fluency_ratio's references
+DEV_TEXTS = mdata.split_files(f"{R}/data", mdata.split_roles(NEIGHBOURS), ["dev"])
 # arm lists, from the method declarations (mmie/arms/methods/<method>.py; mmie.config.arm_groups)
 GROUPS = mcfg.arm_groups(config)
 TRAINED_ARMS = GROUPS["trained"]      # a train job per (arm, seed): checkpoints/<arm>/seed<k>

@@ -8,6 +8,7 @@ rule evaluate:
         checkpoint=checkpoint_dir,
         method_files=method_files,
         mia=[f"{R}/data/forget/train.jsonl", f"{R}/data/forget/holdout.jsonl"],
+        fluency=DEV_TEXTS,
     output:
         generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",

@@ -88,6 +88,12 @@ def read_yes_no(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[
                         "yes/no set (data.yes_no)", max_line_bytes)
 
 
+def read_translations(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
+    """Target-language sentences with reference translations: {"source": str, "reference": str} per line."""
+    ok = (lambda x: isinstance(x, str) and bool(x.strip()), "a non-empty string")
+    return read_records(path, {"source": ok, "reference": ok}, "translations (data.translations)", max_line_bytes)
+
+
 def _load_role(config: dict, role: str, path: str, script: str | None) -> tuple[list[str], RoleReport]:
     data = config["data"]
     texts, rep = read_role_file(path, role, on_bad_line=data["on_bad_line"], clean_debris=data["clean_debris"],
@@ -199,16 +205,27 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
         elif info.kind == "prompts":
             pool = texts[info.name]
         elif info.kind == "comprehension":
-            pool = splits["forget"]["test"]
+            pairs = read_translations(data["translations"], data["max_line_bytes"])
+            fit = set(fit_norm)
+            kept = [p for p in pairs if normalize(p["source"]) not in fit]
+            if len(kept) < data["min_items"]:
+                raise DataError(f"{data['translations']}: {len(kept)} translation pairs left after removing "
+                                f"{len(pairs) - len(kept)} whose source is a train/dev text; the comprehension set "
+                                f"needs data.min_items = {data['min_items']}")
+            chosen = stable_order([p["source"] for p in kept], seed, f"eval:{info.name}")[:ev["max_prompts"]]
+            refs = {p["source"]: p["reference"] for p in kept}
+            rows = [{"id": item_id(info.name, t), "prompt": ev["comprehension"]["template"].format(text=t),
+                     "text": None, "lang": info.lang, "translation": refs[t]} for t in chosen]
+            io.write_jsonl(out / "eval_sets" / f"{info.name}.jsonl", rows)
+            set_counts[info.name] = {"available": len(pairs), "used": len(rows),
+                                     "removed_as_train_or_dev": len(pairs) - len(kept)}
+            continue
         else:
             pool = source[info.name]
         chosen = stable_order(pool, seed, f"eval:{info.name}")[:ev["max_prompts"]]
         rows = []
         for t in chosen:
-            if info.kind == "comprehension":
-                rows.append({"id": item_id(info.name, t), "prompt": ev["comprehension"]["template"].format(text=t),
-                             "text": None, "lang": info.lang})
-            elif info.kind == "prompts":
+            if info.kind == "prompts":
                 rows.append({"id": item_id(info.name, t), "prompt": t, "text": None, "lang": info.lang})
             else:
                 rows.append({"id": item_id(info.name, t), "prompt": prompt_prefix(t, ev["prompt_fraction"]),

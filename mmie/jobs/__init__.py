@@ -37,7 +37,7 @@ from mmie.errors import ConfigError
 #: the job modules, one per rules file
 MODULES = ("data", "model", "sae", "train", "evaluate", "report")
 #: what ``mmie.config.eval_sets`` (the evaluation sets and their order) reads
-EVAL_SETS = ("languages", "data.mixed", "data.adversarial", "data.yes_no", "eval.comprehension")
+EVAL_SETS = ("languages", "data.mixed", "data.adversarial", "data.yes_no", "data.translations", "eval.comprehension")
 
 
 class UndeclaredConfig(ConfigError):

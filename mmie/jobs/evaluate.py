@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -75,11 +76,12 @@ class FinishedSets:
 @job("model", "generation", "eval", "gate", "deterministic", "data.truncation_warn_share", *EVAL_SETS, arm=True)
 def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, set_files, generations_out,
              manifest_out: str, checkpoint: str | None = None, mia_inputs=(), mia_out: str | None = None,
-             assets=None) -> None:
+             assets=None, fluency_inputs=()) -> None:
     """One (arm, seed) job: load the model once, then generate and score likelihoods for every set.
     ``set_files``: the evaluation sets (``<sets>/<set>.jsonl``), ``generations_out`` the
     ``<run>/<set>/generations.jsonl`` outputs, ``mia_inputs`` the forget/train and forget/holdout
-    split files, ``assets`` the rule's named layer-asset inputs (``LayerAssets.from_inputs``; edit arms):
+    split files, ``assets`` the rule's named layer-asset inputs (``LayerAssets.from_inputs``; edit arms),
+    ``fluency_inputs`` the dev split files of every language (the human text of ``fluency_reference``):
     all as the rule declares them. Finished sets of an interrupted run wait in ``.partial/`` beside
     the manifest (``FinishedSets``)."""
     import torch
@@ -143,17 +145,23 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
             for it, k in zip(refs, kls, strict=True):
                 by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
         with arm.reference():
-            # fluency of the outputs under the base model, conditioned on the raw prompt (no instruction)
+            # the outputs under the base model: conditioned on the raw prompt (no instruction; gen_ppl_base,
+            # reported) and on nothing but the tokenizer's prefix (fluency_ratio: comparable with human text)
             contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
             base_scores = score_sequences(model, tok.pad_token_id, contexts, [g["output_ids"] for g in gens],
                                           batch_size=ev["score_batch_size"], max_length=ev["max_length"],
                                           desc=f"gen_ppl_base {info.name}", oom_log=oom_log)
+            uncond = score_sequences(model, tok.pad_token_id, [special_prefix(tok)] * len(gens),
+                                     [g["output_ids"] for g in gens], batch_size=ev["score_batch_size"],
+                                     max_length=ev["max_length"], desc=f"fluency {info.name}", oom_log=oom_log)
         rows = []
-        for it, g, b in zip(items, gens, base_scores, strict=True):
+        for it, g, b, u in zip(items, gens, base_scores, uncond, strict=True):
             row = {k: v for k, v in g.items() if k != "output_ids"}
-            if "answer" in it:
-                row["answer"] = it["answer"]
-            row.update(gen_nll_base=b["nll"], gen_tokens_base=b["tokens"])
+            for key in ("answer", "translation"):
+                if key in it:
+                    row[key] = it[key]
+            row.update(gen_nll_base=b["nll"], gen_tokens_base=b["tokens"], gen_nll_uncond=u["nll"],
+                       gen_tokens_uncond=u["tokens"])
             if it.get("text"):
                 s = by_id[it["id"]]
                 row.update(reference=it["text"], ref_nll=s["nll"], ref_tokens=s["tokens"], ref_truncated=s["truncated"])
@@ -186,8 +194,11 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
             scores = mia_scores(model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"],
                                 oom_log=oom_log)
         io.write_jsonl(mia_out, ({"id": r["id"], "member": m, **s} for (r, m), s in zip(rows, scores, strict=True)))
+    with arm.reference():
+        reference = fluency_reference(config, model, tok, fluency_inputs, ev, oom_log)
     manifest = {
         "arm": arm_name, "seed": seed, "arm_details": {"method": arm.method, **arm.details},
+        "fluency_reference": reference,
         "decoding": decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
         "reused_sets": reused,
         "oom_retries": oom_log, "seconds": round(time.time() - t0, 1),
@@ -198,6 +209,40 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
         manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
     io.write_json(manifest_out, manifest)
     finished.clear()
+
+
+def fluency_reference(config, model, tok, split_paths, ev: dict, oom_log: list) -> dict[str, dict]:
+    """Per language label (the target, the retain language, each neighbour, ``<target>_rom``), the
+    base model's NLL of human text in that language, scored exactly like an output for
+    ``fluency_ratio``: the continuations of its dev texts (the words after the evaluation prompt's
+    ``eval.prompt_fraction``) with nothing but the tokenizer's prefix before them. Dev texts only (never
+    test); the same for every arm, since it runs on the base model."""
+    from mmie.data.corpus import prompt_prefix
+    from mmie.jobs import split_texts
+    from mmie.model.generation import special_prefix
+    from mmie.model.likelihood import score_sequences
+
+    files = split_files(split_paths)
+    lang = config["languages"]
+    labels = {"forget": lang["target"]["code"], "retain": lang["retain"]["code"],
+              "forget_romanized": f"{lang['target']['code']}_rom",
+              **{f"neighbour_{c}": c for c in lang.get("neighbours", {})}}
+    out = {}
+    for role, label in labels.items():
+        texts = split_texts(files, role, "dev", "evaluate")[:ev["fluency_texts"]]
+        conts = [t[len(prompt_prefix(t, ev["prompt_fraction"])):].strip() for t in texts]
+        conts = [c for c in conts if c]
+        if not conts:
+            raise ValueError(f"evaluate: no {role}/dev text has words after its prompt part; fluency_ratio has no "
+                             f"human reference for {label!r} (add longer texts or lower eval.prompt_fraction)")
+        scores = score_sequences(model, tok.pad_token_id, [special_prefix(tok)] * len(conts),
+                                 [tok(c, add_special_tokens=False)["input_ids"] for c in conts],
+                                 batch_size=ev["score_batch_size"], max_length=ev["max_length"],
+                                 desc=f"fluency reference {label}", oom_log=oom_log)
+        out[label] = {"nll": sum(s["nll"] for s in scores), "tokens": sum(s["tokens"] for s in scores),
+                      "texts": len(conts), "split": f"{role}/dev"}
+        out[label]["ppl"] = math.exp(out[label]["nll"] / out[label]["tokens"])
+    return out
 
 
 def sets_by_name(paths, names) -> dict[str, str]:
@@ -267,7 +312,8 @@ def score_set(config: dict, arm_name: str, seed: int, info, generations: str, ma
     records = io.read_jsonl(generations)
     result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
                                  romanization_scheme=config["lid"]["romanization"],
-                                 yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"])
+                                 yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"],
+                                 fluency_reference=man["fluency_reference"])
     if mia:
         from mmie.stats.text import auc
 

@@ -21,7 +21,7 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     decisions.json's ``_choices``)."""
     import pandas as pd
 
-    from mmie.config import arm_seeds, is_seeded, set_names, unevaluated_reason
+    from mmie.config import arm_seeds, is_seeded, oracle_arm, set_names, unevaluated_reason
     from mmie.report import results_page
     from mmie.stats import gates as G
 
@@ -36,13 +36,15 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated"
     gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
     reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
-    rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded)
+    rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded,
+                               oracle=oracle_arm(config))
     columns = ["arm", "gate", "metric", "set", "value", "threshold", "ci_low", "ci_high", "p_adjusted", "passed",
-               "reason", "direction", "relative", "factor", "base", "margin", "ci_level", "gate_alpha", "p_value",
-               "correction", "n_seeds", "seeded", "base_n_seeds", "n_prompts"]
+               "reason", "verdict", "direction", "relative", "factor", "floor", "reference", "base", "margin",
+               "ci_level", "gate_alpha", "p_value", "correction", "n_seeds", "seeded", "base_n_seeds", "n_prompts"]
     gates = pd.DataFrame(rows, columns=columns)
     io.write_csv(intervals_out, iv)
-    table = results_page.headline(iv, arms, sets)
+    measurable = G.measurability(res, grid, cfg, sets)
+    table = results_page.headline(iv, arms, sets, measurable)
     io.write_csv(headline_out, table)
     io.write_text(headline_tex_out, results_page.latex(
         table, f"{config['experiment']}: estimate [{cfg['level']:.0%} interval] per arm "
@@ -51,9 +53,10 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     chosen = io.read_json(selection) if selection else None
     choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
                                                       "stability_floor")}} if chosen else {}
-    io.write_json(decisions_out, {**decisions, "_choices": choices, "_provenance": provenance.build(
+    io.write_json(decisions_out, {**decisions, "_choices": choices, "_measurable": measurable,
+                                  "_provenance": provenance.build(
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
-    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen))
+    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 
 HEADLINE = [("forget", "target_rate"), ("forget", "es"), ("retain", "ppl"), ("retain", "token_kl"),
-            ("romanized", "target_rate"), ("mixed", "es"), ("adversarial", "target_rate"), ("forget", "gen_ppl_base"),
-            ("forget", "mia_auc"), ("comprehension", "comprehension_rate"), ("yes_no", "yes_no_accuracy")]
+            ("romanized", "target_rate"), ("mixed", "es"), ("adversarial", "target_rate"), ("forget", "fluency_ratio"),
+            ("forget", "lang_share_noise"), ("forget", "mia_auc"), ("comprehension", "comprehension_chrf"),
+            ("yes_no", "yes_no_accuracy")]
 
 
 def _fmt(x: float) -> str:
@@ -21,12 +22,19 @@ def _interval(lo: float, hi: float) -> str:
     return f"{left}, {right}"
 
 
-def cell(iv: pd.DataFrame, arm: str, set_name: str, metric: str) -> str:
+def unmeasurable(measurable: dict | None) -> set[str]:
+    """The metrics base itself cannot do on this model (``mmie.stats.gates.measurability``)."""
+    return {m for v in (measurable or {}).values() if not v["measurable"] for m in v["metrics"]}
+
+
+def cell(iv: pd.DataFrame, arm: str, set_name: str, metric: str, not_measurable: set[str] = frozenset()) -> str:
     r = iv[(iv.arm == arm) & (iv.set == set_name) & (iv.metric == metric)]
     if r.empty:
         return "—"
     r = r.iloc[0]
     text = f"{_fmt(r.estimate)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+    if metric in not_measurable:
+        text += " (not measurable on this model)"
     if metric == "gen_ppl_base":
         # perplexity of the non-empty outputs: how many were empty goes next to it
         e = iv[(iv.arm == arm) & (iv.set == set_name) & (iv.metric == "empty_share")]
@@ -44,10 +52,11 @@ def seeds_cell(iv: pd.DataFrame, arm: str) -> str:
     return f"{n}" if seeded else f"{n} (seed-independent)"
 
 
-def headline(iv: pd.DataFrame, arms: list[str], sets: list[str]) -> pd.DataFrame:
+def headline(iv: pd.DataFrame, arms: list[str], sets: list[str], measurable: dict | None = None) -> pd.DataFrame:
     cols = [(s, m) for s, m in HEADLINE if s in sets]
-    return pd.DataFrame([{"arm": a, "seeds": seeds_cell(iv, a), **{f"{s}:{m}": cell(iv, a, s, m) for s, m in cols}}
-                         for a in arms])
+    nm = unmeasurable(measurable)
+    return pd.DataFrame([{"arm": a, "seeds": seeds_cell(iv, a),
+                          **{f"{s}:{m}": cell(iv, a, s, m, nm) for s, m in cols}} for a in arms])
 
 
 def _tex(text: str) -> str:
@@ -99,8 +108,27 @@ def _get(iv, arm, set_name, metric):
     return None if r.empty else r.iloc[0]
 
 
-def sentence(iv: pd.DataFrame, arm: str, decision: dict | None, target: str, retain: str) -> str:
+def answer_languages(iv: pd.DataFrame, arm: str, set_name: str, languages: dict) -> str:
+    """Where the outputs of a set went, from the LID's labels (validated on labelled generations):
+    "in Hindi 13 %, in English 55 %, in a neighbour language 4 %, noise 28 %" (shares of 1 % or more)."""
+    shares = iv[(iv.arm == arm) & (iv.set == set_name) & iv.metric.str.startswith("lang_share_")]
+    if shares.empty:
+        return ""
+    share = {r.metric.removeprefix("lang_share_"): float(r.estimate) for r in shares.itertuples()}
+    t, rt = languages["target"], languages["retain"]
+    groups = [(f"in {t.get('name', t['code'])}", [t["code"]]),
+              (f"in romanized {t.get('name', t['code'])}", [f"{t['code']}_rom"]),
+              (f"in {rt.get('name', rt['code'])}", [rt["code"]]),
+              ("in a neighbour language", list(languages.get("neighbours", {}))),
+              ("noise", ["noise"]), ("undetermined", ["und"])]
+    parts = [(name, sum(share.get(c, 0.0) for c in codes)) for name, codes in groups]
+    return ", ".join(f"{name} {v:.0%}" for name, v in parts if v >= 0.005)
+
+
+def sentence(iv: pd.DataFrame, arm: str, decision: dict | None, target: str, retain: str,
+             languages: dict | None = None) -> str:
     """One sentence per arm, from the numbers."""
+    languages = languages or {"target": {"code": "hi"}, "retain": {"code": "en"}}
     parts = []
     tr, tr_b = _get(iv, arm, "forget", "target_rate"), _get(iv, "base", "forget", "target_rate")
     if tr is not None and tr_b is not None:
@@ -109,11 +137,9 @@ def sentence(iv: pd.DataFrame, arm: str, decision: dict | None, target: str, ret
     pp, pp_b = _get(iv, arm, "retain", "ppl"), _get(iv, "base", "retain", "ppl")
     if pp is not None and pp_b is not None:
         parts.append(f"{retain} perplexity ×{pp.estimate / pp_b.estimate:.2f}")
-    shares = iv[(iv.arm == arm) & (iv.set == "forget") & iv.metric.str.startswith("lang_share_")]
-    if not shares.empty:
-        top = shares.sort_values("estimate", ascending=False).iloc[0]
-        parts.append(f"forget prompts now mostly answered in `{top.metric.removeprefix('lang_share_')}` "
-                     f"({top.estimate:.0%})")
+    answered = answer_languages(iv, arm, "forget", languages)
+    if answered:
+        parts.append(f"forget prompts answered {answered}")
     rom = _get(iv, arm, "romanized", "target_rate")
     if rom is not None:
         parts.append(f"romanized {target} prompts still answered in {target} {rom.estimate:.0%}")
@@ -121,7 +147,14 @@ def sentence(iv: pd.DataFrame, arm: str, decision: dict | None, target: str, ret
     if decision is not None:
         text += f" — **{decision['decision']}**"
         if decision["failing"]:
-            text += f" (failing: {', '.join(decision['failing'])})"
+            verdicts = decision.get("verdicts", {})
+            shown = [g for g in decision["failing"] if verdicts.get(g) == "shown"]
+            open_ = [g for g in decision["failing"] if verdicts.get(g) == "not_excluded"]
+            missing = [g for g in decision["failing"] if g not in shown + open_]
+            why = ([f"harm shown: {', '.join(shown)}"] if shown else []) + \
+                  ([f"harm not excluded: {', '.join(open_)}"] if open_ else []) + \
+                  ([f"not measured: {', '.join(missing)}"] if missing else [])
+            text += f" ({'; '.join(why)})"
     return text + "."
 
 
@@ -147,7 +180,7 @@ def layer_choice(selection: dict) -> str:
 
 
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
-         selection: dict | None = None) -> str:
+         selection: dict | None = None, measurable: dict | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -162,22 +195,29 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
              f"alpha {st['alpha']}) clears the threshold. Forget-set perplexity under base (`gen_ppl_base`) is "
              f"computed on non-empty outputs; empty and repetitive outputs are gated (collapse is a failure).",
              "", "## What happened", ""]
-    lines += [f"- {sentence(iv, a, decisions.get(a), target, retain)}" for a in arms]
+    lines += [f"- {sentence(iv, a, decisions.get(a), target, retain, config['languages'])}" for a in arms]
     if selection is not None:
         lines += ["", "## Choices made on dev data", "", layer_choice(selection)]
-    table = headline(iv, arms, sets)
+    notes = [v["reason"] for v in (measurable or {}).values() if not v["measurable"]]
+    if notes:
+        lines += ["", "## Capabilities base does not show", ""] + [f"- {n}: not gated, and a low value of an "
+                                                                     f"arm there means nothing." for n in notes]
+    table = headline(iv, arms, sets, measurable)
     lines += ["", "## Headline metrics", "", "| " + " | ".join(table.columns) + " |",
               "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in table.itertuples(index=False)]
     lines += ["", "## Gates", "",
-              "Interval: of value − threshold for `<=`/`>=` gates (passes when wholly below/above 0), of arm − base "
-              "for `within` gates (passes when inside ±threshold), at the level shown.", "",
-              "| arm | gate | value | threshold | interval | level | p (adj.) | passed |", "|---|---|---|---|---|---|---|---|"]
+              "Interval: of value − threshold for `<=`/`>=` gates (passes when wholly below/above 0), of arm − "
+              "reference for `within` gates (passes when inside ±threshold), at the level shown. p: the gate's own "
+              "one-sided p-value (the decision); p (adj.): adjusted over the arm's gates, for information.", "",
+              "| arm | gate | value | threshold | reference | interval | level | p | p (adj.) | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in gates.itertuples(index=False):
         if r.p_value is None or pd.isna(r.p_value):
-            lines.append(f"| {r.arm} | {r.gate} | — | — | — | — | — | no: {r.reason} |")
+            lines.append(f"| {r.arm} | {r.gate} | — | — | {r.reference} | — | — | — | — | missing: {r.reason} |")
         else:
-            lines.append(f"| {r.arm} | {r.gate} | {_fmt(r.value)} | {_fmt(r.threshold)} | "
-                         f"{_interval(r.ci_low, r.ci_high)} | {r.ci_level:.4g} | {r.p_adjusted:.3g} | "
-                         f"{'yes' if r.passed else 'no: ' + r.reason} |")
+            verdict = "pass" if r.passed else f"{r.verdict.replace('_', ' ')}: {r.reason}"
+            lines.append(f"| {r.arm} | {r.gate} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.reference} "
+                         f"{_fmt(r.base)} | {_interval(r.ci_low, r.ci_high)} | {r.ci_level:.4g} | {r.p_value:.3g} | "
+                         f"{r.p_adjusted:.3g} | {verdict} |")
     return "\n".join(lines) + "\n"

@@ -1,12 +1,19 @@
 """Confidence intervals, gates and decisions (docs/method.md §8) from the per-prompt values kept in every
 metrics.json.
 
-One decision rule: a gate passes exactly when its reported one-sided confidence bound clears the
-threshold. Each gate is a paired comparison with ``base`` on the same prompts (crossed bootstrap,
-mmie/stats/inference.py); the bound's level comes from the multiple-testing correction over the arm's gates
-(``stats.correction``; :func:`mmie.stats.inference.gate_levels`), so "adjusted p ≤ alpha" and "the bound
-clears" are the same statement. A missing metric, a set the run does not evaluate, a non-finite
-value or threshold are failing gates with their reason, never a pass, and never dropped."""
+One decision rule. Each gate is a one-sided test at level ``stats.alpha`` of "the arm is on the right
+side of its threshold", by a paired comparison with its reference on the same prompts (crossed
+bootstrap, mmie/stats/inference.py): the reference is ``base`` (default), the ``oracle`` arm (the model
+that never learned the target; a constant ``fallback`` such as 0.5 when the study has none), and the
+threshold is ``factor × reference`` (ratio, optionally with an absolute ``floor``), ``reference + delta``
+or an ``absolute`` number. An arm PROCEEDs when every gate passes: that is an intersection–union test
+(Berger 1982), whose false-PROCEED rate is at most alpha without any multiplicity adjustment (each gate
+must be passed on its own); the adjusted p-values of ``stats.correction`` are reported beside it, as
+information. The reported interval of a gate is the two-sided 1 − 2·alpha interval of its tested
+quantity, whose one side is the test: a gate passes exactly when the interval lies wholly on the right
+side; a failing gate's verdict says whether harm was *shown* (wholly on the wrong side) or *not
+excluded* (straddling). A missing metric, a set the run does not evaluate, a non-finite value or
+threshold are failing gates with their reason (verdict ``missing``), never a pass, and never dropped."""
 
 from __future__ import annotations
 
@@ -19,7 +26,6 @@ from mmie import io
 from mmie.stats.inference import (
     Sample,
     adjust,
-    gate_levels,
     hierarchical_ci,
     lower_bound,
     p_at_least,
@@ -44,7 +50,9 @@ RATIO_METRICS = {
     "gen_ppl_base": ("gen_nll_base", "gen_tokens", "exp"),
     "token_kl": ("kl", "kl_tokens", "identity"),
     "empty_share": ("empty", None, "identity"),
-    "comprehension_rate": ("comprehension", None, "identity"),
+    "comprehension_chrf": ("chrf", None, "identity"),
+    "comprehension_chrf_gain": ("chrf_gain", None, "identity"),
+    "fluency_ratio": ("fluency_excess", "fluency_tokens", "exp"),
     "judge_target_rate": ("judge_target", None, "identity"),
     "yes_no_accuracy": ("yes_no_correct", None, "identity"),
     "yes_no_unparsed_share": ("yes_no_unparsed", None, "identity"),
@@ -57,7 +65,7 @@ METRIC_SET_KINDS = {
     "own_language_rate": ("neighbour",),
     "mia_auc": ("forget",), "mia_auc_loss": ("forget",),
     "token_kl": ("retain",),
-    "comprehension_rate": ("comprehension",),
+    "comprehension_chrf": ("comprehension",), "comprehension_chrf_gain": ("comprehension",),
     "yes_no_accuracy": ("yes_no",), "yes_no_unparsed_share": ("yes_no",),
 }
 # how a failing collapse gate is worded (the metric name stays in the reason)
@@ -193,6 +201,49 @@ def auc_bootstrap(arm_rows, base_rows, n_boot: int, seed: int) -> tuple[np.ndarr
     return arm, base, point_arm, point_base
 
 
+# capability metrics: measurable on a model only when base itself beats chance at them (a metric base
+# cannot do is reported as "not measurable on this model", never gated or read as removal):
+# metric -> (set, the metrics it vouches for, chance level: a number or a per-prompt key whose mean is it)
+CAPABILITIES = {
+    "yes_no_accuracy": ("yes_no", ("yes_no_accuracy", "yes_no_unparsed_share"), "yes_no_majority"),
+    "comprehension_chrf_gain": ("comprehension", ("comprehension_chrf", "comprehension_chrf_gain"), 0.0),
+}
+
+
+def measurability(results: Results, arm_seeds: dict[str, list[int]], cfg: dict, sets: list[str]) -> dict:
+    """For each capability metric of an evaluated set: is base's value above chance (its one-sided
+    lower bound at ``alpha`` above the chance level)? yes/no questions: chance is always giving the
+    majority answer; comprehension: the chrF gain of an output over another prompt's reference, chance 0."""
+    out = {}
+    for metric, (set_name, covers, chance) in CAPABILITIES.items():
+        if set_name not in sets:
+            continue
+        sample, reason = results.sample("base", set_name, metric, arm_seeds["base"])
+        entry: dict = {"set": set_name, "metrics": list(covers)}
+        if sample is None:
+            out[metric] = {**entry, "measurable": False, "reason": f"base has no value: {reason}"}
+            continue
+        if isinstance(chance, str):
+            recs = results.by[("base", set_name)]
+            vals = [v for s in arm_seeds["base"] for v in recs[s]["per_prompt"].get(chance, [])]
+            if not vals:
+                out[metric] = {**entry, "measurable": False, "reason": f"no per-prompt {chance} for its chance level"}
+                continue
+            level = float(np.mean(vals))
+        else:
+            level = float(chance)
+        from mmie.stats.inference import draw, replicates
+
+        reps = replicates(sample, draw([sample], cfg["n_boot"], cfg["rng_seed"]))
+        lo = lower_bound(reps, cfg["alpha"])
+        ok = bool(lo > level)
+        out[metric] = {**entry, "measurable": ok, "base": sample.point(), "base_lower_bound": lo, "chance": level,
+                       "reason": "" if ok else (f"not measurable on this model: base's {metric} on {set_name} is "
+                                                f"{sample.point():.3g} (one-sided {1 - cfg['alpha']:.0%} lower bound "
+                                                f"{lo:.3g}), not above chance ({level:.3g})")}
+    return out
+
+
 # intervals.csv: the output contract's columns first (config/results.schema.yaml)
 INTERVAL_COLUMNS = ["estimate", "ci_low", "ci_high", "n_boot", "rng_seed", "level", "n_nonfinite"]
 
@@ -255,62 +306,92 @@ def expand_gates(gates: list[dict], neighbours: list[str]) -> list[dict]:
     return out
 
 
+VERDICTS = ("pass", "shown", "not_excluded", "missing")
+
+
+def gate_reference(gate: dict, oracle: str | None) -> tuple[str, str | float]:
+    """What a gate compares with: ("arm", name) for base or the oracle arm, ("constant", x) for the
+    fallback constant of an oracle-referenced gate in a study without an oracle arm."""
+    ref = gate.get("reference", "base")
+    if ref == "base":
+        return "arm", "base"
+    if oracle is not None:
+        return "arm", oracle
+    return "constant", float(gate["fallback"])
+
+
 def _tested(value: float, base: float, threshold: float, reps: np.ndarray, kind: str, delta: float = 0.0) -> dict:
     return {"value": value, "base": base, "threshold": threshold, "reps": reps, "kind": kind, "delta": delta}
 
 
 def _from_reps(a: np.ndarray, b: np.ndarray, pa: float, pb: float, gate: dict) -> dict:
-    """The tested quantity of a gate: ``arm − base`` for "within" (TOST), else ``arm − threshold(base)``."""
+    """The tested quantity of a gate: ``arm − reference`` for "within" (TOST), else ``arm − threshold``."""
     if gate["direction"] == "within":
         return _tested(pa, pb, gate["threshold"], a - b, "within", gate["threshold"])
-    thr = float(threshold_of(pb, gate["relative"], gate["threshold"]))
-    return _tested(pa, pb, thr, a - threshold_of(b, gate["relative"], gate["threshold"]), gate["direction"])
+    floor = gate.get("floor")
+    thr = float(threshold_of(pb, gate["relative"], gate["threshold"], floor))
+    return _tested(pa, pb, thr, a - threshold_of(b, gate["relative"], gate["threshold"], floor), gate["direction"])
 
 
 def _blank_row(arm: str, gate: dict, arm_seeds: dict[str, list[int]]) -> dict:
     return {"arm": arm, "gate": gate["name"], "metric": gate["metric"], "set": gate["set"],
             "direction": gate["direction"], "relative": gate["relative"], "factor": gate["threshold"],
+            "floor": gate.get("floor"), "reference": gate.get("reference", "base"),
             "value": None, "base": None, "threshold": None, "margin": None, "ci_low": None, "ci_high": None,
-            "ci_level": None, "gate_alpha": None, "p_value": None, "p_adjusted": None, "passed": False, "reason": "",
-            "n_seeds": len(arm_seeds[arm]), "base_n_seeds": len(arm_seeds["base"]), "n_prompts": None}
+            "ci_level": None, "gate_alpha": None, "p_value": None, "p_adjusted": None, "passed": False,
+            "verdict": "missing", "reason": "", "n_seeds": len(arm_seeds[arm]),
+            "base_n_seeds": len(arm_seeds.get("base", [])), "n_prompts": None}
 
 
-def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, list[int]], cfg: dict) -> dict:
+def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, list[int]], cfg: dict,
+                  oracle: str | None = None) -> dict:
     """One gate's row, with the bootstrap replicates of its tested quantity under ``_test`` (or a
-    failing reason)."""
-    seeds, base_seeds = arm_seeds[arm], arm_seeds["base"]
+    failing reason). ``oracle``: the study's oracle arm (reference of ``reference: oracle`` gates)."""
+    seeds = arm_seeds[arm]
     row = _blank_row(arm, gate, arm_seeds)
     metric, set_name = gate["metric"], gate["set"]
+    kind, ref = gate_reference(gate, oracle)
+    row["reference"] = ref if kind == "arm" else f"constant {ref:g}"
+    ref_seeds = arm_seeds.get(ref, []) if kind == "arm" else []
+    if kind == "arm" and not ref_seeds:
+        row["reason"] = f"missing metric: the reference arm {ref!r} is not part of this run"
+        return row
     if metric in AUC_METRICS:
         arm_rows, reason = results.auc_rows(arm, metric, seeds)
-        base_rows, reason_b = results.auc_rows("base", metric, base_seeds)
-        if arm_rows is None or base_rows is None:
+        ref_rows, reason_b = results.auc_rows(ref, metric, ref_seeds) if kind == "arm" else (None, None)
+        if arm_rows is None or (kind == "arm" and ref_rows is None):
             row["reason"] = f"missing metric: {reason or reason_b}"
             return row
         try:
-            a, b, pa, pb = auc_bootstrap(arm_rows, base_rows, cfg["n_boot"], cfg["rng_seed"])
+            a, b, pa, pb = auc_bootstrap(arm_rows, ref_rows, cfg["n_boot"], cfg["rng_seed"])
         except ValueError as err:
-            row["reason"] = f"cannot compare with base: {err}"
+            row["reason"] = f"cannot compare with {ref}: {err}"
             return row
         row["n_prompts"] = len(arm_rows[0][0]) + len(arm_rows[0][1])
     else:
         sa, reason = results.sample(arm, set_name, metric, seeds)
-        sb, reason_b = results.sample("base", set_name, metric, base_seeds)
+        sb, reason_b = results.sample(ref, set_name, metric, ref_seeds) if kind == "arm" else (sa, None)
         if sa is None or sb is None:
             row["reason"] = f"missing metric: {reason or reason_b}"
             return row
-        if results.ids(arm, set_name, seeds[0]) != results.ids("base", set_name, base_seeds[0]):
-            row["reason"] = (f"cannot compare with base: {arm} and base were evaluated on different {set_name} "
+        if kind == "arm" and results.ids(arm, set_name, seeds[0]) != results.ids(ref, set_name, ref_seeds[0]):
+            row["reason"] = (f"cannot compare with {ref}: {arm} and {ref} were evaluated on different {set_name} "
                              f"prompts (rerun both evaluations on the same prepared data)")
             return row
-        a, b = paired_reps(sa, sb, cfg["n_boot"], cfg["rng_seed"])
-        pa, pb = sa.point(), sb.point()
+        if kind == "arm":
+            a, b = paired_reps(sa, sb, cfg["n_boot"], cfg["rng_seed"])
+            pa, pb = sa.point(), sb.point()
+        else:
+            a, _ = paired_reps(sa, sa, cfg["n_boot"], cfg["rng_seed"])
+            pa = sa.point()
         row["n_prompts"] = sa.n_prompts
+    if kind == "constant":
+        b, pb = np.full_like(a, ref, dtype=float), ref
     test = _from_reps(a, b, pa, pb, gate)
     margin = test["value"] - (test["base"] if test["kind"] == "within" else test["threshold"])
     row.update(value=test["value"], base=test["base"], threshold=test["threshold"], margin=margin)
     if not (np.isfinite(test["value"]) and np.isfinite(test["threshold"]) and np.isfinite(test["base"])):
-        row["reason"] = (f"non-finite value ({test['value']}), base ({test['base']}) or threshold "
+        row["reason"] = (f"non-finite value ({test['value']}), reference ({test['base']}) or threshold "
                          f"({test['threshold']}) of {metric} on {set_name}")
         return row
     g, d = test["reps"], test["delta"]
@@ -320,42 +401,49 @@ def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, l
     return row
 
 
-def _apply_level(row: dict, gamma: float, cfg: dict) -> None:
-    """Report the interval at the gate's level and decide: passed ⇔ the interval clears the threshold."""
+def _apply_level(row: dict, cfg: dict) -> None:
+    """Decide one gate at level alpha (intersection–union test: no adjustment) and report its two-sided
+    1 − 2·alpha interval: passed ⇔ the interval lies wholly on the right side; a failing gate's verdict
+    is ``shown`` when it lies wholly on the wrong side, else ``not_excluded``."""
     test = row.pop("_test")
     g, kind, d = test["reps"], test["kind"], test["delta"]
-    row["gate_alpha"] = gamma
+    alpha = cfg["alpha"]
+    lo, hi = lower_bound(g, alpha), upper_bound(g, alpha)
     if kind == "<=":
-        lo, hi = float("-inf"), upper_bound(g, gamma)
-        passed, level = hi < 0, 1 - gamma
+        passed, shown = hi < 0, lo > 0
     elif kind == ">=":
-        lo, hi = lower_bound(g, gamma), float("inf")
-        passed, level = lo > 0, 1 - gamma
+        passed, shown = lo > 0, hi < 0
     else:
-        lo, hi = lower_bound(g, gamma), upper_bound(g, gamma)
-        passed, level = (-d < lo) and (hi < d), 1 - 2 * gamma
-    row.update(ci_low=lo, ci_high=hi, ci_level=level, passed=bool(passed))
+        passed, shown = (-d < lo) and (hi < d), (lo > d) or (hi < -d)
+    level = 1 - 2 * alpha
+    row.update(ci_low=lo, ci_high=hi, ci_level=level, gate_alpha=alpha, passed=bool(passed),
+               verdict="pass" if passed else "shown" if shown else "not_excluded")
     if passed:
         row["reason"] = ""
         return
     what = f"{row['set']} {COLLAPSE[row['metric']]}: " if row["metric"] in COLLAPSE else ""
+    ref = row["reference"]
+    head = "harm shown" if shown else "harm not excluded"
     base = f"{row['metric']} on {row['set']}: value {row['value']:.4g}"
     if kind == "within":
-        row["reason"] = (f"{what}{base} vs base {row['base']:.4g}: the {level:.4g} interval of arm − base "
-                         f"[{lo:.4g}, {hi:.4g}] is not inside ±{d:.4g}")
+        side = "wholly outside" if shown else "not inside"
+        row["reason"] = (f"{head} — {what}{base} vs {ref} {row['base']:.4g}: the {level:.4g} interval of arm − "
+                         f"{ref} [{lo:.4g}, {hi:.4g}] is {side} ±{d:.4g}")
     else:
-        side, bound = ("upper", hi) if kind == "<=" else ("lower", lo)
-        rel = "below" if kind == "<=" else "above"
-        row["reason"] = (f"{what}{base} vs threshold {row['threshold']:.4g} (base {row['base']:.4g}); the "
-                         f"{level:.4g} {side} confidence bound of value − threshold is {bound:.4g}, not {rel} 0")
-    row["reason"] += f" ({cfg['correction']} over the arm's gates, alpha {cfg['alpha']})"
+        want = "below" if kind == "<=" else "above"
+        where = ("wholly " + ("above" if kind == "<=" else "below") + " 0") if shown else "straddles 0"
+        row["reason"] = (f"{head} — {what}{base} vs threshold {row['threshold']:.4g} ({ref} {row['base']:.4g}); "
+                         f"the {level:.4g} interval of value − threshold [{lo:.4g}, {hi:.4g}] {where} "
+                         f"(it must lie {want} 0)")
+    row["reason"] += f" (each gate at alpha {alpha}; all gates must pass)"
 
 
 def decide(results: Results, arms: list[str], gates: list[dict], arm_seeds: dict[str, list[int]], cfg: dict, *,
            sets: list[str] | None = None, set_reasons: dict[str, str] | None = None,
-           seeded: dict[str, bool] | None = None) -> tuple[list[dict], dict]:
+           seeded: dict[str, bool] | None = None, oracle: str | None = None) -> tuple[list[dict], dict]:
     """Gate rows for every non-base arm and the decision per arm. ``sets``: the sets this run
-    evaluates (a gate on another set is a failing row "not evaluated", with ``set_reasons[set]``)."""
+    evaluates (a gate on another set is a failing row "not evaluated", with ``set_reasons[set]``);
+    ``oracle``: the oracle arm, reference of ``reference: oracle`` gates."""
     seeded = seeded or default_seeded(arm_seeds)
     rows, decisions = [], {}
     for arm in arms:
@@ -369,20 +457,19 @@ def decide(results: Results, arms: list[str], gates: list[dict], arm_seeds: dict
                        "reason": f"not evaluated: set {g['set']!r} is not part of this run ({why}); provide it or "
                                  f"remove gate {g['name']!r} from the config's gates"}
             else:
-                row = evaluate_gate(results, arm, g, arm_seeds, cfg)
+                row = evaluate_gate(results, arm, g, arm_seeds, cfg, oracle)
             row["seeded"] = seeded[arm]
             row["correction"] = cfg["correction"]
             arm_rows.append(row)
         tested = [r for r in arm_rows if "_test" in r]
-        pvals = [r["p_value"] for r in tested]
-        for r, p_adj, gamma in zip(tested, adjust(pvals, cfg["correction"]),
-                                   gate_levels(pvals, cfg["alpha"], cfg["correction"]), strict=True):
-            r["p_adjusted"] = p_adj
-            _apply_level(r, gamma, cfg)
+        for r, p_adj in zip(tested, adjust([r["p_value"] for r in tested], cfg["correction"]), strict=True):
+            r["p_adjusted"] = p_adj      # reported, as information: the decision is the intersection–union test
+            _apply_level(r, cfg)
         failing = [r["gate"] for r in arm_rows if not r["passed"]]
         decisions[arm] = {"decision": "PROCEED" if arm_rows and not failing else "STOP",
                           "failing": failing if arm_rows else ["(no gates)"],
                           "reasons": {r["gate"]: r["reason"] for r in arm_rows if not r["passed"]},
+                          "verdicts": {r["gate"]: r["verdict"] for r in arm_rows if not r["passed"]},
                           "n_seeds": len(arm_seeds[arm]), "seeded": seeded[arm]}
         rows += arm_rows
     return rows, decisions

@@ -1,5 +1,5 @@
 """Statistics (docs/method.md §8): a bootstrap that matches the crossed design, paired comparisons against
-``base`` on the same prompts, one-sided bounds and multiple-testing levels. Pure NumPy, vectorised.
+``base`` on the same prompts, one-sided bounds and multiple-testing adjustments (reported). Pure NumPy, vectorised.
 
 Every metric is a *ratio of sums* over prompts: ``transform(Σ num / Σ den)`` — a plain mean has
 ``den = 1`` (e.g. target_rate, ES), perplexity has ``num = NLL, den = tokens, transform = exp``,
@@ -143,13 +143,18 @@ def hierarchical_ci(sample: Sample, n_boot: int, seed: int, level: float = 0.95)
 
 
 # ----------------------------------------------------------------------------- paired margins
-def threshold_of(base, relative: str, factor: float):
-    """``factor × base`` (relative="ratio") or ``base + factor`` (relative="delta")."""
+def threshold_of(base, relative: str, factor: float, floor: float | None = None):
+    """``factor × base`` (relative="ratio"; at least ``floor`` when one is given, so that a perfect arm
+    can pass where base is near 0), ``base + factor`` (relative="delta") or ``factor`` itself
+    (relative="absolute"; base is not involved)."""
     if relative == "ratio":
-        return factor * base
+        thr = factor * base
+        return thr if floor is None else np.maximum(thr, floor)
     if relative == "delta":
         return base + factor
-    raise ValueError(f"unknown relative {relative!r} (ratio or delta)")
+    if relative == "absolute":
+        return np.zeros_like(np.asarray(base, dtype=float)) + factor
+    raise ValueError(f"unknown relative {relative!r} (ratio, delta or absolute)")
 
 
 def paired_reps(arm: Sample, base: Sample, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,39 +247,4 @@ def adjust(pvalues: list[float], method: str) -> list[float]:
         return benjamini_hochberg(pvalues)
     if method == "bonferroni":
         return bonferroni(pvalues)
-    raise ValueError(f"unknown multiple-testing correction {method!r} (holm, bh or bonferroni)")
-
-
-def gate_levels(pvalues: list[float], alpha: float, method: str) -> list[float]:
-    """Per-test level γ_i (the one-sided bound of test i is reported at 1 − γ_i) such that test i is
-    rejected exactly when p_i ≤ γ_i — the same decisions as ``adjust(p, method)[i] ≤ alpha``.
-
-    * bonferroni: γ = α/m for every test.
-    * holm (step-down): in increasing order of p, the j-th test (j = 0, 1, …) gets α/(m − j) while
-      every earlier one was rejected; from the first non-rejection on, every remaining test gets that
-      step's level α/(m − j) (its p is at least as large, so it is not rejected either).
-    * bh (step-up): with R rejections, every test gets max(R, 1)·α/m — the false-coverage-rate
-      adjusted level of Benjamini & Yekutieli (2005); rejected tests have p ≤ Rα/m, the others
-      p > (R + 1)α/m."""
-    m = len(pvalues)
-    if m == 0:
-        return []
-    p = np.asarray(pvalues, dtype=float)
-    if method == "bonferroni":
-        return [alpha / m] * m
-    if method == "holm":
-        levels = [0.0] * m
-        stopped: float | None = None
-        for j, i in enumerate(np.argsort(p, kind="stable")):
-            if stopped is not None:
-                levels[i] = stopped
-                continue
-            g = alpha / (m - j)
-            levels[i] = g
-            if not p[i] <= g + _EPS / max(1, m):
-                stopped = g
-        return levels
-    if method == "bh":
-        r = sum(1 for q in adjust(pvalues, "bh") if q <= alpha)
-        return [max(r, 1) * alpha / m] * m
     raise ValueError(f"unknown multiple-testing correction {method!r} (holm, bh or bonferroni)")

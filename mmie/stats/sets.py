@@ -26,8 +26,13 @@ def _mean(values: list[float]) -> float:
 
 
 def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_script: str,
-                        romanization_scheme: str, yes_words: list[str] = (), no_words: list[str] = ()) -> dict:
-    """Returns {"metrics": {...}, "per_prompt": {...}, "failures": {...}, "diagnostics": {...}}."""
+                        romanization_scheme: str, yes_words: list[str] = (), no_words: list[str] = (),
+                        fluency_reference: dict[str, dict] | None = None) -> dict:
+    """Returns {"metrics": {...}, "per_prompt": {...}, "failures": {...}, "diagnostics": {...}}.
+
+    ``fluency_reference``: per LID label, the base model's NLL and token count of human text in that
+    language (the evaluate job's manifest); with it, and each record's unconditional NLL under base
+    (``gen_nll_uncond``/``gen_tokens_uncond``), the set gets ``fluency_ratio`` (see ``fluency``)."""
     if not records:
         raise ValueError(f"set {info.name!r} has no generations: refusing to compute metrics on an empty set")
     outputs = [r["output"] for r in records]
@@ -66,13 +71,24 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
         per["own_language"] = [int(lab == info.lang) for lab in labels]
         metrics["own_language_rate"] = _mean(per["own_language"])
     if info.kind == "comprehension":
-        # asked to translate target-language text into the retain language: answered in it?
-        per["comprehension"] = [int(lab == info.lang) for lab in labels]
-        metrics["comprehension_rate"] = _mean(per["comprehension"])
+        # asked to translate target-language text into the retain language: scored against the reference
+        # translation (chrF), and against another prompt's reference (what the output shares with any
+        # text of that language by chance): comprehension is the difference
+        from mmie.stats.translation import chrf
+
+        refs = [r["translation"] for r in records]
+        per["chrf"] = [chrf(o, ref) for o, ref in zip(outputs, refs, strict=True)]
+        per["chrf_mismatched"] = [chrf(o, refs[(i + 1) % len(refs)]) for i, o in enumerate(outputs)]
+        per["chrf_gain"] = [a - b for a, b in zip(per["chrf"], per["chrf_mismatched"], strict=True)]
+        metrics["comprehension_chrf"] = _mean(per["chrf"])
+        metrics["comprehension_chrf_gain"] = _mean(per["chrf_gain"])
     if info.kind == "yes_no":
         parsed = [yes_no(o, yes_words, no_words) for o in outputs]
         per["yes_no_correct"] = [int(p == r["answer"]) for p, r in zip(parsed, records, strict=True)]
         per["yes_no_unparsed"] = [int(p is None) for p in parsed]
+        majority = max(("yes", "no"), key=lambda a: sum(r["answer"] == a for r in records))
+        # chance level of the set: always giving its majority answer (mmie.stats.gates.measurability)
+        per["yes_no_majority"] = [int(r["answer"] == majority) for r in records]
         metrics["yes_no_accuracy"] = _mean(per["yes_no_correct"])
         metrics["yes_no_unparsed_share"] = _mean(per["yes_no_unparsed"])
 
@@ -111,6 +127,8 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
     else:
         failures["gen_ppl_base"] = (f"no non-empty output has a token to score under the base model "
                                     f"({n_empty} of {len(outputs)} outputs empty)")
+    if fluency_reference is not None:
+        fluency(records, labels, per["empty"], fluency_reference, metrics, failures, per)
     metrics["empty_share"] = _mean(per["empty"])
     metrics["repetitive_share"] = _mean(per["repetitive"])
     ents = [ngram_entropy(o) for o in outputs]
@@ -131,3 +149,33 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
         "mean_output_tokens": _mean([r["output_tokens"] for r in records]),
     }
     return {"metrics": metrics, "per_prompt": per, "failures": failures, "diagnostics": diagnostics}
+
+
+def fluency(records: list[dict], labels: list[str], empty: list[int], reference: dict[str, dict], metrics: dict,
+            failures: dict, per: dict) -> None:
+    """``fluency_ratio``: how much more perplexing the outputs are under the base model than human text
+    of the same language, ``exp(Σ_i (NLL_i − T_i·r(ℓ_i)) / Σ_i T_i)`` over the non-empty outputs whose
+    LID label ℓ_i is a language, where NLL_i/T_i is output i's NLL/token count under base *without* its
+    prompt and r(ℓ) the per-token NLL of human text in ℓ (continuations of dev texts, scored the same
+    way). Fluent text in any language scores ≈ 1 or below; word salad scores higher. Not conditioned on
+    the prompt: a fluent English answer to a Hindi prompt is not penalised for leaving Hindi. Noise,
+    ``und`` and empty outputs have no language to compare with: they are counted by their own metrics
+    (``lang_share_noise``, ``empty_share``) and left out here; when no output is left, the metric is a
+    recorded failure."""
+    excess, tokens = [], []
+    for r, lab, e in zip(records, labels, empty, strict=True):
+        ref = reference.get(lab)
+        if e or ref is None or not r.get("gen_tokens_uncond"):
+            excess.append(0.0)
+            tokens.append(0)
+            continue
+        rate = ref["nll"] / ref["tokens"]
+        excess.append(r["gen_nll_uncond"] - r["gen_tokens_uncond"] * rate)
+        tokens.append(r["gen_tokens_uncond"])
+    per["fluency_excess"], per["fluency_tokens"] = excess, tokens
+    if sum(tokens):
+        metrics["fluency_ratio"] = math.exp(sum(excess) / sum(tokens))
+    else:
+        failures["fluency_ratio"] = (f"no output is in a language with a fluency reference (labels: "
+                                     f"{dict(Counter(labels))}; references: {sorted(reference)}): every output is "
+                                     f"empty, noise or undetermined")

@@ -1,5 +1,6 @@
 """The score rule: one job scores every set of an (arm, seed), without torch (speed issue)."""
 import json
+import math
 import subprocess
 import sys
 
@@ -32,7 +33,9 @@ def run(tmp_path, demo_config, demo_texts):
     for k, info in enumerate(eval_sets(cfg)):
         n = 4
         rows = [{"id": f"{info.name}{i}", "prompt": "p", "output": outputs_for(info.name, i), "prompt_truncated": False,
-                 "output_tokens": 5, "gen_nll_base": 10.0, "gen_tokens_base": 5, **({"answer": "yes"} if info.kind == "yes_no" else {})}
+                 "output_tokens": 5, "gen_nll_base": 10.0, "gen_tokens_base": 5, "gen_nll_uncond": 12.0,
+                 "gen_tokens_uncond": 6, **({"answer": "yes"} if info.kind == "yes_no" else {}),
+                 **({"translation": "hello world"} if info.kind == "comprehension" else {})}
                 for i in range(n)]
         gens.append(write_lines(root / info.name / "generations.jsonl", rows))
         flagged = [int(i < k % (n + 1)) for i in range(n)]
@@ -44,7 +47,8 @@ def run(tmp_path, demo_config, demo_texts):
         outs.append(root / info.name / "metrics.json")
     write_lines(root / "mia.jsonl", [{"id": f"m{i}", "member": i % 2, "mink_pp": float(i), "loss_score": float(-i)}
                                      for i in range(8)])
-    io.write_json(root / "evaluate.json", {"oom_retries": [], "provenance": {
+    refs = {lab: {"nll": 30.0, "tokens": 10} for lab in ("hi", "en", "ur", "pa", "bn", "hi_rom")}
+    io.write_json(root / "evaluate.json", {"oom_retries": [], "fluency_reference": refs, "provenance": {
         "runtime": {"dtype": "float32"}, "git": {"commit": "x"}, "device": {"device": "cpu"}, "config_hash": "h"}})
     return {"config": cfg, "root": root, "gens": [str(p) for p in gens], "outs": [str(p) for p in outs],
             "judges": [str(p) for p in judges], "rates": rates, "detector": str(tmp_path / "detector.json")}
@@ -67,6 +71,10 @@ def test_one_call_writes_every_sets_metrics_with_its_own_judge_scores_and_mia_on
         assert "judge_agreement" in m["diagnostics"]
         assert ("mia_auc" in m["metrics"]) == (info.name == "forget"), info.name
         assert m["provenance"]["rule"] == "score" and m["provenance"]["evaluate"]["config_hash"] == "h"
+    # fluency_ratio: each output's NLL under base without its prompt (12 over 6 tokens) against the human
+    # reference of its language (30 over 10 tokens): exp(2 - 3) for every output in a language
+    m = io.read_json(run["root"] / "retain" / "metrics.json")
+    assert m["metrics"]["fluency_ratio"] == pytest.approx(math.exp(-1.0))
 
 
 def test_without_the_judge_no_judge_metric(run):

@@ -60,14 +60,18 @@ def test_decisions_follow_the_gates(grid):
     assert "base" not in decisions
     by = {(r["arm"], r["gate"]): r for r in rows}
     good = by[("good", "forget_rate")]
-    assert good["p_adjusted"] <= 0.05 and good["ci_high"] < 0 and good["ci_low"] == -np.inf
-    assert "upper confidence bound" in by[("bad", "retain_ppl")]["reason"]
+    assert good["p_value"] <= 0.05 and good["ci_high"] < 0 and np.isfinite(good["ci_low"])
+    assert good["verdict"] == "pass" and good["ci_level"] == pytest.approx(0.9)
+    bad = by[("bad", "retain_ppl")]
+    # the arm's perplexity is 3x base's: the whole 90 % interval of value − threshold lies above 0
+    assert bad["verdict"] == "shown" and bad["ci_low"] > 0 and bad["reason"].startswith("harm shown")
+    assert decisions["bad"]["verdicts"] == {"forget_rate": "shown", "retain_ppl": "shown"}
 
 
 def test_missing_metric_fails_its_gate_with_the_reason(grid):
     rows, decisions = decide(grid, ["base", "broken"], GATES, ALL3, CFG)
     r = next(r for r in rows if r["gate"] == "retain_ppl")
-    assert r["passed"] is False and r["p_adjusted"] is None
+    assert r["passed"] is False and r["p_adjusted"] is None and r["verdict"] == "missing"
     assert "no reference token could be scored" in r["reason"]
     assert decisions["broken"]["failing"] == ["retain_ppl"]
     # a seed without any metrics.json fails too
@@ -156,10 +160,11 @@ def test_stats_step_writes_a_row_for_every_configured_gate(tmp_path, demo_config
     gates = pd.read_csv(out["gates"])
     assert list(gates.gate) == [g["name"] for g in config["gates"]]
     not_eval = gates[gates.reason.fillna("").str.startswith("not evaluated")]
-    assert set(not_eval.gate) == {"mixed_es", "neighbour_own_language", "neighbour_leakage"}
+    assert set(not_eval.gate) == {"mixed_es", "neighbour_own_language", "neighbour_leakage", "neighbour_ppl"}
     assert not not_eval.passed.any()
     assert "languages.neighbours is empty" in not_eval.set_index("gate").reason["neighbour_leakage"]
-    assert set(gates.columns) >= {"n_seeds", "seeded", "ci_level", "gate_alpha", "base_n_seeds"}
+    assert set(gates.columns) >= {"n_seeds", "seeded", "ci_level", "gate_alpha", "base_n_seeds", "verdict",
+                                  "reference", "floor"}
     schema = yaml.safe_load((ROOT / "config" / "results.schema.yaml").read_text())["x-csv-columns"]
     for name, key in (("gates", "summary/gates.csv"), ("iv", "summary/intervals.csv")):
         header = list(pd.read_csv(out[name]).columns)
@@ -199,7 +204,7 @@ def test_unknown_gate_set_stops_the_dry_run(tmp_path):
 
 
 # ----------------------------------------------------------------------------- one decision rule
-MEANS = ["es", "target_rate", "es_romanized", "target_rate_romanized", "own_language_rate", "comprehension_rate"]
+MEANS = ["es", "target_rate", "es_romanized", "target_rate_romanized", "own_language_rate", "empty_share"]
 
 
 def _mean_records(arm, values_by_seed, set_name="forget", metric="es"):
@@ -210,9 +215,9 @@ def _mean_records(arm, values_by_seed, set_name="forget", metric="es"):
 
 
 def test_old_rule_and_old_interval_disagree_new_rule_and_interval_agree():
-    """A gate whose one-sided p is just under alpha: today's rule (p < alpha) passes it while today's
-    reported two-sided 95 % interval of the margin still reaches above 0. The new rule reports the
-    one-sided bound at the gate's level, and it is the decision."""
+    """A gate whose one-sided p is just under alpha: the old rule (p < alpha) passed it while the old
+    reported two-sided 95 % interval of the margin still reached above 0. The reported interval is now
+    the two-sided 1 − 2·alpha interval, whose upper end is the one-sided test: they cannot disagree."""
     rng = np.random.default_rng(11)
     base = {0: 1.0 + rng.normal(0, 0.3, 60)}
     for shift in np.linspace(0.02, 0.2, 60):     # find a case in the disagreement zone
@@ -228,8 +233,8 @@ def test_old_rule_and_old_interval_disagree_new_rule_and_interval_agree():
     gate = {"name": "g", "metric": "es", "set": "forget", "direction": "<=", "relative": "ratio", "threshold": 0.5}
     rows, _ = decide(res, ["base", "arm"], [gate], {"base": [0], "arm": [0]}, {**CFG, "n_boot": 2000})
     r = rows[0]
-    assert r["passed"] == (r["ci_high"] < 0) and r["ci_level"] == pytest.approx(0.95)
-    assert r["passed"] == (r["p_adjusted"] <= 0.05)
+    assert r["passed"] == (r["ci_high"] < 0) and r["ci_level"] == pytest.approx(0.90)
+    assert r["passed"] == (r["p_value"] <= 0.05)
 
 
 @pytest.mark.parametrize("correction", ["holm", "bh", "bonferroni"])
@@ -260,7 +265,9 @@ def test_passed_is_exactly_the_interval_clearing_on_random_cases(correction):
             else:
                 clears = -r["factor"] < r["ci_low"] and r["ci_high"] < r["factor"]
             assert r["passed"] == clears, r
-            assert r["passed"] == (r["p_adjusted"] <= CFG["alpha"] + 1e-12), r
+            # intersection–union test: each gate at alpha, whatever the (reported) correction
+            assert r["passed"] == (r["p_value"] <= CFG["alpha"] + 1e-12), r
+            assert r["p_adjusted"] >= r["p_value"] - 1e-12
             n_rows += 1
             n_pass += r["passed"]
         assert (decisions["arm"]["decision"] == "PROCEED") == all(r["passed"] for r in rows)

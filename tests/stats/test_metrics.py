@@ -116,10 +116,20 @@ def test_yes_no_is_whole_word_and_script_aware():
 
 
 def test_comprehension_and_yes_no_set_metrics():
-    recs = [rec(0, "hello there", ref=False), rec(1, "मेरा नाम", ref=False)]
+    from sacrebleu.metrics import CHRF
+
+    refs = ["My name is Rahul and I live in Delhi.", "The train leaves at seven in the morning."]
+    outs = ["my name is Rahul, I live in Delhi", "मेरा नाम"]
+    recs = [dict(rec(i, o, ref=False), translation=r) for i, (o, r) in enumerate(zip(outs, refs, strict=True))]
     res = compute_set_metrics(recs, SetInfo("comprehension", "comprehension", "en"), FakeLID(),
                               target_script="devanagari", romanization_scheme="iast_plain")
-    assert res["metrics"]["comprehension_rate"] == pytest.approx(0.5)
+    # sacrebleu's corpus-level CHRF on one pair is that pair's chrF: an independent route to each value
+    expect = [CHRF().corpus_score([o], [[r]]).score for o, r in zip(outs, refs, strict=True)]
+    mismatched = [CHRF().corpus_score([o], [[r]]).score for o, r in zip(outs, refs[1:] + refs[:1], strict=True)]
+    assert res["per_prompt"]["chrf"] == pytest.approx(expect)
+    assert res["metrics"]["comprehension_chrf"] == pytest.approx(sum(expect) / 2)
+    assert res["metrics"]["comprehension_chrf_gain"] == pytest.approx((sum(expect) - sum(mismatched)) / 2)
+    assert expect[0] > 50 and expect[1] == 0.0          # a good translation scores high, Hindi script none
     recs = [dict(rec(0, "yes it is", ref=False), answer="yes"), dict(rec(1, "no", ref=False), answer="yes"),
             dict(rec(2, "maybe", ref=False), answer="no")]
     res = compute_set_metrics(recs, SetInfo("yes_no", "yes_no", None), FakeLID(), target_script="devanagari",

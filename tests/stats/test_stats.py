@@ -7,7 +7,6 @@ from mmie.stats.inference import (
     Sample,
     adjust,
     benjamini_hochberg,
-    gate_levels,
     hierarchical_ci,
     holm,
     lower_bound,
@@ -110,18 +109,3 @@ def test_bound_clears_exactly_when_p_is_at_most_gamma():
         gamma = float(rng.choice([0.05, 0.025, 0.05 / 3, 0.01, 0.0125]))
         assert (upper_bound(g, gamma) < 0) == (p_at_least(g) <= gamma)
         assert (lower_bound(g, gamma) > 0) == (p_at_most(g) <= gamma)
-
-
-def test_gate_levels_follow_the_correction():
-    p = [0.01, 0.04, 0.03, 0.005]
-    # Holm: 0.005 ≤ .05/4 yes, 0.01 ≤ .05/3 yes, 0.03 ≤ .05/2 no → stop: 0.03 and 0.04 get .025
-    assert gate_levels(p, 0.05, "holm") == pytest.approx([0.05 / 3, 0.025, 0.025, 0.0125])
-    assert gate_levels(p, 0.05, "bonferroni") == pytest.approx([0.0125] * 4)
-    # BH: adjusted 0.02, 0.04, 0.04, 0.02 → all 4 rejected → level 4 * 0.05 / 4
-    assert gate_levels(p, 0.05, "bh") == pytest.approx([0.05] * 4)
-    for method in ("holm", "bh", "bonferroni"):
-        rng = np.random.default_rng(2)
-        for _ in range(200):
-            q = (rng.random(int(rng.integers(1, 9))) * rng.choice([0.02, 0.1, 1.0])).round(3).tolist()
-            rejected = [a <= 0.05 + 1e-12 for a in adjust(q, method)]
-            assert rejected == [x <= lv for x, lv in zip(q, gate_levels(q, 0.05, method), strict=True)]
