@@ -28,7 +28,7 @@ arms:
   base: {method: base}
   prompt: {method: prompt, instruction: "Respond only in English."}
 """
-STUDY_SETS = ["forget", "retain", "romanized", "comprehension"]   # no neighbours, mixed, adversarial, yes_no
+STUDY_SETS = ["forget", "retain", "romanized"]   # no neighbours, mixed, adversarial, translations, yes_no
 
 
 def demo_lines(name: str, n: int, start: int = 0) -> list[dict]:
@@ -75,7 +75,7 @@ def minimal_study(workdir: Path) -> Path:
 def test_minimal_study_plans_only_its_arms_sets_and_files(tmp_path):
     res = dry_run(tmp_path, minimal_study(tmp_path))
     jobs = planned_jobs(res)
-    # two arms x one seed, each scored (one job per arm and seed) on the four sets the study defines;
+    # two arms x one seed, each scored (one job per arm and seed) on the three sets the study defines;
     # nothing of the demo's grid
     assert jobs["evaluate"] == 2 and jobs["score"] == 2, jobs
     assert not {"build_demo_model", "train", "select_layers", "sweep_gate"} & set(jobs), jobs
@@ -93,7 +93,7 @@ def test_the_documented_study_is_the_tested_one():
     assert STUDY_YAML in doc
     block = doc.split("```jsonl\n", 1)[1].split("```", 1)[0].splitlines()
     files = ["forget_hi.jsonl", "retain_en.jsonl", "forget_romanized.jsonl", "mixed.jsonl", "adversarial.jsonl",
-             "neighbours/ur.jsonl", "lid_check.jsonl", "yes_no.jsonl", "gibberish_hi.jsonl"]
+             "neighbours/ur.jsonl", "lid_check.jsonl", "yes_no.jsonl", "translations.jsonl", "gibberish_hi.jsonl"]
     assert [json.loads(line) for line in block] == [demo_lines(f, 1)[0] for f in files]
 
 
@@ -144,7 +144,7 @@ def bengali_study(workdir: Path, *, run: bool = False) -> Path:
     return path
 
 
-BN_SETS = ["forget", "retain", "romanized", "hi", "ur", "pa", "comprehension"]
+BN_SETS = ["forget", "retain", "romanized", "hi", "ur", "pa"]   # no data.translations: no comprehension set
 
 
 def test_bengali_target_study_with_hindi_as_a_neighbour_plans(tmp_path):
