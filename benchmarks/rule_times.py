@@ -32,6 +32,7 @@ STARTUP_IMPORTS = {
     "fit_lid": ["mmie.lang.lid", "mmie.lang.translit"],
     "data_report": ["mmie.data.corpus", "mmie.model.loading", "transformers.tokenization_utils_fast"],
     "build_demo_model": MODEL + ["mmie.model.demo", "mmie.lang.lid"],
+    "build_oracle_model": MODEL + ["mmie.model.demo", "mmie.lang.lid"],
     "evaluate": MODEL + ["mmie.arms"],
     "score": ["mmie.lang.lid", "mmie.stats.sets", "mmie.stats.text"],
     "judge": ["mmie.lang.judge"],

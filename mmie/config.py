@@ -72,12 +72,13 @@ def arm_groups(config: dict) -> dict[str, list[str]]:
 
 
 def oracle_arm(config: dict) -> str | None:
-    """The study's oracle arm (method ``oracle``: the model that never learned the target), or None."""
-    names = [a for a, spec in config["arms"].items() if spec.get("method") == "oracle"]
-    if len(names) > 1:
-        raise ConfigError(f"arms: at most one arm with method 'oracle' (the reference of oracle-relative gates), "
-                          f"got {names}")
-    return names[0] if names else None
+    """The arm whose method is ``oracle`` (the model that never learned the target language: the
+    reference of membership inference), or None; ConfigError when several arms are oracles."""
+    found = [a for a, spec in config["arms"].items() if spec["method"] == "oracle"]
+    if len(found) > 1:
+        raise ConfigError(f"arms: at most one arm may have method 'oracle' (the model that never learned the target "
+                          f"language); {', '.join(f'arms.{a}' for a in found)} all do")
+    return found[0] if found else None
 
 
 def arm_seeds(config: dict, arm: str) -> list[int]:
@@ -176,6 +177,7 @@ def check(config: dict, workdir: str | Path = ".") -> None:
         api_key()  # raises ConfigError naming the variables when no key is set
     for arm, spec in config["arms"].items():
         check_arm(config, arm, spec, workdir)
+    oracle_arm(config)   # at most one
     if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":
         raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
     check_gates(config)

@@ -93,6 +93,11 @@ def model_dir(wildcards=None):
     return []
 
 
+# models the workflow builds for an arm besides the base model, by the name a method's declaration asks
+# for (Method.files): the oracle's (rules/model.smk build_oracle_model), only for the demo model
+BUILT_MODELS = {"oracle": f"{R}/oracle_model"} if config["model"]["source"] == "demo" else {}
+
+
 def model_dir_param(wildcards=None):
     return model_dir() or None
 
@@ -166,9 +171,9 @@ def edit_inputs(wildcards):
 
 def method_files(wildcards):
     """Input files an arm's method declares besides the model (an external arm's adapter or model
-    folder: a change reruns its evaluation)."""
+    folder, the oracle's built model: a change reruns its evaluation)."""
     declared = method_of(wildcards.arm)
-    return declared.files(config["arms"][wildcards.arm]) if declared.files else []
+    return declared.files(config["arms"][wildcards.arm], BUILT_MODELS) if declared.files else []
 
 
 def train_runtime(wildcards, attempt):

@@ -23,6 +23,37 @@ if config["model"]["source"] == "demo":
         script:
             "../scripts/build_demo_model.py"
 
+    # The oracle arm's model (method oracle, mmie/arms/methods/oracle.py): the demo model's recipe and
+    # its tokenizer, trained without a single target-language text. Built only when an oracle arm's
+    # evaluation asks for it (its method declares the folder: method_files in rules/common.smk).
+    rule build_oracle_model:
+        input:
+            # train parts of retain and the neighbours, retain dev (early stopping): no forget or romanized split
+            splits=mdata.split_files(f"{R}/data", ["retain", *NEIGHBOUR_ROLES], ["train"])
+            + mdata.split_files(f"{R}/data", ["retain"], ["dev"]),
+            # forget dev, read after training only: the reported share of target prompts continued in the target
+            target_prompts=str(mdata.split_path(f"{R}/data", "forget", "dev")),
+            base_model=f"{R}/model",
+            detector=f"{R}/lid/romanized_detector.json",
+            prepare=f"{R}/data/prepare_report.json",
+        output:
+            model=directory(BUILT_MODELS["oracle"]),
+            report=f"{R}/oracle_report.json",
+        log:
+            f"{R}/logs/build_oracle_model.log",
+        benchmark:
+            f"{R}/benchmarks/build_oracle_model.tsv"
+        threads: 2
+        resources:
+            mem_mb=cpu_mem,
+            gpu=1,
+        params:
+            settings=job_settings("build_oracle_model"),
+        conda:
+            "../envs/mmie.yaml"
+        script:
+            "../scripts/build_oracle_model.py"
+
 
 if config["model"]["source"] == "gemma3-270m":
 

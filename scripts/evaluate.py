@@ -8,5 +8,5 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 i, o = snakemake.input, snakemake.output
 evaluate.evaluate(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), snakemake.params.model_dir,
                   list(i.eval_sets), list(o.generations), o.manifest, snakemake.params.checkpoint,
-                  mia_inputs=list(i.mia), mia_out=o.mia, assets=dict(i.items()),
+                  mia_inputs=list(i.mia), mia_out=o.mia, assets=dict(i.items()), method_files=list(i.method_files),
                   fluency_inputs=list(i.fluency))

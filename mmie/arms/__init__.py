@@ -69,10 +69,10 @@ def base_arm(config: dict, name: str) -> str | None:
 
 
 def build(name: str, spec: dict, loaded, checkpoint: str | None = None, *, config: dict | None = None,
-          seed: int = 0, assets=None) -> Arm:
+          seed: int = 0, assets=None, files=()) -> Arm:
     """The arm ``name`` on a loaded model, built by its method's declaration. Edit arms need
     ``config``, ``seed`` and ``assets`` (``mmie.arms.edit_arms.LayerAssets``); an edit arm with
-    ``on:`` loads that arm's ``checkpoint``."""
+    ``on:`` loads that arm's ``checkpoint``; ``files``: the inputs its method declares (``Method.files``)."""
     from mmie.arms.method import BuildContext
     from mmie.arms.methods import method
 
@@ -80,7 +80,7 @@ def build(name: str, spec: dict, loaded, checkpoint: str | None = None, *, confi
     if declared.trains and not checkpoint:
         raise ConfigError(f"arm {name} ({declared.name}) needs its checkpoint")
     return declared.build(BuildContext(name=name, spec=resolve_spec(spec), loaded=loaded, checkpoint=checkpoint,
-                                       config=config, seed=seed, assets=assets))
+                                       config=config, seed=seed, assets=assets, files=tuple(map(str, files))))
 
 
 def create_adapter(config: dict, spec: dict, model, selected: list[int] | None = None):

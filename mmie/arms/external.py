@@ -28,16 +28,16 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
-def check_spec(name: str, spec: dict, workdir: str | Path = ".") -> None:
+def check_spec(name: str, spec: dict, workdir: str | Path = ".", method: str = "external") -> None:
     """Raise ConfigError naming ``arms.<name>`` when the spec cannot describe an external model."""
     key = f"arms.{name}"
     adapter, model = spec.get("adapter"), spec.get("model")
     if (adapter is None) == (model is None):
-        raise ConfigError(f"{key}: method 'external' needs exactly one of 'adapter' (a peft adapter folder) or "
+        raise ConfigError(f"{key}: method {method!r} needs exactly one of 'adapter' (a peft adapter folder) or "
                           f"'model' ({{source: hub|local, id|path, revision}}); got "
                           f"{'both' if adapter is not None else 'neither'}")
     if spec.get("on") is not None or spec.get("layers") is not None:
-        raise ConfigError(f"{key}: 'on' and 'layers' do not apply to an external arm")
+        raise ConfigError(f"{key}: 'on' and 'layers' do not apply to an {method} arm")
     if adapter is not None:
         adapter_files(name, adapter, workdir)
         return
@@ -134,16 +134,17 @@ class _Forward:
         return getattr(self._switch.current, name)
 
 
-def build(name: str, spec: dict, loaded, checkpoint=None):
-    """The external arm on the job's loaded base model (an ``mmie.arms.Arm``)."""
+def build(name: str, spec: dict, loaded, checkpoint=None, method: str = "external"):
+    """The external arm on the job's loaded base model (an ``mmie.arms.Arm``); ``method``: the arm's
+    method (the oracle arm loads its reference model the same way)."""
     from mmie.arms import Arm
 
-    check_spec(name, spec)
+    check_spec(name, spec, method=method)
     if spec.get("adapter"):
         adapter, details = load_adapter(name, spec["adapter"], loaded)
     else:
         adapter, details = load_full_model(name, spec["model"], loaded)
-    return Arm(name=name, method="external", model=adapter.model, adapter=adapter, details=details)
+    return Arm(name=name, method=method, model=adapter.model, adapter=adapter, details=details)
 
 
 def load_adapter(name: str, folder: str, loaded) -> tuple[PeftExternal, dict]:

@@ -28,8 +28,9 @@ def unless_own_layers(spec: dict) -> bool:
 @dataclass(frozen=True)
 class BuildContext:
     """What a builder gets: the arm's name and resolved settings, the loaded model (``mmie.model.loading``),
-    its checkpoint folder (trained arms, and gates that sit ``on:`` one), and for edit arms the config,
-    the seed and the layer assets (``mmie.arms.edit_arms.LayerAssets``)."""
+    its checkpoint folder (trained arms, and gates that sit ``on:`` one), for edit arms the config,
+    the seed and the layer assets (``mmie.arms.edit_arms.LayerAssets``), and the files its method
+    declares (``Method.files``: the rule's ``method_files`` input, e.g. the oracle's built model)."""
 
     name: str
     spec: dict
@@ -38,6 +39,7 @@ class BuildContext:
     config: dict | None = None
     seed: int = 0
     assets: Any = None
+    files: tuple[str, ...] = ()        # the evaluation's inputs from the method's ``files`` (as the rule declares them)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class Method:
     objective: Callable | None = None              # trained: objective(spec, ...) -> its loss; None: train.objective
     edit: Callable | None = None                   # edit arms: the edit of one layer (mmie.arms.edit_arms)
     check: Callable | None = None                  # check(arm, spec, config, workdir): ConfigError naming the key
-    files: Callable[[dict], list[str]] | None = None   # input files of its evaluation besides the model
+    files: Callable[[dict, dict], list[str]] | None = None   # files(spec, built): its evaluation's inputs besides the model
+    #   (built: the models the workflow builds for arms, by name: rules/common.smk BUILT_MODELS)
     param_markers: tuple[str, ...] = ()            # names of its adapter parameters inside a model
     imports: tuple[str, ...] = ()                  # libraries its jobs import (start-up estimates, benchmarks/)
     train_minutes: int = 240                       # SLURM wall-clock limit of a train job (times the attempt)

@@ -18,16 +18,21 @@ log = logging.getLogger(__name__)
 
 
 def evaluation_key(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
-                   assets=None) -> str:
+                   assets=None, method_files=()) -> str:
     """What an (arm, seed) evaluation's outputs depend on, as one hash: the config sections it reads
     (its declaration: with the arm and the arm it sits on) and the runner's numerics, the seed, the
-    model, the checkpoint, the declared layer assets (``LayerAssets``) and mmie's own code. A finished
-    set of an interrupted run is reused only under the same key."""
+    model, the checkpoint, the declared layer assets (``LayerAssets``), the files the arm's method
+    declares (an external or oracle model or adapter) and mmie's own code. A finished set of an
+    interrupted run is reused only under the same key."""
     files: list[Path] = []
     weights = {}
-    if model_dir and Path(model_dir).is_dir():   # the model's configs by content, its weights by name and size
-        files += sorted(p for p in Path(model_dir).iterdir() if p.suffix == ".json")
-        weights = {p.name: p.stat().st_size for p in sorted(Path(model_dir).iterdir()) if p.suffix == ".safetensors"}
+    for folder in [model_dir, *method_files]:   # a model's configs by content, its weights by name and size
+        if folder and Path(folder).is_dir():
+            files += sorted(p for p in Path(folder).iterdir() if p.suffix == ".json")
+            weights.update({(p.name if folder == model_dir else str(p)): p.stat().st_size
+                            for p in sorted(Path(folder).iterdir()) if p.suffix == ".safetensors"})
+        elif folder and Path(folder).is_file():
+            files.append(Path(folder))
     if checkpoint:
         files += sorted(p for p in Path(checkpoint).iterdir() if p.is_file())
     if assets is not None:
@@ -76,11 +81,12 @@ class FinishedSets:
 @job("model", "generation", "eval", "gate", "deterministic", "data.truncation_warn_share", *EVAL_SETS, arm=True)
 def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, set_files, generations_out,
              manifest_out: str, checkpoint: str | None = None, mia_inputs=(), mia_out: str | None = None,
-             assets=None, fluency_inputs=()) -> None:
+             assets=None, method_files=(), fluency_inputs=()) -> None:
     """One (arm, seed) job: load the model once, then generate and score likelihoods for every set.
     ``set_files``: the evaluation sets (``<sets>/<set>.jsonl``), ``generations_out`` the
     ``<run>/<set>/generations.jsonl`` outputs, ``mia_inputs`` the forget/train and forget/holdout
     split files, ``assets`` the rule's named layer-asset inputs (``LayerAssets.from_inputs``; edit arms),
+    ``method_files`` the files the arm's method declares (``Method.files``: an external or oracle model),
     ``fluency_inputs`` the dev split files of every language (the human text of ``fluency_reference``):
     all as the rule declares them. Finished sets of an interrupted run wait in ``.partial/`` beside
     the manifest (``FinishedSets``)."""
@@ -106,13 +112,15 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     if sorted(gen_paths) != sorted(sets):
         raise ValueError(f"evaluate {arm_name}/seed{seed}: generations outputs for sets {sorted(gen_paths)} but the "
                          f"config's evaluation sets are {sorted(sets)}; the evaluate rule is miswired (rules/evaluate.smk)")
-    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint, config=config, seed=seed, assets=assets)
+    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint, config=config, seed=seed, assets=assets,
+                     files=method_files)
     model, tok = arm.model, lm.tokenizer
     decoding = Decoding.from_config(config["generation"])
     ev = config["eval"]
     oom_log: list = []
     timings = {}
-    finished = FinishedSets(Path(manifest_out).parent, evaluation_key(config, arm_name, seed, model_dir, checkpoint, assets))
+    key = evaluation_key(config, arm_name, seed, model_dir, checkpoint, assets, method_files)
+    finished = FinishedSets(Path(manifest_out).parent, key)
     reused: list[str] = []
     for info in eval_sets(config):
         t_set = time.time()

@@ -1,4 +1,4 @@
-"""Job functions of rules/model.smk: build_demo_model, convert_gemma.
+"""Job functions of rules/model.smk: build_demo_model, build_oracle_model, convert_gemma.
 Rule scripts (scripts/*.py) only unpack ``snakemake`` and call these."""
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ log = logging.getLogger(__name__)
 def build_demo_model(cfg: JobConfig, splits, lid_detector: str, out_dir: str, report_out: str) -> None:
     """The demo model, trained from scratch on the train parts of ``splits`` (the rule's split files)
     and checked on their forget and retain dev parts."""
-    from mmie.data.corpus import prompt_prefix, split_dir
+    from mmie.data.corpus import split_dir
     from mmie.lang.lid import load_lid
     from mmie.lang.translit import romanize
     from mmie.model import demo as demo_model
-    from mmie.model.generation import Decoding, generate
-    from mmie.model.loading import load_model
-    from mmie.seeding import seed_everything
-    from mmie.stats.text import distinct_n, is_repetitive, mean_distinct_n
 
     config, cfg = cfg, cfg["demo_model"]
     files = split_files(splits)
@@ -45,36 +41,10 @@ def build_demo_model(cfg: JobConfig, splits, lid_detector: str, out_dir: str, re
     # leaves no half-written model folder)
     with io.atomic_dir(out_dir) as tmp:
         info = demo_model.train(cfg, train_texts, heldout, tmp)
-
-        # The sanity check loads the saved folder through the same loader every arm uses.
-        seed_everything(cfg["seed"])
-        lm = load_model({**config["model"], "source": "demo"}, str(tmp))
-        lm.runtime["model"] = str(out_dir)   # the folder it becomes, not the temporary name
-        # The reloaded folder must reproduce the training run's held-out perplexity (tokenizer and
-        # weights round-trip); a drift means the saved model is not the model that was trained.
-        for lang, texts in heldout.items():
-            seqs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:cfg["max_position"] - 1]
-                    + [lm.tokenizer.eos_token_id] for t in texts]
-            reloaded = math.exp(demo_model.heldout_loss(lm.model, seqs, lm.tokenizer.pad_token_id))
-            trained = info["best_heldout"][f"heldout_ppl_{lang}"]
-            if abs(reloaded - trained) > 0.01 * trained:
-                raise ModelError(f"the saved demo model does not reproduce its training: held-out {lang} perplexity "
-                                 f"{reloaded:.2f} after reload vs {trained:.2f} in training ({out_dir})")
+        lm = reload_checked(config, tmp, out_dir, heldout, info, "demo model")
         lid = load_lid(config["lid"], config["languages"], lid_detector)
-        decoding = Decoding.from_config(config["generation"])
-        check = {}
-        for lang, role in ((target, "forget"), (retain, "retain")):
-            # continuation prompts from the dev split (the evaluation sets come from test)
-            items = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])}
-                     for r in io.read_jsonl(files[role, "dev"])[:cfg["check"]["prompts"]]]
-            gens = generate(lm.model, lm.tokenizer, items, decoding, desc=f"check {lang}")
-            outs = [g["output"] for g in gens]
-            labels = [lid.identify(o)[0] for o in outs]
-            check[lang] = {"prompts": len(items), "rate": sum(lab == lang for lab in labels) / len(labels),
-                           "distinct2": mean_distinct_n(outs, 2),
-                           "corpus_distinct2": distinct_n(outs, 2),
-                           "repetitive_share": sum(map(is_repetitive, outs)) / len(outs),
-                           "examples": [{"prompt": g["prompt"], "output": g["output"]} for g in gens[:5]]}
+        check = {lang: continuations(config, lm, lid, files[role, "dev"], lang)
+                 for lang, role in ((target, "forget"), (retain, "retain"))}
         ck = cfg["check"]
         problems = demo_model.check_generations(check, ck["min_language_rate"], ck["min_distinct2"], ck["max_repetitive_share"])
         report = {"training": info, "check": check, "problems": problems, "runtime": lm.runtime,
@@ -86,6 +56,137 @@ def build_demo_model(cfg: JobConfig, splits, lid_detector: str, out_dir: str, re
             raise ModelError("the demo model did not learn the languages well enough: " + "; ".join(problems)
                              + f". Details in {report_out}. Train longer (demo_model.max_steps), change demo_model.lr, "
                                "or add data.")
+
+
+#: split roles the oracle may never train on: the target language, in its own script or romanized
+TARGET_ROLES = ("forget", "forget_romanized")
+
+
+def oracle_training_texts(config: JobConfig, files: dict[tuple[str, str], str]) -> dict[str, list[str]]:
+    """What the oracle trains on, by group: the train splits of the retain language and of every
+    neighbour, and nothing else (no forget text, and no romanized forget text, which the base model adds
+    under ``demo_model.include_romanized``)."""
+    from mmie.data.corpus import split_dir
+
+    roles = ("retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {})))
+    return {f"{split_dir(role)}/train": split_texts(files, role, "train", "build_oracle_model") for role in roles}
+
+
+@job("demo_model", "generation", "deterministic", "model", "languages", "lid", "eval.prompt_fraction")
+def build_oracle_model(cfg: JobConfig, splits, target_prompts: str, base_model: str, lid_detector: str, out_dir: str,
+                       report_out: str) -> None:
+    """The oracle arm's model (docs/method.md §6): the demo model's recipe (``demo_model``: architecture,
+    schedule, step budget, early stopping, seed) and the base model's own tokenizer (read from
+    ``base_model``, not retrained: same token ids and vocabulary, so likelihoods compare), trained on
+    the rule's ``splits`` with no target-language text at all. ``splits``: the retain and neighbour
+    train parts and the retain dev part (early stopping on held-out retain loss); a target split among
+    them is refused. ``target_prompts`` (the forget dev file) is read only after training, for the
+    share of target prompts the oracle continues in the target language: reported, expected near 0,
+    not checked. English continuations are checked like the base model's (``demo_model.check``)."""
+    from mmie.lang.lid import load_lid
+    from mmie.model import demo as demo_model
+
+    config, cfg = cfg, cfg["demo_model"]
+    files = split_files(splits)
+    leaked = sorted("/".join(k) for k in files if k[0] in TARGET_ROLES)
+    if leaked:
+        raise ValueError(f"build_oracle_model was given target-language splits {leaked}: the oracle never sees the "
+                         f"target language; the rule's splits input is miswired (rules/model.smk)")
+    used = oracle_training_texts(config, files)
+    train_texts = [t for texts in used.values() for t in texts]
+    retain = config["languages"]["retain"]["code"]
+    target = config["languages"]["target"]["code"]
+    heldout = {retain: split_texts(files, "retain", "dev", "build_oracle_model")}
+    used["retain/dev"] = heldout[retain]
+    tokenizer = demo_model.load_tokenizer(base_model)
+    with io.atomic_dir(out_dir) as tmp:
+        info = demo_model.train(cfg, train_texts, heldout, tmp, tokenizer=tokenizer)
+        differs = tokenizer_differences(base_model, tmp)
+        if differs:
+            raise ModelError(f"the oracle's saved tokenizer differs from the base model's ({base_model}): {differs}")
+        lm = reload_checked(config, tmp, out_dir, heldout, info, "oracle model")
+        lid = load_lid(config["lid"], config["languages"], lid_detector)
+        check = {retain: continuations(config, lm, lid, files["retain", "dev"], retain)}
+        ck = cfg["check"]
+        problems = demo_model.check_generations(check, ck["min_language_rate"], ck["min_distinct2"], ck["max_repetitive_share"])
+        # reported, not checked: how often the oracle continues a target-language prompt in that language
+        check[target] = {**continuations(config, lm, lid, target_prompts, target), "reported_only": True,
+                         "prompts_from": "forget/dev (prompts only, after training)"}
+        report = {"training": info, "training_texts": sorted(used), "tokenizer": {"from": str(base_model), "identical": True},
+                  "check": check, "target_continuation_rate": check[target]["target_rate"],
+                  "target_script_rate": check[target]["script_rate"], "problems": problems, "runtime": lm.runtime,
+                  "provenance": provenance.build(config, seed=cfg["seed"], runtime=lm.runtime,
+                                                 rule="build_oracle_model", texts=used)}
+        io.write_json(tmp / "mmie_model.json", report)
+        io.write_json(report_out, report)
+        if problems and cfg["check"]["enabled"]:
+            raise ModelError("the oracle model did not learn the retained language well enough: " + "; ".join(problems)
+                             + f". Details in {report_out}. It has the base model's recipe (demo_model); change it there.")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tokenizer_differences(base_dir, other_dir) -> list[str]:
+    """The tokenizer files of ``other_dir`` whose bytes differ from ``base_dir``'s (or that only one has)."""
+    from pathlib import Path
+
+    out = []
+    for name in TOKENIZER_FILES:
+        a, b = Path(base_dir) / name, Path(other_dir) / name
+        if a.is_file() != b.is_file() or (a.is_file() and a.read_bytes() != b.read_bytes()):
+            out.append(name)
+    return out
+
+
+def reload_checked(config: JobConfig, folder, out_dir: str, heldout: dict[str, list[str]], info: dict, what: str):
+    """The saved ``folder`` loaded through the loader every arm uses (seeded for the checks that follow);
+    it must reproduce the training run's held-out perplexity (tokenizer and weights round-trip): a drift
+    means the saved model is not the model that was trained."""
+    from mmie.model import demo as demo_model
+    from mmie.model.loading import load_model
+    from mmie.seeding import seed_everything
+
+    cfg = config["demo_model"]
+    seed_everything(cfg["seed"])
+    lm = load_model({**config["model"], "source": "demo"}, str(folder))
+    lm.runtime["model"] = str(out_dir)   # the folder it becomes, not the temporary name
+    for lang, texts in heldout.items():
+        seqs = [lm.tokenizer(t, add_special_tokens=False)["input_ids"][:cfg["max_position"] - 1]
+                + [lm.tokenizer.eos_token_id] for t in texts]
+        reloaded = math.exp(demo_model.heldout_loss(lm.model, seqs, lm.tokenizer.pad_token_id))
+        trained = info["best_heldout"][f"heldout_ppl_{lang}"]
+        if abs(reloaded - trained) > 0.01 * trained:
+            raise ModelError(f"the saved {what} does not reproduce its training: held-out {lang} perplexity "
+                             f"{reloaded:.2f} after reload vs {trained:.2f} in training ({out_dir})")
+    return lm
+
+
+def continuations(config: JobConfig, lm, lid, dev_file: str, lang: str) -> dict:
+    """How the model continues prompts cut from the first ``demo_model.check.prompts`` texts of a dev
+    split file (the evaluation sets come from test): the share the LID calls ``lang`` (``rate``), the
+    share written mainly in the language's script (``script_rate``), the share the LID calls the target
+    language in either script (``target_rate``: romanized included), diversity, repetition, five examples."""
+    from mmie.data.corpus import prompt_prefix
+    from mmie.lang.lid import language_scripts
+    from mmie.lang.scripts import dominant_script
+    from mmie.model.generation import Decoding, generate
+    from mmie.stats.text import distinct_n, is_repetitive, mean_distinct_n
+
+    items = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])}
+             for r in io.read_jsonl(dev_file)[:config["demo_model"]["check"]["prompts"]]]
+    gens = generate(lm.model, lm.tokenizer, items, Decoding.from_config(config["generation"]), desc=f"check {lang}")
+    outs = [g["output"] for g in gens]
+    labels = [lid.identify(o)[0] for o in outs]
+    script = language_scripts(config["languages"])[lang]
+    return {"prompts": len(items), "rate": sum(lab == lang for lab in labels) / len(labels),
+            "script_rate": sum(dominant_script(o)[0] == script for o in outs) / len(outs),
+            "target_rate": sum(map(lid.is_target, labels)) / len(labels),
+            "labels": {lab: labels.count(lab) for lab in sorted(set(labels))},
+            "distinct2": mean_distinct_n(outs, 2),
+            "corpus_distinct2": distinct_n(outs, 2),
+            "repetitive_share": sum(map(is_repetitive, outs)) / len(outs),
+            "examples": [{"prompt": g["prompt"], "output": g["output"]} for g in gens[:5]]}
 
 
 @job("model")

@@ -81,15 +81,39 @@ def heldout_loss(model, seqs: list[list[int]], pad_id: int, batch_size: int = 64
     return total / count
 
 
-def train(cfg: dict, train_texts: list[str], heldout: dict[str, list[str]], out_dir: str | Path) -> dict:
-    """Train tokenizer + model, keep the state with the lowest held-out loss, save an HF folder."""
+def load_tokenizer(folder: str | Path):
+    """The tokenizer ``train_tokenizer`` made, read back from a demo model folder as it was built (the
+    same class and settings, so that saving it again writes byte-identical files; transformers'
+    ``from_pretrained`` adds loading options to tokenizer_config.json)."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    saved = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if saved.get("eos_token") != EOS or saved.get("pad_token") != PAD:
+        raise ModelError(f"{folder} holds no demo-model tokenizer (eos {saved.get('eos_token')!r}, pad "
+                         f"{saved.get('pad_token')!r}; expected {EOS!r}, {PAD!r})")
+    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token=EOS, pad_token=PAD,
+                                   model_max_length=saved["model_max_length"], padding_side=saved["padding_side"])
+
+
+def train(cfg: dict, train_texts: list[str], heldout: dict[str, list[str]], out_dir: str | Path,
+          tokenizer=None) -> dict:
+    """Train the model (and its tokenizer, on ``train_texts``, unless one is given), keep the state with
+    the lowest mean held-out loss, save an HF folder. A given tokenizer (the oracle: the base model's) is
+    used as it is, so token ids, vocabulary and likelihoods stay comparable with the model it came from."""
     import torch
 
     from mmie.seeding import seed_everything
 
     seed_everything(cfg["seed"])
     t0 = time.time()
-    tokenizer = train_tokenizer(train_texts, cfg["vocab_size"], cfg["max_position"])
+    if tokenizer is None:
+        tokenizer = train_tokenizer(train_texts, cfg["vocab_size"], cfg["max_position"])
+    elif tokenizer.model_max_length != cfg["max_position"]:
+        raise ModelError(f"the given tokenizer's max length {tokenizer.model_max_length} is not demo_model.max_position "
+                         f"{cfg['max_position']}: it was built with other demo_model settings")
     enc = lambda texts: [tokenizer(t, add_special_tokens=False)["input_ids"][:cfg["max_position"] - 1]
                          + [tokenizer.eos_token_id] for t in texts]  # noqa: E731
     train_seqs = enc(train_texts)

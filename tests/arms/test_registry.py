@@ -40,6 +40,8 @@ def test_workflow_arm_lists_come_from_the_declarations():
     assert set(g["sae"]) == {"sae_gate", "lora+sae_gate", "reft+sae_gate", "random_gate"}
     assert g["sweep"] == ["sae_gate"]     # a gate sitting on a trained arm has no sweep of its own
     assert "reft" in g["layer_arms"] and "lora" not in g["layer_arms"] and "dim" in g["layer_arms"]
+    # the oracle is evaluated from its own model: untrained, reads no layer selection and no SAE
+    assert "oracle" in g["arms"] and "oracle" not in g["trained"] + g["layer_arms"] + g["sae"] + g["sweep"]
 
 
 def test_a_setting_of_another_method_names_the_key_and_the_method():

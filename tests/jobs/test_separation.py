@@ -127,7 +127,7 @@ def test_no_split_file_shares_a_text_with_another(small_run):
 
 def test_workflow_choices_never_see_test_texts(run_dir):
     """End to end (the reduced workflow): every output's provenance with ``texts_used`` — the
-    romanized detector, the demo model, layer selection, the activation cache, feature selection,
+    romanized detector, the demo model and its oracle, layer selection, the activation cache, feature selection,
     LoRA and ReFT training (early stopping) and the dose-response sweep — is disjoint from test."""
     from conftest import EXP
 
@@ -137,7 +137,7 @@ def test_workflow_choices_never_see_test_texts(run_dir):
     for path in sorted(r.rglob("*.json")):
         blocks += provenance_blocks(json.loads(path.read_text()))
     used = assert_no_test_texts(blocks, forbidden)
-    assert {"fit_lid", "build_demo_model", "select_layers", "cache_activations", "select_features", "train",
-            "sweep_gate"} <= set(used)
+    assert {"fit_lid", "build_demo_model", "build_oracle_model", "select_layers", "cache_activations",
+            "select_features", "train", "sweep_gate"} <= set(used)
     sel = json.loads((r / "layers" / "selection.json").read_text())
     assert set(sel["frequency"]) == {str(c) for c in sel["candidates"]} and isinstance(sel["stable"], bool)

@@ -134,4 +134,4 @@ def test_cost_model_without_throughputs_prints_the_token_counts(capsys):
     cost_model.main([str(ROOT / "config.yaml")])
     out = capsys.readouterr().out
     assert "### Tokens per GPU job" in out and "GPU-h" not in out
-    assert "| evaluate | 33 | 15,360 |" in out          # 11 arms x 3 seeds; 10 sets x 48 prompts x 32 tokens
+    assert "| evaluate | 36 | 15,360 |" in out          # 12 arms x 3 seeds; 10 sets x 48 prompts x 32 tokens

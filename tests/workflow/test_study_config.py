@@ -98,14 +98,16 @@ def test_the_documented_study_is_the_tested_one():
 
 
 def test_demo_is_used_only_without_a_configfile():
-    """No --configfile: the demo, config.yaml, with its eleven arms."""
+    """No --configfile: the demo, config.yaml, with its twelve arms (the oracle among them, built by the workflow)."""
     res = subprocess.run(SNAKEMAKE + ["-n", "--forceall", "--cores", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     from mmie.config import arm_seeds, load
 
     demo = load(ROOT / "config.yaml")
-    assert len(demo["arms"]) == 11
-    assert planned_jobs(res)["evaluate"] == sum(len(arm_seeds(demo, arm)) for arm in demo["arms"])
+    assert len(demo["arms"]) == 12
+    jobs = planned_jobs(res)
+    assert jobs["evaluate"] == sum(len(arm_seeds(demo, arm)) for arm in demo["arms"])
+    assert jobs["build_oracle_model"] == 1 and arm_seeds(demo, "oracle") == [0]
 
 
 def bengali_study(workdir: Path, *, run: bool = False) -> Path:

@@ -109,6 +109,7 @@ def test_provenance_records_each_jobs_declared_sections(run_dir):
              ("data_report", None): ("data/data_report.json", ["provenance_tokens"]),
              ("fit_lid", None): ("lid/lid_report.json", ["provenance"]),
              ("build_demo_model", None): ("model_report.json", ["provenance"]),
+             ("build_oracle_model", None): ("oracle_report.json", ["provenance"]),
              ("select_layers", None): ("layers/selection.json", ["provenance"]),
              ("cache_activations", None): (f"acts/layer{layer}.json", ["provenance"]),
              ("select_features", None): (f"sae/features/layer{layer}.json", ["provenance"]),
@@ -129,6 +130,22 @@ def test_demo_model_really_speaks_the_languages(run_dir):
     assert rep["check"]["hi"]["rate"] >= 0.7 and rep["check"]["en"]["rate"] >= 0.7
     assert metrics(run_dir, "base", 0, "forget")["metrics"]["target_rate"] >= 0.5
     assert metrics(run_dir, "base", 0, "retain")["metrics"]["target_rate"] <= 0.2
+
+
+def test_the_oracle_never_learned_hindi_and_is_evaluated_from_its_own_model(run_dir):
+    """The oracle arm: the demo model's recipe and tokenizer without any Hindi, built once and
+    evaluated next to the base model (tests/model/test_oracle.py checks its training texts)."""
+    r = run_dir / "results" / EXP
+    rep = json.loads((r / "oracle_report.json").read_text())
+    assert rep["problems"] == [] and rep["check"]["en"]["rate"] >= 0.7
+    assert rep["target_continuation_rate"] <= 0.1 and "forget/train" not in rep["training_texts"]
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (r / "oracle_model" / name).read_bytes() == (r / "model" / name).read_bytes()
+    details = json.loads((r / "oracle" / "seed0" / "evaluate.json").read_text())["arm_details"]
+    assert details["method"] == "oracle" and details["oracle"] == "built by build_oracle_model"
+    assert details["model"]["model"] == f"results/{EXP}/oracle_model"
+    assert metrics(run_dir, "oracle", 0, "forget")["metrics"]["target_rate"] <= 0.2
+    assert metrics(run_dir, "base", 0, "forget")["metrics"]["target_rate"] >= 0.5
 
 
 def test_html_report_builds(run_dir):

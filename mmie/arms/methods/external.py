@@ -16,7 +16,7 @@ def check(arm: str, spec: dict, config: dict, workdir) -> None:
     check_spec(arm, spec, workdir)
 
 
-def files(spec: dict) -> list[str]:
+def files(spec: dict, built: dict) -> list[str]:
     from mmie.arms.external import files as external_files
 
     return external_files(spec)
