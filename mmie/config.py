@@ -95,7 +95,7 @@ def check_gates(config: dict) -> None:
     neighbours = list(lang.get("neighbours", {}))
     known_sets = [*FIXED_SETS, *neighbours, "neighbours"]
     target = lang["target"]["code"]
-    labels = sorted({target, f"{target}_rom", lang["retain"]["code"], "und", *neighbours})
+    labels = sorted({target, f"{target}_rom", lang["retain"]["code"], "und", "noise", *neighbours})
     kinds = {"forget": "forget", "retain": "retain", "comprehension": "comprehension", "yes_no": "yes_no",
              "neighbours": "neighbour", **{c: "neighbour" for c in neighbours}}
     seen = set()
@@ -122,7 +122,7 @@ def raw_data_files(config: dict) -> dict[str, str]:
     """role -> raw file path, for every configured input file."""
     data = config["data"]
     files = {role: data[role] for role in ("forget", "retain", "forget_romanized", "mixed", "adversarial",
-                                             "lid_check", "yes_no", "gibberish") if data.get(role)}
+                                             "lid_check", "lid_audit", "yes_no", "gibberish") if data.get(role)}
     for code, path in data.get("neighbours", {}).items():
         files[f"neighbour_{code}"] = path
     return files
