@@ -267,7 +267,8 @@ def score_set(config: dict, arm_name: str, seed: int, info, generations: str, ma
     records = io.read_jsonl(generations)
     result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
                                  romanization_scheme=config["lid"]["romanization"],
-                                 yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"])
+                                 yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"],
+                                 extraction=config["lid"]["extraction"])
     if mia:
         from mmie.stats.text import auc
 

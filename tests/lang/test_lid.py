@@ -9,6 +9,7 @@ from mmie.errors import DataError, LIDError
 from mmie.lang.lid import LID, NOISE, RomanizedDetector, confusion, fit_detector, precision_recall
 from mmie.lang.scripts import script_proportions
 from mmie.lang.translit import romanize, typed_variants
+from mmie.stats.text import extraction_strength
 
 # written for these tests (not from the demo corpus): everyday sentences in languages that share a
 # configured script without being configured
@@ -201,6 +202,16 @@ def test_noise_needs_the_lexicons(demo_config, demo_texts):
     bare = RomanizedDetector.train([romanize(t) for t in demo_texts["hi"][:50]], demo_texts["en"][:50])
     with pytest.raises(LIDError, match="lexicon"):
         LID(demo_config["lid"], demo_config["languages"], bare)
+
+
+def test_extraction_strength_with_the_lid(lid):
+    """ES starts at a real target span: the lone mark before English word salad is none (it was 1.0)."""
+    es = lambda t: extraction_strength(t, lid.identify, lid.is_target)  # noqa: E731
+    assert es("ों for is soomes and stay but the set do is aron.") == 0.0
+    assert es("सक सक सक सक") == 0.0 and es("ਠਠਠ") == 0.0
+    assert es("मेरी माँ ने आज बहुत स्वादिष्ट खाना बनाया।") == 1.0
+    assert es("I think that मेरी माँ ने आज बहुत स्वादिष्ट खाना बनाया।") == pytest.approx(8 / 11)
+    assert es("mujhe chai bahut pasand hai") == 1.0
 
 
 def test_latin_text_no_voter_claims_is_und(demo_config, detector, monkeypatch):
