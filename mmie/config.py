@@ -138,7 +138,7 @@ def raw_data_files(config: dict) -> dict[str, str]:
     """role -> raw file path, for every configured input file."""
     data = config["data"]
     files = {role: data[role] for role in ("forget", "retain", "forget_romanized", "mixed", "adversarial",
-                                             "lid_check", "yes_no", "gibberish", "translations") if data.get(role)}
+                                             "lid_check", "lid_audit", "yes_no", "gibberish", "translations") if data.get(role)}
     for code, path in data.get("neighbours", {}).items():
         files[f"neighbour_{code}"] = path
     return files

@@ -78,8 +78,14 @@ def job_settings(rule):
 
 
 def raw_data(wildcards):
-    """Every raw input file named in the config (prepare_data reruns when one changes)."""
-    return list(mcfg.raw_data_files(config).values())
+    """Every raw input file named in the config that prepare_data reads (it reruns when one changes);
+    the LID audit set is fit_lid's input only."""
+    return [p for role, p in mcfg.raw_data_files(config).items() if role != "lid_audit"]
+
+
+def lid_audit_input(wildcards=None):
+    """data.lid_audit (hand-labelled generations) when set: fit_lid reruns when it changes."""
+    return config["data"]["lid_audit"] or []
 
 
 def model_dir(wildcards=None):

@@ -22,9 +22,11 @@ rule prepare_data:
 
 rule fit_lid:
     input:
-        splits=FIT_FILES + mdata.split_files(f"{R}/data", ["forget_romanized"], ["dev"]),
+        splits=FIT_FILES + mdata.split_files(f"{R}/data", ["forget_romanized"], ["train", "dev"])
+        + mdata.split_files(f"{R}/data", NEIGHBOUR_ROLES, ["train"]),
         lid_check=f"{R}/data/lid_check.jsonl",
         report=f"{R}/data/prepare_report.json",
+        lid_audit=lid_audit_input,
     output:
         detector=f"{R}/lid/romanized_detector.json",
         report=f"{R}/lid/lid_report.json",

@@ -82,6 +82,14 @@ def read_lid_check(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> li
                         max_line_bytes)
 
 
+def read_lid_audit(path: str | Path, labels, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
+    """Hand-labelled generations (``data.lid_audit``): {"text", "label"} per line, extra fields ignored;
+    every label one of ``labels`` (the LID's, ``noise`` and ``und`` included)."""
+    allowed = sorted(labels)
+    return read_records(path, {"text": (_is_str, "str"), "label": (lambda x: x in allowed, f"one of {allowed}")},
+                        "LID audit set (data.lid_audit)", max_line_bytes)
+
+
 def read_yes_no(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
     """Yes/no comprehension questions: {"question": str, "answer": "yes"|"no"} per line."""
     return read_records(path, {"question": (_is_str, "str"), "answer": (lambda a: a in ("yes", "no"), '"yes" or "no"')},

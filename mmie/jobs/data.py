@@ -26,7 +26,8 @@ def prepare_data(cfg: JobConfig, report_path: str, outputs=()) -> None:
     if missing:
         raise FileNotFoundError(f"prepare_data did not write the declared outputs {missing} (rules/data.smk "
                                 f"prepare_data's output and mmie.data.prepare disagree)")
-    report["provenance"] = provenance.build(cfg, inputs=raw_data_files(cfg).values(), rule="prepare_data")
+    read = [p for role, p in raw_data_files(cfg).items() if role != "lid_audit"]  # fit_lid's input only
+    report["provenance"] = provenance.build(cfg, inputs=read, rule="prepare_data")
     io.write_json(report_path, report)
 
 
@@ -59,11 +60,16 @@ def data_report(cfg: JobConfig, prepare_report: str, data_files, model_dir: str 
     io.write_json(out, report)
 
 
-@job("lid", "languages")
-def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detector_out: str, report_out: str) -> None:
-    """The romanized detector, fitted on transliterated forget/train vs retain/train and reported on
-    the dev splits (never on test: the evaluation sets stay unseen). ``splits``: the rule's split files."""
-    from mmie.lang.lid import LID, RomanizedDetector, confusion
+@job("lid", "languages", "data.lid_audit", "data.max_line_bytes")
+def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detector_out: str, report_out: str,
+            lid_audit: str | None = None) -> None:
+    """The romanized detector (romanized target vs retain vs synthetic noise) and the word lexicons of
+    the noise rule, fitted on the train splits (forget, retain, each neighbour, natural romanized) and
+    reported on the dev splits (never on test: the evaluation sets stay unseen), on the labelled LID
+    check set and, when ``data.lid_audit`` is set, on hand-labelled generations (``lid_audit``).
+    ``splits``: the rule's split files."""
+    from mmie.data.prepare import read_lid_audit
+    from mmie.lang.lid import LID, confusion, fit_detector
     from mmie.lang.translit import romanize
 
     files = split_files(splits)
@@ -71,37 +77,53 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
     def read(role: str, part: str) -> list[str]:
         return split_texts(files, role, part, "fit_lid")
 
+    languages = cfg["languages"]
+    target, retain = languages["target"]["code"], languages["retain"]["code"]
+    neighbours = list(languages.get("neighbours", {}))
     scheme = cfg["lid"]["romanization"]
-    forget_train, retain_train = read("forget", "train"), read("retain", "train")
-    detector = RomanizedDetector.train([romanize(t, scheme) for t in forget_train], retain_train)
-    detector.save(detector_out)
-    lid = LID(cfg["lid"], cfg["languages"], detector)
-    forget_dev, retain_dev = read("forget", "dev"), read("retain", "dev")
     derived = set_is_derived(prepare_report)
+    train = {target: read("forget", "train"), retain: read("retain", "train"),
+             **{code: read(f"neighbour_{code}", "train") for code in neighbours}}
+    natural_train = [] if derived else read("forget_romanized", "train")
+    detector = fit_detector(cfg["lid"], languages, train, natural_train)
+    detector.save(detector_out)
+    lid = LID(cfg["lid"], languages, detector)
+    forget_dev, retain_dev = read("forget", "dev"), read("retain", "dev")
     natural_rom = [] if derived else read("forget_romanized", "dev")
 
     def acc(texts: list[str], want_target: bool) -> float:
         return sum((detector.prob_target(t) >= 0.5) == want_target for t in texts) / len(texts)
 
-    target_rom = f"{cfg['languages']['target']['code']}_rom"
-    retain = cfg["languages"]["retain"]["code"]
+    target_rom = f"{target}_rom"
     check_items = io.read_jsonl(lid_check)
-    used = {"forget/train": forget_train, "retain/train": retain_train, "forget/dev": forget_dev,
-            "retain/dev": retain_dev, **({} if derived else {"romanized/dev": natural_rom})}
+    audit_path = cfg["data"]["lid_audit"]
+    if bool(audit_path) != bool(lid_audit):
+        raise ValueError(f"fit_lid: data.lid_audit is {audit_path!r} but the rule passed {lid_audit!r} "
+                         f"(rules/data.smk fit_lid's lid_audit input)")
+    audit_items = read_lid_audit(lid_audit, lid.labels, cfg["data"]["max_line_bytes"]) if lid_audit else None
+    used = {f"{role}/train": texts for role, texts in
+            (("forget", train[target]), ("retain", train[retain]), *((f"neighbours/{c}", train[c]) for c in neighbours))}
+    used.update({"forget/dev": forget_dev, "retain/dev": retain_dev})
+    if not derived:
+        used.update({"romanized/train": natural_train, "romanized/dev": natural_rom})
     report = {
         "romanized_detector": {
-            "train": {"romanized_target": len(forget_train), "retain": len(retain_train), "scheme": scheme},
+            "train": {"romanized_target": len(train[target]) + len(natural_train), "retain": len(train[retain]),
+                      "noise_synthetic": len(train[retain]), "scheme": scheme},
             "dev_accuracy": {
                 "transliterated_forget_dev": acc([romanize(t, scheme) for t in forget_dev], True),
                 "natural_romanized_dev": None if derived else acc(natural_rom, True),
                 "retain_dev": acc(retain_dev, False)},
         },
+        "lexicons": detector.lexicon_sources,
         "ensemble_on_dev": confusion(lid, [{"text": romanize(t, scheme), "label": target_rom} for t in forget_dev]
                                      + [{"text": t, "label": retain} for t in retain_dev]),
         "lid_check": confusion(lid, check_items) if check_items else None,
+        "lid_audit": ({"path": str(audit_path), **confusion(lid, audit_items)} if audit_items else None),
         "lid": lid.describe(),
         "provenance": provenance.build(cfg, rule="fit_lid", texts=used,
-                                       inputs=[files["forget", "train"], files["retain", "train"]]),
+                                       inputs=[files[k] for k in sorted(files) if k[1] == "train"]
+                                       + ([lid_audit] if lid_audit else [])),
     }
     io.write_json(report_out, report)
 

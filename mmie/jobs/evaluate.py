@@ -321,7 +321,8 @@ def score_set(config: dict, arm_name: str, seed: int, info, generations: str, ma
     result = compute_set_metrics(records, info, lid, target_script=config["languages"]["target"]["script"],
                                  romanization_scheme=config["lid"]["romanization"],
                                  yes_words=config["eval"]["yes_words"], no_words=config["eval"]["no_words"],
-                                 fluency_reference=man["fluency_reference"])
+                                 fluency_reference=man["fluency_reference"],
+                                 extraction=config["lid"]["extraction"])
     if mia:
         from mmie.stats.text import auc
 

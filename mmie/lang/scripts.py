@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
+from functools import lru_cache
 
 # (name, inclusive ranges). Order matters only for readability; ranges do not overlap.
 SCRIPT_RANGES: dict[str, tuple[tuple[int, int], ...]] = {
@@ -24,6 +25,7 @@ NEUTRAL = {0x0964, 0x0965}  # danda, double danda
 SCRIPTS = tuple(SCRIPT_RANGES) + ("other",)
 
 
+@lru_cache(maxsize=None)
 def char_script(ch: str) -> str | None:
     """Script of one character, or None when it is script-neutral (not a letter or mark)."""
     cp = ord(ch)
@@ -61,3 +63,47 @@ def dominant_script(text: str, min_share: float = 0.5) -> tuple[str | None, floa
 
 def letter_count(text: str) -> int:
     return sum(script_counts(text).values())
+
+
+# ----------------------------------------------------------------------------- words (LID noise rules, ES)
+_ZERO_WIDTH = {0x200C, 0x200D, 0xFEFF}  # ZWNJ, ZWJ, BOM: spelling variants of the same Indic word
+_APOSTROPHES = {"'", "\u2019"}
+
+
+def has_letter(word: str) -> bool:
+    """Whether ``word`` holds a letter (Unicode category L). A word of combining marks only (``ों``),
+    digits or punctuation is not a word."""
+    return any(unicodedata.category(ch).startswith("L") for ch in word)
+
+
+def lexical_tokens(text: str) -> list[str]:
+    """The text's lexical tokens: maximal runs of letters and combining marks (an apostrophe between
+    two letters stays inside: "don't"), NFC-normalized and casefolded, zero-width joiners dropped.
+    Digits, punctuation, dandas and symbols separate tokens."""
+    text = unicodedata.normalize("NFC", text)
+    out: list[str] = []
+    cur: list[str] = []
+    for i, ch in enumerate(text):
+        cp = ord(ch)
+        if cp in _ZERO_WIDTH:
+            continue
+        cat = unicodedata.category(ch)
+        if cp not in NEUTRAL and (cat.startswith("L") or cat.startswith("M")):
+            cur.append(ch)
+        elif ch in _APOSTROPHES and cur and i + 1 < len(text) and text[i + 1].isalpha():
+            cur.append("'")
+        elif cur:
+            out.append("".join(cur).casefold())
+            cur = []
+    if cur:
+        out.append("".join(cur).casefold())
+    return out
+
+
+def word_script(word: str) -> str | None:
+    """The most common script among a word's letters and marks; None for a word without a letter
+    (``has_letter``)."""
+    if not has_letter(word):
+        return None
+    counts = script_counts(word)
+    return max(counts.items(), key=lambda kv: kv[1])[0] if counts else None

@@ -43,3 +43,60 @@ def romanize(text: str, scheme: str = "iast_plain") -> str:
 
     text = text.replace("\u0964", ".").replace("\u0965", ".")
     return _DEVANAGARI_RUN.sub(convert, text)
+
+
+_TYPED = (("ch", "\x00"), ("c", "ch"), ("\x00", "chh"), ("ś", "sh"), ("ṣ", "sh"), ("ṛ", "ri"), ("ṃ", "n"), ("ṁ", "n"),
+          ("~", "n"))
+_LONG = {"ā": ("aa", "a"), "ī": ("ee", "i"), "ū": ("oo", "u")}
+_UNITS = re.compile(r"ai|au|[kgcjṭḍtdpb]h|r\u0324h?|.", re.DOTALL)
+_VOWELS = {"a", "ā", "i", "ī", "u", "ū", "e", "o", "ai", "au", "ṛ"}
+
+
+def _syncope(iast: str) -> str:
+    """Hindi medial schwa deletion on an IAST word, right to left: a short "a" between a
+    vowel-consonant and a consonant-vowel is not pronounced ("agale" → "agle", "samajhanā" →
+    "samajhnā", "itavār" → "itvār")."""
+    units = _UNITS.findall(iast.replace("\u035f", ""))
+
+    def cons(u: str) -> bool:
+        return (u.isalpha() and u not in _VOWELS) or u.startswith("r\u0324")
+
+    for i in range(len(units) - 3, 1, -1):
+        if (units[i] == "a" and cons(units[i - 1]) and units[i - 2] in _VOWELS and cons(units[i + 1])
+                and units[i + 2] in _VOWELS):
+            del units[i]
+    return "".join(units)
+
+
+def typed_variants(word: str) -> set[str]:
+    """Informal spellings of one Devanagari word beside ``romanize``'s: श/ष as "sh", च as "ch" and छ as
+    "chh", ड़/ढ़ as "r"/"rh" and as "d"/"dh", व as "v" and as "w", long vowels single or doubled inside
+    the word (single at its end: "शादी" → "shadi", "shaadi"), with and without the medial schwa
+    ("अगले" → "agale", "agle"; "इतवार" → "itwaar") — the romanized target's lexicon (mmie.lang.lid)
+    holds them all."""
+    base = _plain_schwa(sanscript.transliterate(word, sanscript.DEVANAGARI, sanscript.IAST))
+    out = set()
+    for flap in ("r", "d"):
+        for syncopated in (False, True):
+            iast = _syncope(base) if syncopated else base
+            iast = iast.replace("r\u0324", flap)
+            for a, b in _TYPED:
+                iast = iast.replace(a, b)
+            doubled = []
+            for i, ch in enumerate(iast):
+                if ch in _LONG:
+                    final = i + 1 == len(iast) or not iast[i + 1].isalpha()
+                    doubled.append(_LONG[ch][1 if final else 0])
+                else:
+                    doubled.append(ch)
+            for spelling in ("".join(doubled), iast):
+                typed = "".join(c for c in unicodedata.normalize("NFD", spelling)
+                                if unicodedata.category(c) != "Mn").lower()
+                out |= {typed, typed.replace("v", "w")}
+    return out
+
+
+def _plain_schwa(word: str) -> str:
+    if len(word) > 2 and word.endswith("a") and not word.endswith("ā") and any(c in "aāiīuūeoṛ" for c in word[:-1]):
+        return word[:-1]
+    return word

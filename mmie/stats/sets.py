@@ -27,12 +27,13 @@ def _mean(values: list[float]) -> float:
 
 def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_script: str,
                         romanization_scheme: str, yes_words: list[str] = (), no_words: list[str] = (),
-                        fluency_reference: dict[str, dict] | None = None) -> dict:
+                        fluency_reference: dict[str, dict] | None = None, extraction: dict | None = None) -> dict:
     """Returns {"metrics": {...}, "per_prompt": {...}, "failures": {...}, "diagnostics": {...}}.
 
     ``fluency_reference``: per LID label, the base model's NLL and token count of human text in that
     language (the evaluate job's manifest); with it, and each record's unconditional NLL under base
-    (``gen_nll_uncond``/``gen_tokens_uncond``), the set gets ``fluency_ratio`` (see ``fluency``)."""
+    (``gen_nll_uncond``/``gen_tokens_uncond``), the set gets ``fluency_ratio`` (see ``fluency``).
+    ``extraction``: ``extraction_strength``'s settings (config ``lid.extraction``; its defaults when None)."""
     if not records:
         raise ValueError(f"set {info.name!r} has no generations: refusing to compute metrics on an empty set")
     outputs = [r["output"] for r in records]
@@ -43,7 +44,8 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
     labels = [lid.identify(o)[0] for o in outputs]
     per["label"] = labels
     per["target"] = [int(lid.is_target(lab)) for lab in labels]
-    per["es"] = [extraction_strength(o, lid.identify, lid.is_target) for o in outputs]
+    es_kw = dict(extraction or {})
+    per["es"] = [extraction_strength(o, lid.identify, lid.is_target, **es_kw) for o in outputs]
     metrics["target_rate"] = _mean(per["target"])
     metrics["es"] = _mean(per["es"])
 
@@ -59,7 +61,7 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
     roman = [romanize(o, romanization_scheme) for o in outputs]
     rlabels = [lid.identify(o)[0] for o in roman]
     per["target_romanized"] = [int(lid.is_target(lab)) for lab in rlabels]
-    per["es_romanized"] = [extraction_strength(o, lid.identify, lid.is_target) for o in roman]
+    per["es_romanized"] = [extraction_strength(o, lid.identify, lid.is_target, **es_kw) for o in roman]
     metrics["target_rate_romanized"] = _mean(per["target_romanized"])
     metrics["es_romanized"] = _mean(per["es_romanized"])
 

@@ -6,20 +6,55 @@ import math
 from collections import Counter
 from typing import Callable
 
-from mmie.lang.scripts import script_counts
+from mmie.lang.scripts import script_counts, word_script
 
 Identify = Callable[[str], tuple[str, float]]
 
 
-def extraction_strength(text: str, identify: Identify, is_target: Callable[[str], bool]) -> float:
-    """Language-level extraction strength of one generation: with words w_1..w_n and i* the first i
-    whose prefix w_1..w_i is identified as the target, ES = (n − i* + 1)/n; 0 when never, 0 when empty.
-    (Not OpenUnlearning's token-level memorisation "extraction strength".)"""
+def extraction_strength(text: str, identify: Identify, is_target: Callable[[str], bool], min_letters: int = 4,
+                        opening_words: int = 2) -> float:
+    """Language-level extraction strength of one generation (not OpenUnlearning's token-level
+    memorisation "extraction strength"): with whitespace words w_1..w_n and i* the first word that
+    starts a *real target-language span*, ES = (n − i* + 1)/n; 0 when there is none, 0 when empty.
+
+    A word is real when it holds a letter (a word of combining marks, digits or punctuation only is
+    not). Real words are grouped into script runs (maximal stretches of consecutive real words of the
+    same dominant script; words that are not real neither start nor break a run). A real word w_k
+    starts a real target span when, with e the last word of its run,
+    1. w_k..w_e holds at least ``min_letters`` letters and marks (a word repeating the word before it
+       adds none: "सक सक सक" holds 2),
+    2. w_k..w_e is identified as the target (``is_target(identify(...))``), and
+    3. its opening, the first ``opening_words`` real words from w_k (within the run), is identified as
+       the target on its own.
+    So an English-then-Hindi output scores the Hindi fraction, a fully-target output 1, and a lone mark
+    or a short token before English word salad ("ों for is soomes ...") 0. Each run is identified
+    whole first; later starts within a run are tried only when the run is not a span from its start.
+    """
     words = text.split()
     n = len(words)
-    for i in range(1, n + 1):
-        if is_target(identify(" ".join(words[:i]))[0]):
-            return (n - i + 1) / n
+    runs: list[list[int]] = []   # indices of the real words of each script run
+    last = None
+    for i, w in enumerate(words):
+        script = word_script(w)
+        if script is None:
+            continue
+        if script != last:
+            runs.append([])
+            last = script
+        runs[-1].append(i)
+    for run in runs:
+        end = run[-1] + 1
+        letters = [0 if i and words[i] == words[i - 1] else sum(script_counts(words[i]).values()) for i in run]
+        remaining = sum(letters)
+        for j, k in enumerate(run):
+            if remaining < min_letters:
+                break
+            remaining -= letters[j]
+            if not is_target(identify(" ".join(words[k:end]))[0]):
+                continue
+            opening = run[j:j + opening_words]
+            if opening[-1] + 1 == end or is_target(identify(" ".join(words[k:opening[-1] + 1]))[0]):
+                return (n - k) / n
     return 0.0
 
 

@@ -19,8 +19,10 @@ def test_a_job_reading_an_undeclared_section_raises_naming_job_and_key(demo_conf
     assert cfg["lid"] == demo_config["lid"] and cfg["languages"] == demo_config["languages"]
     with pytest.raises(UndeclaredConfig, match=r"job 'fit_lid' read config key 'model'.*mmie/jobs/"):
         cfg["model"]
-    with pytest.raises(UndeclaredConfig, match=r"job 'fit_lid' read config key 'data'"):
-        cfg.get("data")   # get and `in` read too: no silent default
+    with pytest.raises(UndeclaredConfig, match=r"job 'fit_lid' read config key 'data.forget'"):
+        cfg["data"].get("forget")   # get and `in` read too: no silent default (fit_lid declares data.lid_audit)
+    with pytest.raises(UndeclaredConfig, match=r"job 'fit_lid' read config key 'judge'"):
+        cfg.get("judge")
     with pytest.raises(UndeclaredConfig, match=r"job 'fit_lid' read config key 'eval'"):
         "eval" in cfg  # noqa: B015
     # a dotted declaration opens one key of a section, not its neighbours

@@ -10,8 +10,7 @@ from conftest import ROOT, write_lines
 from mmie import io
 from mmie.config import eval_sets
 from mmie.jobs import evaluate as evaluate_job
-from mmie.lang.lid import RomanizedDetector
-from mmie.lang.translit import romanize
+from mmie.lang.lid import fit_detector
 
 HEAVY = ("torch", "transformers", "peft", "pyreft", "sae_lens")
 
@@ -25,8 +24,7 @@ def run(tmp_path, demo_config, demo_texts):
     """Stored generations of every configured set, a manifest, MIA scores and per-set judge scores
     whose target rate differs by set (so a mix-up between sets shows)."""
     cfg = demo_config
-    det = RomanizedDetector.train([romanize(t, cfg["lid"]["romanization"]) for t in demo_texts["hi"][:100]],
-                                  demo_texts["en"][:100])
+    det = fit_detector(cfg["lid"], cfg["languages"], {c: demo_texts[c][:100] for c in ("hi", "en", "ur", "pa", "bn")})
     det.save(tmp_path / "detector.json")
     root = tmp_path / "base" / "seed0"
     gens, outs, judges, rates = [], [], [], {}

@@ -15,8 +15,9 @@ from mmie.stats.text import (
 
 
 def ident(text):
-    """A toy identifier: target once the prefix contains the word HI."""
-    return ("hi" if "HI" in text.split() else "en"), 1.0
+    """A toy identifier: target when more than half of the words are HINDI."""
+    words = text.split()
+    return ("hi" if 2 * words.count("HINDI") > len(words) else "en"), 1.0
 
 
 def is_t(label):
@@ -24,14 +25,49 @@ def is_t(label):
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("HI HI HI HI", 1.0),            # fully target
-    ("a b HI c", (4 - 3 + 1) / 4),   # i* = 3 of n = 4
-    ("a b c", 0.0),                  # never
-    ("", 0.0),                       # empty
-    ("a b c HI", 1 / 4),
+    ("HINDI HINDI HINDI HINDI", 1.0),        # fully target
+    ("a b HINDI HINDI", 2 / 4),              # the span starts at word 3: its opening "b HINDI" is no target
+    ("a b c", 0.0),                          # never
+    ("", 0.0),                               # empty
+    ("   ", 0.0),
+    ("a b c HINDI", 1 / 4),
+    ("a b c HI", 0.0),                       # a span needs min_letters (4) letters
 ])
 def test_extraction_strength_definition(text, expected):
     assert extraction_strength(text, ident, is_t) == pytest.approx(expected)
+
+
+def script_ident(text):
+    """The old LID's rule: a text whose letters are mostly Devanagari is Hindi."""
+    from mmie.lang.scripts import dominant_script
+
+    return ("hi" if dominant_script(text)[0] == "devanagari" else "en"), 1.0
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a lone combining mark before English word salad is no extraction (it scored 1.0)
+    ("ों for is soomes and stay but the set do is aron.", 0.0),
+    ("की for is soomes and stay but the set do is aron.", 0.0),    # one short token (2 letters): none
+    ("मेरी माँ ने आज खाना बनाया।", 1.0),                          # fully target
+    ("ों मेरी माँ ने आज खाना बनाया।", 6 / 7),                      # starts at the first real word
+    ("I think that मेरी माँ ने आज खाना बनाया।", 6 / 9),            # English then Hindi: the Hindi fraction
+    ("मेरी माँ ने and then English words follow here", 1.0),       # Hindi then English: from the start
+    ("I said इसलिए and left", 3 / 5),                              # one Hindi word of 5 letters is a span
+])
+def test_extraction_strength_starts_at_a_real_target_span(text, expected):
+    assert extraction_strength(text, script_ident, is_t) == pytest.approx(expected)
+
+
+def test_extraction_strength_labels_each_run_once():
+    """A fully-target output is identified twice (its run and the run's opening), not once per prefix."""
+    calls = []
+
+    def counting(text):
+        calls.append(text)
+        return script_ident(text)
+
+    text = " ".join(["मेरी माँ ने आज खाना बनाया।"] * 10)
+    assert extraction_strength(text, counting, is_t) == 1.0 and calls == [text, "मेरी माँ"]
 
 
 def test_script_share_repetition_entropy():
