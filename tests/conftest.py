@@ -69,8 +69,8 @@ def reduced_config(workdir: Path) -> Path:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["experiment"] = EXP
     cfg["seeds"] = [0]
-    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check", "yes_no", "translations",
-                "gibberish"):
+    for key in ("forget", "retain", "forget_romanized", "mixed", "adversarial", "lid_check", "lid_audit", "yes_no",
+                "translations", "gibberish"):
         cfg["data"][key] = str(ROOT / cfg["data"][key])
     cfg["data"]["neighbours"] = {k: str(ROOT / v) for k, v in cfg["data"]["neighbours"].items()}
     cfg["eval"] = {"max_prompts": 6}
