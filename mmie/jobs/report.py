@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 @job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", *EVAL_SETS)
 def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
-          decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None) -> None:
+          decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None,
+          lid_report: str | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
     decisions.json's ``_choices``)."""
@@ -56,7 +57,8 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     io.write_json(decisions_out, {**decisions, "_choices": choices, "_measurable": measurable,
                                   "_provenance": provenance.build(
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
-    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable))
+    io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
+                                                 io.read_json(lid_report) if lid_report else None))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

@@ -179,8 +179,29 @@ def layer_choice(selection: dict) -> str:
     return text
 
 
+def lid_quality(report: dict) -> list[str]:
+    """Lines on the LID's own quality: per-label precision and recall on the hand-labelled check set
+    and, when given, on hand-labelled generations (``lid/lid_report.json``)."""
+    lines = []
+    for key, what in (("lid_audit", "hand-labelled generations of real arms (`data.lid_audit`)"),
+                      ("lid_check", "clean hand-labelled sentences (`data.lid_check`)")):
+        conf = report.get(key)
+        if not conf:
+            continue
+        pr = conf["precision_recall"]
+        lines += ["", f"On {conf['n']} {what}: accuracy {conf['accuracy']:.0%}.", "",
+                  "| label | precision | recall | items | predicted |", "|---|---|---|---|---|"]
+        for lab, v in pr.items():
+            if not (v["support"] or v["predicted"]):
+                continue
+            p = "—" if v["precision"] is None else f"{v['precision']:.2f}"
+            r = "—" if v["recall"] is None else f"{v['recall']:.2f}"
+            lines.append(f"| {lab} | {p} | {r} | {v['support']} | {v['predicted']} |")
+    return lines
+
+
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
-         selection: dict | None = None, measurable: dict | None = None) -> str:
+         selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -202,6 +223,13 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
     if notes:
         lines += ["", "## Capabilities base does not show", ""] + [f"- {n}: not gated, and a low value of an "
                                                                      f"arm there means nothing." for n in notes]
+    if lid_report is not None:
+        quality = lid_quality(lid_report)
+        if quality:
+            lines += ["", "## How far the language labels can be trusted", "",
+                      "Every output's language (and so every target rate, ES and \"answered in …\" above) comes "
+                      "from the LID; `noise` is word salad, character runs or mixed-script debris, `und` another "
+                      "language or too little text."] + quality
     table = headline(iv, arms, sets, measurable)
     lines += ["", "## Headline metrics", "", "| " + " | ".join(table.columns) + " |",
               "|" + "---|" * len(table.columns)]
