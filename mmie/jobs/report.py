@@ -54,11 +54,13 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     chosen = io.read_json(selection) if selection else None
     choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
                                                       "stability_floor")}} if chosen else {}
+    quality = G.forget_quality(res, arms, grid, oracle_arm(config))
     io.write_json(decisions_out, {**decisions, "_choices": choices, "_measurable": measurable,
+                                  "_forget_quality": quality,
                                   "_provenance": provenance.build(
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
-                                                 io.read_json(lid_report) if lid_report else None))
+                                                 io.read_json(lid_report) if lid_report else None, quality))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

@@ -201,7 +201,8 @@ def lid_quality(report: dict) -> list[str]:
 
 
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
-         selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None) -> str:
+         selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
+         forget_quality: dict | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -230,6 +231,14 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
                       "Every output's language (and so every target rate, ES and \"answered in …\" above) comes "
                       "from the LID; `noise` is word salad, character runs or mixed-script debris, `und` another "
                       "language or too little text."] + quality
+    fq = {a: v for a, v in (forget_quality or {}).items() if not a.startswith("_") and v.get("p_value") is not None}
+    if fq:
+        lines += ["", "## Forget quality (against the oracle)", "",
+                  "TOFU's forget quality: the p-value of a Kolmogorov–Smirnov test between the arm's and the "
+                  "oracle's Min-K%++ scores of the forget/train members (high: the arm cannot be told from a model "
+                  "that never saw them; low: it can). Reported, not gated.", "",
+                  "| arm | forget quality (KS p) | KS statistic |", "|---|---|---|"]
+        lines += [f"| {a} | {v['p_value']:.3g} | {v['ks_statistic']:.3f} |" for a, v in fq.items()]
     table = headline(iv, arms, sets, measurable)
     lines += ["", "## Headline metrics", "", "| " + " | ".join(table.columns) + " |",
               "|" + "---|" * len(table.columns)]

@@ -244,6 +244,36 @@ def measurability(results: Results, arm_seeds: dict[str, list[int]], cfg: dict, 
     return out
 
 
+def forget_quality(results: Results, arms: list[str], arm_seeds: dict[str, list[int]], oracle: str | None) -> dict:
+    """TOFU's *forget quality* in mmie's terms (reported, not gated): the p-value of a two-sample
+    Kolmogorov–Smirnov test between the arm's and the oracle's per-member Min-K%++ scores on forget/train
+    (every seed's scores pooled). TOFU compares truth-ratio distributions; Min-K%++ is likewise
+    normalised by each model's own next-token distribution, so the two models' scores are comparable.
+    A high p-value: the arm's view of the members cannot be told from that of a model that never saw
+    them; a low one: it can (it still remembers them, or over-unlearned them). None without an oracle."""
+    if oracle is None:
+        return {}
+    from scipy.stats import ks_2samp
+
+    ref, reason = results.auc_rows(oracle, "mia_auc", arm_seeds[oracle])
+    if ref is None:
+        return {"_reason": reason}
+    ref_members = np.concatenate([m for m, _ in ref])
+    out = {}
+    for arm in arms:
+        if arm == oracle:
+            continue
+        rows, reason = results.auc_rows(arm, "mia_auc", arm_seeds[arm])
+        if rows is None:
+            out[arm] = {"p_value": None, "reason": reason}
+            continue
+        members = np.concatenate([m for m, _ in rows])
+        test = ks_2samp(members, ref_members)
+        out[arm] = {"p_value": float(test.pvalue), "ks_statistic": float(test.statistic),
+                    "n_arm": int(members.size), "n_oracle": int(ref_members.size)}
+    return out
+
+
 # intervals.csv: the output contract's columns first (config/results.schema.yaml)
 INTERVAL_COLUMNS = ["estimate", "ci_low", "ci_high", "n_boot", "rng_seed", "level", "n_nonfinite"]
 

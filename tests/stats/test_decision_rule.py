@@ -162,3 +162,20 @@ def test_oracle_gate_without_oracle_or_fallback_is_a_config_error(demo_config):
     config["gates"][0].update(direction="<=", relative="delta", floor=0.1)
     with pytest.raises(ConfigError, match="'floor' applies to ratio gates"):
         mcfg.check_gates(config)
+
+
+def test_forget_quality_is_a_ks_test_against_the_oracle():
+    from scipy.stats import ks_2samp
+
+    from mmie.stats.gates import forget_quality
+
+    rng = np.random.default_rng(3)
+    mem, non = rng.normal(0, 1, 80), rng.normal(0, 1, 80)
+    res = Results.from_records([_mia("oracle", mem, non), _mia("forgot", rng.normal(0, 1, 80), non),
+                                _mia("kept", mem + 2, non)])
+    seeds = {a: [0] for a in ("oracle", "forgot", "kept")}
+    q = forget_quality(res, ["oracle", "forgot", "kept"], seeds, "oracle")
+    assert "oracle" not in q
+    assert q["kept"]["p_value"] == pytest.approx(ks_2samp(mem + 2, mem).pvalue)      # the scipy reference
+    assert q["kept"]["p_value"] < 1e-6 < 0.05 < q["forgot"]["p_value"]
+    assert forget_quality(res, ["forgot"], seeds, None) == {}
