@@ -28,9 +28,8 @@ if config["model"]["source"] == "demo":
     # evaluation asks for it (its method declares the folder: method_files in rules/common.smk).
     rule build_oracle_model:
         input:
-            # train parts of retain and the neighbours, retain dev (early stopping): no forget or romanized split
-            splits=mdata.split_files(f"{R}/data", ["retain", *NEIGHBOUR_ROLES], ["train"])
-            + mdata.split_files(f"{R}/data", ["retain"], ["dev"]),
+            # train and dev (early stopping) parts of retain and the neighbours: no forget or romanized split
+            splits=mdata.split_files(f"{R}/data", ["retain", *NEIGHBOUR_ROLES], ["train", "dev"]),
             # forget dev, read after training only: the reported share of target prompts continued in the target
             target_prompts=str(mdata.split_path(f"{R}/data", "forget", "dev")),
             base_model=f"{R}/model",
