@@ -81,9 +81,9 @@ def build_oracle_model(cfg: JobConfig, splits, target_prompts: str, base_model: 
     train and dev parts; a target split among them is refused. Early stopping watches the mean held-out
     loss of every language the oracle learns (retain and each neighbour), as the base model's watches
     the languages it learns (target and retain): on retain alone it stopped at half the base's steps
-    with the neighbours undertrained (demo: Punjabi and Bengali perplexity 1.4x base's). ``target_prompts`` (the forget dev file) is read only after training, for the
-    share of target prompts the oracle continues in the target language: reported, expected near 0,
-    not checked. English continuations are checked like the base model's (``demo_model.check``)."""
+    with the neighbours undertrained (demo: Punjabi and Bengali perplexity 1.4x base's).
+    ``target_prompts`` (the forget dev file) is read only after training, for the share of target
+    prompts the oracle continues in the target language: reported, expected near 0, not checked. English continuations are checked like the base model's (``demo_model.check``)."""
     from mmie.data.corpus import split_dir
     from mmie.model import demo as demo_model
 

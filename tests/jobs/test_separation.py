@@ -67,6 +67,7 @@ def small_run(tmp_path_factory, demo_config):
         "generation": {"max_new_tokens": 4, "min_new_tokens": 0, "batch_size": 8},
         "layers": {"selection": {"resamples": 2, "max_texts": 12, "causal_prompts": 4, "cv_folds": 2},
                    "activations": {"max_texts": 8, "max_length": 32}},
+        "data": {"lid_audit": None},
     })
     data = root / "data"
     data_job.prepare_data(cfg, str(data / "prepare_report.json"))

@@ -2,6 +2,7 @@
 results equal those of a run without it; the halvings are recorded; at batch size 1 it is an error."""
 
 
+import numpy as np
 import pytest
 
 from conftest import oom_above
@@ -47,11 +48,16 @@ def test_an_out_of_memory_error_halves_the_batch_and_changes_no_result(tiny_lm, 
     with oom_above(model, 2):
         backed_off = run(log)
     assert [e["new_batch_size"] for e in log] == [4, 2] and all(e["where"] for e in log)
-    if site in ("activations", "generate"):
+    if site == "generate":
         assert backed_off == clean
+    elif site == "activations":   # padding widths change with the batch: equal up to float reassociation
+        for got, want in zip(backed_off, clean, strict=True):
+            np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), rtol=1e-5, atol=1e-6)
     else:   # batch composition changes padding widths: equal up to float reassociation
         assert [sorted(r) for r in backed_off] == [sorted(r) for r in clean]
-        assert _numbers(backed_off) == pytest.approx(_numbers(clean), rel=1e-5)
+        # token KL is a small difference of log-probabilities: on an AVX-512 Intel Xeon its per-text
+        # values moved by up to 5e-7 absolute (2.8e-5 relative) between batch sizes; far below any effect
+        assert _numbers(backed_off) == pytest.approx(_numbers(clean), rel=1e-5, abs=2e-6)
     with oom_above(model, 0), pytest.raises(RuntimeError, match="out of memory at batch size 1"):
         run([])
 

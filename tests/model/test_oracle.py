@@ -18,7 +18,7 @@ from mmie.provenance import text_sha256, used_hashes
 
 NEIGHBOURS = ("ur", "pa", "bn")
 # what the oracle may train on (the rule's splits input) and the prompts of its reported Hindi share
-ORACLE_SPLITS = (["retain", *(f"neighbour_{c}" for c in NEIGHBOURS)], ["train"])
+ORACLE_SPLITS = (["retain", *(f"neighbour_{c}" for c in NEIGHBOURS)], ["train", "dev"])
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def small_build(tmp_path_factory, demo_config):
                        "intermediate_size": 96, "max_position": 96, "max_steps": 80, "eval_every": 40,
                        "batch_size": 16, "warmup_steps": 5, "lr": 0.005, "check": {"enabled": False, "prompts": 12}},
         "generation": {"max_new_tokens": 12, "min_new_tokens": 6, "batch_size": 12},
+        "data": {"lid_audit": None},
     })
     data = root / "data"
     data_job.prepare_data(cfg, str(data / "prepare_report.json"))
@@ -53,7 +54,7 @@ def small_build(tmp_path_factory, demo_config):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(demo, "train", recording)
         model_job.build_demo_model(cfg, splits, str(detector), str(root / "model"), str(root / "model_report.json"))
-        oracle_inputs = split_files(data, *ORACLE_SPLITS) + split_files(data, ["retain"], ["dev"])
+        oracle_inputs = split_files(data, *ORACLE_SPLITS)
         model_job.build_oracle_model(cfg, oracle_inputs, str(split_path(data, "forget", "dev")), str(root / "model"),
                                      str(detector), str(root / "oracle_model"), str(root / "oracle_report.json"))
     return cfg, root, trained_on
@@ -101,7 +102,7 @@ def test_the_oracle_job_refuses_a_target_split(small_build, tmp_path):
     cfg, root, _ = small_build
     data = root / "data"
     for role in ("forget", "forget_romanized"):
-        splits = split_files(data, [*ORACLE_SPLITS[0], role], ["train"]) + split_files(data, ["retain"], ["dev"])
+        splits = split_files(data, ORACLE_SPLITS[0], ["train", "dev"]) + split_files(data, [role], ["train"])
         with pytest.raises(ValueError, match=rf"target-language splits \['{role}/train'\]"):
             model_job.build_oracle_model(cfg, splits, str(split_path(data, "forget", "dev")), str(root / "model"),
                                          str(root / "lid" / "detector.json"), str(tmp_path / "o"), str(tmp_path / "r.json"))
