@@ -83,7 +83,8 @@ def build_oracle_model(cfg: JobConfig, splits, target_prompts: str, base_model: 
     the languages it learns (target and retain): on retain alone it stopped at half the base's steps
     with the neighbours undertrained (demo: Punjabi and Bengali perplexity 1.4x base's).
     ``target_prompts`` (the forget dev file) is read only after training, for the share of target
-    prompts the oracle continues in the target language: reported, expected near 0, not checked. English continuations are checked like the base model's (``demo_model.check``)."""
+    prompts the oracle continues in the target language: reported, expected near 0, not checked.
+    English continuations are checked like the base model's (``demo_model.check``)."""
     from mmie.data.corpus import split_dir
     from mmie.model import demo as demo_model
 
