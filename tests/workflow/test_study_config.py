@@ -208,7 +208,11 @@ def test_bengali_target_study_runs_end_to_end_then_evaluates_an_external_adapter
     details = json.loads((out / "ext" / "seed0" / "evaluate.json").read_text())["arm_details"]
     assert details["method"] == "external" and details["adapter"] == "elsewhere/adapter"
     ext_gates = [g for g in csv.DictReader((out / "summary" / "gates.csv").open()) if g["arm"] == "ext"]
-    assert ext_gates and not [g for g in ext_gates if "missing metric" in g["reason"]], ext_gates
+    # every gate compared the arm with base; the one-minute model writes only noise, so fluency_ratio (which
+    # compares outputs in a language with human text of it) is a recorded failure, by design
+    unmeasured = [g for g in ext_gates if "missing metric" in g["reason"]]
+    assert ext_gates and all(g["metric"] == "fluency_ratio" and "no output is in a language" in g["reason"]
+                             for g in unmeasured), unmeasured
     assert any(g["value"] not in ("", None) for g in ext_gates)
     assert "ext" in json.loads((out / "summary" / "decisions.json").read_text())
 

@@ -245,7 +245,8 @@ def test_every_output_validates_against_the_results_schema(run_dir):
 def test_statistics_gates_and_results_page(run_dir):
     r = run_dir / "results" / EXP / "summary"
     decisions = json.loads((r / "decisions.json").read_text())
-    assert set(decisions) - {"_provenance", "_choices"} == set(ARMS) - {"base"}
+    assert {k for k in decisions if not k.startswith("_")} == set(ARMS) - {"base"}
+    assert set(decisions) - set(ARMS) == {"_provenance", "_choices", "_measurable", "_forget_quality"}
     assert decisions["_choices"]["layers"]["layers"] == json.loads((run_dir / "results" / EXP / "layers" /
                                                                     "selection.json").read_text())["layers"]
     page = (r / "results.md").read_text()
