@@ -26,11 +26,13 @@ from mmie import io
 from mmie.stats.inference import (
     Sample,
     adjust,
+    draw,
     hierarchical_ci,
     lower_bound,
     p_at_least,
     p_at_most,
     paired_reps,
+    replicates,
     seed_weights,
     threshold_of,
     upper_bound,
@@ -232,8 +234,6 @@ def measurability(results: Results, arm_seeds: dict[str, list[int]], cfg: dict, 
             level = float(np.mean(vals))
         else:
             level = float(chance)
-        from mmie.stats.inference import draw, replicates
-
         reps = replicates(sample, draw([sample], cfg["n_boot"], cfg["rng_seed"]))
         lo = lower_bound(reps, cfg["alpha"])
         ok = bool(lo > level)
@@ -412,7 +412,7 @@ def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, l
             a, b = paired_reps(sa, sb, cfg["n_boot"], cfg["rng_seed"])
             pa, pb = sa.point(), sb.point()
         else:
-            a, _ = paired_reps(sa, sa, cfg["n_boot"], cfg["rng_seed"])
+            a = replicates(sa, draw([sa], cfg["n_boot"], cfg["rng_seed"]))   # against a constant
             pa = sa.point()
         row["n_prompts"] = sa.n_prompts
     if kind == "constant":
