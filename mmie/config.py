@@ -156,6 +156,10 @@ def check(config: dict, workdir: str | Path = ".") -> None:
     if names != files:
         raise ConfigError(f"languages.neighbours {sorted(names)} and data.neighbours {sorted(files)} must name "
                           f"the same languages")
+    if lang["target"]["script"] == "latin":
+        raise ConfigError("languages.target.script is 'latin': mmie's language ID tells a target from its romanized "
+                          "form (transliterated from the target's own script), so the target must be written in a "
+                          "non-Latin script (devanagari, bengali, gurmukhi, gujarati, arabic, cyrillic, greek, han)")
     if set(names) & set(FIXED_SETS):
         raise ConfigError(f"a neighbour code may not be one of the set names {FIXED_SETS}")
     for role, path in raw_data_files(config).items():

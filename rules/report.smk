@@ -1,3 +1,14 @@
+# The summary jobs read small files and write tables and figures in seconds: on a cluster they run in
+# the main Snakemake process instead of queuing a SLURM job each.
+localrules:
+    aggregate,
+    stats,
+    plots,
+    samples,
+    plot_demo_training,
+    plot_training_curves,
+
+
 rule aggregate:
     input:
         metrics=all_metrics,

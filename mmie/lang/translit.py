@@ -1,20 +1,56 @@
-"""Devanagari → Latin transliteration (docs/method.md §4), used both to derive romanized evaluation prompts
-and to train the romanized-target detector, so the detector understands exactly this output.
+"""Target-script → Latin transliteration (docs/method.md §4), used both to derive romanized evaluation
+prompts and to train the romanized-target detector, so the detector understands exactly this output.
 
-Scheme ``iast_plain`` (default): indic-transliteration's IAST, then the way people type Hindi in
-Latin script — diacritics stripped, anusvara/candrabindu as "n", word-final inherent schwa dropped
-("nāma" → "nam"), lowercase. ``itrans`` / ``iast`` / ``hk`` give the raw scheme output. Scheme
-*names* are passed to indic-transliteration (its scheme objects raise TypeError)."""
+Only runs of the target's own script (``script``, the ``languages.target.script`` of the config) are
+converted; other text is left as is (an Urdu answer of a Hindi study stays Urdu).
+
+- Brahmic scripts indic-transliteration knows (devanagari, bengali, gurmukhi, gujarati; see
+  ``INDIC``): scheme ``iast_plain`` (default) is its IAST, then the way people type these languages in
+  Latin script — diacritics stripped, anusvara/candrabindu as "n", word-final inherent schwa dropped
+  ("nāma" → "nam"), lowercase; ``itrans`` / ``iast`` / ``hk`` give the raw scheme output. Scheme *names*
+  are passed to indic-transliteration (its scheme objects raise TypeError).
+- Every other non-Latin script of ``mmie.lang.scripts`` (arabic, cyrillic, greek, han): uroman
+  (Hermjakob et al. 2018), the universal romanizer, lowercased; the scheme does not apply there.
+- A Latin-script target has no romanized form: an error (the romanized sets do not apply).
+
+A romanization that leaves target-script letters behind is an error, never a silent no-op."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
+from functools import lru_cache
+
 from indic_transliteration import sanscript
 
+from mmie.lang.scripts import SCRIPT_RANGES, script_counts
+
 SCHEMES = {"iast_plain": sanscript.IAST, "iast": sanscript.IAST, "itrans": sanscript.ITRANS, "hk": sanscript.HK}
-_DEVANAGARI_RUN = re.compile(r"[\u0900-\u097F\uA8E0-\uA8FF]+")
+# target scripts indic-transliteration converts (its scheme name per mmie script name)
+INDIC = {"devanagari": sanscript.DEVANAGARI, "bengali": sanscript.BENGALI, "gurmukhi": sanscript.GURMUKHI,
+         "gujarati": sanscript.GUJARATI}
+# the sentence marks of the Brahmic scripts (danda, double danda) become full stops
+_DANDAS = str.maketrans({"\u0964": ".", "\u0965": "."})
+# Devanagari's candra vowels of English loans (डॉक्टर, ऑफिस), which indic-transliteration leaves as they
+# are, are typed like o / e: read as ो / े (ओ / ए)
+_CANDRA = str.maketrans({"\u0949": "\u094B", "\u0945": "\u0947", "\u0911": "\u0913", "\u090D": "\u090F"})
+
+
+@lru_cache(maxsize=None)
+def _run(script: str) -> re.Pattern:
+    """One or more characters of ``script`` (its ranges in mmie.lang.scripts)."""
+    if script not in SCRIPT_RANGES:
+        raise ValueError(f"romanize: unknown script {script!r}; known: {sorted(SCRIPT_RANGES)}")
+    return re.compile("[" + "".join(f"\\u{lo:04X}-\\u{hi:04X}" if hi <= 0xFFFF else "" for lo, hi in SCRIPT_RANGES[script])
+                      + "]+")
+
+
+@lru_cache(maxsize=1)
+def _uroman():
+    import uroman  # 2 s to load its tables: only for scripts indic-transliteration does not cover
+
+    return uroman.Uroman()
 
 
 def _plain_word(word: str) -> str:
@@ -29,20 +65,31 @@ def _plain_word(word: str) -> str:
     return word.lower()
 
 
-def romanize(text: str, scheme: str = "iast_plain") -> str:
-    """Transliterate every Devanagari run in ``text`` to Latin script; other text is left as is."""
+def romanize(text: str, scheme: str = "iast_plain", script: str = "devanagari") -> str:
+    """Transliterate every run of ``script`` in ``text`` to Latin script; other text is left as is."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown romanization scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
-    target = SCHEMES[scheme]
+    if script == "latin":
+        raise ValueError("romanize: the target is written in Latin script, so it has no romanized form; turn the "
+                         "romanized sets off (eval.sets.romanized: false) for a Latin-script target")
+    pattern = _run(script)
+    if script in INDIC:
+        source, target = INDIC[script], SCHEMES[scheme]
 
-    def convert(m: re.Match) -> str:
-        out = sanscript.transliterate(m.group(0), sanscript.DEVANAGARI, target)
-        if scheme == "iast_plain":
-            out = _plain_word(out)
-        return out
+        def convert(m: re.Match) -> str:
+            out = sanscript.transliterate(m.group(0).translate(_CANDRA), source, target)
+            out = _plain_word(out) if scheme == "iast_plain" else out
+            # a sign indic-transliteration does not know (rare in text, possible in a model's output): uroman's
+            return pattern.sub(lambda r: _uroman().romanize_string(r.group(0)).lower(), out)
+    else:
+        def convert(m: re.Match) -> str:
+            return _uroman().romanize_string(m.group(0)).lower()
 
-    text = text.replace("\u0964", ".").replace("\u0965", ".")
-    return _DEVANAGARI_RUN.sub(convert, text)
+    out = pattern.sub(convert, text.translate(_DANDAS))
+    left = script_counts(out).get(script, 0)
+    if left:
+        raise ValueError(f"romanize: {left} {script} letters were left unconverted in {text[:60]!r} (scheme {scheme!r})")
+    return out
 
 
 _TYPED = (("ch", "\x00"), ("c", "ch"), ("\x00", "chh"), ("ś", "sh"), ("ṣ", "sh"), ("ṛ", "ri"), ("ṃ", "n"), ("ṁ", "n"),

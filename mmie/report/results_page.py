@@ -3,6 +3,8 @@ confidence intervals (Markdown)."""
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 HEADLINE = [("forget", "target_rate"), ("forget", "es"), ("retain", "ppl"), ("retain", "token_kl"),
@@ -59,22 +61,23 @@ def headline(iv: pd.DataFrame, arms: list[str], sets: list[str], measurable: dic
                           **{f"{s}:{m}": cell(iv, a, s, m, nm) for s, m in cols}} for a in arms])
 
 
+_TEX = {"\\": r"\textbackslash ", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde ", "^": r"\textasciicircum "}
+
+
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")):
-        text = text.replace(a, b)
-    return text
+    """``text`` with LaTeX's special characters escaped in one pass (as pandas' ``escape="latex"``
+    does: an escape's own braces are never escaped again)."""
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX[m.group()], text)
 
 
 def latex(table: pd.DataFrame, caption: str) -> str:
     """The headline table as a LaTeX (booktabs) table for a paper: one row per arm, estimate and
-    interval per column, special characters escaped."""
-    cols = list(table.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
-             " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
-    lines += [" & ".join(_tex(str(v)) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _tex(caption) + "}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    interval per column; cells and headers escaped by pandas' Styler (``escape="latex"``), the
+    caption by ``_tex``."""
+    styler = table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    return styler.to_latex(hrules=True, caption=_tex(caption), position="t", position_float="centering",
+                           environment="table")
 
 
 def samples_html(config: dict, generations: dict[tuple[str, str], list[dict]], n: int) -> str:
