@@ -95,6 +95,7 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
         return sum((detector.prob_target(t) >= 0.5) == want_target for t in texts) / len(texts)
 
     target_rom = f"{target}_rom"
+    script = languages["target"]["script"]
     check_items = io.read_jsonl(lid_check)
     audit_path = cfg["data"]["lid_audit"]
     if bool(audit_path) != bool(lid_audit):
@@ -111,12 +112,12 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
             "train": {"romanized_target": len(train[target]) + len(natural_train), "retain": len(train[retain]),
                       "noise_synthetic": len(train[retain]), "scheme": scheme},
             "dev_accuracy": {
-                "transliterated_forget_dev": acc([romanize(t, scheme, languages["target"]["script"]) for t in forget_dev], True),
+                "transliterated_forget_dev": acc([romanize(t, scheme, script) for t in forget_dev], True),
                 "natural_romanized_dev": None if derived else acc(natural_rom, True),
                 "retain_dev": acc(retain_dev, False)},
         },
         "lexicons": detector.lexicon_sources,
-        "ensemble_on_dev": confusion(lid, [{"text": romanize(t, scheme, languages["target"]["script"]), "label": target_rom} for t in forget_dev]
+        "ensemble_on_dev": confusion(lid, [{"text": romanize(t, scheme, script), "label": target_rom} for t in forget_dev]
                                      + [{"text": t, "label": retain} for t in retain_dev]),
         "lid_check": confusion(lid, check_items) if check_items else None,
         "lid_audit": ({"path": str(audit_path), **confusion(lid, audit_items)} if audit_items else None),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-
 from functools import lru_cache
 
 from indic_transliteration import sanscript
