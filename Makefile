@@ -23,6 +23,7 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/$(EXPERIMENT)/report.html
 	@echo "Report: results/$(EXPERIMENT)/report.html   Summary: results/$(EXPERIMENT)/summary/summary.md"
+	$(BIN)/python -m mmie.failures results/$(EXPERIMENT)
 
 # A fresh demo run against the committed expected one (same layers and decisions, every headline
 # estimate inside the expected run's interval and vice versa; tests/expected/demo.json, docs/demo.md).

@@ -30,6 +30,15 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+# A failed arm or layer job is recorded and the rest goes on (mmie/failures.py); say so loudly at the end.
+onsuccess:
+    print_failures()
+
+
+onerror:
+    print_failures()
+
+
 rule all:
     input:
         final_outputs(),

@@ -1,6 +1,7 @@
 # Helpers: config validation, the grid, wildcard constraints and named input functions.
 import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
@@ -11,6 +12,7 @@ from mmie.arms import methods
 from mmie import numerics, preflight
 import mmie.data.corpus as mdata
 import mmie.jobs as mjobs
+import mmie.failures as mfailures
 
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 mcfg.check(config)  # relative data paths are relative to the working directory
@@ -75,6 +77,23 @@ def job_settings(rule):
         return mjobs.settings_json(config, rule, wildcards.arm if declared.arm else None)
 
     return params
+
+
+def failure_token(rule):
+    """A tolerant rule's rerun trigger (``params: failed``): the time of the job's latest recorded
+    failure (mmie/failures.py), so a failed job reruns on the next call and by its target path."""
+
+    def params(wildcards):
+        return mfailures.token(R, rule, dict(wildcards.items()))
+
+    return params
+
+
+def print_failures():
+    """The unresolved failure records of this experiment, loudly (onsuccess/onerror of the Snakefile)."""
+    text = mfailures.banner(R)
+    if text:
+        print(text, file=sys.stderr)
 
 
 def raw_data(wildcards):

@@ -22,6 +22,7 @@ rule evaluate:
         mem_mb=gpu_mem,
         gpu=1,
     params:
+        failed=failure_token("evaluate"),
         settings=job_settings("evaluate"),
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
@@ -49,6 +50,7 @@ rule score:
     resources:
         mem_mb=cpu_mem,
     params:
+        failed=failure_token("score"),
         settings=job_settings("score"),
     conda:
         "../envs/mmie.yaml"
@@ -69,6 +71,7 @@ rule judge:
     resources:
         mem_mb=cpu_mem,
     params:
+        failed=failure_token("judge"),
         settings=job_settings("judge"),
         cache_dir=config["judge"]["cache_dir"],
     conda:

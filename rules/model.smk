@@ -47,6 +47,7 @@ if config["model"]["source"] == "demo":
             mem_mb=cpu_mem,
             gpu=1,
         params:
+            failed=failure_token("build_oracle_model"),
             settings=job_settings("build_oracle_model"),
         conda:
             "../envs/mmie.yaml"

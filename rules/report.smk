@@ -29,6 +29,11 @@ rule aggregate:
             caption="../report/failures.rst",
             category="Tables",
         ),
+        failed_jobs=report(
+            f"{R}/summary/failed_jobs.csv",
+            caption="../report/failed_jobs.rst",
+            category="Tables",
+        ),
         judge_agreement=report(
             f"{R}/summary/judge_agreement.csv",
             caption="../report/judge_agreement.rst",

@@ -65,6 +65,7 @@ rule train_sae:
         mem_mb=gpu_mem,
         gpu=1,
     params:
+        failed=failure_token("train_sae"),
         settings=job_settings("train_sae"),
     conda:
         "../envs/mmie.yaml"
@@ -90,6 +91,7 @@ rule select_features:
         mem_mb=gpu_mem,
         gpu=1,
     params:
+        failed=failure_token("select_features"),
         settings=job_settings("select_features"),
         model_dir=model_dir_param,
     conda:
@@ -116,6 +118,7 @@ rule sweep_gate:
         mem_mb=gpu_mem,
         gpu=1,
     params:
+        failed=failure_token("sweep_gate"),
         settings=job_settings("sweep_gate"),
         model_dir=model_dir_param,
     conda:

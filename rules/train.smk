@@ -21,6 +21,7 @@ rule train:
         gpu=1,
         runtime=train_runtime,
     params:
+        failed=failure_token("train"),
         settings=job_settings("train"),
         model_dir=model_dir_param,
     conda:

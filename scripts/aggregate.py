@@ -5,4 +5,4 @@ from mmie.jobs import cfg_of, report  # noqa: E402
 
 o = snakemake.output
 report.aggregate(cfg_of(snakemake), snakemake.input.metrics, o.long, o.summary, o.markdown, o.failures,
-                 o.judge_agreement)
+                 o.judge_agreement, o.failed_jobs)

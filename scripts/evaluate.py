@@ -1,12 +1,17 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
+from mmie.failures import outcome  # noqa: E402
 from mmie.jobs import cfg_of, evaluate  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
-i, o = snakemake.input, snakemake.output
-evaluate.evaluate(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), snakemake.params.model_dir,
-                  list(i.eval_sets), list(o.generations), o.manifest, snakemake.params.checkpoint,
-                  mia_inputs=list(i.mia), mia_out=o.mia, assets=dict(i.items()), method_files=list(i.method_files),
-                  fluency_inputs=list(i.fluency))
+
+# one failed job is recorded and every other arm goes on (mmie/failures.py)
+with outcome(snakemake) as run:
+    if run:
+        i, o = snakemake.input, snakemake.output
+        evaluate.evaluate(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), snakemake.params.model_dir,
+                          list(i.eval_sets), list(o.generations), o.manifest, snakemake.params.checkpoint,
+                          mia_inputs=list(i.mia), mia_out=o.mia, assets=dict(i.items()), method_files=list(i.method_files),
+                          fluency_inputs=list(i.fluency))

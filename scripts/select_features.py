@@ -1,10 +1,15 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
+from mmie.failures import outcome  # noqa: E402
 from mmie.jobs import cfg_of, sae  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
-sae.select_features(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.params.model_dir,
-                    list(snakemake.input.splits), snakemake.input.acts, snakemake.input.sae,
-                    snakemake.output.features, snakemake.output.quality)
+
+# one failed job is recorded and every other arm goes on (mmie/failures.py)
+with outcome(snakemake) as run:
+    if run:
+        sae.select_features(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.params.model_dir,
+                            list(snakemake.input.splits), snakemake.input.acts, snakemake.input.sae,
+                            snakemake.output.features, snakemake.output.quality)

@@ -1,8 +1,13 @@
 from mmie.logs import setup
 
 setup(snakemake.log[0])
+from mmie.failures import outcome  # noqa: E402
 from mmie.jobs import cfg_of, sae  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["sae"]["device"])
-sae.train_sae(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.input.acts, snakemake.output[0])
+
+# one failed job is recorded and every other arm goes on (mmie/failures.py)
+with outcome(snakemake) as run:
+    if run:
+        sae.train_sae(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.input.acts, snakemake.output[0])

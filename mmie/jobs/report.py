@@ -22,15 +22,24 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     decisions.json's ``_choices``)."""
     import pandas as pd
 
+    from mmie import failures
     from mmie.config import arm_seeds, is_seeded, oracle_arm, set_names, unevaluated_reason
     from mmie.report import results_page
     from mmie.stats import gates as G
 
     t0 = time.time()
-    res = G.Results(list(metric_paths))
-    arms, sets = list(config["arms"]), set_names(config)
-    grid = {a: arm_seeds(config, a) for a in arms}
-    seeded = {a: is_seeded(config, a) for a in arms}
+    metric_paths, failed = failures.split(list(metric_paths))
+    res = G.Results(metric_paths)
+    res.failed = {(r["arm"], r["seed"]): r for r in failed}
+    sets = set_names(config)
+    # a failed (arm, seed) is left out: the arm's intervals and gates use its other seeds; an arm with no
+    # finished seed gets no estimates and the decision FAILED (a reference arm's failure shows in the
+    # reasons of the gates that need it)
+    configured = {a: arm_seeds(config, a) for a in config["arms"]}
+    grid = {a: [s for s in ss if (a, s) not in res.failed] or ss for a, ss in configured.items()}
+    failed_arms = [a for a, ss in configured.items() if all((a, s) in res.failed for s in ss)]
+    arms = [a for a in config["arms"] if a not in failed_arms]
+    seeded = {a: is_seeded(config, a) for a in config["arms"]}
     cfg = config["stats"]
     iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded),
                       columns=["arm", "set", "metric", *G.INTERVAL_COLUMNS, "n_seeds", "seeded", "n_prompts"])
@@ -39,6 +48,13 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
     rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded,
                                oracle=oracle_arm(config))
+    for arm in [a for a in config["arms"] if a in decisions or a in failed_arms]:
+        lost = [r for r in failed if r["arm"] == arm]
+        if arm in failed_arms and arm != "base":
+            decisions[arm] = {"decision": "FAILED", "failing": [], "reasons": {}, "verdicts": {}, "n_seeds": 0,
+                              "seeded": seeded[arm], "failed_runs": lost}
+        elif lost and arm in decisions:
+            decisions[arm]["failed_runs"] = lost
     columns = ["arm", "gate", "metric", "set", "value", "threshold", "ci_low", "ci_high", "p_adjusted", "passed",
                "reason", "verdict", "direction", "relative", "factor", "floor", "reference", "base", "margin",
                "ci_level", "gate_alpha", "p_value", "correction", "n_seeds", "seeded", "base_n_seeds", "n_prompts"]
@@ -60,16 +76,21 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
                                   "_provenance": provenance.build(
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
-                                                 io.read_json(lid_report) if lid_report else None, quality))
+                                                 io.read_json(lid_report) if lid_report else None, quality,
+                                                 failed=failed))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 
 @job("experiment", "seeds")
 def samples(config: JobConfig, generations: list[str], out: str, n: int) -> None:
     """The report's side-by-side sample generations (``results_page.samples_html``)."""
+    from mmie.failures import real
     from mmie.report import results_page
 
     by = {}
+    generations, lost = real(list(generations))
+    for r in lost:
+        log.error("no samples of %s %s: it failed (%s)", r["rule"], r["wildcards"], r["error"][:200])
     for path in generations:
         p = Path(path)
         by[(p.parents[2].name, p.parent.name)] = io.read_jsonl(p)   # <arm>/seed<k>/<set>/generations.jsonl
@@ -78,10 +99,24 @@ def samples(config: JobConfig, generations: list[str], out: str, n: int) -> None
 
 @job("arms", "experiment", *EVAL_SETS)
 def aggregate(config: JobConfig, metric_paths: list[str], long_out: str, summary_out: str, md_out: str,
-              failures_out: str, agreement_out: str | None = None) -> None:
+              failures_out: str, agreement_out: str | None = None, failed_jobs_out: str | None = None) -> None:
+    """The tables over every finished (arm, seed); a failed one (mmie.failures) is a row of
+    ``failed_jobs_out`` and of the Markdown summary instead."""
+    import pandas as pd
+
+    from mmie import failures
     from mmie.config import set_names
     from mmie.report.aggregate import collect, judge_agreement, markdown, summarize, wide
 
+    metric_paths, failed = failures.split(list(metric_paths))
+    failed_jobs = pd.DataFrame(failed, columns=failures.FAILED_COLUMNS)
+    if failed:
+        log.error("%d (arm, seed) runs failed and are left out: %s", len(failed),
+                  "; ".join(f"{r['arm']} seed {r['seed']}: {r['rule']} {r['error'][:120]}" for r in failed))
+    if failed_jobs_out:
+        io.write_csv(failed_jobs_out, failed_jobs)
+    if not metric_paths:
+        raise ValueError(f"no metrics to aggregate: every (arm, seed) failed ({len(failed)} failed runs; see their logs)")
     long, fails = collect(list(metric_paths))
     if long.empty:
         raise ValueError("no metrics to aggregate: every metrics.json is empty")
@@ -89,7 +124,7 @@ def aggregate(config: JobConfig, metric_paths: list[str], long_out: str, summary
     io.write_csv(long_out, long)
     io.write_csv(summary_out, wide(summary))
     io.write_csv(failures_out, fails)
-    io.write_text(md_out, markdown(summary, fails, config["experiment"]))
+    io.write_text(md_out, markdown(summary, fails, config["experiment"], failed_jobs))
     if agreement_out:
         io.write_csv(agreement_out, judge_agreement(list(metric_paths)))
     log.info("aggregated %d rows from %d jobs; %d recorded failures", len(long), len(metric_paths), len(fails))

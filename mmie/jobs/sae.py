@@ -341,13 +341,22 @@ def sae_report(config: JobConfig, selection_path: str, quality: list[str], featu
         outputs: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
 
+    from mmie.failures import failure_figure, real
     from mmie.report.sae_report import features_table, plot_quality, plot_selection, plot_sweep, quality_table, sweep_table
 
     selection = io.read_json(selection_path)
+    # a failed layer (train_sae/select_features) or sweep is left out, and named in the log and the figure
+    quality, lost_q = real(list(quality))
+    features, lost_f = real(list(features))
+    sweeps, lost_s = real(list(sweeps))
+    for r in lost_q + lost_f + lost_s:
+        log.error("left out of the SAE report: %s %s failed: %s", r["rule"], r["wildcards"], r["error"])
     table = quality_table(quality)
     io.write_csv(outputs["table"], table)
     io.write_csv(outputs["features"], features_table(features))
-    for key, fig in (("layer_selection", plot_selection(selection)), ("sae_quality", plot_quality(table)),
-                     ("dose_response", plot_sweep(sweep_table(sweeps)))):
+    quality_fig = plot_quality(table) if quality else failure_figure("SAE quality", lost_q)
+    sweep_fig = plot_sweep(sweep_table(sweeps)) if sweeps else failure_figure("Dose-response", lost_s)
+    for key, fig in (("layer_selection", plot_selection(selection)), ("sae_quality", quality_fig),
+                     ("dose_response", sweep_fig)):
         io.save_figure(outputs[key], fig)
         plt.close(fig)

@@ -46,9 +46,15 @@ def wide(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([n, mean, sd], axis=1)[["n_seeds"] + cols].reset_index()
 
 
-def markdown(summary: pd.DataFrame, fails: pd.DataFrame, experiment: str) -> str:
+def markdown(summary: pd.DataFrame, fails: pd.DataFrame, experiment: str, failed_jobs: pd.DataFrame | None = None) -> str:
     lines = [f"# mmie summary: {experiment}", "",
              "Mean over seeds (± standard deviation over seeds). Per-prompt values are in each job's metrics.json.", ""]
+    if failed_jobs is not None and not failed_jobs.empty:
+        lines += ["## Failed runs (left out of every table below)", "", "| arm | seed | failed job | error | log |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r.arm} | {r.seed} | {r.rule} ({r.wildcards}) | {str(r.error).replace('|', '/')[:300]} | {r.log} |"
+                  for r in failed_jobs.itertuples()]
+        lines.append("")
     for metric in HEADLINE:
         sub = summary[summary["metric"] == metric]
         if sub.empty:

@@ -108,8 +108,13 @@ def demo_training(config: dict, inputs: dict):
 
 def training_curves(config: dict, inputs: dict):
     """Per trained arm: forget loss, retain KL and held-out retain perplexity / forget NLL by step."""
+    from mmie.failures import failure_figure, real
+
     frames = []
-    for ckpt in inputs["checkpoints"]:
+    checkpoints, lost = real(list(inputs["checkpoints"]))
+    if not checkpoints:
+        return failure_figure("Unlearning training curves", lost)
+    for ckpt in checkpoints:
         man = io.read_json(f"{ckpt}/manifest.json")
         df = pd.read_csv(f"{ckpt}/train_log.csv")
         df["arm"], df["seed"] = man["arm"], man["seed"]
@@ -123,7 +128,8 @@ def training_curves(config: dict, inputs: dict):
         sns.lineplot(data=sub, x="step", y=col, hue="arm", units="seed", estimator=None, ax=ax, marker="." if
                      col in ("retain_ppl", "forget_nll") else None)
         ax.set_ylabel(label)
-    fig.suptitle("Unlearning training curves (one line per seed)")
+    fig.suptitle("Unlearning training curves (one line per seed)" + (
+        f"; failed, not shown: {', '.join(sorted({r['wildcards'].get('arm', r['rule']) for r in lost}))}" if lost else ""))
     return fig
 
 

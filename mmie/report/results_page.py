@@ -205,7 +205,7 @@ def lid_quality(report: dict) -> list[str]:
 
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
          selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
-         forget_quality: dict | None = None) -> str:
+         forget_quality: dict | None = None, failed: list[dict] | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -219,8 +219,21 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
              f"passes exactly when its one-sided bound (level after {st['correction']} over the arm's gates, "
              f"alpha {st['alpha']}) clears the threshold. Forget-set perplexity under base (`gen_ppl_base`) is "
              f"computed on non-empty outputs; empty and repetitive outputs are gated (collapse is a failure).",
-             "", "## What happened", ""]
+             ""]
+    if failed:
+        lines += ["## Failed runs", "",
+                  f"{len(failed)} (arm, seed) run(s) failed and are left out of every estimate, gate and plot below "
+                  "(everything else is computed as without them). Fix the cause and run snakemake again: the failed "
+                  "job reruns, and so does what depends on it (summary/failed_jobs.csv).", "",
+                  "| arm | seed | failed job | error | log |", "|---|---|---|---|---|"]
+        lines += [f"| {r['arm']} | {r['seed']} | {r['rule']} ({r['wildcards']}) | {r['error'][:300].replace('|', '/')} "
+                  f"| {r['log']} |" for r in failed]
+        lines.append("")
+    lines += ["## What happened", ""]
     lines += [f"- {sentence(iv, a, decisions.get(a), target, retain, config['languages'])}" for a in arms]
+    lines += [f"- **{a}**: FAILED — no run finished ({decisions[a]['failed_runs'][0]['rule']}: "
+              f"{decisions[a]['failed_runs'][0]['error'][:200]})" for a in decisions
+              if not a.startswith("_") and decisions[a].get("decision") == "FAILED"]
     if selection is not None:
         lines += ["", "## Choices made on dev data", "", layer_choice(selection)]
     notes = [v["reason"] for v in (measurable or {}).values() if not v["measurable"]]

@@ -86,6 +86,8 @@ class Results:
 
     def __init__(self, paths: list[str]) -> None:
         self.by: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+        # (arm, seed) -> the recorded failure of that run (mmie.failures.split), named in missing-data reasons
+        self.failed: dict[tuple[str, int], dict] = {}
         for p in paths:
             self.add(io.read_json(p))
 
@@ -108,6 +110,9 @@ class Results:
         recs = self.by.get((arm, set_name), {})
         missing = [s for s in seeds if s not in recs]
         if missing:
+            lost = [self.failed[(arm, s)] for s in missing if (arm, s) in self.failed]
+            if lost:
+                return None, "; ".join(f"{arm} seed {r['seed']} failed ({r['rule']}: {r['error'][:200]})" for r in lost)
             return None, f"no metrics.json for {arm}/{set_name} seeds {missing}"
         for s in seeds:
             if metric in recs[s]["failures"]:
