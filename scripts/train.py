@@ -6,4 +6,5 @@ from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
 train.train(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), snakemake.params.model_dir,
-            list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None)
+            list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None,
+            snakemake.input.get("tuned") or None)

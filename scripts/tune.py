@@ -1,0 +1,9 @@
+from mmie.logs import setup
+
+setup(snakemake.log[0])
+from mmie.jobs import cfg_of, train  # noqa: E402
+from mmie.model.loading import setup_job  # noqa: E402
+
+setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
+train.tune(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.params.seed), snakemake.params.model_dir,
+           list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None)
