@@ -174,3 +174,24 @@ def test_a_tuned_arm_plans_one_tune_job_before_its_train_jobs(tmp_path):
     assert "input:" in train_job and "results/t/tune/lora.json" in train_job.split("output:")[0]
     res = dry_run(tmp_path / "plain", None)
     assert "tune" not in planned_jobs(res) and "rule tune:" not in res.stdout + res.stderr
+
+
+# ----------------------------------------------------------------------------- the results page
+def test_results_page_reports_the_grid_and_the_choice(demo_config):
+    import pandas as pd
+
+    from mmie.report import results_page
+
+    points = [{**point(1e-4, 1.0, 0.1, 1.01), "kept_step": 20, "within_budget": True},
+              {**point(1e-3, 1.0, 0.7, 1.15), "kept_step": 15, "within_budget": True},
+              {**point(3e-3, 1.0, None, None, "NoStateWithinBudget"), "within_budget": False}]
+    record = {"arm": "lora", "seed": 0, "rule": tuning.RULE, "points": points,
+              "chosen": {"lr": 1e-3, "retain_scale": 1.0}, "retain_scale_multiplies": ["train.retain_kl", "train.retain_nll"]}
+    iv = pd.DataFrame(columns=["arm", "set", "metric", "estimate", "ci_low", "ci_high"])
+    gates = pd.DataFrame(columns=["arm", "gate", "p_value"])
+    page = results_page.page(iv, gates, {}, ["base"], ["forget"], demo_config, None, tuning=[record])
+    assert "## Choices made on dev data" in page and tuning.RULE in page
+    assert "| lora | 0.001 | 1 | 15 | 1.150 | +0.700 | **chosen** |" in page
+    assert "| lora | 0.003 | 1 | — | — | — | over budget (NoStateWithinBudget) |" in page
+    assert "lora: train.retain_kl, train.retain_nll" in page
+    assert "Choices made on dev data" not in results_page.page(iv, gates, {}, ["base"], ["forget"], demo_config)
