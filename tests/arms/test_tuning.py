@@ -2,6 +2,7 @@
 config checks, a tiny-model tune job (its file, and that it reads no test or holdout text), a train job
 that takes the tuned values, and the workflow's plan with and without a grid."""
 import copy
+import csv
 import json
 import subprocess
 
@@ -141,6 +142,14 @@ def test_tune_job_writes_its_choice_from_dev_only_and_train_uses_it(tiny_lm, dem
     assert manifest["tuning"]["from"] == str(out) and manifest["tuning"]["tuned_at_seed"] == 0
     assert manifest["tuning"]["overrides"] == rec["chosen"]["settings"]
     assert manifest["tuning"]["configured"]["train.lr"] == 1e-3
+    # at the tuning seed, the train job is the chosen grid point's run: the same kept state and dev figures
+    ckpt0 = tmp_path / "results" / "checkpoints" / "lora" / "seed0"
+    train_job.train(config, "lora", 0, None, fit, str(ckpt0), None, str(out))
+    summary = json.loads((ckpt0 / "manifest.json").read_text())["summary"]
+    best = next(p for p in rec["points"] if (p["lr"], p["retain_scale"]) == (chosen["lr"], chosen["retain_scale"]))
+    log = {int(r["step"]): r for r in csv.DictReader((ckpt0 / "train_log.csv").open())}
+    assert summary["kept_step"] == best["kept_step"]
+    assert float(log[best["kept_step"]]["forget_nll"]) == pytest.approx(best["forget_nll"], rel=1e-12)
     # a tune file of another grid is refused
     stale = {**config, "arms": {"lora": {**config["arms"]["lora"],
                                          "train": {**train, "tune": {"lr": [1e-4, 1e-3]}}}}}
