@@ -1,4 +1,5 @@
-"""Job functions of rules/train.smk: train (one unlearning run of one trained arm and seed).
+"""Job functions of rules/train.smk: train (one unlearning run of one trained arm and seed), and of
+rules/tune.smk: tune (the arm's lr and retain scale chosen on dev data; it shares train's loading and loop).
 Rule scripts (scripts/*.py) only unpack ``snakemake`` and call these."""
 
 from __future__ import annotations
