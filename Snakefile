@@ -26,6 +26,7 @@ include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/sae.smk"
 include: "rules/train.smk"
+include: "rules/tune.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

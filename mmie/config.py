@@ -71,6 +71,11 @@ def arm_groups(config: dict) -> dict[str, list[str]]:
     }
 
 
+def tuned_arms(config: dict) -> list[str]:
+    """The trained arms with a ``train.tune`` grid (rule tune: one job each, before their train jobs)."""
+    return [a for a in arm_groups(config)["trained"] if (config["arms"][a].get("train") or {}).get("tune")]
+
+
 def oracle_arm(config: dict) -> str | None:
     """The arm whose method is ``oracle`` (the model that never learned the target language: the
     reference of membership inference), or None; ConfigError when several arms are oracles."""
@@ -209,6 +214,9 @@ def check_arm(config: dict, arm: str, spec: dict, workdir: Path) -> None:
         from mmie.arms import base_arm
 
         base_arm(config, arm)  # the arm it sits on must be a trained arm of this config
+    from mmie.arms.tuning import check as check_tuning
+
+    check_tuning(arm, spec)   # arms.<arm>.train.tune: a trained arm, a grid of at least two points
 
 
 def with_workflow_on_path(basedir: str) -> str:

@@ -211,6 +211,11 @@ def selection_if_read(wildcards):
     return selection_file() if wildcards.arm in LAYER_ARMS else []
 
 
+def tune_if_tuned(wildcards):
+    """The arm's tune result (rules/tune.smk), when its train block has a tune grid: every seed trains with its choice."""
+    return f"{R}/tune/{wildcards.arm}.json" if wildcards.arm in mcfg.tuned_arms(config) else []
+
+
 def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
     return {"model": model_dir(), "splits": mdata.split_files(f"{R}/data", ["forget", "retain"], ["dev"]),

@@ -165,6 +165,7 @@ rule stats:
         metrics=all_metrics,
         selection=layer_selection_if_used,
         lid=f"{R}/lid/lid_report.json",
+        tuning=expand(f"{R}/tune/{{arm}}.json", arm=mcfg.tuned_arms(config)),
     output:
         intervals=report(
             f"{R}/summary/intervals.csv",

@@ -7,6 +7,7 @@ rule train:
         model=model_dir,
         splits=SPLIT_FILES,
         selection=selection_if_read,
+        tuned=tune_if_tuned,
     output:
         directory(f"{R}/checkpoints/{{arm}}/seed{{seed}}"),
     wildcard_constraints:

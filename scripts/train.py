@@ -11,4 +11,5 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 with outcome(snakemake) as run:
     if run:
         train.train(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), snakemake.params.model_dir,
-                    list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None)
+                    list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None,
+                    snakemake.input.get("tuned") or None)

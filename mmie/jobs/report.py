@@ -16,10 +16,11 @@ log = logging.getLogger(__name__)
 @job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", *EVAL_SETS)
 def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
           decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None,
-          lid_report: str | None = None) -> None:
+          lid_report: str | None = None, tuning: list[str] | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
-    decisions.json's ``_choices``)."""
+    decisions.json's ``_choices``); ``tuning``: the tuned arms' tune files (rule tune), whose grids
+    and choices the page reports (and ``_choices.tuning``)."""
     import pandas as pd
 
     from mmie import failures
@@ -70,14 +71,23 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     chosen = io.read_json(selection) if selection else None
     choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
                                                       "stability_floor")}} if chosen else {}
+    tuned = [io.read_json(p) for p in tuning or []]
+    if tuned:
+        choices["tuning"] = {t["arm"]: {"lr": t["chosen"]["lr"], "retain_scale": t["chosen"]["retain_scale"],
+                                        "settings": t["chosen"]["settings"], "seed": t["seed"], "rule": t["rule"]}
+                             for t in tuned}
     quality = G.forget_quality(res, arms, grid, oracle_arm(config))
     io.write_json(decisions_out, {**decisions, "_choices": choices, "_measurable": measurable,
                                   "_forget_quality": quality,
                                   "_provenance": provenance.build(
-        config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
+        config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []) + list(tuning or []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
+<<<<<<< HEAD
                                                  io.read_json(lid_report) if lid_report else None, quality,
                                                  failed=failed))
+=======
+                                                 io.read_json(lid_report) if lid_report else None, quality, tuned))
+>>>>>>> h-tune
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

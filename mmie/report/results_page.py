@@ -182,6 +182,29 @@ def layer_choice(selection: dict) -> str:
     return text
 
 
+def tuning_section(tunings: list[dict]) -> list[str]:
+    """Markdown lines on the tuned arms (rule tune, mmie.arms.tuning): the rule, and per arm every grid
+    point's dev figures with the chosen one marked. Empty when no arm was tuned."""
+    if not tunings:
+        return []
+    lines = ["", f"Trained arms tuned on dev data at seed {tunings[0]['seed']} (the choice is used for every seed). "
+                 f"Rule: {tunings[0]['rule']}.", "",
+             "| arm | lr | retain scale | kept step | dev retain ppl / base | forget dev NLL increase | chosen |",
+             "|---|---|---|---|---|---|---|"]
+    for t in tunings:
+        chosen = (t["chosen"]["lr"], t["chosen"]["retain_scale"])
+        for p in t["points"]:
+            ratio = "—" if p.get("retain_ppl_ratio") is None else f"{p['retain_ppl_ratio']:.3f}"
+            gain = "—" if p.get("forget_nll_increase") is None else f"{p['forget_nll_increase']:+.3f}"
+            mark = "**chosen**" if (p["lr"], p["retain_scale"]) == chosen else (
+                "" if p.get("within_budget") else f"over budget ({p['status']})" if p["status"] != "ok" else "over budget")
+            lines.append(f"| {t['arm']} | {p['lr']:g} | {p['retain_scale']:g} | {p.get('kept_step', '—')} | {ratio} | "
+                         f"{gain} | {mark} |")
+    lines += ["", "Retain scale multiplies the arm's retain-term weights (" + "; ".join(
+        f"{t['arm']}: {', '.join(t['retain_scale_multiplies'])}" for t in tunings) + ")."]
+    return lines
+
+
 def lid_quality(report: dict) -> list[str]:
     """Lines on the LID's own quality: per-label precision and recall on the hand-labelled check set
     and, when given, on hand-labelled generations (``lid/lid_report.json``)."""
@@ -205,7 +228,11 @@ def lid_quality(report: dict) -> list[str]:
 
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
          selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
+<<<<<<< HEAD
          forget_quality: dict | None = None, failed: list[dict] | None = None) -> str:
+=======
+         forget_quality: dict | None = None, tuning: list[dict] | None = None) -> str:
+>>>>>>> h-tune
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -231,11 +258,17 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
         lines.append("")
     lines += ["## What happened", ""]
     lines += [f"- {sentence(iv, a, decisions.get(a), target, retain, config['languages'])}" for a in arms]
+<<<<<<< HEAD
     lines += [f"- **{a}**: FAILED — no run finished ({decisions[a]['failed_runs'][0]['rule']}: "
               f"{decisions[a]['failed_runs'][0]['error'][:200]})" for a in decisions
               if not a.startswith("_") and decisions[a].get("decision") == "FAILED"]
     if selection is not None:
         lines += ["", "## Choices made on dev data", "", layer_choice(selection)]
+=======
+    if selection is not None or tuning:
+        lines += ["", "## Choices made on dev data"] + (["", layer_choice(selection)] if selection is not None else [])
+        lines += tuning_section(tuning or [])
+>>>>>>> h-tune
     notes = [v["reason"] for v in (measurable or {}).values() if not v["measurable"]]
     if notes:
         lines += ["", "## Capabilities base does not show", ""] + [f"- {n}: not gated, and a low value of an "

@@ -234,6 +234,7 @@ def test_gemma_cpu_profile_plans_its_reduced_grid_alone(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = planned_jobs(res)
     assert jobs["evaluate"] == 4 and jobs["train"] == 2, jobs   # lora and reft, one seed
+    assert jobs["tune"] == 2, jobs   # both choose lr (and reft a retain scale) on dev data first
 
 
 # ----------------------------------------------------------------------------- the default workflow profile

@@ -1,0 +1,42 @@
+# Per-study tuning on dev data (docs/method.md §6 "Tuning"): one job per trained arm with a train.tune grid,
+# at the study's first seed. Each grid point is trained on the forget/retain train texts and scored on
+# their dev texts only (FIT_FILES: never test or holdout); the chosen lr and retain scale feed every
+# seed's train job of the arm (rules/train.smk, tune_if_tuned).
+TUNED_ARMS = mcfg.tuned_arms(config)
+
+
+def tune_runtime(wildcards, attempt):
+    """A tune job's wall-clock limit in minutes (SLURM): one train job's per grid point, times the attempt."""
+    from mmie.arms import tuning, resolve_spec
+
+    points = len(tuning.grid(resolve_spec(config["arms"][wildcards.arm])))
+    return method_of(wildcards.arm).train_minutes * points * attempt
+
+
+rule tune:
+    input:
+        model=model_dir,
+        splits=FIT_FILES,
+        selection=selection_if_read,
+    output:
+        f"{R}/tune/{{arm}}.json",
+    wildcard_constraints:
+        arm=arm_regex(TUNED_ARMS),
+    log:
+        f"{R}/logs/tune/{{arm}}.log",
+    benchmark:
+        f"{R}/benchmarks/tune/{{arm}}.tsv"
+    threads: TORCH_THREADS
+    resources:
+        mem_mb=gpu_mem,
+        gpu=1,
+        runtime=tune_runtime,
+    params:
+        failed=failure_token("tune"),
+        settings=job_settings("tune"),
+        model_dir=model_dir_param,
+        seed=SEEDS[0],
+    conda:
+        "../envs/mmie.yaml"
+    script:
+        "../scripts/tune.py"
