@@ -71,7 +71,7 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     chosen = io.read_json(selection) if selection else None
     choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
                                                       "stability_floor")}} if chosen else {}
-    tuned = [io.read_json(p) for p in tuning or []]
+    tuned = [io.read_json(p) for p in failures.real(list(tuning or []))[0]]   # a failed tune job: its arm FAILED
     if tuned:
         choices["tuning"] = {t["arm"]: {"lr": t["chosen"]["lr"], "retain_scale": t["chosen"]["retain_scale"],
                                         "settings": t["chosen"]["settings"], "seed": t["seed"], "rule": t["rule"]}
@@ -82,12 +82,8 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
                                   "_provenance": provenance.build(
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []) + list(tuning or []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
-<<<<<<< HEAD
-                                                 io.read_json(lid_report) if lid_report else None, quality,
+                                                 io.read_json(lid_report) if lid_report else None, quality, tuned,
                                                  failed=failed))
-=======
-                                                 io.read_json(lid_report) if lid_report else None, quality, tuned))
->>>>>>> h-tune
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

@@ -228,11 +228,8 @@ def lid_quality(report: dict) -> list[str]:
 
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
          selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
-<<<<<<< HEAD
-         forget_quality: dict | None = None, failed: list[dict] | None = None) -> str:
-=======
-         forget_quality: dict | None = None, tuning: list[dict] | None = None) -> str:
->>>>>>> h-tune
+         forget_quality: dict | None = None, tuning: list[dict] | None = None,
+         failed: list[dict] | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -258,17 +255,12 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
         lines.append("")
     lines += ["## What happened", ""]
     lines += [f"- {sentence(iv, a, decisions.get(a), target, retain, config['languages'])}" for a in arms]
-<<<<<<< HEAD
     lines += [f"- **{a}**: FAILED — no run finished ({decisions[a]['failed_runs'][0]['rule']}: "
               f"{decisions[a]['failed_runs'][0]['error'][:200]})" for a in decisions
               if not a.startswith("_") and decisions[a].get("decision") == "FAILED"]
-    if selection is not None:
-        lines += ["", "## Choices made on dev data", "", layer_choice(selection)]
-=======
     if selection is not None or tuning:
         lines += ["", "## Choices made on dev data"] + (["", layer_choice(selection)] if selection is not None else [])
         lines += tuning_section(tuning or [])
->>>>>>> h-tune
     notes = [v["reason"] for v in (measurable or {}).values() if not v["measurable"]]
     if notes:
         lines += ["", "## Capabilities base does not show", ""] + [f"- {n}: not gated, and a low value of an "
