@@ -284,3 +284,15 @@ PLOTS = PLOT_RULE_FIGURES + (
 def plot_inputs(wildcards):
     return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json",
             "intervals": f"{R}/summary/intervals.csv"}
+
+
+# per-study tuning (rules/tune.smk)
+TUNED_ARMS = mcfg.tuned_arms(config)
+
+
+def tune_runtime(wildcards, attempt):
+    """A tune job's wall-clock limit in minutes (SLURM): one train job's per grid point, times the attempt."""
+    from mmie.arms import tuning, resolve_spec
+
+    points = len(tuning.grid(resolve_spec(config["arms"][wildcards.arm])))
+    return method_of(wildcards.arm).train_minutes * points * attempt

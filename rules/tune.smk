@@ -2,17 +2,6 @@
 # at the study's first seed. Each grid point is trained on the forget/retain train texts and scored on
 # their dev texts only (FIT_FILES: never test or holdout); the chosen lr and retain scale feed every
 # seed's train job of the arm (rules/train.smk, tune_if_tuned).
-TUNED_ARMS = mcfg.tuned_arms(config)
-
-
-def tune_runtime(wildcards, attempt):
-    """A tune job's wall-clock limit in minutes (SLURM): one train job's per grid point, times the attempt."""
-    from mmie.arms import tuning, resolve_spec
-
-    points = len(tuning.grid(resolve_spec(config["arms"][wildcards.arm])))
-    return method_of(wildcards.arm).train_minutes * points * attempt
-
-
 rule tune:
     input:
         model=model_dir,

@@ -26,7 +26,8 @@ def here(tmp_path, monkeypatch):
     return tmp_path
 
 
-def fail(snakemake, exc=ValueError("retain perplexity over budget: lower train.lr")):
+def fail(snakemake, exc=None):
+    exc = exc or ValueError("retain perplexity over budget: lower train.lr")
     ran = []
     with F.outcome(snakemake) as run:
         if run:
