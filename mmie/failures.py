@@ -101,10 +101,12 @@ def _flat(items) -> list[str]:
 
 
 def _directories(snakemake) -> set[str]:
-    """The rule's ``directory()`` outputs (Snakemake keeps the flag on each output string)."""
+    """The rule's ``directory()`` outputs. A rule script's ``snakemake.output`` holds plain strings (the
+    flags are gone), so an output without a file suffix counts as a directory: mmie's folder outputs
+    (checkpoints/<arm>/seed<k>, sae/layer<l>, model, oracle_model) have none, its files all have one."""
     from snakemake.io import is_flagged
 
-    return {str(o) for o in snakemake.output if is_flagged(o, "directory")}
+    return {str(o) for o in _flat(list(snakemake.output)) if is_flagged(o, "directory") or not Path(o).suffix}
 
 
 def _is_memory_error(exc: BaseException) -> bool:

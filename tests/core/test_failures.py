@@ -107,3 +107,11 @@ def test_fault_injection_names_exactly_one_job(here, monkeypatch):
         ran.append(run)
     assert ran == [False]     # the injected fault fires before the work runs
     assert F.stub_of(here / "results/x/checkpoints/lora/seed0")["error"].startswith("FaultInjected")
+
+
+def test_a_rule_scripts_plain_output_strings_keep_folders_folders(here):
+    """In a rule script the directory() flag is gone: a suffix-less output is still written as a folder."""
+    sm = job(here, outputs=["results/x/checkpoints/lora/seed0", "results/x/tune/lora.json"])
+    fail(sm)
+    assert (here / "results/x/checkpoints/lora/seed0" / F.DIR_MARKER).is_file()
+    assert F.stub_of(here / "results/x/tune/lora.json")["rule"] == "train"
