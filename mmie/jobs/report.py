@@ -16,10 +16,11 @@ log = logging.getLogger(__name__)
 @job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", *EVAL_SETS)
 def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
           decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None,
-          lid_report: str | None = None) -> None:
+          lid_report: str | None = None, features: list[str] | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
-    decisions.json's ``_choices``)."""
+    decisions.json's ``_choices``); ``features``: each selected layer's features file, whose number of
+    latents (requested, used, what limited it) the page explains and ``_choices`` records."""
     import pandas as pd
 
     from mmie.config import arm_seeds, is_seeded, oracle_arm, set_names, unevaluated_reason
@@ -54,13 +55,17 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     chosen = io.read_json(selection) if selection else None
     choices = {"layers": {k: chosen.get(k) for k in ("layers", "forced", "frequency", "margin", "tie", "stable",
                                                       "stability_floor")}} if chosen else {}
+    feats = [io.read_json(p) for p in features or []]
+    if feats:
+        choices["n_features"] = {str(f["layer"]): f.get("n_features") for f in feats}
     quality = G.forget_quality(res, arms, grid, oracle_arm(config))
     io.write_json(decisions_out, {**decisions, "_choices": choices, "_measurable": measurable,
                                   "_forget_quality": quality,
                                   "_provenance": provenance.build(
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
-                                                 io.read_json(lid_report) if lid_report else None, quality))
+                                                 io.read_json(lid_report) if lid_report else None, quality,
+                                                 features=feats))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

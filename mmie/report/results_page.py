@@ -179,6 +179,15 @@ def layer_choice(selection: dict) -> str:
     return text
 
 
+def feature_choice(features: list[dict]) -> list[str]:
+    """One line per layer on how many latents the SAE gate took and why (derived at select_features:
+    fewer than features.n_features when fewer pass the filters or the random control could not match more)."""
+    from mmie.sae.features import explain_n_features
+
+    return [f"- **SAE gate, layer {f['layer']}** ({f['method']} selection): {explain_n_features(f['n_features'])}."
+            for f in sorted(features, key=lambda f: int(f["layer"])) if f.get("n_features")]
+
+
 def lid_quality(report: dict) -> list[str]:
     """Lines on the LID's own quality: per-label precision and recall on the hand-labelled check set
     and, when given, on hand-labelled generations (``lid/lid_report.json``)."""
@@ -202,7 +211,7 @@ def lid_quality(report: dict) -> list[str]:
 
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
          selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
-         forget_quality: dict | None = None) -> str:
+         forget_quality: dict | None = None, features: list[dict] | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -219,7 +228,7 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
              "", "## What happened", ""]
     lines += [f"- {sentence(iv, a, decisions.get(a), target, retain, config['languages'])}" for a in arms]
     if selection is not None:
-        lines += ["", "## Choices made on dev data", "", layer_choice(selection)]
+        lines += ["", "## Choices made on dev data", "", layer_choice(selection)] + feature_choice(features or [])
     notes = [v["reason"] for v in (measurable or {}).values() if not v["measurable"]]
     if notes:
         lines += ["", "## Capabilities base does not show", ""] + [f"- {n}: not gated, and a low value of an "
