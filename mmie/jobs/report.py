@@ -23,7 +23,7 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     latents (requested, used, what limited it) the page explains and ``_choices`` records."""
     import pandas as pd
 
-    from mmie.config import arm_seeds, is_seeded, oracle_arm, set_names, unevaluated_reason
+    from mmie.config import arm_seeds, gates_not_configured, is_seeded, oracle_arm, set_names, unevaluated_reason
     from mmie.report import results_page
     from mmie.stats import gates as G
 
@@ -35,11 +35,12 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     cfg = config["stats"]
     iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded),
                       columns=["arm", "set", "metric", *G.INTERVAL_COLUMNS, "n_seeds", "seeded", "n_prompts"])
-    # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated"
+    # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated",
+    # except a default gate on a set the study does not configure ("not configured", not in the decision)
     gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
     reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
     rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded,
-                               oracle=oracle_arm(config))
+                               oracle=oracle_arm(config), not_configured=gates_not_configured(config))
     columns = ["arm", "gate", "metric", "set", "value", "threshold", "ci_low", "ci_high", "p_adjusted", "passed",
                "reason", "verdict", "direction", "relative", "factor", "floor", "reference", "base", "margin",
                "ci_level", "gate_alpha", "p_value", "correction", "n_seeds", "seeded", "base_n_seeds", "n_prompts"]

@@ -260,7 +260,8 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in gates.itertuples(index=False):
         if r.p_value is None or pd.isna(r.p_value):
-            lines.append(f"| {r.arm} | {r.gate} | — | — | {r.reference} | — | — | — | — | missing: {r.reason} |")
+            what = "not configured" if r.verdict == "not_configured" else "missing"
+            lines.append(f"| {r.arm} | {r.gate} | — | — | {r.reference} | — | — | — | — | {what}: {r.reason} |")
         else:
             verdict = "pass" if r.passed else f"{r.verdict.replace('_', ' ')}: {r.reason}"
             lines.append(f"| {r.arm} | {r.gate} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.reference} "
