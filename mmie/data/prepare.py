@@ -113,16 +113,16 @@ def _load_role(config: dict, role: str, path: str, script: str | None) -> tuple[
 
 
 def _derive_romanized(forget: dict[str, list[str]], retain: list[str], scheme: str,
-                      cross_role: dict[str, int]) -> tuple[dict[str, list[str]], RoleReport]:
+                      cross_role: dict[str, int], script: str = "devanagari") -> tuple[dict[str, list[str]], RoleReport]:
     """Romanized parts transliterated from the forget parts (part for part, so romanized/test comes
     from forget/test); duplicates and texts equal to a retain text are removed and counted."""
-    rep = RoleReport(role="forget_romanized", path=f"derived: forget/<split> transliterated ({scheme})")
+    rep = RoleReport(role="forget_romanized", path=f"derived: forget/<split> transliterated ({script}, {scheme})")
     retain_keys = {dedup_key(t) for t in retain}
     seen: set[str] = set()
     parts: dict[str, list[str]] = {}
     for part in SPLITS:
         parts[part] = []
-        for t in (romanize(x, scheme) for x in forget[part]):
+        for t in (romanize(x, scheme, script) for x in forget[part]):
             rep.records += 1
             key = dedup_key(t)
             if key in retain_keys:
@@ -182,7 +182,7 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
         splits[role] = split_texts(texts[role], data["split"], seed, role)
     if romanized_derived:
         splits["forget_romanized"], reports["forget_romanized"] = _derive_romanized(
-            splits["forget"], texts["retain"], config["lid"]["romanization"], cross_role)
+            splits["forget"], texts["retain"], config["lid"]["romanization"], cross_role, lang["target"]["script"])
     for role, parts in splits.items():
         texts[role] = [t for part in SPLITS for t in parts[part]]
 

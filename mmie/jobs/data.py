@@ -80,7 +80,7 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
     languages = cfg["languages"]
     target, retain = languages["target"]["code"], languages["retain"]["code"]
     neighbours = list(languages.get("neighbours", {}))
-    scheme = cfg["lid"]["romanization"]
+    scheme, script = cfg["lid"]["romanization"], languages["target"]["script"]
     derived = set_is_derived(prepare_report)
     train = {target: read("forget", "train"), retain: read("retain", "train"),
              **{code: read(f"neighbour_{code}", "train") for code in neighbours}}
@@ -111,12 +111,12 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
             "train": {"romanized_target": len(train[target]) + len(natural_train), "retain": len(train[retain]),
                       "noise_synthetic": len(train[retain]), "scheme": scheme},
             "dev_accuracy": {
-                "transliterated_forget_dev": acc([romanize(t, scheme) for t in forget_dev], True),
+                "transliterated_forget_dev": acc([romanize(t, scheme, script) for t in forget_dev], True),
                 "natural_romanized_dev": None if derived else acc(natural_rom, True),
                 "retain_dev": acc(retain_dev, False)},
         },
         "lexicons": detector.lexicon_sources,
-        "ensemble_on_dev": confusion(lid, [{"text": romanize(t, scheme), "label": target_rom} for t in forget_dev]
+        "ensemble_on_dev": confusion(lid, [{"text": romanize(t, scheme, script), "label": target_rom} for t in forget_dev]
                                      + [{"text": t, "label": retain} for t in retain_dev]),
         "lid_check": confusion(lid, check_items) if check_items else None,
         "lid_audit": ({"path": str(audit_path), **confusion(lid, audit_items)} if audit_items else None),

@@ -221,19 +221,20 @@ def fit_detector(lid_cfg: dict, languages: dict, train: dict[str, list[str]],
     from mmie.lang.translit import romanize
 
     target, retain = languages["target"]["code"], languages["retain"]["code"]
-    scheme = lid_cfg["romanization"]
+    scheme, script = lid_cfg["romanization"], languages["target"]["script"]
     missing = [c for c in language_scripts(languages) if not train.get(c)]
     if missing:
         raise LIDError(f"fit_detector: no train texts for {missing}")
     texts = dict(train)
-    texts[f"{target}_rom"] = [romanize(t, scheme) for t in train[target]] + list(romanized_train)
+    texts[f"{target}_rom"] = [romanize(t, scheme, script) for t in train[target]] + list(romanized_train)
     lex_cfg = lid_cfg["lexicon"]
     lexicons: dict[str, set[str]] = {}
     sources: dict[str, dict] = {}
     for label, ts in texts.items():
         words = {w for t in ts for w in lexical_tokens(t)}
         if label == f"{target}_rom":
-            words |= {w for t in romanized_words(sorted({w for t in train[target] for w in lexical_tokens(t)}), scheme)
+            words |= {w for t in romanized_words(sorted({w for t in train[target] for w in lexical_tokens(t)}), scheme,
+                                                 script)
                       for w in lexical_tokens(t)}
         lexicons[label] = words
         sources[label] = {"train_texts": len(ts), "train_words": len(words), "general": None}
@@ -244,22 +245,22 @@ def fit_detector(lid_cfg: dict, languages: dict, train: dict[str, list[str]],
                 continue
             labels = [code] + ([f"{target}_rom"] if code == target else [])
             for label in labels:
-                ws = general if label == code else romanized_words(general, scheme)
+                ws = general if label == code else romanized_words(general, scheme, script)
                 words = {t for w in ws for t in lexical_tokens(w)}
                 lexicons[label] |= words
                 sources[label]["general"] = {"source": "wordfreq", "top_n": lex_cfg["top_n"], "words": len(words)}
     return RomanizedDetector.train(texts[f"{target}_rom"], texts[retain], lexicons=lexicons, lexicon_sources=sources)
 
 
-def romanized_words(words: Iterable[str], scheme: str) -> list[str]:
-    """Each target-script word in ``scheme`` and, for ``iast_plain``, its informal spellings
+def romanized_words(words: Iterable[str], scheme: str, script: str = "devanagari") -> list[str]:
+    """Each target-script word in ``scheme`` and, for ``iast_plain`` in Devanagari, its informal spellings
     (``mmie.lang.translit.typed_variants``)."""
     from mmie.lang.translit import romanize, typed_variants
 
     out = []
     for w in words:
-        out.append(romanize(w, scheme))
-        if scheme == "iast_plain":
+        out.append(romanize(w, scheme, script))
+        if scheme == "iast_plain" and script == "devanagari":
             out.extend(typed_variants(w))
     return out
 

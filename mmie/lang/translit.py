@@ -1,5 +1,11 @@
-"""Devanagari → Latin transliteration (docs/method.md §4), used both to derive romanized evaluation prompts
+"""Target script → Latin transliteration (docs/method.md §4), used both to derive romanized evaluation prompts
 and to train the romanized-target detector, so the detector understands exactly this output.
+
+The target language's script decides what is transliterated (``romanize(..., script=...)``): Devanagari
+(the default), Gurmukhi, Bengali and Gujarati through indic-transliteration in the scheme below; a
+script it has no scheme for (Arabic for Urdu, Cyrillic, Greek, Han) through uroman (lowercase, the
+scheme does not apply; Urdu comes out without short vowels, "mjhye tchaye", as informal romanized
+Urdu often is). Only runs of that script change; other text is left as is.
 
 Scheme ``iast_plain`` (default): indic-transliteration's IAST, then the way people type Hindi in
 Latin script — diacritics stripped, anusvara/candrabindu as "n", word-final inherent schwa dropped
@@ -15,6 +21,29 @@ from indic_transliteration import sanscript
 
 SCHEMES = {"iast_plain": sanscript.IAST, "iast": sanscript.IAST, "itrans": sanscript.ITRANS, "hk": sanscript.HK}
 _DEVANAGARI_RUN = re.compile(r"[\u0900-\u097F\uA8E0-\uA8FF]+")
+# script -> (indic-transliteration scheme name, runs of the script); danda and double danda are read as "."
+INDIC = {"devanagari": (sanscript.DEVANAGARI, _DEVANAGARI_RUN),
+         "gurmukhi": (sanscript.GURMUKHI, re.compile(r"[\u0A00-\u0A7F]+")),
+         "bengali": (sanscript.BENGALI, re.compile(r"[\u0980-\u09FF]+")),
+         "gujarati": (sanscript.GUJARATI, re.compile(r"[\u0A80-\u0AFF]+"))}
+UROMAN = {"arabic": (r"[\u0600-\u06FF\u0750-\u077F\uFB50-\uFDFF\uFE70-\uFEFF]+", "urd"),
+          "cyrillic": (r"[\u0400-\u04FF]+", None), "greek": (r"[\u0370-\u03FF]+", None),
+          "han": (r"[\u4E00-\u9FFF\u3400-\u4DBF]+", None)}
+_uroman = None
+
+
+def romanizable(script: str) -> bool:
+    """Whether ``romanize`` can transliterate text of ``script`` into Latin letters."""
+    return script in INDIC or script in UROMAN
+
+
+def _uroman_run(text: str, lcode: str | None) -> str:
+    global _uroman
+    if _uroman is None:
+        import uroman
+
+        _uroman = uroman.Uroman()
+    return _uroman.romanize_string(text, lcode=lcode).lower()
 
 
 def _plain_word(word: str) -> str:
@@ -29,20 +58,30 @@ def _plain_word(word: str) -> str:
     return word.lower()
 
 
-def romanize(text: str, scheme: str = "iast_plain") -> str:
-    """Transliterate every Devanagari run in ``text`` to Latin script; other text is left as is."""
+def romanize(text: str, scheme: str = "iast_plain", script: str = "devanagari") -> str:
+    """Transliterate every run of ``script`` (the target language's) in ``text`` to Latin script; other
+    text is left as is. A script ``romanizable`` does not know is a ValueError."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown romanization scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
+    if script == "latin":   # already Latin: nothing to transliterate
+        return text
+    if script in UROMAN:
+        pattern, lcode = UROMAN[script]
+        return re.sub(pattern, lambda m: _uroman_run(m.group(0), lcode), text)
+    if script not in INDIC:
+        raise ValueError(f"no transliteration from {script!r} to Latin script; give the romanized target texts "
+                         f"(data.forget_romanized)")
+    source, runs = INDIC[script]
     target = SCHEMES[scheme]
 
     def convert(m: re.Match) -> str:
-        out = sanscript.transliterate(m.group(0), sanscript.DEVANAGARI, target)
+        out = sanscript.transliterate(m.group(0), source, target)
         if scheme == "iast_plain":
             out = _plain_word(out)
         return out
 
     text = text.replace("\u0964", ".").replace("\u0965", ".")
-    return _DEVANAGARI_RUN.sub(convert, text)
+    return runs.sub(convert, text)
 
 
 _TYPED = (("ch", "\x00"), ("c", "ch"), ("\x00", "chh"), ("ś", "sh"), ("ṣ", "sh"), ("ṛ", "ri"), ("ṃ", "n"), ("ṁ", "n"),

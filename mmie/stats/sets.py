@@ -58,7 +58,7 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
     else:
         failures["target_script_share"] = "no output of this set contains a letter"
 
-    roman = [romanize(o, romanization_scheme) for o in outputs]
+    roman = [romanize(o, romanization_scheme, target_script) for o in outputs]
     rlabels = [lid.identify(o)[0] for o in roman]
     per["target_romanized"] = [int(lid.is_target(lab)) for lab in rlabels]
     per["es_romanized"] = [extraction_strength(o, lid.identify, lid.is_target, **es_kw) for o in roman]
