@@ -101,9 +101,32 @@ def unevaluated_reason(config: dict, set_name: str) -> str:
     return why.get(set_name, f"no evaluation set named {set_name!r} is configured")
 
 
+def default_gates() -> list[dict]:
+    """The gates config/schema.yaml fills in when a config sets no ``gates``."""
+    import yaml
+
+    with open(SCHEMA, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)["properties"]["gates"]["default"]
+
+
+def gates_not_configured(config: dict) -> dict[str, str]:
+    """Default gates follow the configured sets: a gate of the schema's defaults (same name, metric and
+    set) on a set this study does not configure (no data.mixed, no neighbours, ...) is not part of the
+    study — gate name -> why, reported as "not configured" and left out of the decision. A gate the
+    config writes itself on such a set is different: it fails as "not evaluated" (``stats.gates.decide``)."""
+    sets = set(set_names(config))
+    if config["languages"].get("neighbours"):
+        sets.add("neighbours")
+    defaults = {(g["name"], g["metric"], g["set"]) for g in default_gates()}
+    return {g["name"]: f"{unevaluated_reason(config, g['set'])}; the default gate {g['name']!r} "
+                       f"follows the configured sets"
+            for g in config.get("gates", []) if g["set"] not in sets and (g["name"], g["metric"], g["set"]) in defaults}
+
+
 def check_gates(config: dict) -> None:
     """Every gate names a known set and a metric that exists on it; names are unique. A gate on a set
-    this run does not evaluate is allowed here and fails at the statistics step as "not evaluated"."""
+    this run does not evaluate is allowed here and fails at the statistics step as "not evaluated" (a
+    default gate on such a set is "not configured" there instead: ``gates_not_configured``)."""
     from mmie.stats.gates import METRIC_SET_KINDS, gateable
 
     lang = config["languages"]
@@ -171,6 +194,12 @@ def check(config: dict, workdir: str | Path = ".") -> None:
         key = f"data.neighbours.{role[len('neighbour_'):]}" if role.startswith("neighbour_") else f"data.{role}"
         if not (workdir / path).is_file():
             raise ConfigError(f"{key}: file not found: {path} (relative paths are relative to the working directory, snakemake -d)")
+    from mmie.lang.translit import romanizable
+
+    script = lang["target"]["script"]
+    if not config["data"].get("forget_romanized") and not romanizable(script):
+        raise ConfigError(f"languages.target.script is {script!r}: the romanized evaluation set cannot be derived by "
+                          f"transliteration; give romanized target texts in data.forget_romanized")
     split = config["data"]["split"]
     total = split["train"] + split["dev"] + split["test"] + split["holdout"]
     if abs(total - 1.0) > 1e-6:

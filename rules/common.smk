@@ -153,6 +153,12 @@ def layer_selection_if_used(wildcards=None):
     return selection_file() if LAYER_ARMS else []
 
 
+def features_if_used(wildcards=None):
+    """Each selected layer's features file when some arm gates with an SAE (the results page explains
+    how many latents the gate took), else nothing."""
+    return expand(f"{R}/sae/features/layer{{layer}}.json", layer=selected_layers()) if GATE_ARMS else []
+
+
 def selection_file(wildcards=None):
     return f"{R}/layers/selection.json"
 

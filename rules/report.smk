@@ -164,6 +164,7 @@ rule stats:
     input:
         metrics=all_metrics,
         selection=layer_selection_if_used,
+        features=features_if_used,
         lid=f"{R}/lid/lid_report.json",
         tuning=expand(f"{R}/tune/{{arm}}.json", arm=mcfg.tuned_arms(config)),
     output:

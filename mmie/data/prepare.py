@@ -182,8 +182,7 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
         splits[role] = split_texts(texts[role], data["split"], seed, role)
     if romanized_derived:
         splits["forget_romanized"], reports["forget_romanized"] = _derive_romanized(
-            splits["forget"], texts["retain"], config["lid"]["romanization"], cross_role,
-            config["languages"]["target"]["script"])
+            splits["forget"], texts["retain"], config["lid"]["romanization"], cross_role, lang["target"]["script"])
     for role, parts in splits.items():
         texts[role] = [t for part in SPLITS for t in parts[part]]
 

@@ -80,7 +80,7 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
     languages = cfg["languages"]
     target, retain = languages["target"]["code"], languages["retain"]["code"]
     neighbours = list(languages.get("neighbours", {}))
-    scheme = cfg["lid"]["romanization"]
+    scheme, script = cfg["lid"]["romanization"], languages["target"]["script"]
     derived = set_is_derived(prepare_report)
     train = {target: read("forget", "train"), retain: read("retain", "train"),
              **{code: read(f"neighbour_{code}", "train") for code in neighbours}}
@@ -97,6 +97,13 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
     target_rom = f"{target}_rom"
     script = languages["target"]["script"]
     check_items = io.read_jsonl(lid_check)
+    # a shared check set (the demo's labels hi, en, ur, pa, bn, hi_rom) serves every study: items of a label
+    # this study's LID cannot give (hi_rom when pa is the target) are left out, and counted
+    foreign = sorted({it["label"] for it in check_items} - set(lid.labels))
+    check_dropped = {lab: sum(it["label"] == lab for it in check_items) for lab in foreign}
+    check_items = [it for it in check_items if it["label"] in lid.labels]
+    if check_dropped:
+        log.info("lid_check: left out %s (labels this study's LID does not have)", check_dropped)
     audit_path = cfg["data"]["lid_audit"]
     if bool(audit_path) != bool(lid_audit):
         raise ValueError(f"fit_lid: data.lid_audit is {audit_path!r} but the rule passed {lid_audit!r} "
@@ -119,7 +126,7 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
         "lexicons": detector.lexicon_sources,
         "ensemble_on_dev": confusion(lid, [{"text": romanize(t, scheme, script), "label": target_rom} for t in forget_dev]
                                      + [{"text": t, "label": retain} for t in retain_dev]),
-        "lid_check": confusion(lid, check_items) if check_items else None,
+        "lid_check": ({**confusion(lid, check_items), "left_out_labels": check_dropped} if check_items else None),
         "lid_audit": ({"path": str(audit_path), **confusion(lid, audit_items)} if audit_items else None),
         "lid": lid.describe(),
         "provenance": provenance.build(cfg, rule="fit_lid", texts=used,

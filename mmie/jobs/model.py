@@ -32,7 +32,8 @@ def build_demo_model(cfg: JobConfig, splits, lid_detector: str, out_dir: str, re
             for role in ("forget", "retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {})))}
     train_texts = [t for texts in used.values() for t in texts]
     if cfg["include_romanized"]:
-        train_texts += [romanize(t, config["lid"]["romanization"], config["languages"]["target"]["script"]) for t in used["forget/train"]]
+        script = config["languages"]["target"]["script"]
+        train_texts += [romanize(t, config["lid"]["romanization"], script) for t in used["forget/train"]]
     target, retain = config["languages"]["target"]["code"], config["languages"]["retain"]["code"]
     heldout = {target: texts_of("forget", "dev"), retain: texts_of("retain", "dev")}
     used.update({"forget/dev": heldout[target], "retain/dev": heldout[retain]})

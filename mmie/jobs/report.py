@@ -16,15 +16,18 @@ log = logging.getLogger(__name__)
 @job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", *EVAL_SETS)
 def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
           decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None,
-          lid_report: str | None = None, tuning: list[str] | None = None) -> None:
+          lid_report: str | None = None, tuning: list[str] | None = None,
+          features: list[str] | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
     decisions.json's ``_choices``); ``tuning``: the tuned arms' tune files (rule tune), whose grids
-    and choices the page reports (and ``_choices.tuning``)."""
+    and choices the page reports (and ``_choices.tuning``); ``features``: each selected layer's features
+    file, whose number of latents (requested, used, what limited it) the page explains and ``_choices``
+    records."""
     import pandas as pd
 
     from mmie import failures
-    from mmie.config import arm_seeds, is_seeded, oracle_arm, set_names, unevaluated_reason
+    from mmie.config import arm_seeds, gates_not_configured, is_seeded, oracle_arm, set_names, unevaluated_reason
     from mmie.report import results_page
     from mmie.stats import gates as G
 
@@ -44,11 +47,12 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     cfg = config["stats"]
     iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded),
                       columns=["arm", "set", "metric", *G.INTERVAL_COLUMNS, "n_seeds", "seeded", "n_prompts"])
-    # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated"
+    # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated",
+    # except a default gate on a set the study does not configure ("not configured", not in the decision)
     gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
     reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
     rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded,
-                               oracle=oracle_arm(config))
+                               oracle=oracle_arm(config), not_configured=gates_not_configured(config))
     for arm in [a for a in config["arms"] if a in decisions or a in failed_arms]:
         lost = [r for r in failed if r["arm"] == arm]
         if arm in failed_arms and arm != "base":
@@ -76,6 +80,9 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
         choices["tuning"] = {t["arm"]: {"lr": t["chosen"]["lr"], "retain_scale": t["chosen"]["retain_scale"],
                                         "settings": t["chosen"]["settings"], "seed": t["seed"], "rule": t["rule"]}
                              for t in tuned}
+    feats = [io.read_json(p) for p in failures.real(list(features or []))[0]]   # a failed layer: no gate there
+    if feats:
+        choices["n_features"] = {str(f["layer"]): f.get("n_features") for f in feats}
     quality = G.forget_quality(res, arms, grid, oracle_arm(config))
     io.write_json(decisions_out, {**decisions, "_choices": choices, "_measurable": measurable,
                                   "_forget_quality": quality,
@@ -83,7 +90,7 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []) + list(tuning or []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
                                                  io.read_json(lid_report) if lid_report else None, quality, tuned,
-                                                 failed=failed))
+                                                 failed=failed, features=feats))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

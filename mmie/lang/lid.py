@@ -221,12 +221,11 @@ def fit_detector(lid_cfg: dict, languages: dict, train: dict[str, list[str]],
     from mmie.lang.translit import romanize
 
     target, retain = languages["target"]["code"], languages["retain"]["code"]
-    scheme = lid_cfg["romanization"]
+    scheme, script = lid_cfg["romanization"], languages["target"]["script"]
     missing = [c for c in language_scripts(languages) if not train.get(c)]
     if missing:
         raise LIDError(f"fit_detector: no train texts for {missing}")
     texts = dict(train)
-    script = languages["target"]["script"]
     texts[f"{target}_rom"] = [romanize(t, scheme, script) for t in train[target]] + list(romanized_train)
     lex_cfg = lid_cfg["lexicon"]
     lexicons: dict[str, set[str]] = {}
@@ -234,7 +233,8 @@ def fit_detector(lid_cfg: dict, languages: dict, train: dict[str, list[str]],
     for label, ts in texts.items():
         words = {w for t in ts for w in lexical_tokens(t)}
         if label == f"{target}_rom":
-            words |= {w for t in romanized_words(sorted({w for t in train[target] for w in lexical_tokens(t)}), scheme, script)
+            words |= {w for t in romanized_words(sorted({w for t in train[target] for w in lexical_tokens(t)}), scheme,
+                                                 script)
                       for w in lexical_tokens(t)}
         lexicons[label] = words
         sources[label] = {"train_texts": len(ts), "train_words": len(words), "general": None}
@@ -253,8 +253,8 @@ def fit_detector(lid_cfg: dict, languages: dict, train: dict[str, list[str]],
 
 
 def romanized_words(words: Iterable[str], scheme: str, script: str = "devanagari") -> list[str]:
-    """Each target-script word in ``scheme`` and, for ``iast_plain`` of Devanagari, its informal
-    spellings (``mmie.lang.translit.typed_variants``, Hindi's typing habits)."""
+    """Each target-script word in ``scheme`` and, for ``iast_plain`` in Devanagari, its informal spellings
+    (``mmie.lang.translit.typed_variants``)."""
     from mmie.lang.translit import romanize, typed_variants
 
     out = []

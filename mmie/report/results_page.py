@@ -205,6 +205,15 @@ def tuning_section(tunings: list[dict]) -> list[str]:
     return lines
 
 
+def feature_choice(features: list[dict]) -> list[str]:
+    """One line per layer on how many latents the SAE gate took and why (derived at select_features:
+    fewer than features.n_features when fewer pass the filters or the random control could not match more)."""
+    from mmie.sae.features import explain_n_features
+
+    return [f"- **SAE gate, layer {f['layer']}** ({f['method']} selection): {explain_n_features(f['n_features'])}."
+            for f in sorted(features, key=lambda f: int(f["layer"])) if f.get("n_features")]
+
+
 def lid_quality(report: dict) -> list[str]:
     """Lines on the LID's own quality: per-label precision and recall on the hand-labelled check set
     and, when given, on hand-labelled generations (``lid/lid_report.json``)."""
@@ -229,7 +238,7 @@ def lid_quality(report: dict) -> list[str]:
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
          selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
          forget_quality: dict | None = None, tuning: list[dict] | None = None,
-         failed: list[dict] | None = None) -> str:
+         failed: list[dict] | None = None, features: list[dict] | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -260,7 +269,7 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
               if not a.startswith("_") and decisions[a].get("decision") == "FAILED"]
     if selection is not None or tuning:
         lines += ["", "## Choices made on dev data"] + (["", layer_choice(selection)] if selection is not None else [])
-        lines += tuning_section(tuning or [])
+        lines += feature_choice(features or []) + tuning_section(tuning or [])
     notes = [v["reason"] for v in (measurable or {}).values() if not v["measurable"]]
     if notes:
         lines += ["", "## Capabilities base does not show", ""] + [f"- {n}: not gated, and a low value of an "
@@ -292,7 +301,8 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in gates.itertuples(index=False):
         if r.p_value is None or pd.isna(r.p_value):
-            lines.append(f"| {r.arm} | {r.gate} | — | — | {r.reference} | — | — | — | — | missing: {r.reason} |")
+            what = "not configured" if r.verdict == "not_configured" else "missing"
+            lines.append(f"| {r.arm} | {r.gate} | — | — | {r.reference} | — | — | — | — | {what}: {r.reason} |")
         else:
             verdict = "pass" if r.passed else f"{r.verdict.replace('_', ' ')}: {r.reason}"
             lines.append(f"| {r.arm} | {r.gate} | {_fmt(r.value)} | {_fmt(r.threshold)} | {r.reference} "

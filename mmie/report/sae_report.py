@@ -27,8 +27,11 @@ def features_table(paths: list[str]) -> pd.DataFrame:
     rows = []
     for p in paths:
         f = io.read_json(p)
+        n = f.get("n_features") or {}   # requested vs used (mmie.sae.features.derive_n_features)
+        counts = {"n_features_requested": n.get("requested"), "n_features_used": n.get("used"),
+                  "n_features_limited_by": n.get("limited_by")}
         for rank, feat in enumerate(f["features"]):
-            rows.append({"layer": f["layer"], "method": f["method"], "rank": rank,
+            rows.append({"layer": f["layer"], "method": f["method"], "rank": rank, **counts,
                          **{k: v for k, v in feat.items() if isinstance(v, (int, float, str))}})
     return pd.DataFrame(rows)
 

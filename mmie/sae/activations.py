@@ -77,7 +77,8 @@ def cache_roles(config, splits, max_texts: int) -> dict[str, list[str]]:
     forget = texts_of("forget")[:max_texts]
     roles = {
         "forget": forget,
-        "forget_romanized": [romanize(t, config["lid"]["romanization"], config["languages"]["target"]["script"]) for t in forget],
+        "forget_romanized": [romanize(t, config["lid"]["romanization"], config["languages"]["target"]["script"])
+                             for t in forget],
         "retain": texts_of("retain")[:max_texts],
     }
     gib = config["data"].get("gibberish")

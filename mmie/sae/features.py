@@ -27,7 +27,9 @@ The control (``random_gate``) is drawn by ``matched_random`` from the *control p
 ``select_features`` records: the latents that are not chosen, pass the method's exclusion filters
 with the same thresholds (the retain filter; ``semantic`` also the gibberish filter) and fire on
 forget (``freq_forget > 0``). The draw matches the chosen latents' forget firing frequency by
-quantile strata (see ``matched_random``)."""
+quantile strata (see ``matched_random``). So that it can always be drawn, the number of chosen latents
+is derived from the data (``derive_n_features``): at most ``n_features``, and no more than the control
+pool can match; the features file records the requested and the used count and what limited it."""
 
 from __future__ import annotations
 
@@ -136,7 +138,9 @@ def _neighbour_roles(cache) -> list[str]:
 def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None, layer: int | None = None,
                     forget_texts: list[str] | None = None, retain_texts: list[str] | None = None, seed: int = 0,
                     max_length: int = 64, batch_size: int = 8) -> dict:
-    """Choose at most ``cfg["n_features"]`` latents of ``sae`` by ``method`` (see the module doc).
+    """Choose at most ``cfg["n_features"]`` latents of ``sae`` by ``method`` (see the module doc):
+    fewer when fewer pass the filters, or when the random control could not be drawn for that many
+    (``derive_n_features``; recorded under ``n_features``).
 
     ``cache``: the layer's ``mmie.sae.activations.Cache`` (roles ``forget``, ``retain``, neighbours;
     ``semantic`` also needs ``forget_romanized`` and ``gibberish``). ``gradient`` needs ``model``,
@@ -144,7 +148,7 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
     likewise, for the reported ``retain_score``); ``max_length``/``batch_size`` apply to its passes.
     Returns ``{method, layer, features: [{index, score, freq_forget, freq_retain, freq_neighbours,
     freq_forget_romanized, freq_gibberish, ...}], n_selected, n_candidates, d_sae, rejected, alive,
-    thresholds, score, tokens, seed, control_pool}``, features sorted by score (highest first);
+    thresholds, n_features, score, tokens, seed, control_pool}``, features sorted by score (highest first);
     ``alive`` lists the latents active on at least one cached token of any role; ``control_pool``
     holds, column-wise, the index and the forget/retain/neighbour (``semantic``: also gibberish)
     firing frequencies of every latent a random control may draw (see the module doc), with the
@@ -222,7 +226,13 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
             + ", or train a wider SAE (sae.expansion) with more tokens (sae.train_tokens)")
     # highest score first; ties: lower retain/neighbour frequency, then lower index
     candidates.sort(key=lambda i: (-float(score[i]), float(retain_like[i]), i))
-    chosen = candidates[:cfg["n_features"]]
+    # the latents a control may be drawn from (before the chosen ones are taken out of them)
+    eligible = freq["forget"] > 0
+    for mask in exclusion.values():
+        eligible &= ~mask
+    n_features = derive_n_features(cfg["n_features"], candidates, eligible, method=method, layer=layer,
+                                   d_sae=sae.cfg.d_sae)
+    chosen = candidates[:n_features["used"]]
     features = []
     for i in chosen:
         row = {"index": int(i), "score": float(score[i]), "freq_forget": float(freq["forget"][i]),
@@ -235,9 +245,6 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
             row["retain_score"] = float(extra["retain_score"][i])
         features.append(row)
     alive = (torch.stack(list(freq.values())).max(0).values > 0).nonzero().flatten().tolist()
-    eligible = freq["forget"] > 0
-    for mask in exclusion.values():
-        eligible &= ~mask
     eligible[chosen] = False
     pool_idx = eligible.nonzero().flatten().tolist()
     pool = {"filters": sorted(exclusion), "requires": "freq_forget > 0 (fires on forget)", "excludes": "the chosen latents",
@@ -248,7 +255,7 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
         pool["freq_gibberish"] = [float(freq["gibberish"][i]) for i in pool_idx]
     out = {"method": method, "layer": int(layer), "d_sae": int(sae.cfg.d_sae), "features": features,
            "n_selected": len(features), "n_candidates": len(candidates), "rejected": rejected, "alive": alive,
-           "thresholds": {**thresholds, "n_features": cfg["n_features"]}, "score": score_doc,
+           "thresholds": {**thresholds, "n_features": cfg["n_features"]}, "n_features": n_features, "score": score_doc,
            "tokens": {role: int(a.shape[0]) for role, a in cache.acts.items()}, "seed": seed,
            "control_pool": pool}
     for key in ("attribution_tokens_forget", "attribution_tokens_retain"):
@@ -258,6 +265,53 @@ def select_features(method: str, sae, cache, cfg: dict, *, model=None, tok=None,
              "%d latents in the random control's pool", layer, method, len(candidates), sae.cfg.d_sae, len(features),
              features[0]["score"], rejected, len(pool_idx))
     return out
+
+
+def derive_n_features(requested: int, candidates: list[int], eligible: torch.Tensor, *, method: str, layer: int,
+                      d_sae: int) -> dict:
+    """How many latents a layer's gate takes: the most, up to ``requested`` (features.n_features) and
+    the number of ``candidates`` (sorted best first), whose forget-frequency-matched random control
+    can still be drawn — the control needs as many latents outside the chosen ones among the
+    ``eligible`` latents (fire on forget, pass the exclusion filters; a boolean mask over the SAE's
+    latents, chosen ones included). Returns ``{requested, used, limited_by, candidates, eligible,
+    pool}``: ``limited_by`` is ``requested``, ``candidates`` or ``control_pool``; ``pool`` is the
+    control pool left once the ``used`` best candidates are taken. No latent choosable with a
+    control is an SAEError naming the settings to change (the choosing step fails, not the
+    evaluation after it)."""
+    n_eligible = int(eligible.sum())
+    taken_eligible = [0]          # taken_eligible[k]: eligible latents among the best k candidates
+    for i in candidates:
+        taken_eligible.append(taken_eligible[-1] + int(bool(eligible[i])))
+    top = min(requested, len(candidates))
+    used = next((k for k in range(top, 0, -1) if n_eligible - taken_eligible[k] >= k), 0)
+    if used == 0:
+        raise SAEError(
+            f"feature selection ({method}) at layer {layer}: {len(candidates)} latents pass the filters, but no latent "
+            f"can be chosen with a random control: the control (random_gate, the gate's dose-response sweep) draws "
+            f"as many latents that are not chosen, fire on forget and pass the same exclusion filters, and only "
+            f"{n_eligible} of the {d_sae} latents do. Loosen features.retain_max_freq"
+            f"{' / features.gibberish_max_freq' if method == 'semantic' else ''}, or train a wider SAE "
+            f"(sae.expansion) on more tokens (sae.train_tokens, layers.activations.max_texts); "
+            f"features.n_features is {requested}")
+    limited_by = "requested" if used == requested else "candidates" if used == len(candidates) else "control_pool"
+    out = {"requested": int(requested), "used": int(used), "limited_by": limited_by, "candidates": len(candidates),
+           "eligible": n_eligible, "pool": n_eligible - taken_eligible[used]}
+    if limited_by != "requested":
+        log.warning("layer %d, %s: %d latents chosen instead of features.n_features=%d (%s)", layer, method, used,
+                    requested, explain_n_features(out))
+    return out
+
+
+def explain_n_features(n: dict) -> str:
+    """One sentence on how many latents a layer's gate took and why (``select_features``'s ``n_features``)."""
+    if n["limited_by"] == "requested":
+        return f"{n['used']} latents, as features.n_features asks"
+    if n["limited_by"] == "candidates":
+        return (f"{n['used']} latents instead of the {n['requested']} features.n_features asks: only {n['candidates']} "
+                f"pass the selection filters")
+    return (f"{n['used']} latents instead of the {n['requested']} features.n_features asks: only {n['eligible']} latents "
+            f"fire on forget and pass the exclusion filters, and the forget-frequency-matched random control needs as "
+            f"many latents outside the chosen ones as the gate takes (the control pool then holds {n['pool']})")
 
 
 def ks_distance(a: list[float], b: list[float]) -> float:

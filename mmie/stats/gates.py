@@ -341,7 +341,7 @@ def expand_gates(gates: list[dict], neighbours: list[str]) -> list[dict]:
     return out
 
 
-VERDICTS = ("pass", "shown", "not_excluded", "missing")
+VERDICTS = ("pass", "shown", "not_excluded", "missing", "not_configured")
 
 
 def gate_reference(gate: dict, oracle: str | None) -> tuple[str, str | float]:
@@ -475,9 +475,12 @@ def _apply_level(row: dict, cfg: dict) -> None:
 
 def decide(results: Results, arms: list[str], gates: list[dict], arm_seeds: dict[str, list[int]], cfg: dict, *,
            sets: list[str] | None = None, set_reasons: dict[str, str] | None = None,
-           seeded: dict[str, bool] | None = None, oracle: str | None = None) -> tuple[list[dict], dict]:
+           seeded: dict[str, bool] | None = None, oracle: str | None = None,
+           not_configured: dict[str, str] | None = None) -> tuple[list[dict], dict]:
     """Gate rows for every non-base arm and the decision per arm. ``sets``: the sets this run
-    evaluates (a gate on another set is a failing row "not evaluated", with ``set_reasons[set]``);
+    evaluates (a gate on another set is a failing row "not evaluated", with ``set_reasons[set]``,
+    unless ``not_configured`` names it: a default gate on a set the study does not configure, a row
+    with verdict "not_configured" that the decision leaves out; ``mmie.config.gates_not_configured``);
     ``oracle``: the oracle arm, reference of ``reference: oracle`` gates."""
     seeded = seeded or default_seeded(arm_seeds)
     rows, decisions = [], {}
@@ -486,6 +489,11 @@ def decide(results: Results, arms: list[str], gates: list[dict], arm_seeds: dict
             continue
         arm_rows = []
         for g in gates:
+            if sets is not None and g["set"] not in sets and g["name"] in (not_configured or {}):
+                arm_rows.append({**_blank_row(arm, g, arm_seeds), "passed": None, "verdict": "not_configured",
+                                 "reason": not_configured[g["name"]], "seeded": seeded[arm],
+                                 "correction": cfg["correction"]})
+                continue
             if sets is not None and g["set"] not in sets:
                 why = (set_reasons or {}).get(g["set"], "this run does not evaluate it")
                 row = {**_blank_row(arm, g, arm_seeds),
@@ -500,11 +508,12 @@ def decide(results: Results, arms: list[str], gates: list[dict], arm_seeds: dict
         for r, p_adj in zip(tested, adjust([r["p_value"] for r in tested], cfg["correction"]), strict=True):
             r["p_adjusted"] = p_adj      # reported, as information: the decision is the intersection–union test
             _apply_level(r, cfg)
-        failing = [r["gate"] for r in arm_rows if not r["passed"]]
-        decisions[arm] = {"decision": "PROCEED" if arm_rows and not failing else "STOP",
-                          "failing": failing if arm_rows else ["(no gates)"],
-                          "reasons": {r["gate"]: r["reason"] for r in arm_rows if not r["passed"]},
-                          "verdicts": {r["gate"]: r["verdict"] for r in arm_rows if not r["passed"]},
+        counted = [r for r in arm_rows if r["verdict"] != "not_configured"]
+        failing = [r["gate"] for r in counted if not r["passed"]]
+        decisions[arm] = {"decision": "PROCEED" if counted and not failing else "STOP",
+                          "failing": failing if counted else ["(no gates)"],
+                          "reasons": {r["gate"]: r["reason"] for r in counted if not r["passed"]},
+                          "verdicts": {r["gate"]: r["verdict"] for r in counted if not r["passed"]},
                           "n_seeds": len(arm_seeds[arm]), "seeded": seeded[arm]}
         rows += arm_rows
     return rows, decisions

@@ -279,10 +279,12 @@ def test_loss_recovered_undefined_is_an_error(trained_lm, demo_texts):
 
 
 # ----------------------------------------------------------------------------- feature selection
-def planted_cache(seed: int = 0):
+def planted_cache(seed: int = 0, pool: int = 0):
     """16-d activations whose coordinates are latents of an identity SAE (fires when x_i > 0.5):
     0 planted (forget + romanized only), 1 script decoy (forget + gibberish), 2 general (also
-    retain/neighbours), 3 neighbour decoy (forget + Urdu), 4..15 background (every role)."""
+    retain/neighbours), 3 neighbour decoy (forget + Urdu), 4..15 background (every role); with
+    ``pool``, the last ``pool`` latents instead fire on forget only, rarely (0.5 %: never chosen, but
+    the random control's pool, so that the chosen latents can have a control)."""
     from mmie.sae.activations import Cache
 
     g = torch.Generator().manual_seed(seed)
@@ -294,7 +296,9 @@ def planted_cache(seed: int = 0):
     n = 2000
     for role, latents in rates.items():
         x = 0.05 * torch.randn(n, 16, generator=g)
-        x[torch.arange(n), 4 + torch.randint(0, 12, (n,), generator=g)] = 1.0
+        x[torch.arange(n), 4 + torch.randint(0, 12 - pool, (n,), generator=g)] = 1.0
+        for i in range(16 - pool, 16) if role == "forget" else ():
+            x[torch.rand(n, generator=g) < 0.005, i] = 2.0
         for i, rate in latents.items():
             x[torch.rand(n, generator=g) < rate, i] = 2.0
         acts[role], doc[role] = x, torch.arange(n) // 20
@@ -309,14 +313,15 @@ def identity_sae():
 def test_frequency_and_semantic_find_the_planted_feature():
     from mmie.sae.features import select_features
 
-    cache, sae = planted_cache(), identity_sae()
+    cache, sae = planted_cache(pool=2), identity_sae()
     freq = select_features("frequency", sae, cache, FEAT_CFG)
     assert [f["index"] for f in freq["features"]] == [1, 0]  # ranked by forget frequency; 2, 3 and 4..15 dropped
+    assert freq["n_features"]["used"] == 2 and freq["control_pool"]["index"] == [14, 15]
     top = {f["index"]: f for f in freq["features"]}
     assert top[0]["freq_forget"] == pytest.approx(0.5, abs=0.05) and top[0]["freq_retain"] == 0
     assert top[0]["freq_neighbours"] == {"bn": 0.0, "ur": 0.0}
     assert freq["n_candidates"] == 2 and freq["layer"] == 3 and freq["method"] == "frequency"
-    assert freq["rejected"]["fires_on_neighbour_ur (> retain_max_freq=0.01)"] == 14  # 2, 3 and the background
+    assert freq["rejected"]["fires_on_neighbour_ur (> retain_max_freq=0.01)"] == 12  # 2, 3 and the background
     sem = select_features("semantic", sae, cache, FEAT_CFG)
     assert [f["index"] for f in sem["features"]] == [0]  # the script decoy fires on gibberish, not romanized
     assert sem["features"][0]["score"] == pytest.approx(min(top[0]["freq_forget"], sem["features"][0]["freq_forget_romanized"]))

@@ -144,8 +144,9 @@ def test_gate_on_a_set_the_run_does_not_evaluate_is_a_failing_row(grid):
 
 
 def test_stats_step_writes_a_row_for_every_configured_gate(tmp_path, demo_config):
-    """The pipeline's stats step on a run without mixed prompts and without neighbours: the mixed and
-    neighbour gates are failing rows "not evaluated" in gates.csv, never dropped."""
+    """The pipeline's stats step on a run without mixed prompts and without neighbours: the default mixed
+    and neighbour gates follow the configured sets — rows "not configured", left out of the decision;
+    a gate the config writes itself on an unconfigured set is a failing row "not evaluated". None is dropped."""
     from mmie.jobs.report import stats
 
     config = copy.deepcopy(demo_config)
@@ -153,16 +154,20 @@ def test_stats_step_writes_a_row_for_every_configured_gate(tmp_path, demo_config
     config["data"].update(mixed=None, neighbours={})
     config["languages"]["neighbours"] = {}
     config["stats"]["n_boot"] = 200
+    config["gates"] = config["gates"] + [{"name": "my_mixed_rate", "metric": "target_rate", "set": "mixed",
+                                          "direction": "<=", "relative": "ratio", "threshold": 0.5}]
     paths = [write(tmp_path, arm, 0, s, target=t, ppl=100) for arm, t in (("base", 0.9), ("prompt", 0.1))
              for s in ("forget", "retain")]
     out = {k: str(tmp_path / f"{k}.out") for k in ("iv", "head", "gates", "dec", "page", "tex")}
     stats(config, paths, out["iv"], out["head"], out["gates"], out["dec"], out["page"], out["tex"])
     gates = pd.read_csv(out["gates"])
     assert list(gates.gate) == [g["name"] for g in config["gates"]]
+    not_conf = gates[gates.verdict == "not_configured"]
+    assert set(not_conf.gate) == {"mixed_es", "neighbour_own_language", "neighbour_leakage", "neighbour_ppl"}
+    assert not_conf.passed.isna().all()
+    assert "languages.neighbours is empty" in not_conf.set_index("gate").reason["neighbour_leakage"]
     not_eval = gates[gates.reason.fillna("").str.startswith("not evaluated")]
-    assert set(not_eval.gate) == {"mixed_es", "neighbour_own_language", "neighbour_leakage", "neighbour_ppl"}
-    assert not not_eval.passed.any()
-    assert "languages.neighbours is empty" in not_eval.set_index("gate").reason["neighbour_leakage"]
+    assert list(not_eval.gate) == ["my_mixed_rate"] and not not_eval.passed.any()
     assert set(gates.columns) >= {"n_seeds", "seeded", "ci_level", "gate_alpha", "base_n_seeds", "verdict",
                                   "reference", "floor"}
     schema = yaml.safe_load((ROOT / "config" / "results.schema.yaml").read_text())["x-csv-columns"]
@@ -172,8 +177,20 @@ def test_stats_step_writes_a_row_for_every_configured_gate(tmp_path, demo_config
     iv = pd.read_csv(out["iv"])
     assert set(zip(iv.arm, iv.n_seeds, iv.seeded, strict=True)) == {("base", 1, False), ("prompt", 1, False)}
     decisions = json.loads((tmp_path / "dec.out").read_text())
-    assert decisions["prompt"]["decision"] == "STOP" and "mixed_es" in decisions["prompt"]["failing"]
-    assert "not evaluated" in (tmp_path / "page.out").read_text()
+    failing = decisions["prompt"]["failing"]
+    assert decisions["prompt"]["decision"] == "STOP" and "my_mixed_rate" in failing
+    assert not set(failing) & set(not_conf.gate)
+    page = (tmp_path / "page.out").read_text()
+    assert "not evaluated" in page and "| prompt | mixed_es | — | — | base | — | — | — | — | not configured: data.mixed is not set" in page
+
+
+def test_default_gates_follow_the_configured_sets(demo_config):
+    config = copy.deepcopy(demo_config)
+    assert mcfg.gates_not_configured(config) == {}       # the demo configures every set its default gates use
+    config["data"].update(mixed=None, adversarial=None)
+    assert set(mcfg.gates_not_configured(config)) == {"mixed_es", "adversarial_target_rate"}
+    config["gates"] = [{**g, "name": "my_" + g["name"]} for g in config["gates"]]   # written by the config
+    assert mcfg.gates_not_configured(config) == {}
 
 
 @pytest.mark.parametrize("gate,needle", [
