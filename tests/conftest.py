@@ -156,3 +156,42 @@ def oom_above(model, limit: int, *, grad_only: bool = False):
         yield
     finally:
         handle.remove()
+
+
+def planted_cache(d: int, rates: dict[str, dict[int, float]], layer: int, n: int = 4000):
+    """An identity SAE (latent i fires when coordinate i > 0.5) and an activation cache of ``n`` tokens
+    per role in which latent i fires at ``rates[role][i]`` (Generator seed 0, roles in the given order)."""
+    import json
+
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from mmie.sae.activations import Cache
+
+    sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=d, k=d, dtype="float32", device="cpu"))
+    sae.load_state_dict({"W_enc": torch.eye(d), "b_enc": torch.full((d,), -0.5), "W_dec": torch.eye(d),
+                         "b_dec": torch.zeros(d)})
+    g = torch.Generator().manual_seed(0)
+    acts, doc = {}, {}
+    for role, latents in rates.items():
+        x = 0.05 * torch.randn(n, d, generator=g)
+        for i, rate in latents.items():
+            x[torch.rand(n, generator=g) < rate, i] = 2.0
+        acts[role], doc[role] = x, torch.arange(n) // 20
+    meta = {"layer": str(layer), "d_in": str(d), "model_fingerprint": "f", "roles": json.dumps(sorted(acts)),
+            "extra": {}}
+    return sae, Cache(acts=acts, doc=doc, meta=meta)
+
+
+def tiny_train_files(tmp_path: Path, tiny_lm, texts: dict, parts: dict[str, slice]) -> Path:
+    """The tiny model saved to ``tmp_path/model`` and forget (Hindi) / retain (English) split files under
+    ``tmp_path/data/<role>/<part>.jsonl``: ``parts`` maps each part to the slice of the demo texts it gets."""
+    model, tok = tiny_lm
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    data = tmp_path / "data"
+    for role, lang in (("forget", "hi"), ("retain", "en")):
+        for part, rows in parts.items():
+            write_lines(data / role / f"{part}.jsonl",
+                        [{"id": f"x{i}", "text": t} for i, t in enumerate(texts[lang][rows])])
+    return data

@@ -11,7 +11,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, write_lines
+from conftest import ROOT, tiny_train_files
 
 CHILD = r'''
 import json, logging, os, signal, sys
@@ -42,15 +42,9 @@ def run_child(tmp_path, name, **args):
 
 
 def test_a_killed_training_job_resumes_to_the_same_checkpoint(tiny_lm, demo_texts, demo_config, tmp_path):
-    model, tok = tiny_lm
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    data = tmp_path / "data"
-    rows = lambda texts: [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)]  # noqa: E731
-    for role, lang in (("forget", "hi"), ("retain", "en")):
-        write_lines(data / role / "train.jsonl", rows(demo_texts[lang][:40]))
-        for split in ("eval", "dev"):   # the early-stopping split (named dev once the data split has one)
-            write_lines(data / role / f"{split}.jsonl", rows(demo_texts[lang][200:208]))
+    # the early-stopping split is dev (eval: its name before the data split had one)
+    data = tiny_train_files(tmp_path, tiny_lm, demo_texts, {"train": slice(0, 40), "eval": slice(200, 208),
+                                                             "dev": slice(200, 208)})
     splits = [str(data / role / f"{part}.jsonl") for role in ("forget", "retain") for part in ("train", "dev")]
     config = copy.deepcopy(demo_config)
     config["model"].update(source="local", path=str(tmp_path / "model"), device="cpu")

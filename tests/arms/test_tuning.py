@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, planned_jobs, reduced_config, write_lines
+from conftest import ROOT, SNAKEMAKE, planned_jobs, reduced_config, tiny_train_files
 from mmie.arms import tuning
 from mmie.errors import ConfigError
 
@@ -91,16 +91,8 @@ def test_tune_job_writes_its_choice_from_dev_only_and_train_uses_it(tiny_lm, dem
     from mmie import io
     from mmie.jobs import train as train_job
 
-    model, tok = tiny_lm
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    data = tmp_path / "data"
-    rows = lambda texts: [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)]  # noqa: E731
-    for role, lang in (("forget", "hi"), ("retain", "en")):
-        write_lines(data / role / "train.jsonl", rows(demo_texts[lang][:40]))
-        write_lines(data / role / "dev.jsonl", rows(demo_texts[lang][200:208]))
-        for part in ("test", "holdout"):
-            write_lines(data / role / f"{part}.jsonl", rows(demo_texts[lang][300:308]))
+    data = tiny_train_files(tmp_path, tiny_lm, demo_texts, {"train": slice(0, 40), "dev": slice(200, 208),
+                                                             "test": slice(300, 308), "holdout": slice(300, 308)})
     fit = [str(data / role / f"{part}.jsonl") for role in ("forget", "retain") for part in ("train", "dev")]
     config = copy.deepcopy(demo_config)
     config["model"].update(source="local", path=str(tmp_path / "model"), device="cpu")

@@ -2,13 +2,12 @@
 it draws from the latents that pass the real gate's filters, matched to the chosen latents' forget
 firing frequency, seeded."""
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
+from conftest import planted_cache
 from mmie.errors import SAEError
 
 D = 50
@@ -26,13 +25,6 @@ def planted():
     rates are planted: semantic latents at 0.05..0.65, pool latents at 0.35..0.70, the
     filter-failing ones at 0.5..0.8 (and on their forbidden role at 0.3); two latents never fire on
     forget (but on retain or Urdu at 0.005)."""
-    from sae_lens import TopKSAE, TopKSAEConfig
-
-    from mmie.sae.activations import Cache
-
-    sae = TopKSAE(TopKSAEConfig(d_in=D, d_sae=D, k=D, dtype="float32", device="cpu"))
-    sae.load_state_dict({"W_enc": torch.eye(D), "b_enc": torch.full((D,), -0.5), "W_dec": torch.eye(D),
-                         "b_dec": torch.zeros(D)})
     forget = {i: 0.05 + 0.04 * i for i in SEMANTIC} | {i: 0.35 + 0.015 * (i - 16) for i in POOL} \
         | {i: 0.5 + 0.04 * (i - 40) for i in FAILS}
     rates = {"forget": forget, "forget_romanized": {i: forget[i] for i in SEMANTIC},
@@ -41,16 +33,7 @@ def planted():
         rates[role][i] = 0.3
     for i, role in SILENT.items():
         rates[role][i] = 0.005
-    g = torch.Generator().manual_seed(0)
-    n = 4000
-    acts, doc = {}, {}
-    for role, latents in rates.items():
-        x = 0.05 * torch.randn(n, D, generator=g)
-        for i, rate in latents.items():
-            x[torch.rand(n, generator=g) < rate, i] = 2.0
-        acts[role], doc[role] = x, torch.arange(n) // 20
-    meta = {"layer": "3", "d_in": str(D), "model_fingerprint": "f", "roles": json.dumps(sorted(acts)), "extra": {}}
-    return sae, Cache(acts=acts, doc=doc, meta=meta)
+    return planted_cache(D, rates, layer=3)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,10 @@
 forget-frequency-matched random control can match (issue 24: every target language works with the
 defaults), recorded, and nothing choosable fails at select_features, naming the settings."""
 
-import json
 
 import pytest
-import torch
 
+from conftest import planted_cache
 from mmie.errors import SAEError
 
 D = 40
@@ -15,24 +14,8 @@ CFG = {"method": "frequency", "n_features": 16, "retain_max_freq": 0.01, "min_fo
 
 
 def planted(forget: dict[int, float], retain: dict[int, float] | None = None):
-    """An identity SAE (latent i fires when coordinate i > 0.5) and a cache with planted firing rates."""
-    from sae_lens import TopKSAE, TopKSAEConfig
-
-    from mmie.sae.activations import Cache
-
-    sae = TopKSAE(TopKSAEConfig(d_in=D, d_sae=D, k=D, dtype="float32", device="cpu"))
-    sae.load_state_dict({"W_enc": torch.eye(D), "b_enc": torch.full((D,), -0.5), "W_dec": torch.eye(D),
-                         "b_dec": torch.zeros(D)})
-    g = torch.Generator().manual_seed(0)
-    n = 4000
-    acts, doc = {}, {}
-    for role, latents in (("forget", forget), ("retain", retain or {}), ("neighbour_ur", {})):
-        x = 0.05 * torch.randn(n, D, generator=g)
-        for i, rate in latents.items():
-            x[torch.rand(n, generator=g) < rate, i] = 2.0
-        acts[role], doc[role] = x, torch.arange(n) // 20
-    meta = {"layer": "2", "d_in": str(D), "model_fingerprint": "f", "roles": json.dumps(sorted(acts)), "extra": {}}
-    return sae, Cache(acts=acts, doc=doc, meta=meta)
+    """An identity SAE and a cache with planted forget (and retain) firing rates."""
+    return planted_cache(D, {"forget": forget, "retain": retain or {}, "neighbour_ur": {}}, layer=2)
 
 
 def test_a_pool_too_small_for_the_requested_count_gives_fewer_latents_and_a_drawable_control():
