@@ -128,7 +128,7 @@ def aggregate(config: JobConfig, metric_paths: list[str], long_out: str, summary
                   "; ".join(f"{r['arm']} seed {r['seed']}: {r['rule']} {r['error'][:120]}" for r in failed))
     if failed_jobs_out:
         io.write_csv(failed_jobs_out, failed_jobs)
-    if not metric_paths:
+    if failed and not metric_paths:
         raise ValueError(f"no metrics to aggregate: every (arm, seed) failed ({len(failed)} failed runs; see their logs)")
     long, fails = collect(list(metric_paths))
     if long.empty:
