@@ -328,7 +328,7 @@ def test_cache_roles_and_gibberish(tmp_path):
     io.write_jsonl(data / "retain" / "train.jsonl", [{"id": "b", "text": "my name is Ram"}])
     io.write_jsonl(data / "neighbours" / "ur" / "train.jsonl", [{"id": "c", "text": "میرا نام رام ہے"}])
     cfg = {"lid": {"romanization": "iast_plain"}, "data": {"gibberish": None, "seed": 1},
-           "languages": {"neighbours": {"ur": {}}}}
+           "languages": {"target": {"code": "hi", "script": "devanagari"}, "neighbours": {"ur": {}}}}
     roles = cache_roles(cfg, {(r, "train"): str(p / "train.jsonl") for r, p in (
         ("forget", data / "forget"), ("retain", data / "retain"), ("neighbour_ur", data / "neighbours" / "ur"))}, 10)
     assert set(roles) == {"forget", "forget_romanized", "gibberish", "retain", "neighbour_ur"}
