@@ -194,12 +194,6 @@ def check(config: dict, workdir: str | Path = ".") -> None:
         key = f"data.neighbours.{role[len('neighbour_'):]}" if role.startswith("neighbour_") else f"data.{role}"
         if not (workdir / path).is_file():
             raise ConfigError(f"{key}: file not found: {path} (relative paths are relative to the working directory, snakemake -d)")
-    from mmie.lang.translit import romanizable
-
-    script = lang["target"]["script"]
-    if not config["data"].get("forget_romanized") and not romanizable(script):
-        raise ConfigError(f"languages.target.script is {script!r}: the romanized evaluation set cannot be derived by "
-                          f"transliteration; give romanized target texts in data.forget_romanized")
     split = config["data"]["split"]
     total = split["train"] + split["dev"] + split["test"] + split["holdout"]
     if abs(total - 1.0) > 1e-6:

@@ -95,7 +95,6 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
         return sum((detector.prob_target(t) >= 0.5) == want_target for t in texts) / len(texts)
 
     target_rom = f"{target}_rom"
-    script = languages["target"]["script"]
     check_items = io.read_jsonl(lid_check)
     # a shared check set (the demo's labels hi, en, ur, pa, bn, hi_rom) serves every study: items of a label
     # this study's LID cannot give (hi_rom when pa is the target) are left out, and counted

@@ -64,11 +64,6 @@ def _plain_word(word: str) -> str:
     return word.lower()
 
 
-def romanizable(script: str) -> bool:
-    """Whether ``romanize`` can transliterate a target written in ``script``."""
-    return script != "latin" and script in SCRIPT_RANGES
-
-
 def romanize(text: str, scheme: str = "iast_plain", script: str = "devanagari") -> str:
     """Transliterate every run of ``script`` in ``text`` to Latin script; other text is left as is."""
     if scheme not in SCHEMES:
