@@ -9,7 +9,7 @@ build_oracle_model: the jobs of one arm or one layer) runs its work inside ``out
   ``{"mmie_failed": {...}}``, a directory holding ``MMIE_FAILED.json``. The job then ends normally, so
   Snakemake goes on with everything else.
 - A job whose inputs include a stub does not run its work: it writes stubs of its own outputs that
-  name the failed job (``blocked_by``), without importing torch.
+  name the failed job (``blocked_by``), without loading a model.
 - The summary jobs (aggregate, stats, plots, samples, sae_report, the report) read stubs as recorded
   failures: the failed (arm, seed) is listed with its reason in ``summary/failed_jobs.csv``, the
   results page and the report; every other arm's numbers are computed as without it.
@@ -196,6 +196,13 @@ def split(paths: list[str]) -> tuple[list[str], list[dict]]:
         row["sets"].append(set_name)
     rows = [{**r, "sets": " ".join(r["sets"])} for r in failed.values()]
     return ok, rows
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """``split``'s failed (arm, seed) rows as Markdown table lines (summary.md and results.md)."""
+    return ["| arm | seed | failed job | error | log |", "|---|---|---|---|---|"] + [
+        f"| {r['arm']} | {r['seed']} | {r['rule']} ({r['wildcards']}) | {str(r['error'])[:300].replace('|', '/')} "
+        f"| {r['log']} |" for r in rows]
 
 
 def real(paths: list[str]) -> tuple[list[str], list[dict]]:

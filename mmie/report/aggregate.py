@@ -50,11 +50,10 @@ def markdown(summary: pd.DataFrame, fails: pd.DataFrame, experiment: str, failed
     lines = [f"# mmie summary: {experiment}", "",
              "Mean over seeds (± standard deviation over seeds). Per-prompt values are in each job's metrics.json.", ""]
     if failed_jobs is not None and not failed_jobs.empty:
-        lines += ["## Failed runs (left out of every table below)", "", "| arm | seed | failed job | error | log |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r.arm} | {r.seed} | {r.rule} ({r.wildcards}) | {str(r.error).replace('|', '/')[:300]} | {r.log} |"
-                  for r in failed_jobs.itertuples()]
-        lines.append("")
+        from mmie.failures import markdown_table
+
+        lines += ["## Failed runs (left out of every table below)", "",
+                  *markdown_table(failed_jobs.to_dict("records")), ""]
     for metric in HEADLINE:
         sub = summary[summary["metric"] == metric]
         if sub.empty:

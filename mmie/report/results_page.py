@@ -254,14 +254,13 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
              f"computed on non-empty outputs; empty and repetitive outputs are gated (collapse is a failure).",
              ""]
     if failed:
+        from mmie.failures import markdown_table
+
         lines += ["## Failed runs", "",
                   f"{len(failed)} (arm, seed) run(s) failed and are left out of every estimate, gate and plot below "
                   "(everything else is computed as without them). Fix the cause and run snakemake again: the failed "
                   "job reruns, and so does what depends on it (summary/failed_jobs.csv).", "",
-                  "| arm | seed | failed job | error | log |", "|---|---|---|---|---|"]
-        lines += [f"| {r['arm']} | {r['seed']} | {r['rule']} ({r['wildcards']}) | {r['error'][:300].replace('|', '/')} "
-                  f"| {r['log']} |" for r in failed]
-        lines.append("")
+                  *markdown_table(failed), ""]
     lines += ["## What happened", ""]
     lines += [f"- {sentence(iv, a, decisions.get(a), target, retain, config['languages'])}" for a in arms]
     lines += [f"- **{a}**: FAILED — no run finished ({decisions[a]['failed_runs'][0]['rule']}: "
