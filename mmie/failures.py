@@ -23,7 +23,9 @@ record ``resolved`` (the token stays, so nothing reruns twice). ``python -m mmie
 dir>`` lists the unresolved failures and exits 1 when there are any (``make demo`` runs it last).
 
 ``MMIE_FAULT=<rule>:<wildcard values joined by ':'>`` (e.g. ``train:lora:0``) makes that job fail on
-purpose: the test suite's way to check all of the above on a real run."""
+purpose: the test suite's way to check all of the above on a real run. With ``=oom`` appended
+(``score:base:0=oom``) the job runs out of memory instead: not recorded, the job fails (and Snakemake's
+``--retries`` give it more memory)."""
 
 from __future__ import annotations
 
@@ -115,8 +117,16 @@ def _is_memory_error(exc: BaseException) -> bool:
 
 def _check_fault(rule: str, wildcards: dict) -> None:
     want = os.environ.get("MMIE_FAULT")
-    if want and want == ":".join([rule, *map(str, wildcards.values())]):
-        raise FaultInjected(f"MMIE_FAULT={want}: this job fails on purpose")
+    if not want:
+        return
+    job, _, kind = want.partition("=")
+    if job != ":".join([rule, *map(str, wildcards.values())]):
+        return
+    if kind == "oom":
+        raise MemoryError(f"MMIE_FAULT={want}: this job runs out of memory on purpose")
+    if kind:
+        raise ValueError(f"MMIE_FAULT={want}: unknown fault {kind!r} (none, or '=oom')")
+    raise FaultInjected(f"MMIE_FAULT={want}: this job fails on purpose")
 
 
 @contextlib.contextmanager

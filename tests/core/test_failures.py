@@ -115,3 +115,18 @@ def test_a_rule_scripts_plain_output_strings_keep_folders_folders(here):
     fail(sm)
     assert (here / "results/x/checkpoints/lora/seed0" / F.DIR_MARKER).is_file()
     assert F.stub_of(here / "results/x/tune/lora.json")["rule"] == "train"
+
+
+def test_an_injected_oom_is_not_recorded_and_fails_the_job(here, monkeypatch):
+    """``=oom`` raises MemoryError out of the job (Snakemake retries it with more memory): no record,
+    no stub; an unknown fault kind is an error, not a silent no-op."""
+    monkeypatch.setenv("MMIE_FAULT", "train:lora:0=oom")
+    with pytest.raises(MemoryError, match="out of memory on purpose"):
+        with F.outcome(job(here)):
+            pass
+    assert F.unresolved("results/x") == []
+    assert F.stub_of(here / "results/x/checkpoints/lora/seed0") is None
+    monkeypatch.setenv("MMIE_FAULT", "train:lora:0=segfault")
+    with pytest.raises(ValueError, match="unknown fault 'segfault'"):
+        with F.outcome(job(here)):
+            pass

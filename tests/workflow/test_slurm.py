@@ -27,8 +27,20 @@ SLURM_DIR = Path(os.environ.get("MMIE_SLURM_DIR", "/tmp/mmie-slurm"))
 ARMS = ("base", "lora")
 GPU_MEM, CPU_MEM = 3000, 1500           # fit any CI machine's node (RealMemory = 90 % of its RAM)
 POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2", "--latency-wait", "5"]
-# rules that run no job of their own (never submitted)
-NO_JOB_RULES = {"all"}
+
+
+def local_rules() -> set[str]:
+    """The rules the workflow declares in a ``localrules:`` block (run in Snakemake's own process)."""
+    out: set[str] = set()
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
+        for block in re.findall(r"^localrules:(.*?)(?=^\S|\Z)", path.read_text(), re.M | re.S):
+            out |= set(re.findall(r"\w+", block))
+    return out
+
+
+# rules that never become a SLURM job: the target rule and the local (summary) rules
+LOCAL_RULES = local_rules()
+NO_JOB_RULES = {"all"} | LOCAL_RULES
 
 
 def profile() -> dict:
@@ -253,6 +265,9 @@ def test_every_job_was_a_slurm_job_with_the_requested_resources(grid):
     for job in jobs:
         per_rule[rule_of(job)] = per_rule.get(rule_of(job), 0) + 1
     assert per_rule == planned
+    assert {"aggregate", "stats"} <= LOCAL_RULES
+    ran_locally = set(re.findall(r"^localrule (\w+):", out, re.M))
+    assert ran_locally == LOCAL_RULES & set(planned_jobs(grid["res"])), ran_locally
     assert all(j["State"] == "COMPLETED" and j["ExitCode"] == "0:0" for j in jobs), jobs
     assert {j["Account"] for j in jobs} == {"mmie"}                  # up.sh's account (the plugin's guess)
     resolved = job_resources(out)
@@ -290,11 +305,14 @@ def test_rerun_by_target_path_submits_only_that_job(grid):
 
 
 @pytest.mark.slurm
-def test_failed_slurm_job_fails_the_run_and_names_its_logs(grid):
-    """A corrupt stored generations file makes that seed's score job fail on the cluster."""
+def test_a_failed_job_on_slurm_is_recorded_and_reruns_by_its_target_path(grid):
+    """A corrupt stored generations file makes that seed's score job fail on the cluster: the job records
+    the failure (SLURM sees it complete; a deterministic error is not retried), the run says so, and
+    once the input is repaired the same target path reruns it."""
     work = grid["cluster"]
     gens = work / "results" / EXP / "base" / "seed0" / "retain" / "generations.jsonl"
     target = f"results/{EXP}/base/seed0/retain/metrics.json"
+    before = json.loads((work / target).read_text())
     good = gens.read_bytes()
     try:
         gens.write_bytes(b'{"id": "broken", "output": \n' + good)
@@ -303,11 +321,41 @@ def test_failed_slurm_job_fails_the_run_and_names_its_logs(grid):
     finally:
         gens.write_bytes(good)
     out = res.stdout + res.stderr
-    assert res.returncode != 0, out[-3000:]
+    assert res.returncode == 0, out[-3000:]
+    jobs = sacct(grid["env"], run_id(res))
+    assert [(rule_of(j), j["State"]) for j in jobs] == [("score", "COMPLETED")], jobs
     rule_log = f"results/{EXP}/logs/score/base/seed0.log"
     assert "JSONDecodeError" in (work / rule_log).read_text()
+    record = json.loads((work / "results" / EXP / "failures" / "score" / "arm-base_seed-0.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("JSONDecodeError") and record["log"] == rule_log
+    assert json.loads((work / target).read_text())["mmie_failed"]["error"] == record["error"]
+    assert "1 job(s) FAILED" in out and f"log: {rule_log}" in out, out[-3000:]
+    listed = subprocess.run([sys.executable, "-m", "mmie.failures", f"results/{EXP}"], cwd=work, capture_output=True,
+                            text=True, timeout=120, env={**grid["env"], "PYTHONPATH": str(ROOT)})
+    assert listed.returncode == 1 and "score (arm=base, seed=0)" in listed.stdout + listed.stderr, listed
+
+    res = on_slurm(work, grid["env"], "--", target)        # repaired: the failed job reruns
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert [(rule_of(j), j["State"]) for j in sacct(grid["env"], run_id(res))] == [("score", "COMPLETED")]
+    after = json.loads((work / target).read_text())
+    assert after["metrics"] == before["metrics"] and after["per_prompt"] == before["per_prompt"]
+    assert json.loads((work / "results" / EXP / "failures" / "score" / "arm-base_seed-0.json").read_text())["status"] == "resolved"
+
+
+@pytest.mark.slurm
+def test_a_job_out_of_memory_is_retried_with_more_then_fails_the_run_naming_its_logs(grid):
+    """Running out of memory is no recorded failure: the profile retries the job, each attempt with
+    twice the memory and a longer limit, and when every attempt fails the run fails naming the rule's
+    and the SLURM job's logs (``MMIE_FAULT=...=oom`` raises MemoryError inside the SLURM job)."""
+    work = grid["cluster"]
+    target = f"results/{EXP}/base/seed0/retain/metrics.json"
+    (work / target).unlink()
+    res = on_slurm(work, {**grid["env"], "MMIE_FAULT": "score:base:0=oom"}, "--", target)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    rule_log = f"results/{EXP}/logs/score/base/seed0.log"
+    assert "MemoryError: MMIE_FAULT=score:base:0=oom" in (work / rule_log).read_text()
     jobs = sacct(grid["env"], run_id(res))
-    # the profile retries a failed job twice, each attempt with twice the memory and a longer limit
     retries = profile()["retries"]
     assert [(rule_of(j), j["State"]) for j in jobs] == [("score", "FAILED")] * (1 + retries), jobs
     mem = [int(re.match(r"(\d+)", j["ReqMem"]).group(1)) for j in jobs]
@@ -323,9 +371,10 @@ def test_failed_slurm_job_fails_the_run_and_names_its_logs(grid):
     assert slurm_logs and all(p.is_file() and "rule_score" in p.parts for p in slurm_logs), out[-3000:]
     kept = list((work / ".snakemake").rglob(f"{last['JobID']}.log"))     # the last attempt's SLURM log
     assert len(kept) == 1 and "rule_score" in kept[0].parts, kept
-    slurm_log = kept[0]
-    assert "Error in rule score:" in slurm_log.read_text()
+    assert "Error in rule score:" in kept[0].read_text()
     assert not (work / target).exists()
+    record = work / "results" / EXP / "failures" / "score" / "arm-base_seed-0.json"
+    assert not record.is_file() or json.loads(record.read_text())["status"] == "resolved"    # nothing recorded
 
 
 def test_a_retried_job_gets_more_memory_and_time():
