@@ -28,6 +28,7 @@ include: "rules/sae.smk"
 include: "rules/train.smk"
 include: "rules/tune.smk"
 include: "rules/evaluate.smk"
+include: "rules/robustness.smk"
 include: "rules/report.smk"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+import mmie.attacks as attacks
 import mmie.config as mcfg
 from mmie.arms import methods
 from mmie import numerics, preflight
@@ -269,6 +270,22 @@ def sample_generations(wildcards=None):
     return [f"{R}/{arm}/seed{mcfg.arm_seeds(config, arm)[0]}/{s}/generations.jsonl" for arm in ARMS for s in SETS]
 
 
+# robustness attacks (rules/robustness.smk, mmie/attacks): the arms attacked and every attack result
+ATTACK_RUNS = attacks.attack_runs(config)
+ATTACKED_ARMS = attacks.attacked_arms(config)
+# the probe's texts: train (fit), dev (C) and test (score) of the target, the retain language and each neighbour
+PROBE_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train", "dev", "test"])
+
+
+def attack_results(wildcards=None):
+    return [f"{R}/{arm}/seed{seed}/robustness/{attack}.json" for attack, arm, seed in ATTACK_RUNS]
+
+
+def robustness_if_run(wildcards=None):
+    """The robustness readings for the results page, when the study runs attacks."""
+    return f"{R}/summary/robustness_readings.csv" if ATTACK_RUNS else []
+
+
 def final_outputs():
     out = [f"{R}/summary/samples.html", f"{R}/summary/headline.tex", f"{R}/summary/metrics_long.csv", f"{R}/summary/summary.csv", f"{R}/summary/summary.md",
            f"{R}/summary/gates.csv", f"{R}/summary/decisions.json", f"{R}/summary/results.md",
@@ -276,6 +293,8 @@ def final_outputs():
     out += expand(f"{R}/plots/{{name}}.png", name=PLOTS)
     if LAYER_ARMS:
         out += [f"{R}/summary/sae_quality.csv", f"{R}/plots/layer_selection.png"]
+    if ATTACK_RUNS:
+        out += [f"{R}/summary/robustness.csv", f"{R}/plots/robustness.png"]
     return out
 
 

@@ -7,6 +7,7 @@ localrules:
     samples,
     plot_demo_training,
     plot_training_curves,
+    robustness,
 
 
 rule aggregate:
@@ -167,6 +168,7 @@ rule stats:
         features=features_if_used,
         lid=f"{R}/lid/lid_report.json",
         tuning=expand(f"{R}/tune/{{arm}}.json", arm=mcfg.tuned_arms(config)),
+        robustness=robustness_if_run,
     output:
         intervals=report(
             f"{R}/summary/intervals.csv",

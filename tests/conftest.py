@@ -82,6 +82,9 @@ def reduced_config(workdir: Path) -> Path:
     cfg["layers"]["activations"] = {"max_texts": 80}
     cfg["sae"] = {"train_tokens": 20000, "quality_texts": 8}
     cfg["gate"] = {"sweep_alphas": [0.0, 1.0], "sweep_prompts": 6}
+    # every attack on one trained arm (base and the oracle come with it), at the smallest strengths
+    cfg["robustness"] = {"arms": ["lora"], "seeds": [0], "prompts": 6, "relearn": {"steps": [0, 2], "texts": 8},
+                         "incontext": {"shots": [0, 2]}, "probe": {"texts": 8}}
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return path

@@ -47,3 +47,49 @@ def point(strength, set_name: str, metric: str, ids: list, num: list[float], den
                          f"{len(den)} denominators (must be equal and non-zero)")
     return {"strength": strength, "set": set_name, "metric": metric, "ids": list(ids),
             "num": [float(x) for x in num], "den": [float(x) for x in den], "transform": transform, **extra}
+
+
+#: attacks whose own randomness (a fresh adapter's initialisation, its batch order) makes each seed a
+#: run even for a seed-independent arm
+SEEDED = frozenset({"relearn"})
+
+
+def attacked_arms(config: dict) -> list[str]:
+    """The arms attacked, in config order: ``robustness.arms`` (every arm when null) plus base and the
+    oracle as references. An unknown arm is a ConfigError naming the key."""
+    from mmie.config import oracle_arm
+    from mmie.errors import ConfigError
+
+    rob = config["robustness"]
+    if not rob["attacks"]:
+        return []
+    wanted = rob["arms"]
+    if wanted is None:
+        return list(config["arms"])
+    unknown = [a for a in wanted if a not in config["arms"]]
+    if unknown:
+        raise ConfigError(f"robustness.arms: {unknown} are not arms of this config ({', '.join(config['arms'])})")
+    refs = {a for a, spec in config["arms"].items() if spec["method"] == "base"} | ({oracle_arm(config)} - {None})
+    return [a for a in config["arms"] if a in set(wanted) | refs]
+
+
+def attack_seeds(config: dict, arm: str, attack: str) -> list[int]:
+    """The seeds ``attack`` runs ``arm`` at: ``robustness.seeds`` (every seed when null) for a seeded
+    arm or a seeded attack, the first of them otherwise (the arm and the attack are deterministic)."""
+    from mmie.config import is_seeded
+    from mmie.errors import ConfigError
+
+    seeds = [int(s) for s in config["seeds"]]
+    wanted = config["robustness"]["seeds"]
+    if wanted is not None:
+        unknown = [s for s in wanted if int(s) not in seeds]
+        if unknown or not wanted:
+            raise ConfigError(f"robustness.seeds: {wanted} must be a non-empty subset of seeds {seeds}")
+        seeds = [s for s in seeds if s in {int(w) for w in wanted}]
+    return seeds if (attack in SEEDED or is_seeded(config, arm)) else seeds[:1]
+
+
+def attack_runs(config: dict) -> list[tuple[str, str, int]]:
+    """Every (attack, arm, seed) the study runs, in report order."""
+    return [(attack, arm, seed) for attack in config["robustness"]["attacks"] for arm in attacked_arms(config)
+            for seed in attack_seeds(config, arm, attack)]

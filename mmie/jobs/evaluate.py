@@ -92,28 +92,18 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     the manifest (``FinishedSets``)."""
     import torch
 
-    from mmie import arms
     from mmie.model.generation import Decoding, encode_prompt, generate, special_prefix
     from mmie.model.likelihood import mia_scores, score_sequences, token_kl
-    from mmie.model.loading import load_model
     from mmie.seeding import seed_everything
 
     t0 = time.time()
     seed_everything(seed, config["deterministic"])
-    lm = load_model(config["model"], model_dir)
-    if assets is not None and "selection" in assets:
-        from mmie.arms.edit_arms import LayerAssets
-
-        assets = LayerAssets.from_inputs(assets)
-    else:
-        assets = None
+    lm, arm, assets = load_arm(config, arm_name, seed, model_dir, checkpoint, assets, method_files)
     sets = {s.name for s in eval_sets(config)}
     set_paths, gen_paths = sets_by_name(set_files, sets), by_set(generations_out, "generations.jsonl")
     if sorted(gen_paths) != sorted(sets):
         raise ValueError(f"evaluate {arm_name}/seed{seed}: generations outputs for sets {sorted(gen_paths)} but the "
                          f"config's evaluation sets are {sorted(sets)}; the evaluate rule is miswired (rules/evaluate.smk)")
-    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint, config=config, seed=seed, assets=assets,
-                     files=method_files)
     model, tok = arm.model, lm.tokenizer
     decoding = Decoding.from_config(config["generation"])
     ev = config["eval"]
@@ -217,6 +207,26 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
         manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
     io.write_json(manifest_out, manifest)
     finished.clear()
+
+
+def load_arm(config, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None, assets=None,
+             method_files=()):
+    """The model and the arm ``arm_name`` built on it, as an evaluation (or an attack on it) sees them:
+    ``assets`` the rule's named inputs (the layer assets of an edit arm; anything else is ignored),
+    ``method_files`` the files its method declares. Returns (loaded model, arm, LayerAssets or None)."""
+    from mmie import arms
+    from mmie.model.loading import load_model
+
+    lm = load_model(config["model"], model_dir)
+    if assets is not None and "selection" in assets:
+        from mmie.arms.edit_arms import LayerAssets
+
+        assets = LayerAssets.from_inputs(assets)
+    else:
+        assets = None
+    arm = arms.build(arm_name, config["arms"][arm_name], lm, checkpoint, config=config, seed=seed, assets=assets,
+                     files=method_files)
+    return lm, arm, assets
 
 
 def fluency_reference(config, model, tok, split_paths, ev: dict, oom_log: list) -> dict[str, dict]:

@@ -17,13 +17,13 @@ log = logging.getLogger(__name__)
 def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
           decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None,
           lid_report: str | None = None, tuning: list[str] | None = None,
-          features: list[str] | None = None) -> None:
+          features: list[str] | None = None, robustness: str | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
     decisions.json's ``_choices``); ``tuning``: the tuned arms' tune files (rule tune), whose grids
     and choices the page reports (and ``_choices.tuning``); ``features``: each selected layer's features
     file, whose number of latents (requested, used, what limited it) the page explains and ``_choices``
-    records."""
+    records; ``robustness``: the robustness readings (rule robustness), a section of the page."""
     import pandas as pd
 
     from mmie import failures
@@ -90,7 +90,8 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
         config, rule="stats", inputs=list(metric_paths) + ([selection] if selection else []) + list(tuning or []))})
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
                                                  io.read_json(lid_report) if lid_report else None, quality, tuned,
-                                                 failed=failed, features=feats))
+                                                 failed=failed, features=feats,
+                                                 robustness=pd.read_csv(robustness) if robustness else None))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

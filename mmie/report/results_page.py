@@ -238,7 +238,8 @@ def lid_quality(report: dict) -> list[str]:
 def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
          selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
          forget_quality: dict | None = None, tuning: list[dict] | None = None,
-         failed: list[dict] | None = None, features: list[dict] | None = None) -> str:
+         failed: list[dict] | None = None, features: list[dict] | None = None,
+         robustness: pd.DataFrame | None = None) -> str:
     target = config["languages"]["target"].get("name", config["languages"]["target"]["code"])
     retain = config["languages"]["retain"].get("name", config["languages"]["retain"]["code"])
     st = config["stats"]
@@ -288,6 +289,15 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
                   "that never saw them; low: it can). Reported, not gated.", "",
                   "| arm | forget quality (KS p) | KS statistic |", "|---|---|---|"]
         lines += [f"| {a} | {v['p_value']:.3g} | {v['ks_statistic']:.3f} |" for a, v in fq.items()]
+    if robustness is not None:
+        lines += ["", "## Removed or hidden? (robustness attacks)", "",
+                  "Each arm attacked as a user could attack it, base and the oracle (the model that never learned the "
+                  "language) beside it: a fresh LoRA trained on forget/holdout texts (relearn), the merged model "
+                  "reloaded at 8 and 4 bit (quantize), forget/holdout sentences before each prompt (incontext), a "
+                  "linear probe on each layer's hidden states (probe). An arm that gives the language back sooner "
+                  "than the oracle picks it up was suppressed, not removed. Estimates with intervals: "
+                  "`summary/robustness.csv`; figure: `plots/robustness.png`. Reported, not gated.", ""]
+        lines += robustness_lines(robustness)
     table = headline(iv, arms, sets, measurable)
     lines += ["", "## Headline metrics", "", "| " + " | ".join(table.columns) + " |",
               "|" + "---|" * len(table.columns)]
@@ -308,3 +318,11 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
                          f"{_fmt(r.base)} | {_interval(r.ci_low, r.ci_high)} | {r.ci_level:.4g} | {r.p_value:.3g} | "
                          f"{r.p_adjusted:.3g} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def robustness_lines(readings: pd.DataFrame) -> list[str]:
+    """The robustness readings (``mmie.report.robustness.readings``) as a Markdown table."""
+    if readings.empty:
+        return ["No robustness attack finished (see the failed runs)."]
+    return ["| arm | attack | reading |", "|---|---|---|"] + [
+        f"| {r.arm} | {r.attack} | {r.reading} |" for r in readings.itertuples()]

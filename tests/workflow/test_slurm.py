@@ -173,6 +173,7 @@ def grid_config(work: Path) -> Path:
     path = reduced_config(work)
     cfg = yaml.safe_load(path.read_text())
     cfg["arms"] = {a: cfg["arms"][a] for a in ARMS}
+    cfg["robustness"] = {"attacks": []}     # the attacks are jobs like evaluate's (tests/workflow cover them)
     cfg["resources"] = {**(cfg.get("resources") or {}), "gpu_mem_mb": GPU_MEM, "cpu_mem_mb": CPU_MEM}
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return path

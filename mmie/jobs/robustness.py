@@ -1,0 +1,260 @@
+"""Job functions of rules/robustness.smk: one attack on one (arm, seed) per job (``mmie.attacks``),
+and the study's robustness table. Each attack job loads the model and the arm once, as the arm's
+evaluation does (``mmie.jobs.evaluate.load_arm``), measures the forget test prompts (and, where the
+attack can change fluency, the retain ones) at every strength and writes
+``<arm>/seed<k>/robustness/<attack>.json``: per-item points (``mmie.attacks.point``) for the
+crossed bootstrap, a few sample outputs per strength, the attack's details and provenance."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from mmie import io, provenance
+from mmie.jobs import JobConfig, job, split_files
+
+log = logging.getLogger(__name__)
+
+#: the config sections every attack job reads: the arm's model and build (as evaluate), generation and
+#: its measurement (LID), and the attack settings
+SECTIONS = ("model", "generation", "eval", "gate", "deterministic", "languages", "lid", "robustness")
+SAMPLES = 3     # sample outputs kept per strength (the report's examples)
+
+
+class Measure:
+    """Generates for the first ``robustness.prompts`` items of an evaluation set and scores each output
+    as the score job does (LID label -> target 0/1, extraction strength), with no file in between."""
+
+    def __init__(self, config, lid, set_file: str, tok, seed: int, system: str | None) -> None:
+        from mmie.model.generation import Decoding
+
+        self.items = io.read_jsonl(set_file)[:config["robustness"]["prompts"]]
+        if not self.items:
+            raise ValueError(f"{set_file} has no items; rerun prepare_data")
+        self.lid, self.tok, self.seed, self.system = lid, tok, seed, system
+        self.decoding = Decoding.from_config(config["generation"])
+        self.extraction = dict(config["lid"]["extraction"] or {})
+
+    def __call__(self, model, desc: str, items: list[dict] | None = None) -> dict:
+        from mmie.model.generation import generate
+        from mmie.stats.text import extraction_strength
+
+        gens = generate(model, self.tok, items or self.items, self.decoding, system=self.system, seed=self.seed,
+                        desc=desc)
+        outs = [g["output"] for g in gens]
+        labels = [self.lid.identify(o)[0] for o in outs]
+        return {"ids": [g["id"] for g in gens], "outputs": outs, "labels": labels,
+                "target": [int(self.lid.is_target(lab)) for lab in labels],
+                "es": [extraction_strength(o, self.lid.identify, self.lid.is_target, **self.extraction) for o in outs]}
+
+
+def forget_points(strength, measured: dict, set_name: str = "forget") -> list[dict]:
+    from mmie.attacks import point
+
+    return [point(strength, set_name, "target_rate", measured["ids"], measured["target"]),
+            point(strength, set_name, "es", measured["ids"], measured["es"])]
+
+
+def sample(strength, measured: dict, set_name: str = "forget") -> list[dict]:
+    return [{"strength": strength, "set": set_name, "id": i, "output": o, "label": lab}
+            for i, o, lab in list(zip(measured["ids"], measured["outputs"], measured["labels"], strict=True))[:SAMPLES]]
+
+
+def _setup(config, arm_name: str, seed: int, model_dir, checkpoint, assets, method_files, detector: str | None):
+    """The model, the arm, its layer assets and (given the detector) the LID, seeded."""
+    from mmie.jobs.evaluate import load_arm
+    from mmie.lang.lid import load_lid
+    from mmie.seeding import seed_everything
+
+    seed_everything(seed, config["deterministic"])
+    lm, arm, layer_assets = load_arm(config, arm_name, seed, model_dir, checkpoint, assets, method_files)
+    lid = load_lid(config["lid"], config["languages"], detector) if detector else None
+    return lm, arm, layer_assets, lid
+
+
+def _write(out: str, config, attack: str, arm_name: str, seed: int, arm, points: list[dict], samples: list[dict],
+           details: dict, t0: float, runtime, inputs: list[str]) -> None:
+    io.write_json(out, {
+        "attack": attack, "arm": arm_name, "seed": seed, "method": arm.method, "points": points,
+        "samples": samples, "details": details, "seconds": round(time.time() - t0, 1),
+        "provenance": provenance.build(config, seed=seed, runtime=runtime, rule=attack, inputs=inputs)})
+
+
+@job(*SECTIONS, arm=True)
+def relearn(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
+            forget_set: str, splits, detector: str, out: str, assets=None, method_files=()) -> None:
+    """The relearning attack: a fresh LoRA on top of the arm, trained for k steps on forget/holdout
+    texts (``robustness.relearn``), the forget test prompts measured at each k."""
+    from mmie.attacks.relearn import relearn as attack
+    from mmie.jobs import split_texts
+
+    t0 = time.time()
+    lm, arm, _, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
+    cfg = config["robustness"]["relearn"]
+    texts = split_texts(split_files(splits), "forget", "holdout", "relearn")[:cfg["texts"]]
+    measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
+    curve, details = attack(arm, lm, texts, sorted(cfg["steps"]), lr=cfg["lr"], rank=cfg["rank"],
+                            batch_size=cfg["batch_size"], max_length=cfg["max_length"], seed=seed,
+                            measure=lambda model: measure(model, f"relearn {arm_name}/seed{seed}"))
+    points = [p for k, m in curve for p in forget_points(k, m)]
+    samples = [s for k, m in curve for s in sample(k, m)]
+    _write(out, config, "relearn", arm_name, seed, arm, points, samples, {**details, "texts": len(texts),
+           "split": "forget/holdout"}, t0, lm.runtime, [forget_set, *list(splits)])
+
+
+@job(*SECTIONS, arm=True)
+def incontext(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
+              forget_set: str, splits, detector: str, out: str, assets=None, method_files=()) -> None:
+    """In-context relearning: n forget/holdout sentences before each forget test prompt."""
+    from mmie.attacks.incontext import with_examples
+    from mmie.jobs import split_texts
+
+    t0 = time.time()
+    lm, arm, _, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
+    examples = split_texts(split_files(splits), "forget", "holdout", "incontext")
+    measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
+    points, samples = [], []
+    with arm.active():
+        for n in sorted(config["robustness"]["incontext"]["shots"]):
+            items = with_examples(measure.items, examples, n, seed=seed)
+            m = measure(arm.model, f"incontext {arm_name}/seed{seed} n={n}", items)
+            points += forget_points(n, m)
+            samples += sample(n, m)
+    _write(out, config, "incontext", arm_name, seed, arm, points, samples,
+           {"examples": len(examples), "split": "forget/holdout",
+            "prompt_tokens": "the examples count against generation.max_prompt_tokens (truncated prompts are counted "
+                             "in the evaluation's way)"}, t0, lm.runtime, [forget_set, *list(splits)])
+
+
+@job(*SECTIONS, arm=True)
+def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
+             forget_set: str, retain_set: str, detector: str, out: str, workdir: str, assets=None,
+             method_files=()) -> None:
+    """The quantization attack: the arm merged into its model where it can be, reloaded at each of
+    ``robustness.quantize.bits``; forget prompts (target rate, ES) and retain texts (perplexity)
+    measured at full precision and at each precision."""
+    import shutil
+
+    from mmie.attacks import point
+    from mmie.attacks.quantize import quantized_arm
+
+    t0 = time.time()
+    lm, arm, layer_assets, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
+    measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
+    retain = [it for it in io.read_jsonl(retain_set) if it.get("text")][:config["robustness"]["prompts"]]
+    if not retain:
+        raise ValueError(f"{retain_set} has no item with a reference text; the quantization attack measures retain "
+                         f"perplexity on them")
+    points, samples, details = [], [], {}
+
+    def run(strength, arm_now) -> None:
+        with arm_now.active():
+            m = measure(arm_now.model, f"quantize {arm_name}/seed{seed} {strength}")
+            nll = _reference_nll(config, arm_now, lm.tokenizer, retain)
+        points.extend(forget_points(strength, m))
+        points.append(point(strength, "retain", "ppl", [it["id"] for it in retain], [s["nll"] for s in nll],
+                            [s["tokens"] for s in nll], transform="exp"))
+        samples.extend(sample(strength, m))
+
+    run("full", arm)
+    spec = config["arms"][arm_name]
+    for bits in config["robustness"]["quantize"]["bits"]:
+        q = quantized_arm(arm_name, spec, config["model"], model_dir, checkpoint, bits=bits, config=config,
+                          seed=seed, assets=layer_assets, files=method_files, workdir=workdir)
+        details[str(bits)] = q.details.get("quantization", {})
+        run(bits, q)
+        del q
+    if Path(workdir).exists():
+        shutil.rmtree(workdir)      # the merged copies: large, and rebuilt from the checkpoint on a rerun
+    _write(out, config, "quantize", arm_name, seed, arm, points, samples, details, t0, lm.runtime,
+           [forget_set, retain_set])
+
+
+def _reference_nll(config, arm, tok, items: list[dict]) -> list[dict]:
+    """NLL and token count of each item's reference text after the tokenizer's prefix (and the arm's
+    instruction), as the evaluation scores retain perplexity."""
+    from mmie.model.generation import special_prefix
+    from mmie.model.likelihood import score_sequences
+
+    ev = config["eval"]
+    ctx = special_prefix(tok) + (tok(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else [])
+    return score_sequences(arm.model, tok.pad_token_id, [ctx] * len(items),
+                           [tok(it["text"], add_special_tokens=False)["input_ids"] for it in items],
+                           batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc="retain ppl")
+
+
+@job(*SECTIONS, arm=True)
+def probe(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
+          splits, out: str, assets=None, method_files=()) -> None:
+    """The probing attack: per layer, a logistic-regression probe on mean-pooled hidden states (arm
+    on) tells the target language from the retain language and the neighbours; fitted on train
+    texts, its C chosen on dev texts, scored on test texts."""
+    import numpy as np
+
+    from mmie.attacks import point
+    from mmie.attacks.probe import fit_probe, hidden_means
+
+    t0 = time.time()
+    lm, arm, _, _ = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, None)
+    cfg, ev = config["robustness"]["probe"], config["eval"]
+    files = split_files(splits)
+    lang = config["languages"]
+    roles = {"forget": lang["target"]["code"], "retain": lang["retain"]["code"],
+             **{f"neighbour_{c}": c for c in lang.get("neighbours", {})}}
+    data = {}
+    with arm.active():
+        for part in ("train", "dev", "test"):
+            rows = [(r, label) for role, label in roles.items()
+                    for r in _rows(files, role, part)[:cfg["texts"]]]
+            feats = hidden_means(arm.model, lm.tokenizer, [r["text"] for r, _ in rows],
+                                 batch_size=ev["score_batch_size"], max_length=ev["max_length"])
+            data[part] = (feats, np.array([label for _, label in rows]), [r["id"] for r, _ in rows])
+    target = lang["target"]["code"]
+    points, per_layer = [], []
+    for layer in range(data["train"][0].shape[0]):
+        fit = fit_probe(*((data[p][0][layer], data[p][1]) for p in ("train", "dev", "test")), Cs=cfg["Cs"], seed=seed)
+        ids, labels = data["test"][2], data["test"][1]
+        points.append(point(layer, "probe", "accuracy", ids, fit["test_correct"]))
+        is_t = [i for i, lab in enumerate(labels) if lab == target]
+        points.append(point(layer, "probe", "target_recall", [ids[i] for i in is_t],
+                            [fit["test_correct"][i] for i in is_t]))
+        per_layer.append({"layer": layer, **{k: fit[k] for k in ("C", "dev_accuracy", "test_accuracy",
+                                                                   "per_class_recall")}})
+    counts = {p: {label: int((data[p][1] == label).sum()) for label in roles.values()} for p in data}
+    _write(out, config, "probe", arm_name, seed, arm, points, [],
+           {"layers": per_layer, "classes": sorted(roles.values()), "texts": counts,
+            "features": "hidden states after each block, mean-pooled over the text's tokens, the arm on (an "
+                        "instruction arm's instruction is not part of the text)"}, t0, lm.runtime, list(splits))
+
+
+def _rows(files, role: str, part: str) -> list[dict]:
+    if (role, part) not in files:
+        raise ValueError(f"the probe reads the {role}/{part} split, which the rule does not declare (rules/robustness.smk)")
+    rows = io.read_jsonl(files[role, part])
+    if not rows:
+        raise ValueError(f"{files[role, part]} is empty; the probe needs {role}/{part} texts (rerun prepare_data)")
+    return rows
+
+
+@job("robustness", "stats", "arms")
+def robustness(config: JobConfig, inputs: list[str], table_out: str, readings_out: str, figure_out: str) -> None:
+    """The study's robustness table (``summary/robustness.csv``), one reading per arm and attack, and
+    the figure (``mmie.report.robustness``); a failed attack job is left out and named in the log."""
+    from mmie.config import oracle_arm
+    from mmie.report import robustness as rob
+
+    results = rob.load(inputs)
+    st = config["stats"]
+    base = next((a for a, spec in config["arms"].items() if spec["method"] == "base"), None)
+    oracle = oracle_arm(config)
+    df = rob.table(results, n_boot=st["n_boot"], rng_seed=st["rng_seed"], level=st["level"], base=base, oracle=oracle)
+    read = rob.readings(df, base=base, oracle=oracle, fraction=config["robustness"]["recover_fraction"])
+    io.write_text(table_out, df.to_csv(index=False))
+    io.write_text(readings_out, read.to_csv(index=False))
+    fig = rob.figure(df, base=base, oracle=oracle, target=config["languages"]["target"]["code"], level=st["level"])
+    io.save_figure(figure_out, fig)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    log.info("robustness: %d points of %d attack results", len(df), len(results))
