@@ -74,7 +74,6 @@ def fit_probe(train: tuple, dev: tuple, test: tuple, *, Cs: list[float], seed: i
     Returns ``C``, ``dev_accuracy``, ``test_accuracy``, ``classes`` (sorted; labels as given), ``test_correct`` and
     ``test_pred`` (per test item, in order), ``per_class_recall`` (test), ``dev_accuracy_by_C`` and
     ``converged`` (whether lbfgs converged for the chosen ``C``: recorded, not hidden)."""
-    import numpy as np
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler

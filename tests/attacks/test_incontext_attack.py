@@ -22,7 +22,7 @@ def test_declared():
 def test_examples_precede_the_prompt_and_nothing_else_changes():
     out = with_examples(ITEMS, POOL, 3, seed=0)
     assert len(out) == len(ITEMS)
-    for before, after in zip(ITEMS, out):
+    for before, after in zip(ITEMS, out, strict=True):
         ex = shown(after, 3)
         assert len(set(ex)) == 3 and set(ex) <= set(POOL)              # distinct, from the pool
         assert after["prompt"] == "\n".join(ex) + "\n" + before["prompt"]
@@ -37,7 +37,7 @@ def test_draws_are_reproducible_nested_and_per_item():
     assert a != with_examples(ITEMS, POOL, 8, seed=4)
     for n in (1, 2, 5):
         small = with_examples(ITEMS, POOL, n, seed=3)
-        for s, big in zip(small, a):
+        for s, big in zip(small, a, strict=True):
             assert shown(s, n) == shown(big, 8)[:n]                       # strengths are nested
     # an item's draw depends on its id and the seed only: not on the other items or their order
     reordered = with_examples(ITEMS[::-1], POOL, 8, seed=3)
