@@ -13,4 +13,4 @@ with outcome(snakemake) as run:
         i = snakemake.input
         robustness.probe(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed),
                          snakemake.params.model_dir, snakemake.params.checkpoint, list(i.splits), snakemake.output[0],
-                        , assets=dict(i.items()), method_files=list(i.method_files))
+                         assets=dict(i.items()), method_files=list(i.method_files))

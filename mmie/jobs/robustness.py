@@ -7,6 +7,7 @@ crossed bootstrap, a few sample outputs per strength, the attack's details and p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -36,15 +37,16 @@ class Measure:
         self.decoding = Decoding.from_config(config["generation"])
         self.extraction = dict(config["lid"]["extraction"] or {})
 
-    def __call__(self, model, desc: str, items: list[dict] | None = None) -> dict:
+    def __call__(self, model, desc: str, items: list[dict] | None = None, decoding=None) -> dict:
         from mmie.model.generation import generate
         from mmie.stats.text import extraction_strength
 
-        gens = generate(model, self.tok, items or self.items, self.decoding, system=self.system, seed=self.seed,
-                        desc=desc)
+        gens = generate(model, self.tok, items or self.items, decoding or self.decoding, system=self.system,
+                        seed=self.seed, desc=desc)
+        truncated = sum(bool(g["prompt_truncated"]) for g in gens)   # as the evaluation: counted, beside each point
         outs = [g["output"] for g in gens]
         labels = [self.lid.identify(o)[0] for o in outs]
-        return {"ids": [g["id"] for g in gens], "outputs": outs, "labels": labels,
+        return {"ids": [g["id"] for g in gens], "outputs": outs, "labels": labels, "truncated": truncated,
                 "target": [int(self.lid.is_target(lab)) for lab in labels],
                 "es": [extraction_strength(o, self.lid.identify, self.lid.is_target, **self.extraction) for o in outs]}
 
@@ -52,8 +54,9 @@ class Measure:
 def forget_points(strength, measured: dict, set_name: str = "forget") -> list[dict]:
     from mmie.attacks import point
 
-    return [point(strength, set_name, "target_rate", measured["ids"], measured["target"]),
-            point(strength, set_name, "es", measured["ids"], measured["es"])]
+    extra = {"prompts_truncated": measured["truncated"]}
+    return [point(strength, set_name, "target_rate", measured["ids"], measured["target"], **extra),
+            point(strength, set_name, "es", measured["ids"], measured["es"], **extra)]
 
 
 def sample(strength, measured: dict, set_name: str = "forget") -> list[dict]:
@@ -114,17 +117,27 @@ def incontext(config: JobConfig, arm_name: str, seed: int, model_dir: str | None
     lm, arm, _, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
     examples = split_texts(split_files(splits), "forget", "holdout", "incontext")
     measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
+    shots = sorted(config["robustness"]["incontext"]["shots"])
+    prompted = {n: with_examples(measure.items, examples, n, seed=seed) for n in shots}
+    # the examples come on top of the prompt: the prompt budget grows so that no prompt loses its end
+    longest = max(len(lm.tokenizer(it["prompt"], add_special_tokens=False)["input_ids"])
+                  for items in prompted.values() for it in items)
+    decoding = dataclasses.replace(measure.decoding, max_prompt_tokens=max(measure.decoding.max_prompt_tokens, longest))
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if limit and longest + decoding.max_new_tokens > limit:
+        raise ValueError(f"incontext: {max(shots)} examples make prompts of up to {longest} tokens; with "
+                         f"generation.max_new_tokens {decoding.max_new_tokens} that exceeds the model's "
+                         f"{limit} positions: lower robustness.incontext.shots")
     points, samples = [], []
     with arm.active():
-        for n in sorted(config["robustness"]["incontext"]["shots"]):
-            items = with_examples(measure.items, examples, n, seed=seed)
-            m = measure(arm.model, f"incontext {arm_name}/seed{seed} n={n}", items)
+        for n in shots:
+            m = measure(arm.model, f"incontext {arm_name}/seed{seed} n={n}", prompted[n], decoding)
             points += forget_points(n, m)
             samples += sample(n, m)
     _write(out, config, "incontext", arm_name, seed, arm, points, samples,
-           {"examples": len(examples), "split": "forget/holdout",
-            "prompt_tokens": "the examples count against generation.max_prompt_tokens (truncated prompts are counted "
-                             "in the evaluation's way)"}, t0, lm.runtime, [forget_set, *list(splits)])
+           {"examples": len(examples), "split": "forget/holdout", "max_prompt_tokens": decoding.max_prompt_tokens,
+            "prompt_tokens": "raised to the longest prompt with its examples (no prompt is truncated)"},
+           t0, lm.runtime, [forget_set, *list(splits)])
 
 
 @job(*SECTIONS, arm=True)

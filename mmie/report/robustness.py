@@ -125,7 +125,8 @@ def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction
                 else:
                     k, top = steps_to_recover(df, arm, base_rate, fraction)
                     ko = steps_to_recover(df, oracle, base_rate, fraction)[0] if oracle else None
-                    fmt = lambda s: f"> {top}" if s is None else f"{s:g}"  # noqa: E731
+                    def fmt(s, top=top):
+                        return f"> {top}" if s is None else f"{s:g}"
                     value, ref = (math.inf if k is None else k), (math.inf if ko is None else ko)
                     text = (f"forget target rate back to {fraction:g} x base's after {fmt(k)} relearning steps"
                             + (f"; the oracle: {fmt(ko)}" if oracle else ""))
