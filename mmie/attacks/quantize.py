@@ -116,6 +116,16 @@ def _merge_and_save(peft_model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(str(folder))
 
 
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def quantized_arm(arm_name: str, spec: dict, model_cfg: dict, model_dir: str | None, checkpoint: str | None, *,
                   bits: int, config: dict | None = None, seed: int = 0, assets=None, files=(), workdir: str):
     """The arm ``arm_name`` on its model reloaded at ``bits`` (8 or 4). Returns ``(arm, loaded)``: an
@@ -153,6 +163,7 @@ def quantized_arm(arm_name: str, spec: dict, model_cfg: dict, model_dir: str | N
             edits = (fp_arm.adapter.edits, fp_arm.adapter.skip_prefix) if what == "inner" else None
             details = dict(fp_arm.details)
             del full, fp_arm, peft_model
+            _free_memory()                      # the full-precision copy, before the quantized load
             loaded = load_model({**quant_cfg, "source": "local", "path": str(folder)})
         finally:
             shutil.rmtree(folder, ignore_errors=True)
