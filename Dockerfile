@@ -41,12 +41,11 @@ RUN mkdir -p /hf-cache
 VOLUME ["/hf-cache"]
 
 # The same pins as the venv (Makefile `setup`): requirements.txt + constraints.txt, then the --no-deps
-# pins, then the GPU-only extras. torch==2.13.0 resolves to PyPI's CUDA wheel (2.13.0+cu130); the venv's pip freeze
+# pins. torch==2.13.0 resolves to PyPI's CUDA wheel (2.13.0+cu130); the venv's pip freeze
 # and the image's agree except for torch's "+cpu" and the CUDA packages (tests/image/check_lock.py).
-COPY requirements.txt requirements-nodeps.txt requirements-gpu.txt constraints.txt /tmp/pins/
+COPY requirements.txt requirements-nodeps.txt constraints.txt /tmp/pins/
 RUN pip install --no-cache-dir --disable-pip-version-check -r /tmp/pins/requirements.txt -c /tmp/pins/constraints.txt \
     && pip install --no-cache-dir --disable-pip-version-check --no-deps -r /tmp/pins/requirements-nodeps.txt \
-    && pip install --no-cache-dir --disable-pip-version-check -r /tmp/pins/requirements-gpu.txt -c /tmp/pins/constraints.txt \
     && python -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__; assert torch.version.cuda, 'CPU-only torch'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 RUN if [ -n "${FLASH_ATTN_WHEEL}" ]; then \
       [ -n "${FLASH_ATTN_SHA256}" ] || { echo "FLASH_ATTN_WHEEL needs FLASH_ATTN_SHA256 (the wheel's sha256)" >&2; exit 1; }; \

@@ -42,7 +42,7 @@ def parse_pins(lines) -> dict[str, str]:
 
 def lock_problems(freeze: list[str], lock: dict[str, str], extra: dict[str, str]) -> list[str]:
     """Differences between an image's `pip freeze` and the lock (constraints.txt) plus the pins
-    installed on top of it (requirements-nodeps.txt, requirements-gpu.txt). Allowed: torch's local
+    installed on top of it (requirements-nodeps.txt). Allowed: torch's local
     version (+cpu in the venv, none in the image) and the CUDA packages torch's CUDA wheel needs."""
     try:
         image = parse_pins(freeze)
@@ -59,7 +59,7 @@ def lock_problems(freeze: list[str], lock: dict[str, str], extra: dict[str, str]
     for name, version in sorted(image.items()):
         if name not in wanted and not CUDA_EXTRA.match(name):
             problems.append(f"{name}=={version} is in the image but in no pin file (constraints.txt, "
-                            "requirements-nodeps.txt, requirements-gpu.txt); add it to the lock (make lock)")
+                            "requirements-nodeps.txt); add it to the lock (make lock)")
     return problems
 
 
@@ -67,7 +67,7 @@ def repo_pins() -> tuple[dict[str, str], dict[str, str]]:
     lock = parse_pins((ROOT / "constraints.txt").read_text().splitlines())
     lock = {k: v.split("+", 1)[0] for k, v in lock.items()}
     extra = {}
-    for name in ("requirements-nodeps.txt", "requirements-gpu.txt"):
+    for name in ("requirements-nodeps.txt",):
         extra.update(parse_pins((ROOT / name).read_text().splitlines()))
     return lock, extra
 

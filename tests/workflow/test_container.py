@@ -137,16 +137,16 @@ def test_lock_check_allows_only_torch_local_version_and_cuda_packages():
     wrong = checks.lock_problems(["torch==2.12.0", "numpy==2.4.6", "pyreft==0.1.0", "rich==14.0.0"], lock, extra)
     assert wrong == ["peft==0.21.2 is pinned but not installed in the image",
                      "torch: image has 2.12.0, the pins say 2.13.0",
-                     "rich==14.0.0 is in the image but in no pin file (constraints.txt, requirements-nodeps.txt, "
-                     "requirements-gpu.txt); add it to the lock (make lock)"]
+                     "rich==14.0.0 is in the image but in no pin file (constraints.txt, requirements-nodeps.txt); "
+                     "add it to the lock (make lock)"]
 
 
 def test_repo_pins_cover_every_dockerfile_pin_file():
     lock, extra = checks.repo_pins()
-    assert lock["torch"] == "2.13.0" and extra["pyreft"] == "0.1.0" and "bitsandbytes" in extra
+    assert lock["torch"] == "2.13.0" and extra["pyreft"] == "0.1.0" and lock["bitsandbytes"] == "0.50.2"
     docker = (ROOT / "Dockerfile").read_text()
     pinned = set(re.findall(r"/tmp/pins/(requirements[\w-]*\.txt)", docker))
-    assert pinned == {"requirements.txt", "requirements-nodeps.txt", "requirements-gpu.txt"}
+    assert pinned == {"requirements.txt", "requirements-nodeps.txt"}
     required = checks.parse_pins((ROOT / "requirements.txt").read_text().splitlines())
     assert all(lock[name] == version for name, version in required.items())   # requirements.txt is inside the lock
 
