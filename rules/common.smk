@@ -273,8 +273,10 @@ def sample_generations(wildcards=None):
 # robustness attacks (rules/robustness.smk, mmie/attacks): the arms attacked and every attack result
 ATTACK_RUNS = attacks.attack_runs(config)
 ATTACKED_ARMS = attacks.attacked_arms(config)
-# the probe's texts: train (fit), dev (C) and test (score) of the target, the retain language and each neighbour
-PROBE_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train", "dev", "test"])
+# the probe's texts: train (fit), dev (C) and test (score) of the target (in its script and romanized), the
+# retain language and each neighbour
+PROBE_FILES = mdata.split_files(f"{R}/data", ["forget", "forget_romanized", "retain", *NEIGHBOUR_ROLES],
+                                ["train", "dev", "test"])
 
 
 def attack_results(wildcards=None):

@@ -153,6 +153,8 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     from mmie.attacks.quantize import quantized_arm
 
     t0 = time.time()
+    # bitsandbytes' 8-bit CPU matmul logs, on every layer call, that it casts float32 inputs to float16: once is enough
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once("cast from"))
     lm, arm, layer_assets, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
     measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
     retain = [it for it in io.read_jsonl(retain_set) if it.get("text")][:config["robustness"]["prompts"]]
@@ -173,15 +175,31 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     run("full", arm)
     spec = config["arms"][arm_name]
     for bits in config["robustness"]["quantize"]["bits"]:
-        q = quantized_arm(arm_name, spec, config["model"], model_dir, checkpoint, bits=bits, config=config,
-                          seed=seed, assets=layer_assets, files=method_files, workdir=workdir)
-        details[str(bits)] = q.details.get("quantization", {})
+        q, _ = quantized_arm(arm_name, spec, config["model"], model_dir, checkpoint, bits=bits, config=config,
+                             seed=seed, assets=layer_assets, files=method_files, workdir=workdir)
+        details[str(bits)] = q.details["quantization"]
         run(bits, q)
         del q
     if Path(workdir).exists():
         shutil.rmtree(workdir)      # the merged copies: large, and rebuilt from the checkpoint on a rerun
     _write(out, config, "quantize", arm_name, seed, arm, points, samples, details, t0, lm.runtime,
            [forget_set, retain_set])
+
+
+class _Once(logging.Filter):
+    """Lets the first record containing ``text`` through, and drops the repeats."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen = text, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.text not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        return True
 
 
 def _reference_nll(config, arm, tok, items: list[dict]) -> list[dict]:
@@ -201,8 +219,11 @@ def _reference_nll(config, arm, tok, items: list[dict]) -> list[dict]:
 def probe(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
           splits, out: str, assets=None, method_files=()) -> None:
     """The probing attack: per layer, a logistic-regression probe on mean-pooled hidden states (arm
-    on) tells the target language from the retain language and the neighbours; fitted on train
-    texts, its C chosen on dev texts, scored on test texts."""
+    on) tells the target language — in its script and romanized — from the retain language and the
+    neighbours; fitted on train texts, its C chosen on dev texts, scored on test texts. The native
+    script alone gives the target away to any model (the oracle's probe reads it too); romanized
+    target text shares the retain language's script, so recognising it as the target takes knowing
+    the language: ``romanized_recall`` is the measure that tells an arm from the oracle."""
     import numpy as np
 
     from mmie.attacks import point
@@ -213,32 +234,33 @@ def probe(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, ch
     cfg, ev = config["robustness"]["probe"], config["eval"]
     files = split_files(splits)
     lang = config["languages"]
-    roles = {"forget": lang["target"]["code"], "retain": lang["retain"]["code"],
+    target = lang["target"]["code"]
+    roles = {"forget": target, "forget_romanized": target, "retain": lang["retain"]["code"],
              **{f"neighbour_{c}": c for c in lang.get("neighbours", {})}}
     data = {}
     with arm.active():
         for part in ("train", "dev", "test"):
-            rows = [(r, label) for role, label in roles.items()
-                    for r in _rows(files, role, part)[:cfg["texts"]]]
+            rows = [(r, role) for role in roles for r in _rows(files, role, part)[:cfg["texts"]]]
             feats = hidden_means(arm.model, lm.tokenizer, [r["text"] for r, _ in rows],
                                  batch_size=ev["score_batch_size"], max_length=ev["max_length"])
-            data[part] = (feats, np.array([label for _, label in rows]), [r["id"] for r, _ in rows])
-    target = lang["target"]["code"]
+            data[part] = (feats, np.array([roles[role] for _, role in rows]), [r["id"] for r, _ in rows],
+                          [role for _, role in rows])
     points, per_layer = [], []
     for layer in range(data["train"][0].shape[0]):
         fit = fit_probe(*((data[p][0][layer], data[p][1]) for p in ("train", "dev", "test")), Cs=cfg["Cs"], seed=seed)
-        ids, labels = data["test"][2], data["test"][1]
+        ids, test_roles = data["test"][2], data["test"][3]
         points.append(point(layer, "probe", "accuracy", ids, fit["test_correct"]))
-        is_t = [i for i, lab in enumerate(labels) if lab == target]
-        points.append(point(layer, "probe", "target_recall", [ids[i] for i in is_t],
-                            [fit["test_correct"][i] for i in is_t]))
+        for metric, role in (("target_recall", "forget"), ("romanized_recall", "forget_romanized")):
+            where = [i for i, r in enumerate(test_roles) if r == role]
+            points.append(point(layer, "probe", metric, [ids[i] for i in where], [fit["test_correct"][i] for i in where]))
         per_layer.append({"layer": layer, **{k: fit[k] for k in ("C", "dev_accuracy", "test_accuracy",
-                                                                   "per_class_recall")}})
-    counts = {p: {label: int((data[p][1] == label).sum()) for label in roles.values()} for p in data}
+                                                                   "per_class_recall", "converged")}})
+    counts = {p: {role: data[p][3].count(role) for role in roles} for p in data}
     _write(out, config, "probe", arm_name, seed, arm, points, [],
-           {"layers": per_layer, "classes": sorted(roles.values()), "texts": counts,
-            "features": "hidden states after each block, mean-pooled over the text's tokens, the arm on (an "
-                        "instruction arm's instruction is not part of the text)"}, t0, lm.runtime, list(splits))
+           {"layers": per_layer, "classes": sorted(set(roles.values())), "roles": roles, "texts": counts,
+            "features": "hidden states after each block, mean-pooled over the text's tokens (the tokenizer's prefix "
+                        "left out), the arm on (an instruction arm's instruction is not part of the text)"},
+           t0, lm.runtime, list(splits))
 
 
 def _rows(files, role: str, part: str) -> list[dict]:

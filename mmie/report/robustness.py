@@ -11,7 +11,9 @@ Readings (descriptive; no gate uses them unless one is configured):
   language somewhere the oracle never had it: suppressed, not removed.
 - incontext / quantize: the forget target rate at the strongest setting, against the arm's own
   unattacked rate and the oracle's at the same setting.
-- probe: the best layer's target recall on test texts, against the oracle's."""
+- probe: the best layer's recall of romanized target test texts (in the retain language's script:
+  recognising them takes knowing the language; the native script gives any model the answer), against
+  the oracle's; the native-script recall where no romanized texts were probed."""
 
 from __future__ import annotations
 
@@ -133,12 +135,15 @@ def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction
                     if oracle and arm not in (base, oracle) and value < ref:
                         text = "suppressed: " + text
             elif attack == "probe":
-                sub = df[(df["attack"] == "probe") & (df["arm"] == arm) & (df["metric"] == "target_recall")]
+                probed = set(df[(df["attack"] == "probe") & (df["arm"] == arm)]["metric"])
+                metric = "romanized_recall" if "romanized_recall" in probed else "target_recall"
+                sub = df[(df["attack"] == "probe") & (df["arm"] == arm) & (df["metric"] == metric)]
                 best = sub.loc[sub["estimate"].idxmax()] if len(sub) else None
                 value = float(best["estimate"]) if best is not None else math.nan
-                osub = df[(df["attack"] == "probe") & (df["arm"] == oracle) & (df["metric"] == "target_recall")] if oracle else None
+                osub = df[(df["attack"] == "probe") & (df["arm"] == oracle) & (df["metric"] == metric)] if oracle else None
                 ref = float(osub["estimate"].max()) if osub is not None and len(osub) else math.nan
-                text = (f"target texts recognised by the best layer's probe ({best['strength']}): {value:.2f}"
+                what = "romanized target texts" if metric == "romanized_recall" else "target texts"
+                text = (f"{what} recognised by the best layer's probe (layer {best['strength']}): {value:.2f}"
                         if best is not None else "no probe point") + (f"; the oracle: {ref:.2f}" if math.isfinite(ref) else "")
             else:
                 top, first = strengths[-1], strengths[0]
@@ -151,7 +156,7 @@ def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction
 
 
 def figure(df: pd.DataFrame, *, base: str | None, oracle: str | None, target: str, level: float = 0.95):
-    """One panel per attack: the forget target rate (probe: target recall) per strength, one line per
+    """One panel per attack: the forget target rate (probe: romanized target recall) per strength, one line per
     arm with its interval; base and the oracle dashed."""
     import matplotlib
 
@@ -164,7 +169,9 @@ def figure(df: pd.DataFrame, *, base: str | None, oracle: str | None, target: st
         axes[0][0].text(0.5, 0.5, "no robustness attack finished", ha="center", va="center")
         return fig
     for ax, attack in zip(axes[0], attacks, strict=True):
-        metric = "target_recall" if attack == "probe" else "target_rate"
+        probed = set(df[df["attack"] == "probe"]["metric"])
+        metric = ("romanized_recall" if "romanized_recall" in probed else "target_recall") if attack == "probe" \
+            else "target_rate"
         set_name = "probe" if attack == "probe" else "forget"
         sub = df[(df["attack"] == attack) & (df["metric"] == metric) & (df["set"] == set_name)]
         strengths = sorted(set(sub["strength"]), key=lambda v: _strength_key(v, attack))
@@ -178,7 +185,8 @@ def figure(df: pd.DataFrame, *, base: str | None, oracle: str | None, target: st
         ax.set_xticks(range(len(strengths)), [str(s) for s in strengths])
         ax.set_xlabel({"relearn": "relearning steps", "quantize": "precision (bits)", "incontext": "in-context examples",
                        "probe": "layer"}.get(attack, "strength"))
-        ax.set_ylabel(f"{target} probe recall (test)" if attack == "probe" else f"{target} rate on forget prompts")
+        ax.set_ylabel(f"probe recall of {'romanized ' if metric == 'romanized_recall' else ''}{target} (test)"
+                      if attack == "probe" else f"{target} rate on forget prompts")
         ax.set_ylim(0, 1.02)
         ax.set_title(attack)
     axes[0][-1].legend(fontsize=8, loc="best")

@@ -67,7 +67,7 @@ def test_probe_reading_takes_the_best_layer():
     df = rob.table(res, n_boot=100, rng_seed=0, level=0.95, base=None, oracle="oracle")
     read = rob.readings(df, base=None, oracle="oracle", fraction=0.5).set_index("arm")
     assert read.loc["lora", "value"] == 1.0 and read.loc["lora", "oracle"] == 0.5
-    assert "(1)" in read.loc["lora", "reading"]
+    assert "(layer 1)" in read.loc["lora", "reading"] and read.loc["lora", "reading"].startswith("target texts")
 
 
 def test_quantize_strengths_sort_full_first_and_figure_draws():
