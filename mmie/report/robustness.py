@@ -5,12 +5,11 @@ arm and attack in words.
 
 Readings (descriptive; no gate uses them unless one is configured):
 
-- relearn: *steps to recover*, the first relearning step at which the forget target rate (point
-  estimate over seeds) is at least ``robustness.recover_fraction`` of base's unattacked rate; "> K"
-  when it never is within the grid. An arm that recovers in fewer steps than the oracle kept the
-  language somewhere the oracle never had it: suppressed, not removed.
-- incontext / quantize: the forget target rate at the strongest setting, against the arm's own
-  unattacked rate and the oracle's at the same setting.
+- relearn, incontext, quantize: the weakest strength at which the forget target rate (point estimate
+  over seeds) is back to ``robustness.recover_fraction`` of base's unattacked rate (for relearn: the
+  *steps to recover*); "> K" when it never is within the grid. An arm that comes back where the oracle
+  does not (sooner, or at all) kept the language somewhere the oracle never had it: suppressed, not
+  removed. An arm already at or above that rate unattacked had nothing suppressed.
 - probe: the best layer's recall of romanized target test texts (in the retain language's script:
   recognising them takes knowing the language; the native script gives any model the answer), against
   the oracle's; the native-script recall where no romanized texts were probed."""
@@ -94,47 +93,50 @@ def table(results: list[dict], *, n_boot: int, rng_seed: int, level: float, base
     return df
 
 
+def recovered_at(df: pd.DataFrame, attack: str, arm: str, threshold: float) -> tuple[object | None, list]:
+    """The weakest strength of ``attack`` at which ``arm``'s forget target rate (point estimate over its
+    seeds) is >= threshold (None when none is), and the strengths measured, weakest first."""
+    sub = df[(df["attack"] == attack) & (df["arm"] == arm) & (df["set"] == "forget") & (df["metric"] == "target_rate")]
+    order = sorted(sub["strength"], key=lambda v: _strength_key(v, attack))
+    rate = dict(zip(sub["strength"], sub["estimate"], strict=True))
+    return next((s for s in order if rate[s] >= threshold), None), order
+
+
 def steps_to_recover(df: pd.DataFrame, arm: str, base_rate: float, fraction: float) -> tuple[float | None, int]:
     """The first relearning step at which ``arm``'s forget target rate is >= fraction x base_rate
     (None when it never is), and the largest step measured."""
-    sub = df[(df["attack"] == "relearn") & (df["arm"] == arm) & (df["set"] == "forget") & (df["metric"] == "target_rate")]
-    sub = sub.sort_values("strength", key=lambda s: s.map(_strength_key))
-    hit = sub[sub["estimate"] >= fraction * base_rate]
-    return (float(hit["strength"].iloc[0]) if len(hit) else None), int(sub["strength"].max())
+    k, order = recovered_at(df, "relearn", arm, fraction * base_rate)
+    return (None if k is None else float(k)), int(max(order))
+
+
+#: how each attack's strength reads in a sentence
+_UNITS = {"relearn": ("after {} relearning steps", "> {}"), "incontext": ("with {} in-context examples", "> {}"),
+          "quantize": ("at {} bit", "not at {} bit")}
 
 
 def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction: float) -> pd.DataFrame:
-    """One line per arm and attack in words (see the module doc)."""
+    """One line per arm and attack in words (see the module doc). relearn, incontext and quantize share
+    one rule: the threshold is ``fraction`` x base's unattacked forget target rate; an arm already at or
+    above it unattacked had nothing suppressed to recover; otherwise the weakest strength that brings it
+    back (``value``: the strength, inf when none does), the oracle's beside it (``oracle``), and
+    "suppressed" when the arm comes back where the oracle does not (sooner, or at all)."""
+    cols = ["arm", "attack", "value", "oracle", "suppressed", "reading"]
     out = []
     if df.empty:
-        return pd.DataFrame(columns=["arm", "attack", "value", "oracle", "reading"])
+        return pd.DataFrame(columns=cols)
+    arms = list(dict.fromkeys(df["arm"]))
 
-    def at(attack, arm, strength, set_name="forget", metric="target_rate"):
-        sub = df[(df["attack"] == attack) & (df["arm"] == arm) & (df["set"] == set_name) & (df["metric"] == metric)
+    def rate(attack, arm, strength):
+        sub = df[(df["attack"] == attack) & (df["arm"] == arm) & (df["set"] == "forget") & (df["metric"] == "target_rate")
                  & (df["strength"].astype(str) == str(strength))]
         return float(sub["estimate"].iloc[0]) if len(sub) else math.nan
 
-    arms = list(dict.fromkeys(df["arm"]))
     for attack in dict.fromkeys(df["attack"]):
-        strengths = sorted(set(df[df["attack"] == attack]["strength"]), key=lambda v: _strength_key(v, attack))
         for arm in arms:
             if df[(df["attack"] == attack) & (df["arm"] == arm)].empty:
                 continue
-            if attack == "relearn":
-                base_rate = at("relearn", base, strengths[0]) if base else math.nan
-                if not math.isfinite(base_rate) or base_rate <= 0:
-                    value, ref, text = math.nan, math.nan, "base's unattacked forget target rate is 0 or missing: no recovery to measure"
-                else:
-                    k, top = steps_to_recover(df, arm, base_rate, fraction)
-                    ko = steps_to_recover(df, oracle, base_rate, fraction)[0] if oracle else None
-                    def fmt(s, top=top):
-                        return f"> {top}" if s is None else f"{s:g}"
-                    value, ref = (math.inf if k is None else k), (math.inf if ko is None else ko)
-                    text = (f"forget target rate back to {fraction:g} x base's after {fmt(k)} relearning steps"
-                            + (f"; the oracle: {fmt(ko)}" if oracle else ""))
-                    if oracle and arm not in (base, oracle) and value < ref:
-                        text = "suppressed: " + text
-            elif attack == "probe":
+            suppressed = False
+            if attack == "probe":
                 probed = set(df[(df["attack"] == "probe") & (df["arm"] == arm)]["metric"])
                 metric = "romanized_recall" if "romanized_recall" in probed else "target_recall"
                 sub = df[(df["attack"] == "probe") & (df["arm"] == arm) & (df["metric"] == metric)]
@@ -145,14 +147,43 @@ def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction
                 what = "romanized target texts" if metric == "romanized_recall" else "target texts"
                 text = (f"{what} recognised by the best layer's probe (layer {best['strength']}): {value:.2f}"
                         if best is not None else "no probe point") + (f"; the oracle: {ref:.2f}" if math.isfinite(ref) else "")
+                out.append({"arm": arm, "attack": attack, "value": value, "oracle": ref, "suppressed": False,
+                            "reading": text})
+                continue
+            strengths = recovered_at(df, attack, arm, math.inf)[1]
+            weakest = strengths[0]
+            base_rate = rate(attack, base, weakest) if base else math.nan
+            own = rate(attack, arm, weakest)
+            phrase, never = _UNITS.get(attack, ("at {}", "> {}"))
+            if not math.isfinite(base_rate) or base_rate <= 0:
+                value, ref = math.nan, math.nan
+                text = "base's unattacked forget target rate is 0 or missing: no recovery to measure"
+            elif own >= fraction * base_rate:
+                value, ref = math.nan, math.nan
+                text = (f"not suppressed to begin with: forget target rate {own:.2f} unattacked, at or above "
+                        f"{fraction:g} x base's {base_rate:.2f}") if arm != base else f"base: forget target rate {own:.2f}"
             else:
-                top, first = strengths[-1], strengths[0]
-                value, ref, own = at(attack, arm, top), at(attack, oracle, top) if oracle else math.nan, at(attack, arm, first)
-                what = {"incontext": f"with {top} in-context examples", "quantize": f"at {top} bit"}.get(attack, str(top))
-                text = (f"forget target rate {what}: {value:.2f} (unattacked {own:.2f})"
-                        + (f"; the oracle: {ref:.2f}" if math.isfinite(ref) else ""))
-            out.append({"arm": arm, "attack": attack, "value": value, "oracle": ref, "reading": text})
-    return pd.DataFrame(out)
+                threshold = fraction * base_rate
+                k, order = recovered_at(df, attack, arm, threshold)
+                ko = recovered_at(df, attack, oracle, threshold)[0] if oracle else None
+                pos = {s: i for i, s in enumerate(order)}
+
+                def say(s, order=order, phrase=phrase, never=never):
+                    return phrase.format(s) if s is not None else never.format(order[-1])
+                value = math.inf if k is None else pos[k]
+                ref = (math.inf if ko is None else pos.get(ko, math.inf)) if oracle else math.nan
+                suppressed = bool(oracle) and arm != oracle and k is not None and value < ref
+                text = (f"forget target rate back to {fraction:g} x base's ({threshold:.2f}) {say(k)}"
+                        + (f"; the oracle: {say(ko)}" if oracle else ""))
+                if k is not None:
+                    value = float(k) if attack != "quantize" else k
+                if ko is not None and oracle:
+                    ref = float(ko) if attack != "quantize" else ko
+                if suppressed:
+                    text = "suppressed: " + text
+            out.append({"arm": arm, "attack": attack, "value": value, "oracle": ref, "suppressed": suppressed,
+                        "reading": text})
+    return pd.DataFrame(out, columns=cols)
 
 
 def figure(df: pd.DataFrame, *, base: str | None, oracle: str | None, target: str, level: float = 0.95):

@@ -114,3 +114,19 @@ def test_generation_under_a_strong_bias_writes_no_target_script(tiny_lm, demo_co
     assert [devanagari(g["output"]) for g in out] == [0] * len(items)
     assert all(g["output_tokens"] > 0 for g in out)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())   # the weights are untouched
+
+
+
+def test_bias_shared_adds_the_shared_byte_pieces(tiny_lm, chosen):
+    """``bias_shared: true`` biases the byte pieces the target script shares with other scripts too (the
+    demo model writes Hindi through them at bias -8 otherwise); the default leaves them alone."""
+    model, tok = tiny_lm
+    config = {"languages": {"target": {"script": "devanagari"}}}
+    plain, shared = build(tiny_lm, config, bias=-5.0), build(tiny_lm, config, bias=-5.0, bias_shared=True)
+    assert chosen["shared_ids"] and not set(chosen["shared_ids"]) & set(chosen["ids"])
+    assert shared.details["biased_tokens"] == plain.details["biased_tokens"] + len(chosen["shared_ids"])
+    ref = logits(model, tok, ["hello"])[0, -1]
+    with shared.active():
+        got = logits(model, tok, ["hello"])[0, -1]
+    moved = set(torch.nonzero((ref - got).abs() > 1e-4).flatten().tolist())
+    assert moved == set(chosen["ids"]) | set(chosen["shared_ids"])

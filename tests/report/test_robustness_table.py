@@ -78,3 +78,25 @@ def test_quantize_strengths_sort_full_first_and_figure_draws():
     fig = rob.figure(df, base="base", oracle=None, target="hi")
     assert len(fig.axes) == 1
     assert np.isfinite(df["estimate"]).all()
+
+
+def test_an_arm_that_never_suppressed_is_not_called_suppressed():
+    """An identity-like arm (its unattacked rate already at base's) has nothing to recover: no
+    "suppressed" whatever the attack does; in-context and quantize follow the same rule."""
+    def curve(attack, arm, rates):
+        return result(attack, arm, 0, [point(k, "forget", "target_rate", ["a", "b"], v) for k, v in rates.items()])
+
+    res = [curve("incontext", "base", {0: [1, 1], 2: [1, 1]}), curve("incontext", "oracle", {0: [0, 0], 2: [0, 0]}),
+           curve("incontext", "identity", {0: [1, 0], 2: [1, 1]}), curve("incontext", "shallow", {0: [0, 0], 2: [1, 1]}),
+           curve("quantize", "base", {"full": [1, 1], 8: [1, 1], 4: [1, 1]}),
+           curve("quantize", "oracle", {"full": [0, 0], 8: [0, 0], 4: [0, 0]}),
+           curve("quantize", "shallow", {"full": [0, 0], 8: [0, 0], 4: [1, 0]})]
+    df = rob.table(res, n_boot=100, rng_seed=0, level=0.95, base="base", oracle="oracle")
+    read = rob.readings(df, base="base", oracle="oracle", fraction=0.5).set_index(["attack", "arm"])
+    assert read.loc[("incontext", "identity"), "reading"].startswith("not suppressed to begin with")
+    assert not read.loc[("incontext", "identity"), "suppressed"]
+    assert read.loc[("incontext", "shallow"), "suppressed"] and "with 2 in-context examples" in \
+        read.loc[("incontext", "shallow"), "reading"]
+    assert read.loc[("quantize", "shallow"), "suppressed"] and read.loc[("quantize", "shallow"), "value"] == 4
+    assert "the oracle: not at 4 bit" in read.loc[("quantize", "shallow"), "reading"]
+    assert not read.loc[("quantize", "oracle"), "suppressed"] and not read.loc[("incontext", "oracle"), "suppressed"]

@@ -12,8 +12,10 @@ target-script character that decodes to no whole letter but that the tokenizer u
 target-script letters and no letter of another script (e.g. the lead bytes ``E0 A4`` of Devanagari).
 Pieces shared with other scripts (a lone ``E0`` lead byte, a lone continuation byte) are not biased:
 that would suppress the neighbour languages too. They are counted in the arm's details
-(``shared_pieces``); a model can still write target text through them, byte by byte, which a trained
-model rarely does."""
+(``shared_pieces``), unless ``bias_shared: true``. A model can still write target text through them,
+byte by byte: the demo model does (a third of its forget answers are still Hindi at bias -8), so a
+known-answer check that needs the target's output really pushed down sets ``bias_shared: true`` and
+accepts that the neighbours sharing those pieces are pushed down too."""
 
 from __future__ import annotations
 
@@ -63,8 +65,9 @@ def target_tokens(tok, script: str) -> dict:
     ours = used(by_script[script])
     theirs = set().union(*(used(chars) for s, chars in by_script.items() if s != script))
     pieces = {i for i in ours - theirs if "\ufffd" in texts[i]}
+    shared = {i for i in ours & theirs if "\ufffd" in texts[i]}
     return {"ids": sorted(letters | pieces), "letters": len(letters), "pieces": len(pieces),
-            "shared_pieces": len(ours & theirs)}
+            "shared_pieces": len(ours & theirs), "shared_ids": sorted(shared - letters - pieces)}
 
 
 class LogitBias(Switch):
@@ -111,15 +114,17 @@ def build(ctx: BuildContext):
     head = model.get_output_embeddings()
     if head is None:
         raise ConfigError(f"logit_bias: {type(model).__name__} has no output embedding (lm_head) to bias")
+    ids = chosen["ids"] + (chosen["shared_ids"] if ctx.spec["bias_shared"] else [])
     vector = torch.zeros(head.weight.shape[0], dtype=torch.float32)
-    vector[chosen["ids"]] = bias
+    vector[ids] = bias
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    details = {"bias": bias, "script": script, "biased_tokens": len(chosen["ids"]), "letter_tokens": chosen["letters"],
+    details = {"bias": bias, "script": script, "biased_tokens": len(ids), "letter_tokens": chosen["letters"],
+               "bias_shared": bool(ctx.spec["bias_shared"]),
                "target_pieces": chosen["pieces"], "shared_pieces": chosen["shared_pieces"], "vocabulary": len(tok),
                "where": "lm_head output" + (f" (before the final logit soft-capping at {softcap})" if softcap else "")}
     return Arm(name=ctx.name, method="logit_bias", model=model, adapter=LogitBias(model, vector), details=details)
 
 
-METHOD = Method(name="logit_bias", build=build, keys=("bias",), defaults={"bias": -8.0},
+METHOD = Method(name="logit_bias", build=build, keys=("bias", "bias_shared"), defaults={"bias": -8.0, "bias_shared": False},
                 summary="planted suppression for known-answer checks: a negative bias on target-script tokens' logits "
                         "(weights untouched; not an unlearning method)")
