@@ -272,7 +272,7 @@ def _rows(files, role: str, part: str) -> list[dict]:
     return rows
 
 
-@job("robustness", "stats", "arms")
+@job("robustness", "stats", "arms", "languages.target")
 def robustness(config: JobConfig, inputs: list[str], table_out: str, readings_out: str, figure_out: str) -> None:
     """The study's robustness table (``summary/robustness.csv``), one reading per arm and attack, and
     the figure (``mmie.report.robustness``); a failed attack job is left out and named in the log."""

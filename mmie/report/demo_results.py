@@ -67,7 +67,10 @@ def collect(results: str | Path) -> dict:
     layers = io.read_json(selection).get("layers") if selection.exists() else None
     commit = decisions.get("_provenance", {}).get("git", {})   # the commit that ran, not today's HEAD
     arms_only = {a: d for a, d in decisions.items() if not a.startswith("_")}
+    readings = results / "summary" / "robustness_readings.csv"
+    robustness = pd.read_csv(readings)[["arm", "attack", "reading"]].to_dict("records") if readings.exists() else []
     return {"commit": commit.get("commit"), "dirty": commit.get("dirty"), "layers": layers, "rows": rows,
+            "robustness": robustness,
             "decisions": {a: d["decision"] for a, d in arms_only.items()},
             "failing": {a: {g: d.get("verdicts", {}).get(g, "") for g in d["failing"]} for a, d in arms_only.items()}}
 
@@ -98,6 +101,11 @@ def markdown(run: dict) -> str:
         lines.append(f"| {a} | " + " | ".join(cells) + f" | {run['decisions'].get(a, '—')} | {why} |")
     lines += ["", "Failing gates: *shown* — the gate's 90 % interval lies wholly on the wrong side of its threshold; "
               "*not excluded* — it straddles the threshold; *missing* — no value (docs/method.md §8)."]
+    if run.get("robustness"):
+        lines += ["", "Removed or hidden? The robustness attacks' readings (`summary/robustness_readings.csv`; "
+                  "estimates with intervals in `summary/robustness.csv`):", "", "| arm | attack | reading |",
+                  "|---|---|---|"]
+        lines += [f"| {r['arm']} | {r['attack']} | {r['reading']} |" for r in run["robustness"]]
     return "\n".join(lines) + "\n"
 
 

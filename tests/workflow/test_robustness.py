@@ -1,0 +1,101 @@
+"""The robustness attacks in the reduced run (rules/robustness.smk): every attack on the attacked arm,
+base and the oracle, one table with intervals, a section of the results page, a figure; a target path
+reruns one attack job; no attack reads a test text to fit anything; and, on a copy of the run, a
+planted suppression (a logit bias against the target script's tokens, weights untouched) reads as
+suppressed under relearning while the oracle does not."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import EXP, planned_jobs, smk
+
+pytestmark = pytest.mark.slow
+ATTACKED = {"base", "oracle", "lora"}        # reduced config: robustness.arms [lora] + the references
+ATTACKS = {"relearn", "quantize", "incontext", "probe"}
+
+
+def result(work, arm, attack, seed=0):
+    return json.loads((work / "results" / EXP / arm / f"seed{seed}" / "robustness" / f"{attack}.json").read_text())
+
+
+def test_every_attack_ran_on_every_attacked_arm_with_intervals(run_dir):
+    r = run_dir / "results" / EXP
+    df = pd.read_csv(r / "summary" / "robustness.csv")
+    assert set(df["attack"]) == ATTACKS and set(df["arm"]) == ATTACKED
+    assert ((df["ci_low"] <= df["estimate"] + 1e-12) & (df["estimate"] <= df["ci_high"] + 1e-12)).all()
+    assert df["base"].notna().all() and df["oracle"].notna().all()   # every point has both references
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["robustness"]
+    relearn = df[(df["attack"] == "relearn") & (df["metric"] == "target_rate")]
+    assert sorted(relearn[relearn["arm"] == "lora"]["strength"].astype(int)) == sorted(cfg["relearn"]["steps"])
+    quant = df[(df["attack"] == "quantize") & (df["arm"] == "lora") & (df["metric"] == "ppl")]
+    assert list(quant["strength"].astype(str)) == ["full", "8", "4"]
+    probe = df[df["attack"] == "probe"]
+    assert {"accuracy", "target_recall", "romanized_recall"} == set(probe["metric"])
+    readings = pd.read_csv(r / "summary" / "robustness_readings.csv")
+    assert set(readings["arm"]) == ATTACKED and set(readings["attack"]) == ATTACKS
+    page = (r / "summary" / "results.md").read_text(encoding="utf-8")
+    assert "## Removed or hidden? (robustness attacks)" in page
+    assert all(line in page for line in readings["reading"])
+    assert (r / "plots" / "robustness.png").stat().st_size > 10_000 and (r / "plots" / "robustness.pdf").is_file()
+
+
+def test_each_attack_records_what_it_read_and_did(run_dir):
+    lora = result(run_dir, "lora", "quantize")
+    assert lora["details"]["8"]["merged"] is True and lora["details"]["4"]["scheme"]
+    assert result(run_dir, "base", "quantize")["details"]["8"]["merged"] is False
+    relearn = result(run_dir, "lora", "relearn")
+    assert relearn["details"]["split"] == "forget/holdout" and len(relearn["details"]["losses"]) == 2
+    for attack in ATTACKS:
+        res = result(run_dir, "lora", attack)
+        assert res["provenance"]["rule"] == attack and res["arm"] == "lora" and res["method"] == "lora"
+        # nothing an attack fits or draws examples from is a test split (the probe scores on test texts only)
+        read = [p for p in res["provenance"]["data_hashes"] if "/data/" in p and "eval_sets" not in p]
+        fits = [p for p in read if not p.endswith("/test.jsonl")]
+        assert all(p.endswith(("/train.jsonl", "/dev.jsonl", "/holdout.jsonl")) for p in fits), read
+        if attack != "probe":
+            assert not any(p.endswith("/test.jsonl") for p in read), read
+    probe = result(run_dir, "lora", "probe")
+    assert all(layer["C"] in yaml.safe_load((run_dir / "config.yaml").read_text())["robustness"]["probe"].get(
+        "Cs", [0.01, 0.1, 1.0, 10.0]) for layer in probe["details"]["layers"])
+
+
+def test_a_target_path_reruns_one_attack_job(run_dir):
+    target = f"results/{EXP}/oracle/seed0/robustness/incontext.json"
+    before = result(run_dir, "oracle", "incontext")
+    (run_dir / target).unlink()
+    res = smk(run_dir, target)
+    assert planned_jobs(res) == {"incontext": 1}
+    after = result(run_dir, "oracle", "incontext")
+    assert after["points"] == before["points"]           # greedy decoding, same seed: the same answers
+
+
+def test_a_planted_suppression_reads_as_suppressed_and_the_oracle_does_not(run_dir, tmp_path):
+    """A logit bias of -4 against every token that writes Devanagari (shared byte pieces included) cuts
+    the demo model's Hindi rate below half of base's with its weights untouched (0.25 vs 0.78 when
+    measured); a few relearning steps on forget/holdout texts bring it back (0.44 after 5, 0.63 after
+    25), while the oracle, which never learned Hindi, does not get there within the grid (0.22 after
+    25). A constant logit bias does not depend on the context, so in-context examples cannot undo it:
+    on the demo model they lower its Hindi rate (docs/method.md); the in-context reading is checked
+    on planted tables (tests/report/test_robustness_table.py)."""
+    work = tmp_path / "copy"
+    shutil.copytree(run_dir, work, symlinks=True)
+    path = work / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["arms"]["planted"] = {"method": "logit_bias", "bias": -4.0, "bias_shared": True}
+    # the demo's measurement, not the reduced one: 32 forget prompts (six are too few to tell 0.33 from 0.5)
+    # answered with 32 new tokens; the data and both models are rebuilt for it (the same models)
+    cfg["eval"]["max_prompts"] = 32
+    cfg["generation"]["max_new_tokens"] = 32
+    cfg["robustness"] = {**cfg["robustness"], "arms": ["planted"], "attacks": ["relearn"], "prompts": 32,
+                         "relearn": {"steps": [0, 5, 10, 25], "texts": 64}}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    smk(work, f"results/{EXP}/summary/robustness_readings.csv")
+    read = pd.read_csv(work / "results" / EXP / "summary" / "robustness_readings.csv").set_index("arm")
+    assert bool(read.loc["planted", "suppressed"]), read.loc["planted", "reading"]
+    assert read.loc["planted", "reading"].startswith("suppressed: ")
+    assert not bool(read.loc["oracle", "suppressed"]) and not bool(read.loc["base", "suppressed"])
+    planted = result(work, "planted", "relearn")
+    assert planted["details"]["steps"] == [0, 5, 10, 25]
