@@ -49,6 +49,12 @@ STARTUP_IMPORTS = {
     "plot_demo_training": ["mmie.report.plots"],
     "plot_training_curves": ["mmie.report.plots"],
     "convert_gemma": ["mmie.model.gemma"],
+    # robustness attacks (rules/robustness.smk): the arm's model and build as evaluate, plus the attack
+    "relearn": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.relearn", "mmie.lang.lid"],
+    "quantize": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.quantize", "mmie.lang.lid", "bitsandbytes"],
+    "incontext": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.incontext", "mmie.lang.lid"],
+    "probe": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.probe", "sklearn.linear_model"],
+    "robustness": ["mmie.report.robustness", "mmie.report.plots"],
 }
 
 
@@ -86,7 +92,7 @@ def job_modules(rule: str, arm: str | None, arms: dict) -> list[str]:
     from mmie.arms.methods import methods
 
     mods = BASE + STARTUP_IMPORTS.get(rule, [])
-    if isinstance(arm, str) and rule in ("evaluate", "train") and arm in arms:
+    if isinstance(arm, str) and rule in ("evaluate", "train", "relearn", "quantize", "incontext", "probe") and arm in arms:
         spec = arms[arm]
         for method in (spec["method"], arms.get(spec.get("on"), {}).get("method")):
             mods = mods + (list(methods()[method].imports) if method else [])

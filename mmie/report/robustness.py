@@ -146,7 +146,8 @@ def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction
                 ref = float(osub["estimate"].max()) if osub is not None and len(osub) else math.nan
                 what = "romanized target texts" if metric == "romanized_recall" else "target texts"
                 text = (f"{what} recognised by the best layer's probe (layer {best['strength']}): {value:.2f}"
-                        if best is not None else "no probe point") + (f"; the oracle: {ref:.2f}" if math.isfinite(ref) else "")
+                        if best is not None else "no probe point") + (
+                    f"; the oracle: {ref:.2f}" if math.isfinite(ref) and arm != oracle else "")
                 out.append({"arm": arm, "attack": attack, "value": value, "oracle": ref, "suppressed": False,
                             "reading": text})
                 continue
@@ -174,7 +175,7 @@ def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction
                 ref = (math.inf if ko is None else pos.get(ko, math.inf)) if oracle else math.nan
                 suppressed = bool(oracle) and arm != oracle and k is not None and value < ref
                 text = (f"forget target rate back to {fraction:g} x base's ({threshold:.2f}) {say(k)}"
-                        + (f"; the oracle: {say(ko)}" if oracle else ""))
+                        + (f"; the oracle: {say(ko)}" if oracle and arm != oracle else ""))
                 if k is not None:
                     value = float(k) if attack != "quantize" else k
                 if ko is not None and oracle:

@@ -132,6 +132,7 @@ def test_external_arm_is_seedless_in_the_plan(tiny_lm, tmp_path):
     cfg = yaml.safe_load(path.read_text())
     cfg["seeds"] = [0, 1, 2]
     cfg["arms"] = {"base": cfg["arms"]["base"], "ext": {"method": "external", "adapter": str(folder)}}
+    cfg["robustness"] = {"attacks": []}     # relearning attacks every seed: here only the evaluation is planned
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     assert arm_seeds(load(path), "ext") == [0] and arm_seeds(load(path), "base") == [0]
     cmd = SNAKEMAKE + ["-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(path), "--cores", "2"]

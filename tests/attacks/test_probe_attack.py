@@ -15,8 +15,17 @@ def test_declared():
     assert ATTACK.name == "probe" and ATTACK.name in ATTACKS and ATTACK.strength == "layer"
 
 
+def own_copy(tiny_lm):
+    """A private copy of the session's tiny model: transformers installs hidden-state hooks on a model
+    the first time it is asked for ``output_hidden_states`` and keeps them, which would leave hooks on
+    the shared model for every later test that counts them."""
+    import copy
+
+    return copy.deepcopy(tiny_lm[0]), tiny_lm[1]
+
+
 def test_hidden_means_are_block_outputs_pooled_over_real_tokens(tiny_lm):
-    model, tok = tiny_lm
+    model, tok = own_copy(tiny_lm)
     got = hidden_means(model, tok, TEXTS, batch_size=3, max_length=64)
     n_layers = model.config.num_hidden_layers
     assert got.shape == (n_layers, len(TEXTS), model.config.hidden_size) and got.dtype == np.float64
@@ -42,7 +51,7 @@ def test_a_hook_on_a_decoder_layer_changes_what_the_probe_reads(tiny_lm):
     own hidden-state hooks (here: a call with output_hidden_states first): they must still count."""
     from mmie.model.hooks import decoder_layers, hook_count
 
-    model, tok = tiny_lm
+    model, tok = own_copy(tiny_lm)
     ids = tok(TEXTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         model(input_ids=ids, output_hidden_states=True)

@@ -246,6 +246,7 @@ def test_the_oracle_is_seedless_and_its_evaluation_reads_the_built_model(tmp_pat
     cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
     cfg["seeds"] = [0, 1, 2]
     cfg["arms"] = {"base": cfg["arms"]["base"], "oracle": cfg["arms"]["oracle"]}
+    cfg["robustness"] = {"attacks": []}     # relearning attacks every seed: here only the evaluation is planned
     res = dry_run(tmp_path, cfg)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     jobs = planned_jobs(res)

@@ -141,6 +141,8 @@ def bengali_study(workdir: Path, *, run: bool = False) -> Path:
         "stats": {"n_boot": 200},
         "resources": {"allow_cpu": True},
     }
+    if run:   # the plan keeps the default attacks; the run is about the study's own data and an external arm
+        cfg["robustness"] = {"attacks": []}
     path = workdir / "bn.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return path
