@@ -13,7 +13,7 @@ from mmie.jobs import EVAL_SETS, JobConfig, job
 log = logging.getLogger(__name__)
 
 
-@job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", *EVAL_SETS)
+@job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", "robustness.gate", *EVAL_SETS)
 def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
           decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None,
           lid_report: str | None = None, tuning: list[str] | None = None,
@@ -53,6 +53,11 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
     rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded,
                                oracle=oracle_arm(config), not_configured=gates_not_configured(config))
+    readings = pd.read_csv(robustness) if robustness else None
+    if readings is not None and config["robustness"]["gate"]:
+        from mmie.report.robustness import apply_gate
+
+        apply_gate(readings, decisions, rows)
     for arm in [a for a in config["arms"] if a in decisions or a in failed_arms]:
         lost = [r for r in failed if r["arm"] == arm]
         if arm in failed_arms and arm != "base":
@@ -91,7 +96,7 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     io.write_text(results_out, results_page.page(iv, gates, decisions, arms, sets, config, chosen, measurable,
                                                  io.read_json(lid_report) if lid_report else None, quality, tuned,
                                                  failed=failed, features=feats,
-                                                 robustness=pd.read_csv(robustness) if robustness else None))
+                                                 robustness=readings))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 

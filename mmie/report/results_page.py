@@ -296,7 +296,8 @@ def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str]
                   "reloaded at 8 and 4 bit (quantize), forget/holdout sentences before each prompt (incontext), a "
                   "linear probe on each layer's hidden states (probe). An arm that gives the language back sooner "
                   "than the oracle picks it up was suppressed, not removed. Estimates with intervals: "
-                  "`summary/robustness.csv`; figure: `plots/robustness.png`. Reported, not gated.", ""]
+                  "`summary/robustness.csv`; figure: `plots/robustness.png`. Reported; gated only with "
+                  "`robustness.gate: true` (off by default: not yet calibrated).", ""]
         lines += robustness_lines(robustness)
     table = headline(iv, arms, sets, measurable)
     lines += ["", "## Headline metrics", "", "| " + " | ".join(table.columns) + " |",

@@ -225,3 +225,24 @@ def figure(df: pd.DataFrame, *, base: str | None, oracle: str | None, target: st
     fig.suptitle(f"Robustness: the target language under attack ({level:.0%} intervals; base and the oracle dashed)")
     fig.tight_layout()
     return fig
+
+
+def apply_gate(readings: pd.DataFrame, decisions: dict, rows: list[dict]) -> None:
+    """The optional robustness gate (``robustness.gate``, off by default: its rule has not been
+    calibrated on arms known to remove and known to suppress). Each arm with a decision gets one row
+    per generation attack (relearn, incontext, quantize) in ``rows``: it passes unless the reading
+    says "suppressed" (back where the oracle is not); a suppressed arm STOPs, the reading its reason."""
+    for r in readings.itertuples():
+        if r.attack == "probe" or r.arm not in decisions or decisions[r.arm]["decision"] == "FAILED":
+            continue
+        gate, suppressed = f"robustness_{r.attack}", bool(r.suppressed)
+        rows.append({"arm": r.arm, "gate": gate, "metric": "recovery", "set": "forget", "value": r.value,
+                     "threshold": r.oracle, "passed": not suppressed, "reason": r.reading if suppressed else "",
+                     "verdict": "suppressed" if suppressed else "passed", "reference": "oracle",
+                     "relative": "first strength back to recover_fraction x base's rate, against the oracle's"})
+        if suppressed:
+            d = decisions[r.arm]
+            d["decision"] = "STOP"
+            d["failing"] = [g for g in d["failing"] if g != "(no gates)"] + [gate]
+            d["reasons"][gate] = r.reading
+            d["verdicts"][gate] = "suppressed"

@@ -100,3 +100,23 @@ def test_an_arm_that_never_suppressed_is_not_called_suppressed():
     assert read.loc[("quantize", "shallow"), "suppressed"] and read.loc[("quantize", "shallow"), "value"] == 4
     assert "the oracle: not at 4 bit" in read.loc[("quantize", "shallow"), "reading"]
     assert not read.loc[("quantize", "oracle"), "suppressed"] and not read.loc[("incontext", "oracle"), "suppressed"]
+
+
+def test_the_optional_gate_stops_a_suppressed_arm_only():
+    """robustness.gate: the arm that reads as suppressed gets a failing robustness_relearn row and STOPs
+    with the reading as its reason; an arm that stays removed passes the row and keeps its decision."""
+    ones, zeros = [1] * 4, [0] * 4
+    res = [relearn_curve("base", 0, {0: ones, 5: ones}), relearn_curve("oracle", 0, {0: zeros, 5: zeros}),
+           relearn_curve("planted", 0, {0: zeros, 5: ones}), relearn_curve("removed", 0, {0: zeros, 5: zeros})]
+    df = rob.table(res, n_boot=100, rng_seed=0, level=0.95, base="base", oracle="oracle")
+    read = rob.readings(df, base="base", oracle="oracle", fraction=0.5)
+    decisions = {a: {"decision": "PROCEED", "failing": [], "reasons": {}, "verdicts": {}} for a in
+                 ("oracle", "planted", "removed")}
+    rows: list[dict] = []
+    rob.apply_gate(read, decisions, rows)
+    assert {(r["arm"], r["gate"], r["passed"]) for r in rows} == {
+        ("oracle", "robustness_relearn", True), ("planted", "robustness_relearn", False),
+        ("removed", "robustness_relearn", True)}
+    assert decisions["planted"]["decision"] == "STOP" and decisions["planted"]["failing"] == ["robustness_relearn"]
+    assert decisions["planted"]["reasons"]["robustness_relearn"].startswith("suppressed: ")
+    assert decisions["removed"]["decision"] == decisions["oracle"]["decision"] == "PROCEED"
