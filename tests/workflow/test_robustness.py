@@ -99,3 +99,25 @@ def test_a_planted_suppression_reads_as_suppressed_and_the_oracle_does_not(run_d
     assert not bool(read.loc["oracle", "suppressed"]) and not bool(read.loc["base", "suppressed"])
     planted = result(work, "planted", "relearn")
     assert planted["details"]["steps"] == [0, 5, 10, 25]
+
+
+def test_unattacked_points_equal_the_evaluation(run_dir):
+    """An attack's unattacked point is the evaluation's own number, computed again by the attack job:
+    the forget target rate at 0 relearning steps, 0 examples and full precision, and the retain
+    perplexity at full precision, equal the evaluate/score jobs' on the same prompts."""
+    import math
+
+    r = run_dir / "results" / EXP
+    for arm in ATTACKED:
+        forget = json.loads((r / arm / "seed0" / "forget" / "metrics.json").read_text())
+        by_id = dict(zip(forget["per_prompt"]["id"], forget["per_prompt"]["target"], strict=True))
+        for attack, strength in (("relearn", 0), ("incontext", 0), ("quantize", "full")):
+            (p,) = [p for p in result(run_dir, arm, attack)["points"]
+                    if p["strength"] == strength and p["metric"] == "target_rate"]
+            assert p["num"] == [float(by_id[i]) for i in p["ids"]], (arm, attack)
+        gens = {g["id"]: g for g in map(json.loads, (r / arm / "seed0" / "retain" / "generations.jsonl")
+                                        .read_text().splitlines())}
+        (ppl,) = [p for p in result(run_dir, arm, "quantize")["points"] if p["strength"] == "full" and p["metric"] == "ppl"]
+        want = [(gens[i]["ref_nll"], gens[i]["ref_tokens"]) for i in ppl["ids"]]
+        assert [round(n, 6) for n in ppl["num"]] == [round(n, 6) for n, _ in want], arm
+        assert ppl["den"] == [float(t) for _, t in want] and math.isfinite(sum(ppl["num"]))
