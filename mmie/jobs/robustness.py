@@ -151,6 +151,7 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
 
     from mmie.attacks import point
     from mmie.attacks.quantize import quantized_arm
+    from mmie.jobs.evaluate import reference_nll
 
     t0 = time.time()
     # bitsandbytes' 8-bit CPU matmul logs, on every layer call, that it casts float32 inputs to float16: once is enough
@@ -166,7 +167,7 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     def run(strength, arm_now) -> None:
         with arm_now.active():
             m = measure(arm_now.model, f"quantize {arm_name}/seed{seed} {strength}")
-            nll = _reference_nll(config, arm_now, lm.tokenizer, retain)
+            nll = reference_nll(arm_now, lm.tokenizer, retain, config["eval"], desc="retain ppl")
         points.extend(forget_points(strength, m))
         points.append(point(strength, "retain", "ppl", [it["id"] for it in retain], [s["nll"] for s in nll],
                             [s["tokens"] for s in nll], transform="exp"))
@@ -200,19 +201,6 @@ class _Once(logging.Filter):
             return False
         self.seen = True
         return True
-
-
-def _reference_nll(config, arm, tok, items: list[dict]) -> list[dict]:
-    """NLL and token count of each item's reference text after the tokenizer's prefix (and the arm's
-    instruction), as the evaluation scores retain perplexity."""
-    from mmie.model.generation import special_prefix
-    from mmie.model.likelihood import score_sequences
-
-    ev = config["eval"]
-    ctx = special_prefix(tok) + (tok(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else [])
-    return score_sequences(arm.model, tok.pad_token_id, [ctx] * len(items),
-                           [tok(it["text"], add_special_tokens=False)["input_ids"] for it in items],
-                           batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc="retain ppl")
 
 
 @job(*SECTIONS, arm=True)
