@@ -46,6 +46,9 @@ def data_hashes(paths) -> dict[str, str]:
     return {str(p): file_sha256(p) for p in paths if Path(p).is_file()}
 
 
+CHANGED_LISTED = 50     # uncommitted paths named in a record (all are counted)
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> dict[str, Any]:
     """The commit of the code that runs: git's view of the project folder when it is a checkout (also
@@ -59,7 +62,10 @@ def git_commit() -> dict[str, Any]:
                                 text=True, check=True, timeout=10).stdout.strip()
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
                                 capture_output=True, text=True, check=True, timeout=10).stdout
-        return {"commit": commit, "dirty": bool(status.strip()), "source": "git", **extra}
+        # which tracked files differ from the commit (a dirty run of changed docs is not one of changed code)
+        changed = sorted({line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip()})
+        return {"commit": commit, "dirty": bool(changed), "changed": changed[:CHANGED_LISTED],
+                "changed_count": len(changed), "source": "git", **extra}
     except (OSError, subprocess.SubprocessError) as err:
         if image:
             return {"commit": image, "dirty": None, "source": f"MMIE_GIT_COMMIT (the image's build commit; git "
