@@ -1,8 +1,9 @@
 """The robustness attacks in the reduced run (rules/robustness.smk): every attack on the attacked arm,
 base and the oracle, one table with intervals, a section of the results page, a figure; a target path
-reruns one attack job; no attack reads a test text to fit anything; and, on a copy of the run, a
-planted suppression (a logit bias against the target script's tokens, weights untouched) reads as
-suppressed under relearning while the oracle does not."""
+reruns one attack job; no attack reads a test text to fit anything; and, on a copy of the run, two
+planted suppressions (a logit bias against the target script's tokens, weights untouched; an
+instruction) read as suppressed under relearning and in-context examples respectively, while the
+oracle reads as suppressed under neither."""
 import json
 import shutil
 
@@ -72,33 +73,42 @@ def test_a_target_path_reruns_one_attack_job(run_dir):
     assert after["points"] == before["points"]           # greedy decoding, same seed: the same answers
 
 
-def test_a_planted_suppression_reads_as_suppressed_and_the_oracle_does_not(run_dir, tmp_path):
-    """A logit bias of -4 against every token that writes Devanagari (shared byte pieces included) cuts
-    the demo model's Hindi rate below half of base's with its weights untouched (0.25 vs 0.78 when
-    measured); a few relearning steps on forget/holdout texts bring it back (0.44 after 5, 0.63 after
-    25), while the oracle, which never learned Hindi, does not get there within the grid (0.22 after
-    25). A constant logit bias does not depend on the context, so in-context examples cannot undo it:
-    on the demo model they lower its Hindi rate (docs/method.md); the in-context reading is checked
-    on planted tables (tests/report/test_robustness_table.py)."""
+def test_planted_suppressions_read_as_suppressed_and_the_oracle_does_not(run_dir, tmp_path):
+    """Two planted suppressions, each flagged by the attack that undoes it, on the demo's measurement
+    (48 forget prompts answered with 32 new tokens; the data and both models are rebuilt for it, the
+    same models), while the oracle, which never learned Hindi, reads as suppressed under neither.
+
+    - relearn: a logit bias of -4 against every token that writes Devanagari (shared byte pieces
+      included), weights untouched, cuts the Hindi rate below half of base's; a few relearning steps
+      on forget/holdout texts bring it back, the oracle does not get there within the grid. A
+      constant bias does not depend on the context, so in-context examples do not undo it.
+    - incontext: an instruction the demo model follows a little ("English only." three times) cuts
+      the Hindi rate to about a third of base's; Hindi sentences put between it and the prompt bring
+      Hindi back (about 0.69 with four), while the oracle stays at 0 (docs/method.md "Removed or
+      hidden?")."""
     work = tmp_path / "copy"
     shutil.copytree(run_dir, work, symlinks=True)
     path = work / "config.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["arms"]["planted"] = {"method": "logit_bias", "bias": -4.0, "bias_shared": True}
-    # the demo's measurement, not the reduced one: 32 forget prompts (six are too few to tell 0.33 from 0.5)
-    # answered with 32 new tokens; the data and both models are rebuilt for it (the same models)
-    cfg["eval"]["max_prompts"] = 32
+    cfg["arms"]["planted_prompt"] = {"method": "prompt", "instruction": "English only. English only. English only."}
+    cfg["eval"]["max_prompts"] = 48
     cfg["generation"]["max_new_tokens"] = 32
-    cfg["robustness"] = {**cfg["robustness"], "arms": ["planted"], "attacks": ["relearn"], "prompts": 32,
-                         "relearn": {"steps": [0, 5, 10, 25], "texts": 64}}
+    cfg["robustness"] = {**cfg["robustness"], "arms": ["planted", "planted_prompt"], "attacks": ["relearn", "incontext"],
+                         "prompts": 48, "relearn": {"steps": [0, 5, 10, 25], "texts": 64},
+                         "incontext": {"shots": [0, 2, 4]}}
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     smk(work, f"results/{EXP}/summary/robustness_readings.csv")
-    read = pd.read_csv(work / "results" / EXP / "summary" / "robustness_readings.csv").set_index("arm")
-    assert bool(read.loc["planted", "suppressed"]), read.loc["planted", "reading"]
-    assert read.loc["planted", "reading"].startswith("suppressed: ")
-    assert not bool(read.loc["oracle", "suppressed"]) and not bool(read.loc["base", "suppressed"])
-    planted = result(work, "planted", "relearn")
-    assert planted["details"]["steps"] == [0, 5, 10, 25]
+    read = pd.read_csv(work / "results" / EXP / "summary" / "robustness_readings.csv").set_index(["arm", "attack"])
+    for arm, attack in (("planted", "relearn"), ("planted_prompt", "incontext")):
+        assert bool(read.loc[(arm, attack), "suppressed"]), read.loc[(arm, attack), "reading"]
+        assert read.loc[(arm, attack), "reading"].startswith("suppressed: ")
+    for arm in ("oracle", "base"):
+        for attack in ("relearn", "incontext"):
+            assert not bool(read.loc[(arm, attack), "suppressed"]), (arm, attack, read.loc[(arm, attack), "reading"])
+    assert result(work, "planted", "relearn")["details"]["steps"] == [0, 5, 10, 25]
+    assert [p["strength"] for p in result(work, "planted_prompt", "incontext")["points"]
+            if p["metric"] == "target_rate"] == [0, 2, 4]
 
 
 def test_unattacked_points_equal_the_evaluation(run_dir):
