@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mmie.lang.lid import LID
-from mmie.lang.translit import romanize
 from mmie.stats.text import extraction_strength, is_empty, is_repetitive, ngram_entropy, target_letters, yes_no
+
+if TYPE_CHECKING:   # mmie.config imports SetInfo from here: no LID or transliteration at config time
+    from mmie.lang.lid import LID
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_
     language (the evaluate job's manifest); with it, and each record's unconditional NLL under base
     (``gen_nll_uncond``/``gen_tokens_uncond``), the set gets ``fluency_ratio`` (see ``fluency``).
     ``extraction``: ``extraction_strength``'s settings (config ``lid.extraction``; its defaults when None)."""
+    from mmie.lang.translit import romanize
+
     if not records:
         raise ValueError(f"set {info.name!r} has no generations: refusing to compute metrics on an empty set")
     outputs = [r["output"] for r in records]
