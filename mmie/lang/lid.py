@@ -49,6 +49,7 @@ spellings, for the romanized target). They are saved with the detector.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -61,6 +62,8 @@ from typing import Iterable
 
 from mmie.errors import LIDError
 from mmie.lang.scripts import char_script, dominant_script, lexical_tokens, script_counts
+
+log = logging.getLogger(__name__)
 
 UND = "und"
 NOISE = "noise"
@@ -266,13 +269,89 @@ def romanized_words(words: Iterable[str], scheme: str, script: str = "devanagari
 
 
 # ----------------------------------------------------------------------------- external voters
+def langid_cache_dir() -> Path:
+    """Where the decoded langid model is kept between processes: ``$MMIE_CACHE``, else
+    ``$XDG_CACHE_HOME/mmie``, else ``~/.cache/mmie``."""
+    if os.environ.get("MMIE_CACHE"):
+        return Path(os.environ["MMIE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmie"
+
+
+def _langid_arrays(model_string) -> dict:
+    """langid's model decoded exactly as ``LanguageIdentifier.from_modelstring`` decodes it (base64,
+    bz2, pickle: about 2 s a process), as plain arrays for ``np.savez`` (no pickle)."""
+    import base64
+    import bz2
+    from pickle import loads
+
+    import numpy as np
+
+    nb_ptc, nb_pc, nb_classes, tk_nextmove, tk_output = loads(bz2.decompress(base64.b64decode(model_string)))
+    keys = sorted(tk_output)
+    return {"nb_ptc": np.array(nb_ptc).reshape(int(len(nb_ptc) / len(nb_pc)), len(nb_pc)), "nb_pc": np.array(nb_pc),
+            "nb_classes": np.array(nb_classes), "tk_nextmove": np.frombuffer(tk_nextmove.tobytes(), dtype=np.uint8),
+            "tk_nextmove_typecode": np.array(tk_nextmove.typecode),
+            "tk_output_keys": np.array(keys, dtype=np.int64),
+            "tk_output_lengths": np.array([len(tk_output[k]) for k in keys], dtype=np.int64),
+            "tk_output_values": np.array([v for k in keys for v in tk_output[k]], dtype=np.int64)}
+
+
+def _langid_identifier(arrays: dict):
+    """A ``LanguageIdentifier`` from ``_langid_arrays``: the attributes' types and values as
+    ``from_modelstring`` makes them (NumPy arrays, an ``array.array`` transition table, a dict of tuples)."""
+    import array
+    import itertools
+
+    from langid.langid import LanguageIdentifier
+
+    nb_ptc, nb_pc = arrays["nb_ptc"], arrays["nb_pc"]
+    nextmove = array.array(str(arrays["tk_nextmove_typecode"]))
+    nextmove.frombytes(arrays["tk_nextmove"].tobytes())
+    ends = list(itertools.accumulate(int(n) for n in arrays["tk_output_lengths"]))
+    values = [int(v) for v in arrays["tk_output_values"]]
+    output = {int(k): tuple(values[e - int(n):e])
+              for k, n, e in zip(arrays["tk_output_keys"], arrays["tk_output_lengths"], ends, strict=True)}
+    return LanguageIdentifier(nb_ptc, nb_pc, nb_ptc.shape[0], [str(c) for c in arrays["nb_classes"]], nextmove, output,
+                              norm_probs=True)
+
+
+def load_langid(cache: Path | None = None):
+    """langid's identifier, its model decoded once per machine and kept in ``langid_cache_dir()`` (a file
+    named by the sha256 of the model string, written atomically): decoding it takes ~2 s, a job with the
+    cache 0.1 s. The same arrays either way (tests/lang/test_lid.py). A cache that cannot be written or
+    read back is logged and the model decoded as langid does."""
+    import hashlib
+    import zipfile
+
+    import numpy as np
+    from langid.langid import model
+
+    raw = model if isinstance(model, bytes) else model.encode()
+    path = (cache or langid_cache_dir()) / f"langid-{hashlib.sha256(raw).hexdigest()[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return _langid_identifier(dict(f))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            log.warning("langid model cache %s unreadable (%s: %s); decoding the model again", path,
+                        type(err).__name__, err)
+    arrays = _langid_arrays(model)
+    try:
+        from mmie.io import atomic_path
+
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+    except OSError as err:
+        log.info("langid model cache %s not written (%s); every process decodes the model", path, err)
+    return _langid_identifier(arrays)
+
+
 class LangidVoter:
     name = "langid"
 
     def __init__(self) -> None:
-        from langid.langid import LanguageIdentifier, model
-
-        self._ident = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+        self._ident = load_langid()
 
     def prob(self, text: str, code: str) -> float:
         for lang, p in self._ident.rank(text):

@@ -301,3 +301,32 @@ def test_fit_lid_reports_precision_recall_on_the_check_set_and_the_audit_set(tmp
     with pytest.raises(DataError, match=r"audit.jsonl:6"):
         data_job.fit_lid(cfg, splits, str(data / "lid_check.jsonl"), str(data / "prepare_report.json"), str(det),
                          str(rep), lid_audit=str(audit))
+
+
+def test_the_cached_langid_model_is_langids_own_and_a_bad_cache_is_replaced(tmp_path, caplog):
+    """Every LID load decodes langid's model (base64 + bz2 + pickle, ~2 s a process; a score or attack
+    job pays it each time); mmie keeps the decoded arrays in a cache file. What loads from it is
+    langid's identifier exactly: the same arrays, types and rankings; a corrupt cache is logged and
+    decoded again."""
+    import numpy as np
+    from langid.langid import LanguageIdentifier, model
+
+    from mmie.lang.lid import load_langid
+
+    ref = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    first = load_langid(tmp_path)                    # decodes and writes the cache
+    (cached,) = tmp_path.glob("langid-*.npz")
+    again = load_langid(tmp_path)                    # reads it
+    texts = ["यह एक परीक्षण है", "The weather is lovely today.", "mera naam Ravi hai", "یہ اردو میں ہے", "ਪੰਜਾਬੀ", "12 !!"]
+    for ident in (first, again):
+        assert np.array_equal(ident.nb_ptc, ref.nb_ptc) and ident.nb_ptc.dtype == ref.nb_ptc.dtype
+        assert np.array_equal(ident.nb_pc, ref.nb_pc) and ident.nb_numfeats == ref.nb_numfeats
+        assert list(ident.nb_classes) == list(ref.nb_classes)
+        assert ident.tk_nextmove == ref.tk_nextmove and ident.tk_nextmove.typecode == ref.tk_nextmove.typecode
+        assert ident.tk_output == ref.tk_output
+        assert [ident.rank(t) for t in texts] == [ref.rank(t) for t in texts]
+    cached.write_bytes(b"not an npz")
+    with caplog.at_level("WARNING", logger="mmie.lang.lid"):
+        fixed = load_langid(tmp_path)
+    assert "unreadable" in caplog.text and [fixed.rank(t) for t in texts] == [ref.rank(t) for t in texts]
+    assert np.load(cached, allow_pickle=False)["nb_pc"].shape == ref.nb_pc.shape      # rewritten
