@@ -327,8 +327,13 @@ def load_langid(cache: Path | None = None):
     from langid.langid import model
 
     raw = model if isinstance(model, bytes) else model.encode()
-    path = (cache or langid_cache_dir()) / f"langid-{hashlib.sha256(raw).hexdigest()[:16]}.npz"
-    if path.is_file():
+    try:
+        path = (cache or langid_cache_dir()) / f"langid-{hashlib.sha256(raw).hexdigest()[:16]}.npz"
+        cached = path.is_file()
+    except (OSError, RuntimeError) as err:      # no home folder, a folder that cannot be read
+        log.info("no langid model cache (%s: %s); every process decodes the model", type(err).__name__, err)
+        return _langid_identifier(_langid_arrays(model))
+    if cached:
         try:
             with np.load(path, allow_pickle=False) as f:
                 return _langid_identifier(dict(f))

@@ -58,8 +58,12 @@ def test_the_qwen_profile_is_checked_from_its_shipped_config_json(tmp_path):
 
 
 def test_the_gemma_profiles_are_checked_from_their_shipped_config_json(tmp_path):
+    # a project folder with the shipped configs and no results (a converted model there is checked instead)
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "config").symlink_to(ROOT / "config")
     for name in ("gemma3-270m.yaml", "gemma3-270m-cpu.yaml"):
-        out = preflight.check(load(ROOT / "config" / name), ROOT, cache_dir=tmp_path)
+        out = preflight.check(load(ROOT / "config" / name), work, cache_dir=tmp_path)
         assert out["checked"] and out["layers"] == 18 and out["origin"] == "config/models/gemma3-270m.json", name
 
 

@@ -330,3 +330,21 @@ def test_the_cached_langid_model_is_langids_own_and_a_bad_cache_is_replaced(tmp_
         fixed = load_langid(tmp_path)
     assert "unreadable" in caplog.text and [fixed.rank(t) for t in texts] == [ref.rank(t) for t in texts]
     assert np.load(cached, allow_pickle=False)["nb_pc"].shape == ref.nb_pc.shape      # rewritten
+
+
+def test_without_a_cache_folder_langid_is_decoded_as_langid_does(monkeypatch, tmp_path):
+    from langid.langid import LanguageIdentifier, model
+
+    import mmie.lang.lid as lid_module
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(lid_module, "langid_cache_dir", no_home)
+    ident = lid_module.load_langid()
+    ref = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    assert ident.rank("यह एक परीक्षण है") == ref.rank("यह एक परीक्षण है")
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder would be")
+    ident = lid_module.load_langid(blocked / "mmie")               # cannot be created: decoded, not cached
+    assert ident.rank("The weather is lovely.") == ref.rank("The weather is lovely.")
