@@ -93,7 +93,7 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     import torch
 
     from mmie.model.generation import Decoding, encode_prompt, generate, special_prefix
-    from mmie.model.likelihood import mia_scores, score_sequences, token_kl
+    from mmie.model.likelihood import mia_scores, reference_nll, score_sequences, token_kl
     from mmie.seeding import seed_everything
 
     t0 = time.time()
@@ -128,7 +128,8 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
                             desc=f"{arm_name}/seed{seed}/{info.name}", oom_log=oom_log)
             refs = [it for it in items if it.get("text")]
             if refs:
-                ref_scores = reference_nll(arm, tok, refs, ev, desc=f"ppl {info.name}", oom_log=oom_log)
+                ref_scores = reference_nll(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
+                                           max_length=ev["max_length"], desc=f"ppl {info.name}", oom_log=oom_log)
                 by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
         if refs and info.kind == "retain":
             # token KL(base ‖ arm) on retain texts, outside active(): the base pass runs on the base model
@@ -201,19 +202,6 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
         manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
     io.write_json(manifest_out, manifest)
     finished.clear()
-
-
-def reference_nll(arm, tok, items: list[dict], ev, *, desc: str, oom_log: list | None = None) -> list[dict]:
-    """Each item's reference ``text`` scored under the arm (call inside ``arm.active()``): its NLL and
-    tokens after the tokenizer's prefix and the arm's instruction, if any (retain perplexity; the
-    quantization attack's too). ``ev``: the ``eval`` settings (score_batch_size, max_length)."""
-    from mmie.model.generation import special_prefix
-    from mmie.model.likelihood import score_sequences
-
-    ctx = special_prefix(tok) + (tok(arm.system + "\n", add_special_tokens=False)["input_ids"] if arm.system else [])
-    return score_sequences(arm.model, tok.pad_token_id, [ctx] * len(items),
-                           [tok(it["text"], add_special_tokens=False)["input_ids"] for it in items],
-                           batch_size=ev["score_batch_size"], max_length=ev["max_length"], desc=desc, oom_log=oom_log)
 
 
 def load_arm(config, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None, assets=None,

@@ -151,7 +151,7 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
 
     from mmie.attacks import point
     from mmie.attacks.quantize import quantized_arm
-    from mmie.jobs.evaluate import reference_nll
+    from mmie.model.likelihood import reference_nll
 
     t0 = time.time()
     # bitsandbytes' 8-bit CPU matmul logs, on every layer call, that it casts float32 inputs to float16: once is enough
@@ -167,7 +167,8 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     def run(strength, arm_now) -> None:
         with arm_now.active():
             m = measure(arm_now.model, f"quantize {arm_name}/seed{seed} {strength}")
-            nll = reference_nll(arm_now, lm.tokenizer, retain, config["eval"], desc="retain ppl")
+            nll = reference_nll(arm_now, lm.tokenizer, [it["text"] for it in retain], desc="retain ppl",
+                                batch_size=config["eval"]["score_batch_size"], max_length=config["eval"]["max_length"])
         points.extend(forget_points(strength, m))
         points.append(point(strength, "retain", "ppl", [it["id"] for it in retain], [s["nll"] for s in nll],
                             [s["tokens"] for s in nll], transform="exp"))

@@ -317,8 +317,8 @@ def _langid_identifier(arrays: dict):
 
 def load_langid(cache: Path | None = None):
     """langid's identifier, its model decoded once per machine and kept in ``langid_cache_dir()`` (a file
-    named by the sha256 of the model string, written atomically): decoding it takes ~2 s, a job with the
-    cache 0.1 s. The same arrays either way (tests/lang/test_lid.py). A cache that cannot be written or
+    named by the sha256 of the model string, written atomically): decoding it takes ~2 s, reading the
+    cache 0.01 s. The same arrays either way (tests/lang/test_lid.py). A cache that cannot be written or
     read back is logged and the model decoded as langid does."""
     import hashlib
     import zipfile

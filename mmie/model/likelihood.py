@@ -142,6 +142,17 @@ def arm_contexts(arm, tokenizer) -> tuple[list[int], list[int]]:
     return prefix, prefix + instruction
 
 
+def reference_nll(arm, tokenizer, texts: list[str], *, batch_size: int = 16, max_length: int = 256,
+                  desc: str = "reference NLL", oom_log: list | None = None) -> list[dict]:
+    """Each reference text's NLL and token count under the arm (call inside ``arm.active()``), after
+    the arm's context (``arm_contexts``): retain perplexity in ``evaluate`` and in the quantization
+    attack."""
+    _, arm_ctx = arm_contexts(arm, tokenizer)
+    return score_sequences(arm.model, tokenizer.pad_token_id, [arm_ctx] * len(texts),
+                           [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
+                           batch_size=batch_size, max_length=max_length, desc=desc, oom_log=oom_log)
+
+
 def token_kl(arm, tokenizer, texts: list[str], *, batch_size: int = 16, max_length: int = 256,
              desc: str = "token KL", oom_log: list | None = None) -> list[dict]:
     """``evaluate``'s token KL(base ‖ arm) of reference texts (see ``kl_items``), per text."""
