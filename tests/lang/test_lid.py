@@ -348,3 +348,66 @@ def test_without_a_cache_folder_langid_is_decoded_as_langid_does(monkeypatch, tm
     blocked.write_text("a file where the cache folder would be")
     ident = lid_module.load_langid(blocked / "mmie")               # cannot be created: decoded, not cached
     assert ident.rank("The weather is lovely.") == ref.rank("The weather is lovely.")
+
+
+def test_langid_on_non_zero_features_is_langids_product_bit_for_bit():
+    """mmie's langid identifier multiplies only a text's non-zero features with langid's table (0.56 ms
+    -> 4 µs a text): the same float64 scores as langid's own product, bit for bit, and the same
+    probability of a language as ``rank`` gives, on the demo corpus, the LID audit set and long
+    concatenations of them."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from langid.langid import LanguageIdentifier, model
+
+    from mmie.lang.lid import load_langid
+
+    ref = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    ident = load_langid()
+    root = Path(__file__).resolve().parents[2]
+    texts = [json.loads(line)["text"] for line in (root / "tests/fixtures/lid_audit.jsonl").read_text().splitlines()]
+    for f in sorted((root / "data/demo").rglob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts += [row[k] for k in ("text", "prompt") if isinstance(row.get(k), str)]
+    texts += [" ".join(texts[i:i + 25]) for i in range(0, len(texts), 25)] + ["", "12 !!"]
+    assert len(texts) > 1000
+    for t in texts:
+        fv = ref.instance2fv(t)
+        mine, theirs = ident.nb_classprobs(fv), ref.nb_classprobs(fv)
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), t
+    for t in texts[::10]:
+        ranked = dict(ref.rank(t))
+        assert ident.prob(t, "en") == ranked["en"] and ident.prob(t, "hi") == ranked["hi"]
+    assert ident.prob("The weather is lovely.", "xx") == 0.0
+
+
+def test_the_detector_reuses_its_log_terms_and_gives_the_same_probabilities():
+    """RomanizedDetector.probs computes each class's smoothed log P(gram | class) once per detector
+    instead of once per text: the same probabilities, bit for bit, as the per-text formula."""
+    import math
+    from collections import Counter
+
+    from mmie.lang.lid import RomanizedDetector, char_ngrams
+
+    det = RomanizedDetector.train(["mera naam ravi hai", "aap kaise ho", "main ghar ja raha hoon"],
+                                  ["my name is ravi", "how are you", "i am going home"])
+
+    def per_text(text):
+        grams = Counter(char_ngrams(text, det.n_max))
+        logp = {}
+        for c in det.classes:
+            denom = math.log(det.totals[c] + det.alpha * det.vocab_size)
+            logp[c] = math.log(det.priors[c]) + 0.0
+            lp = math.log(det.priors[c])
+            for g, k in grams.items():
+                lp += k * (math.log(det.counts[c].get(g, 0) + det.alpha) - denom)
+            logp[c] = lp
+        top = max(logp.values())
+        exp = {c: math.exp(v - top) for c, v in logp.items()}
+        z = sum(exp.values())
+        return {c: v / z for c, v in exp.items()}
+
+    for text in ["mera ghar", "my home", "qzx vvv", "", "aap how are main", "ravi ravi ravi"]:
+        assert det.probs(text) == per_text(text), text
