@@ -399,7 +399,6 @@ def test_the_detector_reuses_its_log_terms_and_gives_the_same_probabilities():
         logp = {}
         for c in det.classes:
             denom = math.log(det.totals[c] + det.alpha * det.vocab_size)
-            logp[c] = math.log(det.priors[c]) + 0.0
             lp = math.log(det.priors[c])
             for g, k in grams.items():
                 lp += k * (math.log(det.counts[c].get(g, 0) + det.alpha) - denom)
