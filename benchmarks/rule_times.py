@@ -50,10 +50,10 @@ STARTUP_IMPORTS = {
     "plot_training_curves": ["mmie.report.plots"],
     "convert_gemma": ["mmie.model.gemma"],
     # robustness attacks (rules/robustness.smk): the arm's model and build as evaluate, plus the attack
-    "relearn": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.relearn", "mmie.lang.lid"],
-    "quantize": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.quantize", "mmie.lang.lid", "bitsandbytes"],
-    "incontext": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.incontext", "mmie.lang.lid"],
-    "probe": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.probe", "sklearn.linear_model"],
+    "attack": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.relearn", "mmie.attacks.quantize",
+                       "mmie.attacks.incontext", "mmie.attacks.probe", "mmie.lang.lid", "bitsandbytes",
+                       "sklearn.linear_model"],
+    "attack_seeded": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.relearn", "mmie.lang.lid"],
     "robustness": ["mmie.report.robustness", "mmie.report.plots"],
 }
 

@@ -1,13 +1,15 @@
 """Recorded job failures: one failed (arm, seed) never costs the other arms' tables (docs/running.md).
 
-A *tolerant* job (tune, train, evaluate, score, judge, sweep_gate, train_sae, select_features,
+A *tolerant* job (tune, train, evaluate, score, judge, attack, sweep_gate, train_sae, select_features,
 build_oracle_model: the jobs of one arm or one layer) runs its work inside ``outcome(snakemake)``:
 
 - When the work raises, the error and its traceback go to the job's log, a **failure record**
   ``results/<experiment>/failures/<rule>/<wildcards>.json`` is written (rule, wildcards, error, log,
   time), and every declared output becomes a **stub** saying so: a file holding one JSON object
   ``{"mmie_failed": {...}}``, a directory holding ``MMIE_FAILED.json``. The job then ends normally, so
-  Snakemake goes on with everything else.
+  Snakemake goes on with everything else. A job of several independent parts (the attack job: one
+  output per attack) raises ``PartialFailure`` after the others finished: recorded the same way, but
+  only the failed parts' outputs become stubs.
 - A job whose inputs include a stub does not run its work: it writes stubs of its own outputs that
   name the failed job (``blocked_by``), without loading a model.
 - The summary jobs (aggregate, stats, plots, samples, sae_report, the report) read stubs as recorded
@@ -48,6 +50,16 @@ _HEAD = b'{"' + KEY.encode() + b'"'
 
 class FaultInjected(RuntimeError):
     """The failure MMIE_FAULT asked for (tests)."""
+
+
+class PartialFailure(RuntimeError):
+    """Some parts of a job failed and the rest finished (the attack job: one output per attack).
+    ``failed``: {output path: error}. Recorded like any failure, but only those outputs become stubs;
+    the finished outputs stay."""
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        self.failed = dict(failed)
+        super().__init__("; ".join(f"{Path(out).name}: {err}" for out, err in self.failed.items()))
 
 
 def record_path(results: str | Path, rule: str, wildcards: dict) -> Path:
@@ -111,7 +123,7 @@ def _directories(snakemake) -> set[str]:
     return {str(o) for o in _flat(list(snakemake.output)) if is_flagged(o, "directory") or not Path(o).suffix}
 
 
-def _is_memory_error(exc: BaseException) -> bool:
+def is_memory_error(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
@@ -158,7 +170,11 @@ def outcome(snakemake):
         log.error("job failed; its outputs are recorded failures (mmie.failures):\n%s", tb)
         info = {**here, "error": f"{type(exc).__name__}: {exc}", "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "traceback_tail": tb.strip().splitlines()[-8:], "status": "failed"}
-        write_stubs(outputs, directories, {k: v for k, v in info.items() if k != "status"})
+        stubbed = [o for o in outputs if o in exc.failed] if isinstance(exc, PartialFailure) else outputs
+        missing = sorted(set(exc.failed) - set(outputs)) if isinstance(exc, PartialFailure) else []
+        if missing:
+            raise ValueError(f"{rule}: a partial failure names {missing}, which are not outputs of the job") from exc
+        write_stubs(stubbed, directories, {k: v for k, v in info.items() if k != "status"})
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"mmie: {rule} {wildcards} FAILED ({info['error'][:200]}); recorded in {record}, the other jobs go on",
@@ -173,7 +189,7 @@ def outcome(snakemake):
     try:
         yield True
     except Exception as exc:  # recorded: the log, the failure record and every output's stub say what failed
-        if _is_memory_error(exc):
+        if is_memory_error(exc):
             raise
         recorded(exc)
     else:

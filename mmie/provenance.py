@@ -159,7 +159,7 @@ def build(config, section: dict | None = None, *, seed: int | None = None,
 
     if isinstance(config, JobConfig):
         if section is not None:
-            raise ValueError(f"provenance.build: job {config._rule!r} records its declared sections; pass no section")
+            raise ValueError(f"provenance.build: job {config.rule!r} records its declared sections; pass no section")
         hashed, section, numerics_config = config.config_hash, config.settings, config.numerics
     else:
         hashed, numerics_config = config_hash(config), config

@@ -29,6 +29,29 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+def random_state() -> dict:
+    """Python's, numpy's and torch's global random states (and CUDA's, when there is one), for
+    ``restore_random_state``: several pieces of work in one process each start where the first did."""
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def derived_seed(*parts: object) -> int:
     """A stable 31-bit seed from any parts (e.g. run seed and prompt id), independent of PYTHONHASHSEED."""
     import hashlib

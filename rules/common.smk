@@ -273,6 +273,18 @@ def sample_generations(wildcards=None):
 # robustness attacks (rules/robustness.smk, mmie/attacks): the arms attacked and every attack result
 ATTACK_RUNS = attacks.attack_runs(config)
 ATTACKED_ARMS = attacks.attacked_arms(config)
+# one attack job per (arm, seed) (the attack rule); at later seeds of a deterministic arm only the seeded
+# attacks run (the attack_seeded rule). Output lists cannot be empty; with nothing to run, the arm
+# pattern matches nothing.
+ATTACKS_RUN = [a for a in attacks.ATTACKS if a in config["robustness"]["attacks"]]
+SEEDED_ATTACKS_RUN = [a for a in ATTACKS_RUN if a in attacks.SEEDED]
+ATTACK_SEEDS = sorted({seed for _, _, seed in ATTACK_RUNS})
+LATER_ATTACK_SEEDS = ATTACK_SEEDS[1:]
+DETERMINISTIC_ATTACKED_ARMS = [a for a in ATTACKED_ARMS if not mcfg.is_seeded(config, a)] \
+    if SEEDED_ATTACKS_RUN and LATER_ATTACK_SEEDS else []
+ATTACKS_RUN = ATTACKS_RUN or list(attacks.ATTACKS)
+SEEDED_ATTACKS_RUN = SEEDED_ATTACKS_RUN or sorted(attacks.SEEDED)
+
 # the probe's texts: train (fit), dev (C) and test (score) of the target (in its script and romanized), the
 # retain language and each neighbour
 PROBE_FILES = mdata.split_files(f"{R}/data", ["forget", "forget_romanized", "retain", *NEIGHBOUR_ROLES],

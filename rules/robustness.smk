@@ -1,41 +1,12 @@
-# Robustness attacks (mmie/attacks, docs/method.md "Removed or hidden?"): one job per attack and
-# (arm, seed), each loading the arm as its evaluation does; base and the oracle are attacked too, as
-# the references. A target path (<arm>/seed<k>/robustness/<attack>.json) reruns one job.
+# Robustness attacks (mmie/attacks, docs/method.md "Removed or hidden?"): one job per (arm, seed) runs
+# every attack on one load of the arm (one interpreter start and one model load instead of one per
+# attack); base and the oracle are attacked too, as the references. Each attack keeps its own output,
+# <arm>/seed<k>/robustness/<attack>.json: asking for one reruns that (arm, seed)'s attack job, and a
+# failed attack costs only its own output. At later seeds of a deterministic arm only the seeded attacks
+# run (relearning: its fresh adapter and batch order are the seed's), in the attack_seeded job.
 
 
-rule relearn:
-    input:
-        unpack(edit_inputs),
-        model=model_dir,
-        checkpoint=checkpoint_dir,
-        method_files=method_files,
-        forget_set=f"{R}/data/eval_sets/forget.jsonl",
-        splits=[f"{R}/data/forget/holdout.jsonl"],
-        detector=f"{R}/lid/romanized_detector.json",
-    output:
-        f"{R}/{{arm}}/seed{{seed}}/robustness/relearn.json",
-    wildcard_constraints:
-        arm=arm_regex(ATTACKED_ARMS),
-    log:
-        f"{R}/logs/relearn/{{arm}}/seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/relearn/{{arm}}/seed{{seed}}.tsv"
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=gpu_mem,
-        gpu=1,
-    params:
-        failed=failure_token("relearn"),
-        settings=job_settings("relearn"),
-        model_dir=model_dir_param,
-        checkpoint=checkpoint_param,
-    conda:
-        "../envs/mmie.yaml"
-    script:
-        "../scripts/relearn.py"
-
-
-rule quantize:
+rule attack:
     input:
         unpack(edit_inputs),
         model=model_dir,
@@ -43,91 +14,52 @@ rule quantize:
         method_files=method_files,
         forget_set=f"{R}/data/eval_sets/forget.jsonl",
         retain_set=f"{R}/data/eval_sets/retain.jsonl",
+        splits=[f"{R}/data/forget/holdout.jsonl", *PROBE_FILES],
         detector=f"{R}/lid/romanized_detector.json",
     output:
-        f"{R}/{{arm}}/seed{{seed}}/robustness/quantize.json",
+        expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/robustness/{{a}}.json", a=ATTACKS_RUN),
     wildcard_constraints:
         arm=arm_regex(ATTACKED_ARMS),
+        seed=arm_regex(map(str, ATTACK_SEEDS)),
     log:
-        f"{R}/logs/quantize/{{arm}}/seed{{seed}}.log",
+        f"{R}/logs/attack/{{arm}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/quantize/{{arm}}/seed{{seed}}.tsv"
+        f"{R}/benchmarks/attack/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
         gpu=1,
     params:
-        failed=failure_token("quantize"),
-        settings=job_settings("quantize"),
+        failed=failure_token("attack"),
+        settings=job_settings("attack"),
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
         workdir=lambda w: f"{R}/{w.arm}/seed{w.seed}/robustness/.quantize",
     conda:
         "../envs/mmie.yaml"
     script:
-        "../scripts/quantize.py"
+        "../scripts/attack.py"
 
 
-rule incontext:
-    input:
-        unpack(edit_inputs),
-        model=model_dir,
-        checkpoint=checkpoint_dir,
-        method_files=method_files,
-        forget_set=f"{R}/data/eval_sets/forget.jsonl",
-        splits=[f"{R}/data/forget/holdout.jsonl"],
-        detector=f"{R}/lid/romanized_detector.json",
+ruleorder: attack_seeded > attack
+
+
+use rule attack as attack_seeded with:
     output:
-        f"{R}/{{arm}}/seed{{seed}}/robustness/incontext.json",
+        expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/robustness/{{a}}.json", a=SEEDED_ATTACKS_RUN),
     wildcard_constraints:
-        arm=arm_regex(ATTACKED_ARMS),
+        arm=arm_regex(DETERMINISTIC_ATTACKED_ARMS),
+        seed=arm_regex(map(str, LATER_ATTACK_SEEDS)),
     log:
-        f"{R}/logs/incontext/{{arm}}/seed{{seed}}.log",
+        f"{R}/logs/attack_seeded/{{arm}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/incontext/{{arm}}/seed{{seed}}.tsv"
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=gpu_mem,
-        gpu=1,
+        f"{R}/benchmarks/attack_seeded/{{arm}}/seed{{seed}}.tsv"
     params:
-        failed=failure_token("incontext"),
-        settings=job_settings("incontext"),
+        failed=failure_token("attack_seeded"),
+        settings=job_settings("attack_seeded"),
         model_dir=model_dir_param,
         checkpoint=checkpoint_param,
-    conda:
-        "../envs/mmie.yaml"
-    script:
-        "../scripts/incontext.py"
-
-
-rule probe:
-    input:
-        unpack(edit_inputs),
-        model=model_dir,
-        checkpoint=checkpoint_dir,
-        method_files=method_files,
-        splits=PROBE_FILES,
-    output:
-        f"{R}/{{arm}}/seed{{seed}}/robustness/probe.json",
-    wildcard_constraints:
-        arm=arm_regex(ATTACKED_ARMS),
-    log:
-        f"{R}/logs/probe/{{arm}}/seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/probe/{{arm}}/seed{{seed}}.tsv"
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=gpu_mem,
-        gpu=1,
-    params:
-        failed=failure_token("probe"),
-        settings=job_settings("probe"),
-        model_dir=model_dir_param,
-        checkpoint=checkpoint_param,
-    conda:
-        "../envs/mmie.yaml"
-    script:
-        "../scripts/probe.py"
+        workdir=lambda w: f"{R}/{w.arm}/seed{w.seed}/robustness/.quantize",
 
 
 # the study's robustness table, readings and figure: seconds of pandas, run in the main process

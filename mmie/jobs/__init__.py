@@ -178,6 +178,11 @@ class JobConfig(Mapping):
         self._data, self._allowed, self._rule, self._where = data, allowed, rule, where
         self.settings, self.config_hash, self.numerics = settings, config_hash, numerics
 
+    @property
+    def rule(self) -> str:
+        """The job (rule) this view belongs to."""
+        return self._rule
+
     def _check(self, key) -> Any:
         rule = self._allowed.get(key)
         if rule is None:

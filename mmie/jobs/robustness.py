@@ -1,9 +1,11 @@
-"""Job functions of rules/robustness.smk: one attack on one (arm, seed) per job (``mmie.attacks``),
-and the study's robustness table. Each attack job loads the model and the arm once, as the arm's
-evaluation does (``mmie.jobs.evaluate.load_arm``), measures the forget test prompts (and, where the
-attack can change fluency, the retain ones) at every strength and writes
-``<arm>/seed<k>/robustness/<attack>.json``: per-item points (``mmie.attacks.point``) for the
-crossed bootstrap, a few sample outputs per strength, the attack's details and provenance."""
+"""Job functions of rules/robustness.smk: every attack of one (arm, seed) in one job
+(``mmie.attacks``), and the study's robustness table. An attack job loads the model and the arm once,
+as the arm's evaluation does (``mmie.jobs.evaluate.load_arm``), then runs each attack it is asked
+for; each measures the forget test prompts (and, where the attack can change fluency, the retain
+ones) at every strength and writes ``<arm>/seed<k>/robustness/<attack>.json``: per-item points
+(``mmie.attacks.point``) for the crossed bootstrap, a few sample outputs per strength, the attack's
+details and provenance. Every attack starts from the random state the arm's loading left (as if it
+ran alone), and a failed attack costs only its own output (``mmie.failures.PartialFailure``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
+from mmie.failures import PartialFailure, is_memory_error
 from mmie.jobs import JobConfig, job, split_files
 
 log = logging.getLogger(__name__)
@@ -76,24 +79,88 @@ def _setup(config, arm_name: str, seed: int, model_dir, checkpoint, assets, meth
     return lm, arm, layer_assets, lid
 
 
-def _write(out: str, config, attack: str, arm_name: str, seed: int, arm, points: list[dict], samples: list[dict],
-           details: dict, t0: float, runtime, inputs: list[str]) -> None:
-    io.write_json(out, {
-        "attack": attack, "arm": arm_name, "seed": seed, "method": arm.method, "points": points,
-        "samples": samples, "details": details, "seconds": round(time.time() - t0, 1),
-        "provenance": provenance.build(config, seed=seed, runtime=runtime, rule=attack, inputs=inputs)})
+@dataclasses.dataclass
+class Loaded:
+    """One (arm, seed) as its attacks see it: loaded once per job (``_setup``)."""
+    config: JobConfig
+    rule: str
+    arm_name: str
+    seed: int
+    lm: object
+    arm: object
+    layer_assets: object
+    lid: object
+    model_dir: str | None
+    checkpoint: str | None
+    method_files: list
+
+    def write(self, out: str, attack: str, points: list[dict], samples: list[dict], details: dict, t0: float,
+              inputs: list[str]) -> None:
+        io.write_json(out, {
+            "attack": attack, "arm": self.arm_name, "seed": self.seed, "method": self.arm.method, "points": points,
+            "samples": samples, "details": details, "seconds": round(time.time() - t0, 1),
+            "provenance": provenance.build(self.config, seed=self.seed, runtime=self.lm.runtime, rule=self.rule,
+                                           inputs=inputs)})
 
 
-@job(*SECTIONS, arm=True)
-def relearn(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
-            forget_set: str, splits, detector: str, out: str, assets=None, method_files=()) -> None:
+def _attack_job(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None, outs,
+                *, forget_set: str, retain_set: str, splits, detector: str, workdir: str, assets=None,
+                method_files=()) -> None:
+    """Every attack of one (arm, seed) whose output is in ``outs`` (``<...>/robustness/<attack>.json``),
+    in report order, on one load of the arm; ``splits`` the forget/holdout (relearn, incontext) and
+    probe split files, ``workdir`` the quantize attack's scratch folder. An attack that fails is
+    logged with its traceback and ends as a ``PartialFailure`` naming its output after the others ran
+    (an out-of-memory error ends the job at once: Snakemake's retries give it more memory)."""
+    from mmie.attacks import ATTACKS
+    from mmie.seeding import random_state, restore_random_state
+
+    wanted = {Path(o).stem: str(o) for o in outs}
+    unknown = sorted(set(wanted) - set(ATTACKS))
+    if unknown:
+        raise ValueError(f"attack job {arm_name}/seed{seed}: outputs for unknown attacks {unknown} "
+                         f"(known: {list(ATTACKS)}); rules/robustness.smk is miswired")
+    lm, arm, layer_assets, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
+    ctx = Loaded(config, config.rule, arm_name, seed, lm, arm, layer_assets, lid, model_dir, checkpoint,
+                 list(method_files))
+    state = random_state()   # what each attack would start from in a job of its own
+    failed: dict[str, str] = {}
+    for name in (a for a in ATTACKS if a in wanted):
+        restore_random_state(state)
+        t0 = time.time()
+        try:
+            if name == "relearn":
+                relearn(ctx, forget_set, splits, wanted[name])
+            elif name == "incontext":
+                incontext(ctx, forget_set, splits, wanted[name])
+            elif name == "quantize":
+                quantize(ctx, forget_set, retain_set, wanted[name], workdir)
+            else:
+                probe(ctx, splits, wanted[name])
+        except Exception as err:  # recorded below (PartialFailure): the failed attack's output becomes a stub
+            if is_memory_error(err):
+                raise
+            log.exception("attack %s on %s/seed%d failed", name, arm_name, seed)
+            failed[wanted[name]] = f"{name}: {type(err).__name__}: {err}"
+        else:
+            log.info("attack %s on %s/seed%d: %.1f s", name, arm_name, seed, time.time() - t0)
+    if failed:
+        raise PartialFailure(failed)
+
+
+#: the attack job: every attack of an (arm, seed) at the robustness seeds every attack runs at
+attack = job(*SECTIONS, arm=True, rule="attack")(_attack_job)
+#: the same job where only the seeded attacks run (later seeds of a deterministic arm: ``attack_seeds``)
+attack_seeded = job(*SECTIONS, arm=True, rule="attack_seeded")(_attack_job)
+
+
+def relearn(ctx: Loaded, forget_set: str, splits, out: str) -> None:
     """The relearning attack: a fresh LoRA on top of the arm, trained for k steps on forget/holdout
     texts (``robustness.relearn``), the forget test prompts measured at each k."""
     from mmie.attacks.relearn import relearn as attack
     from mmie.jobs import split_texts
 
     t0 = time.time()
-    lm, arm, _, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
+    config, arm_name, seed, lm, arm, lid = ctx.config, ctx.arm_name, ctx.seed, ctx.lm, ctx.arm, ctx.lid
     cfg = config["robustness"]["relearn"]
     texts = split_texts(split_files(splits), "forget", "holdout", "relearn")[:cfg["texts"]]
     measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
@@ -102,19 +169,17 @@ def relearn(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, 
                             measure=lambda model: measure(model, f"relearn {arm_name}/seed{seed}"))
     points = [p for k, m in curve for p in forget_points(k, m)]
     samples = [s for k, m in curve for s in sample(k, m)]
-    _write(out, config, "relearn", arm_name, seed, arm, points, samples, {**details, "texts": len(texts),
-           "split": "forget/holdout"}, t0, lm.runtime, [forget_set, *list(splits)])
+    ctx.write(out, "relearn", points, samples, {**details, "texts": len(texts), "split": "forget/holdout"}, t0,
+              [forget_set, *_holdout(splits)])
 
 
-@job(*SECTIONS, arm=True)
-def incontext(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
-              forget_set: str, splits, detector: str, out: str, assets=None, method_files=()) -> None:
+def incontext(ctx: Loaded, forget_set: str, splits, out: str) -> None:
     """In-context relearning: n forget/holdout sentences before each forget test prompt."""
     from mmie.attacks.incontext import with_examples
     from mmie.jobs import split_texts
 
     t0 = time.time()
-    lm, arm, _, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
+    config, arm_name, seed, lm, arm, lid = ctx.config, ctx.arm_name, ctx.seed, ctx.lm, ctx.arm, ctx.lid
     examples = split_texts(split_files(splits), "forget", "holdout", "incontext")
     measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
     shots = sorted(config["robustness"]["incontext"]["shots"])
@@ -134,16 +199,13 @@ def incontext(config: JobConfig, arm_name: str, seed: int, model_dir: str | None
             m = measure(arm.model, f"incontext {arm_name}/seed{seed} n={n}", prompted[n], decoding)
             points += forget_points(n, m)
             samples += sample(n, m)
-    _write(out, config, "incontext", arm_name, seed, arm, points, samples,
-           {"examples": len(examples), "split": "forget/holdout", "max_prompt_tokens": decoding.max_prompt_tokens,
-            "prompt_tokens": "raised to the longest prompt with its examples (no prompt is truncated)"},
-           t0, lm.runtime, [forget_set, *list(splits)])
+    ctx.write(out, "incontext", points, samples,
+              {"examples": len(examples), "split": "forget/holdout", "max_prompt_tokens": decoding.max_prompt_tokens,
+               "prompt_tokens": "raised to the longest prompt with its examples (no prompt is truncated)"},
+              t0, [forget_set, *_holdout(splits)])
 
 
-@job(*SECTIONS, arm=True)
-def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
-             forget_set: str, retain_set: str, detector: str, out: str, workdir: str, assets=None,
-             method_files=()) -> None:
+def quantize(ctx: Loaded, forget_set: str, retain_set: str, out: str, workdir: str) -> None:
     """The quantization attack: the arm merged into its model where it can be, reloaded at each of
     ``robustness.quantize.bits``; forget prompts (target rate, ES) and retain texts (perplexity)
     measured at full precision and at each precision."""
@@ -156,7 +218,7 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     t0 = time.time()
     # bitsandbytes' 8-bit CPU matmul logs, on every layer call, that it casts float32 inputs to float16: once is enough
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_Once("cast from"))
-    lm, arm, layer_assets, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
+    config, arm_name, seed, lm, arm, lid = ctx.config, ctx.arm_name, ctx.seed, ctx.lm, ctx.arm, ctx.lid
     measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
     retain = [it for it in io.read_jsonl(retain_set) if it.get("text")][:config["robustness"]["prompts"]]
     if not retain:
@@ -177,15 +239,14 @@ def quantize(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     run("full", arm)
     spec = config["arms"][arm_name]
     for bits in config["robustness"]["quantize"]["bits"]:
-        q, _ = quantized_arm(arm_name, spec, config["model"], model_dir, checkpoint, bits=bits, config=config,
-                             seed=seed, assets=layer_assets, files=method_files, workdir=workdir)
+        q, _ = quantized_arm(arm_name, spec, config["model"], ctx.model_dir, ctx.checkpoint, bits=bits, config=config,
+                             seed=seed, assets=ctx.layer_assets, files=ctx.method_files, workdir=workdir)
         details[str(bits)] = q.details["quantization"]
         run(bits, q)
         del q
     if Path(workdir).exists():
         shutil.rmtree(workdir)      # the merged copies: large, and rebuilt from the checkpoint on a rerun
-    _write(out, config, "quantize", arm_name, seed, arm, points, samples, details, t0, lm.runtime,
-           [forget_set, retain_set])
+    ctx.write(out, "quantize", points, samples, details, t0, [forget_set, retain_set])
 
 
 class _Once(logging.Filter):
@@ -204,9 +265,7 @@ class _Once(logging.Filter):
         return True
 
 
-@job(*SECTIONS, arm=True)
-def probe(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None,
-          splits, out: str, assets=None, method_files=()) -> None:
+def probe(ctx: Loaded, splits, out: str) -> None:
     """The probing attack: per layer, a logistic-regression probe on mean-pooled hidden states (arm
     on) tells the target language — in its script and romanized — from the retain language and the
     neighbours; fitted on train texts, its C chosen on dev texts, scored on test texts. The native
@@ -219,7 +278,7 @@ def probe(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, ch
     from mmie.attacks.probe import fit_probe, hidden_means
 
     t0 = time.time()
-    lm, arm, _, _ = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, None)
+    config, seed, lm, arm = ctx.config, ctx.seed, ctx.lm, ctx.arm
     cfg, ev = config["robustness"]["probe"], config["eval"]
     files = split_files(splits)
     lang = config["languages"]
@@ -245,11 +304,23 @@ def probe(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, ch
         per_layer.append({"layer": layer, **{k: fit[k] for k in ("C", "dev_accuracy", "test_accuracy",
                                                                    "per_class_recall", "converged")}})
     counts = {p: {role: data[p][3].count(role) for role in roles} for p in data}
-    _write(out, config, "probe", arm_name, seed, arm, points, [],
+    ctx.write(out, "probe", points, [],
            {"layers": per_layer, "classes": sorted(set(roles.values())), "roles": roles, "texts": counts,
             "features": "hidden states after each block, mean-pooled over the text's tokens (the tokenizer's prefix "
                         "left out), the arm on (an instruction arm's instruction is not part of the text)"},
-           t0, lm.runtime, list(splits))
+           t0, _probe_splits(config, splits))
+
+
+def _holdout(splits) -> list[str]:
+    """The forget/holdout split among a job's split files: what relearn and incontext read."""
+    return [str(p) for (role, part), p in split_files(splits).items() if (role, part) == ("forget", "holdout")]
+
+
+def _probe_splits(config, splits) -> list[str]:
+    """The split files the probe reads: train, dev and test of the target (script and romanized), the
+    retain language and each neighbour (the rule's ``splits`` also hold forget/holdout)."""
+    roles = {"forget", "forget_romanized", "retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {}))}
+    return [str(p) for (role, part), p in split_files(splits).items() if role in roles and part in ("train", "dev", "test")]
 
 
 def _rows(files, role: str, part: str) -> list[dict]:

@@ -130,3 +130,19 @@ def test_an_injected_oom_is_not_recorded_and_fails_the_job(here, monkeypatch):
     with pytest.raises(ValueError, match="unknown fault 'segfault'"):
         with F.outcome(job(here)):
             pass
+
+
+def test_a_partial_failure_stubs_only_the_failed_parts(here):
+    """The attack job runs every attack of an (arm, seed): one failed attack costs its own output only;
+    the job is recorded (and reruns) like any failure."""
+    outs = [str(here / f"results/x/lora/seed0/robustness/{a}.json") for a in ("relearn", "quantize")]
+    for o in outs:
+        (here / o).parent.mkdir(parents=True, exist_ok=True)
+        (here / o).write_text('{"attack": "done"}\n')
+    sm = job(here, rule="attack", outputs=outs)
+    assert fail(sm, F.PartialFailure({outs[1]: "quantize: RuntimeError: no 4-bit kernel"})) == [True]
+    assert F.stub_of(outs[0]) is None and json.loads((here / outs[0]).read_text()) == {"attack": "done"}
+    assert F.stub_of(outs[1])["error"].startswith("PartialFailure: quantize.json: quantize: RuntimeError")
+    assert F.token("results/x", "attack", {"arm": "lora", "seed": "0"}) != ""
+    with pytest.raises(ValueError, match="not outputs of the job"):
+        fail(job(here, rule="attack", outputs=outs[:1]), F.PartialFailure({outs[1]: "x"}))

@@ -76,17 +76,23 @@ def test_a_job_function_given_the_whole_config_reads_through_its_view(demo_confi
 
 
 # ----------------------------------------------------------------------------- (b) one declaration
-RULE = re.compile(r"^\s*(?:rule|checkpoint) (\w+):", re.M)
+RULE = re.compile(r"^\s*(?:(?:rule|checkpoint) (\w+)|use rule (\w+) as (\w+) with):", re.M)
 
 
 def rule_blocks() -> dict[str, str]:
-    out = {}
+    """Each rule's text; a rule derived with ``use rule A as B with:`` gets its own block followed by
+    A's (what it does not override, such as the script, it inherits)."""
+    out, parents = {}, {}
     for smk in sorted((ROOT / "rules").glob("*.smk")):
         text = smk.read_text()
-        starts = [(m.start(), m.group(1)) for m in RULE.finditer(text)]
-        ends = [start for start, _ in starts[1:]] + [len(text)]
-        for (start, name), end in zip(starts, ends[:len(starts)], strict=True):
+        starts = [(m.start(), m.group(1) or m.group(3), m.group(2)) for m in RULE.finditer(text)]
+        ends = [start for start, _, _ in starts[1:]] + [len(text)]
+        for (start, name, parent), end in zip(starts, ends[:len(starts)], strict=True):
             out[name] = text[start:end]
+            if parent:
+                parents[name] = parent
+    for name, parent in parents.items():
+        out[name] += out[parent]
     return out
 
 

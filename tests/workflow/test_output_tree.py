@@ -1,7 +1,7 @@
 """The output tree is part of the results contract (docs/outputs.md): the reduced workflow writes
 exactly the files it wrote before the code was reorganised by stage (tests/expected/reduced_tree.txt,
 recorded from the reduced run of commit c56b925, before the reorganisation, and extended since by the
-robustness attacks' outputs), plus those of arms added since (RMU)."""
+robustness attacks' outputs, their jobs one per (arm, seed) since), plus those of arms added since (RMU)."""
 
 import os
 import re

@@ -1,9 +1,9 @@
 """The robustness attacks in the reduced run (rules/robustness.smk): every attack on the attacked arm,
-base and the oracle, one table with intervals, a section of the results page, a figure; a target path
-reruns one attack job; no attack reads a test text to fit anything; and, on a copy of the run, two
-planted suppressions (a logit bias against the target script's tokens, weights untouched; an
-instruction) read as suppressed under relearning and in-context examples respectively, while the
-oracle reads as suppressed under neither."""
+base and the oracle, one table with intervals, a section of the results page, a figure; a target
+path reruns its (arm, seed)'s attack job, whose attacks each start as in a job of their own; no attack
+reads a test text to fit anything; and, on a copy of the run, two planted suppressions (a logit bias
+against the target script's tokens, weights untouched; an instruction) read as suppressed under
+relearning and in-context examples respectively, while the oracle reads as suppressed under neither."""
 import json
 import shutil
 
@@ -51,7 +51,8 @@ def test_each_attack_records_what_it_read_and_did(run_dir):
     assert relearn["details"]["split"] == "forget/holdout" and len(relearn["details"]["losses"]) == 2
     for attack in ATTACKS:
         res = result(run_dir, "lora", attack)
-        assert res["provenance"]["rule"] == attack and res["arm"] == "lora" and res["method"] == "lora"
+        assert res["attack"] == attack and res["arm"] == "lora" and res["method"] == "lora"
+        assert res["provenance"]["rule"] == "attack"
         # nothing an attack fits or draws examples from is a test split (the probe scores on test texts only)
         read = [p for p in res["provenance"]["data_hashes"] if "/data/" in p and "eval_sets" not in p]
         fits = [p for p in read if not p.endswith("/test.jsonl")]
@@ -64,13 +65,16 @@ def test_each_attack_records_what_it_read_and_did(run_dir):
 
 
 def test_a_target_path_reruns_one_attack_job(run_dir):
+    """One job runs every attack of an (arm, seed) on one load of the arm; asking for one attack's
+    output reruns that job alone, and each attack's points come out as before — also the ones that
+    ran after another attack in the same process (each starts from the state the load left)."""
     target = f"results/{EXP}/oracle/seed0/robustness/incontext.json"
-    before = result(run_dir, "oracle", "incontext")
+    before = {a: result(run_dir, "oracle", a) for a in ATTACKS}
     (run_dir / target).unlink()
     res = smk(run_dir, target)
-    assert planned_jobs(res) == {"incontext": 1}
-    after = result(run_dir, "oracle", "incontext")
-    assert after["points"] == before["points"]           # greedy decoding, same seed: the same answers
+    assert planned_jobs(res) == {"attack": 1}
+    for attack in ATTACKS:       # greedy decoding, same seed: the same answers, the same relearning curve
+        assert result(run_dir, "oracle", attack)["points"] == before[attack]["points"], attack
 
 
 def test_planted_suppressions_read_as_suppressed_and_the_oracle_does_not(run_dir, tmp_path):
