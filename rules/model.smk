@@ -40,6 +40,7 @@ if config["model"]["source"] == "demo":
             report=f"{R}/oracle_report.json",
         log:
             f"{R}/logs/build_oracle_model.log",
+        priority: PRIORITY["build_oracle_model"]
         benchmark:
             f"{R}/benchmarks/build_oracle_model.tsv"
         threads: 2

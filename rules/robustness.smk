@@ -23,6 +23,7 @@ rule attack:
         seed=arm_regex(map(str, ATTACK_SEEDS)),
     log:
         f"{R}/logs/attack/{{arm}}/seed{{seed}}.log",
+    priority: PRIORITY["attack"]
     benchmark:
         f"{R}/benchmarks/attack/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS

@@ -9,6 +9,7 @@ checkpoint select_layers:
         f"{R}/layers/selection.json",
     log:
         f"{R}/logs/select_layers.log",
+    priority: PRIORITY["select_layers"]
     benchmark:
         f"{R}/benchmarks/select_layers.tsv"
     threads: TORCH_THREADS
@@ -36,6 +37,7 @@ rule cache_activations:
         meta=f"{R}/acts/layer{{layer}}.json",
     log:
         f"{R}/logs/cache_activations/layer{{layer}}.log",
+    priority: PRIORITY["cache_activations"]
     benchmark:
         f"{R}/benchmarks/cache_activations/layer{{layer}}.tsv"
     threads: TORCH_THREADS
@@ -58,6 +60,7 @@ rule train_sae:
         directory(f"{R}/sae/layer{{layer}}"),
     log:
         f"{R}/logs/train_sae/layer{{layer}}.log",
+    priority: PRIORITY["train_sae"]
     benchmark:
         f"{R}/benchmarks/train_sae/layer{{layer}}.tsv"
     threads: TORCH_THREADS
@@ -84,6 +87,7 @@ rule select_features:
         quality=f"{R}/sae/quality/layer{{layer}}.json",
     log:
         f"{R}/logs/select_features/layer{{layer}}.log",
+    priority: PRIORITY["select_features"]
     benchmark:
         f"{R}/benchmarks/select_features/layer{{layer}}.tsv"
     threads: TORCH_THREADS
@@ -111,6 +115,7 @@ rule sweep_gate:
         arm=arm_regex(SWEEP_ARMS),
     log:
         f"{R}/logs/sweep_gate/{{arm}}/seed{{seed}}.log",
+    priority: PRIORITY["sweep_gate"]
     benchmark:
         f"{R}/benchmarks/sweep_gate/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS

@@ -14,6 +14,7 @@ rule train:
         arm=arm_regex(TRAINED_ARMS),
     log:
         f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
+    priority: PRIORITY["train"]
     benchmark:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
     threads: TORCH_THREADS

@@ -13,6 +13,7 @@ rule tune:
         arm=arm_regex(TUNED_ARMS),
     log:
         f"{R}/logs/tune/{{arm}}.log",
+    priority: PRIORITY["tune"]
     benchmark:
         f"{R}/benchmarks/tune/{{arm}}.tsv"
     threads: TORCH_THREADS
