@@ -61,7 +61,9 @@ TORCH_THREADS = config["resources"]["torch_threads"]  # threads: of the torch ru
 # Scheduling only (which ready job starts first when there are more than cores; nothing computed
 # changes): the heads of the longest chains go first, so that no core waits at the end for a chain
 # that started late (measured: the oracle's model, built last, kept one of two cores idle 40 s).
-PRIORITY = {"build_oracle_model": 50, "tune": 40, "select_layers": 30, "cache_activations": 30, "train_sae": 30,
+# Snakemake maximises the summed priority of the jobs it starts together: the oracle's build takes
+# two threads, so its priority exceeds any two others' (else two small jobs always win the cores).
+PRIORITY = {"build_oracle_model": 100, "tune": 40, "select_layers": 30, "cache_activations": 30, "train_sae": 30,
             "select_features": 30, "sweep_gate": 30, "train": 20, "attack": 10}
 
 
