@@ -109,12 +109,21 @@ def test_dockerfile_uses_reachable_registries_and_runs_the_bound_code():
 
 @pytest.mark.slow
 def test_real_profiles_validate_and_list_the_full_dag():
+    from mmie.attacks import attack_runs
     from mmie.config import arm_seeds, load
 
     for profile, expected in (("qwen2.5-1.5b-a100.yaml", {"select_layers": 1, "train": 6}),
                               ("gemma3-270m.yaml", {"convert_gemma": 1, "select_layers": 1, "train": 6})):
         cfg = load(ROOT / "config" / profile)
         expected["evaluate"] = sum(len(arm_seeds(cfg, arm)) for arm in cfg["arms"])   # seed-independent arms once
+        # one attack job per attacked (arm, seed): every attack (rule attack), or at later seeds of a
+        # seed-independent arm the seeded attacks only (rule attack_seeded)
+        runs: dict = {}
+        for attack, arm, seed in attack_runs(cfg):
+            runs.setdefault((arm, seed), set()).add(attack)
+        expected["attack"] = sum(v == set(cfg["robustness"]["attacks"]) for v in runs.values())
+        expected["attack_seeded"] = sum(v != set(cfg["robustness"]["attacks"]) for v in runs.values())
+        assert expected["attack"] and expected["attack_seeded"], (profile, runs)   # both rules are planned
         res = subprocess.run(SNAKEMAKE + ["-n", "--forceall", "--cores", "2", "--configfile", str(ROOT / "config" / profile)],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
