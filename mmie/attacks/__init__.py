@@ -5,8 +5,8 @@ oracle, a model that never learned the target language, is the reference each at
 against.
 
 One module per attack, each declaring ``ATTACK = Attack(...)``; ``ATTACKS`` lists them in report
-order. An attack job (rules/robustness.smk, ``mmie.jobs.robustness``) loads one (arm, seed) once and
-writes ``<arm>/seed<k>/robustness/<attack>.json`` (``result``): one ``point`` per (strength, set,
+order. An attack job (rules/robustness.smk, ``mmie.jobs.robustness``) loads one (arm, seed) once, runs
+every attack on it and writes ``<arm>/seed<k>/robustness/<attack>.json`` for each (``result``): one ``point`` per (strength, set,
 metric) with per-item numerators and denominators in the same item order in every seed and arm,
 so that ``summary/robustness.csv`` gets the crossed bootstrap's intervals (``mmie.stats.inference``).
 
