@@ -69,13 +69,19 @@ def test_requirements_slurm_pins_the_plugin_and_changes_nothing_installed():
 
 
 def gpu_rules_in_workflow() -> set[str]:
-    """Every rule or checkpoint in rules/*.smk whose resources declare gpu=1."""
-    out = set()
+    """Every rule or checkpoint in rules/*.smk whose resources declare gpu=1; a rule derived with
+    ``use rule A as B with:`` that does not set its own resources has A's."""
+    out, derived = set(), {}
     for smk_file in (ROOT / "rules").glob("*.smk"):
-        blocks = re.split(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:", smk_file.read_text(), flags=re.M)
+        text = smk_file.read_text()
+        blocks = re.split(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:", text, flags=re.M)
         for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
+            body = re.split(r"^use rule ", body, flags=re.M)[0]
             if re.search(r"^\s*gpu\s*=\s*1\s*,?\s*$", body, re.M):
                 out.add(name)
+        for parent, name, body in re.findall(r"^use rule (\w+) as (\w+) with:\n((?:[ \t]+.*\n|\n)*)", text, re.M):
+            derived[name] = (parent, "resources:" in body)
+    out |= {name for name, (parent, own) in derived.items() if parent in out and not own}
     return out
 
 
