@@ -83,7 +83,6 @@ def _setup(config, arm_name: str, seed: int, model_dir, checkpoint, assets, meth
 class Loaded:
     """One (arm, seed) as its attacks see it: loaded once per job (``_setup``)."""
     config: JobConfig
-    rule: str
     arm_name: str
     seed: int
     lm: object
@@ -99,7 +98,7 @@ class Loaded:
         io.write_json(out, {
             "attack": attack, "arm": self.arm_name, "seed": self.seed, "method": self.arm.method, "points": points,
             "samples": samples, "details": details, "seconds": round(time.time() - t0, 1),
-            "provenance": provenance.build(self.config, seed=self.seed, runtime=self.lm.runtime, rule=self.rule,
+            "provenance": provenance.build(self.config, seed=self.seed, runtime=self.lm.runtime, rule=self.config.rule,
                                            inputs=inputs)})
 
 
@@ -120,7 +119,7 @@ def _attack_job(config: JobConfig, arm_name: str, seed: int, model_dir: str | No
         raise ValueError(f"attack job {arm_name}/seed{seed}: outputs for unknown attacks {unknown} "
                          f"(known: {list(ATTACKS)}); rules/robustness.smk is miswired")
     lm, arm, layer_assets, lid = _setup(config, arm_name, seed, model_dir, checkpoint, assets, method_files, detector)
-    ctx = Loaded(config, config.rule, arm_name, seed, lm, arm, layer_assets, lid, model_dir, checkpoint,
+    ctx = Loaded(config, arm_name, seed, lm, arm, layer_assets, lid, model_dir, checkpoint,
                  list(method_files))
     state = random_state()   # what each attack would start from in a job of its own
     failed: dict[str, str] = {}

@@ -319,6 +319,10 @@ def _sparse_identifier_class():
     from langid.langid import LanguageIdentifier
 
     class SparseLanguageIdentifier(LanguageIdentifier):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._index = {str(c): i for i, c in enumerate(self.nb_classes)}
+
         def nb_classprobs(self, fv):
             nz = np.flatnonzero(fv)
             return np.dot(fv[nz], self.nb_ptc[nz]) + self.nb_pc
@@ -330,12 +334,6 @@ def _sparse_identifier_class():
             if where is None:
                 return 0.0
             return float(self.norm_probs(self.nb_classprobs(self.instance2fv(text)))[where])
-
-        @property
-        def _index(self) -> dict:
-            if not hasattr(self, "_index_cache"):
-                self._index_cache = {str(c): i for i, c in enumerate(self.nb_classes)}
-            return self._index_cache
 
     return SparseLanguageIdentifier
 
