@@ -6,10 +6,13 @@ and the share of job time that is start-up (interpreter and imports).
 
 Every rule writes ``results/<exp>/benchmarks/<rule>[/<arm>/seed<k>|/layer<n>].tsv`` (Snakemake
 ``benchmark:``; ``s`` is the job's wall time, ``max_rss`` its peak resident memory in MB). With
-``--startup`` each job's start-up is estimated as the wall time of an empty Python process that
-imports what the job's script imports before its work begins (``STARTUP_IMPORTS`` and, for
-evaluate/train, the arm method's library), median of ``--repeats`` runs on this machine now; the
-estimate leaves out model loading and Snakemake's own per-job bookkeeping, so it is a lower bound.
+``--startup`` each job's start-up is reported: a job that ran warm (in a fork of the warm server,
+mmie/forkserver.py) wrote its start-up as paid, its CPU time and its peak memory to its log (the
+benchmark file measured only the client), and those are used; for a job that started cold the
+start-up is estimated as the wall time of an empty Python process that imports what the job's
+script imports before its work begins (``STARTUP_IMPORTS`` and, for evaluate/train, the arm method's
+library), median of ``--repeats`` runs on this machine now; the estimate leaves out model loading
+and Snakemake's own per-job bookkeeping, so it is a lower bound.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from mmie.forkserver import USAGE_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
 # what every script job imports before its work: Snakemake's preamble, the log setup, a job module
@@ -58,9 +63,23 @@ STARTUP_IMPORTS = {
 }
 
 
+def warm_usage(log: Path) -> tuple[float, float] | None:
+    """(start-up s, peak RSS MB) from the line a warm-started job wrote to its log; None for a cold job."""
+    import re
+
+    if not log.is_file():
+        return None
+    found = re.findall(USAGE_PATTERN, log.read_text(encoding="utf-8", errors="replace"))
+    if not found:
+        return None
+    startup, _cpu, rss = found[-1]   # the last run of the job (logs are appended to)
+    return float(startup), float(rss)
+
+
 def read_benchmarks(results: str | Path) -> pd.DataFrame:
     """One row per benchmark file: rule (its folder under benchmarks/), job (the rest of its path),
-    arm (evaluate/score/train/sweep/judge jobs), seconds and peak RSS in MB."""
+    arm (evaluate/score/train/sweep/judge jobs), seconds and peak RSS in MB, whether it ran warm and
+    its start-up as measured then (the log next to it: logs/<same path>.log)."""
     root = Path(results) / "benchmarks"
     files = sorted(root.rglob("*.tsv"))
     if not files:
@@ -72,15 +91,17 @@ def read_benchmarks(results: str | Path) -> pd.DataFrame:
         if df.empty or not {"s", "max_rss"} <= set(df.columns):
             raise ValueError(f"{f}: not a Snakemake benchmark file (columns s and max_rss expected)")
         rss = pd.to_numeric(df["max_rss"].iloc[0], errors="coerce")   # "NA" when the job ended too fast
+        warm = warm_usage(root.parent / "logs" / f.relative_to(root).with_suffix(".log"))
         rows.append({"rule": parts[0], "job": "/".join(parts[1:]) or parts[0],
                      "arm": parts[1] if len(parts) > 2 and parts[2].startswith("seed") else None,
-                     "s": float(df["s"].iloc[0]), "max_rss_mb": float(rss)})
+                     "s": float(df["s"].iloc[0]), "max_rss_mb": float(rss) if warm is None else warm[1],
+                     "warm": warm is not None, "startup_measured_s": float("nan") if warm is None else warm[0]})
     return pd.DataFrame(rows)
 
 
 def rule_table(jobs: pd.DataFrame) -> pd.DataFrame:
-    table = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
-                                     max_rss_mb=("max_rss_mb", "max"))
+    table = jobs.groupby("rule").agg(jobs=("s", "size"), warm=("warm", "sum"), total_s=("s", "sum"),
+                                     mean_s=("s", "mean"), max_rss_mb=("max_rss_mb", "max"))
     if "startup_s" in jobs:
         table["startup_s"] = jobs.groupby("rule")["startup_s"].sum()
     return table.sort_values("total_s", ascending=False)
@@ -113,10 +134,13 @@ def import_seconds(modules: list[str], repeats: int = 3) -> float:
 
 
 def add_startup(jobs: pd.DataFrame, arms: dict, repeats: int = 3) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Each job's start-up estimate (one probe per distinct module list)."""
-    keys = [tuple(job_modules(r, a, arms)) for r, a in zip(jobs["rule"], jobs["arm"], strict=True)]
+    """Each job's start-up: as measured for a warm job, else estimated (one probe per distinct module list)."""
+    cold = ~jobs["warm"]
+    keys = [tuple(job_modules(r, a, arms)) for r, a in zip(jobs["rule"][cold], jobs["arm"][cold], strict=True)]
     probes = {k: import_seconds(list(k), repeats) for k in dict.fromkeys(keys)}
-    return jobs.assign(startup_s=[probes[k] for k in keys]), {" ".join(k): v for k, v in probes.items()}
+    startup = jobs["startup_measured_s"].copy()
+    startup[cold] = [probes[k] for k in keys]
+    return jobs.assign(startup_s=startup), {" ".join(k): v for k, v in probes.items()}
 
 
 def run_commit(results: str | Path) -> str | None:
@@ -143,7 +167,7 @@ def git_commit() -> str:
 
 
 def summary(jobs: pd.DataFrame) -> dict:
-    out = {"jobs": len(jobs), "job_seconds": float(jobs["s"].sum())}
+    out = {"jobs": len(jobs), "warm_jobs": int(jobs["warm"].sum()), "job_seconds": float(jobs["s"].sum())}
     if "startup_s" in jobs:
         out["startup_seconds"] = float(jobs["startup_s"].sum())
         out["startup_share"] = out["startup_seconds"] / out["job_seconds"]
@@ -153,20 +177,22 @@ def summary(jobs: pd.DataFrame) -> dict:
 def markdown(jobs: pd.DataFrame, results: str, commit: str, note: str = "") -> str:
     table, s = rule_table(jobs), summary(jobs)
     start = "startup_s" in jobs
-    head = "| rule | jobs | total s | mean s | peak RSS MB |" + (" start-up s (est.) |" if start else "")
+    head = "| rule | jobs | warm | total s | mean s | peak RSS MB |" + (" start-up s |" if start else "")
     lines = [f"### Job times per rule: `{results}` (commit {commit})", ""]
     if note:
         lines += [note, ""]
-    lines += [head, "|---|---:|---:|---:|---:|" + ("---:|" if start else "")]
+    lines += [head, "|---|---:|---:|---:|---:|---:|" + ("---:|" if start else "")]
     for rule, r in table.iterrows():
         rss = "n/a" if pd.isna(r["max_rss_mb"]) else f"{r['max_rss_mb']:.0f}"
-        lines.append(f"| {rule} | {int(r['jobs'])} | {r['total_s']:.1f} | {r['mean_s']:.2f} | {rss} |"
+        lines.append(f"| {rule} | {int(r['jobs'])} | {int(r['warm'])} | {r['total_s']:.1f} | {r['mean_s']:.2f} | {rss} |"
                      + (f" {r['startup_s']:.1f} |" if start else ""))
-    total = f"| **all** | **{s['jobs']}** | **{s['job_seconds']:.1f}** | | |"
+    total = f"| **all** | **{s['jobs']}** | **{s['warm_jobs']}** | **{s['job_seconds']:.1f}** | | |"
     lines += [total + (f" **{s['startup_seconds']:.1f}** |" if start else ""), ""]
     if start:
-        lines.append(f"Start-up (an empty process importing what the job imports) is an estimated "
-                     f"{100 * s['startup_share']:.0f}% of the {s['job_seconds']:.0f} s of job time.")
+        lines.append(f"Start-up is {100 * s['startup_share']:.0f}% of the {s['job_seconds']:.0f} s of job time: "
+                     "as paid for the warm jobs (from the process's start to the script's first statement in "
+                     "the warm server's fork), estimated for the others (an empty process importing what the "
+                     "job imports).")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,7 @@
-from mmie.logs import setup
+from mmie.forkserver import delegate
+
+delegate()  # a warm process with torch imported runs this script when one is up (mmie/forkserver.py)
+from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
 from mmie.failures import outcome  # noqa: E402

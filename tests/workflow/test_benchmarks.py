@@ -46,7 +46,7 @@ def test_rule_table_counts_jobs_sums_seconds_and_takes_peak_memory(tmp_path, mon
     jobs = rule_times.read_benchmarks(tmp_path)
     assert [a if isinstance(a, str) else None for a in jobs["arm"]] == ["base", "lora+sae_gate", "base", None]
     table = rule_times.rule_table(jobs)
-    assert table.loc["evaluate"].tolist() == [2, 30.0, 15.0, 700.0]
+    assert table.loc["evaluate"].tolist() == [2, 0, 30.0, 15.0, 700.0]
     assert table.loc["score", "jobs"] == 1 and table.loc["score", "max_rss_mb"] != table.loc["score", "max_rss_mb"]  # NaN
 
     arms = {"base": {"method": "base"}, "lora": {"method": "lora"}, "lora+sae_gate": {"method": "sae_gate", "on": "lora"}}
@@ -67,7 +67,29 @@ def test_rule_table_counts_jobs_sums_seconds_and_takes_peak_memory(tmp_path, mon
     assert s["jobs"] == 4 and s["job_seconds"] == 34.0
     assert s["startup_share"] == pytest.approx(sum(startup) / 34.0)
     md = rule_times.markdown(jobs, "results/t", "abc1234")
-    assert "commit abc1234" in md and "| evaluate | 2 | 30.0 | 15.00 | 700 |" in md and "| score | 1 | 3.0 | 3.00 | n/a |" in md
+    assert "commit abc1234" in md and "| evaluate | 2 | 0 | 30.0 | 15.00 | 700 |" in md and "| score | 1 | 0 | 3.0 | 3.00 | n/a |" in md
+
+
+def test_a_warm_job_reports_the_start_up_and_memory_it_logged_not_its_clients(tmp_path, monkeypatch):
+    """A warm-started job's benchmark measured only the client (a few MB): the table takes the job's
+    peak memory and start-up from the line the fork wrote to the rule's log (the last run's)."""
+    from mmie.forkserver import USAGE
+
+    bench_file(tmp_path, "evaluate/base/seed0.tsv", 10.0, 25)
+    bench_file(tmp_path, "evaluate/base/seed1.tsv", 12.0, 900)
+    log = tmp_path / "logs" / "evaluate" / "base" / "seed0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"old run\n... INFO mmie.forkserver: {USAGE.format(0.4, 9.0, 1000)}\n"
+                   f"... INFO mmie.forkserver: {USAGE.format(0.15, 8.0, 1200)}\n")
+    (tmp_path / "logs" / "evaluate" / "base" / "seed1.log").write_text("a cold job's log\n")
+    jobs = rule_times.read_benchmarks(tmp_path)
+    assert jobs["warm"].tolist() == [True, False]
+    assert jobs["max_rss_mb"].tolist() == [1200.0, 900.0]
+    monkeypatch.setattr(rule_times, "import_seconds", lambda modules, repeats: 5.0)
+    jobs, _ = rule_times.add_startup(jobs, {"base": {"method": "base"}})
+    assert jobs["startup_s"].tolist() == [0.15, 5.0]   # measured for the warm job, estimated for the cold one
+    assert rule_times.rule_table(jobs).loc["evaluate", "warm"] == 1
+    assert "| evaluate | 2 | 1 | 22.0 | 11.00 | 1200 | 5.2 |" in rule_times.markdown(jobs, "results/t", "abc")
 
 
 def test_rule_table_refuses_a_folder_without_benchmarks(tmp_path):
