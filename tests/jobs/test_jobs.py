@@ -211,3 +211,12 @@ def test_layer_assets_come_from_the_declared_inputs(tmp_path):
         assets.sae_dir(4)
     with pytest.raises(ConfigError, match="no 'selection' input"):
         LayerAssets.from_inputs({"sae3": "x"})
+
+
+def test_every_script_hands_itself_to_the_warm_server_first():
+    """A script's first statement is ``delegate()`` (mmie/forkserver.py): anything before it would
+    run twice (in the client, then again in the warm fork), and a script without it always starts cold."""
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        lines = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        assert lines[:2] == ["from mmie.forkserver import delegate", "delegate()  # a warm process with torch "
+                             "imported runs this script when one is up (mmie/forkserver.py)"], script
