@@ -198,12 +198,29 @@ def process_start() -> float:
 
 
 def start_server(directory: Path, ident: str) -> None:
-    """Start the server for ``ident`` in the background (it exits at once if one is starting)."""
-    log = open(directory / f"{ident}.log", "ab")  # noqa: SIM115 (handed to the server process)
-    with log:
-        subprocess.Popen([sys.executable, "-m", "mmie.forkserver", str(directory), ident, json.dumps(sys.path)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
-                         start_new_session=True)
+    """Start the server for ``ident`` in the background (it exits at once if one is starting). It is
+    started from a short-lived intermediate process, so it is not this job's child: a server that
+    exits at once (another one holds the lock) leaves no zombie behind the job, and the job's own
+    waits never see it."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    code = 1
+    try:
+        with open(directory / f"{ident}.log", "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "mmie.forkserver", str(directory), ident, json.dumps(sys.path)],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True,
+                             start_new_session=True)
+        code = 0
+    except BaseException:  # noqa: BLE001 (reported; the job goes on in its own process)
+        import traceback
+
+        print("mmie warm start: could not start the warm server:", file=sys.stderr)
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -346,7 +363,13 @@ def _supervise(conn: socket.socket) -> None:
         status = os.waitstatus_to_exitcode(wstatus)
         conn.sendall((json.dumps({"status": status}) + "\n").encode())
         code = 0
+    except BaseException:  # noqa: BLE001 (reported; the job goes on in its own process)
+        import traceback
+
+        print("mmie warm start: could not start the warm server:", file=sys.stderr)
+        traceback.print_exc()
     finally:
+        sys.stderr.flush()
         os._exit(code)
 
 

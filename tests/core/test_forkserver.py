@@ -25,12 +25,16 @@ SCRIPT = textwrap.dedent("""\
     delegate()
     import json, os, time
     from pathlib import Path
+    Path("warm.txt").write_text(str(warm))
+    if Path("raise").exists():
+        raise RuntimeError("boom")
     if Path("sleep").exists():
         Path("pid").write_text(str(os.getpid()))
         time.sleep(120)
-    print(json.dumps({"cwd": os.getcwd(), "argv": sys.argv, "foo": os.environ.get("FOO"), "path": sys.path[:2]}))
+    children = Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
+    print(json.dumps({"cwd": os.getcwd(), "argv": sys.argv, "foo": os.environ.get("FOO"), "path": sys.path[:2],
+                      "children": children}))
     print("to stderr", file=sys.stderr)
-    Path("warm.txt").write_text(str(warm))
     sys.exit(int(os.environ.get("CODE", "0")))
 """)
 
@@ -84,6 +88,20 @@ def test_a_warm_run_is_the_run_a_fresh_process_makes(warm):
     out = json.loads(hot.stdout)
     assert out["cwd"] == str(job) and out["argv"] == ["script.py", "arg1"] and out["foo"] == "bar"
     assert out["path"][0] == str(job)                       # the script's folder first, as in a fresh process
+    assert out["children"] == []                            # the server it started is not the job's child
+
+
+def test_an_uncaught_exception_ends_a_warm_job_as_it_ends_a_fresh_one(warm):
+    job, env, sockets = warm
+    run(job, env)
+    wait_for_server(sockets)
+    (job / "raise").touch()
+    hot = run(job, env)
+    assert (job / "warm.txt").read_text() == "True"
+    cold = run(job, {**env, "MMIE_WARM": "0"})
+    assert hot.returncode == cold.returncode == 1
+    assert hot.stderr.splitlines()[-1] == cold.stderr.splitlines()[-1] == "RuntimeError: boom"
+    assert "Traceback (most recent call last):" in hot.stderr
 
 
 def test_another_environment_gets_another_server(warm):
