@@ -102,7 +102,7 @@ def main() -> None:
          d_sae=stats["settings"]["d_sae"], k=stats["settings"]["k"], batch=sae_cfg["batch_size"])
 
     from mmie.arms import unlearn
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     model = model.float() if dtype != "bfloat16" else model
     for p in model.parameters():

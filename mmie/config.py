@@ -253,6 +253,25 @@ def with_workflow_on_path(basedir: str) -> str:
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 
+#: config keys that were renamed: old dotted key -> (new dotted key, why)
+RENAMED = {
+    "resources.gpu_mem_mb": ("resources.model_job_mem_mb", "it is the host memory of a model job, not GPU memory"),
+    "resources.cpu_mem_mb": ("resources.light_job_mem_mb", "it is the host memory of a light job"),
+}
+
+
+def refuse_renamed(config: dict) -> None:
+    """A config that sets a renamed key fails with the new name (before the schema, whose own message
+    would only call the old key unexpected)."""
+    for old, (new, why) in RENAMED.items():
+        section, key = old.rsplit(".", 1)
+        node = config
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node:
+            raise ConfigError(f"{old} was renamed {new} ({why}): rename the key in your config")
+
+
 def load(path: str | Path, overrides: dict | None = None) -> dict:
     """Read a YAML config (safe_load), apply overrides, validate against the schema with defaults filled
     in — the same validation Snakemake applies in rules/common.smk. For tests and tools."""
@@ -263,6 +282,7 @@ def load(path: str | Path, overrides: dict | None = None) -> dict:
         config = yaml.safe_load(fh)
     if overrides:
         config = deep_update(config, overrides)
+    refuse_renamed(config)
     validate(config, str(SCHEMA), set_default=True)
     return config
 

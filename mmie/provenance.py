@@ -15,7 +15,7 @@ import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from mmie import SCHEMA_VERSION, __version__, numerics
 
@@ -148,6 +148,18 @@ def used_hashes(block: dict[str, Any]) -> set[str]:
     return {h for group in block["groups"].values() for h in group["sha256"]}
 
 
+@runtime_checkable
+class JobView(Protocol):
+    """What provenance reads of a job's config view (``mmie.jobs.JobConfig``; provenance sits below
+    the jobs layer and does not import it): the job's rule, its declared sections' settings, the whole
+    config's hash and the numerics settings."""
+
+    rule: str
+    settings: dict
+    config_hash: str
+    numerics: dict
+
+
 def build(config, section: dict | None = None, *, seed: int | None = None,
           inputs=(), runtime: dict | None = None, rule: str | None = None,
           texts: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -155,9 +167,7 @@ def build(config, section: dict | None = None, *, seed: int | None = None,
     choosing job become its ``texts_used``. ``config``: a job's view (``mmie.jobs.JobConfig``), whose
     declared sections become ``config_section`` and whose ``config_hash`` is the whole config's; or,
     outside a job, the whole config dict with the ``section`` to record."""
-    from mmie.jobs import JobConfig
-
-    if isinstance(config, JobConfig):
+    if isinstance(config, JobView):
         if section is not None:
             raise ValueError(f"provenance.build: job {config.rule!r} records its declared sections; pass no section")
         hashed, section, numerics_config = config.config_hash, config.settings, config.numerics

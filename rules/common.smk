@@ -15,6 +15,7 @@ import mmie.data.corpus as mdata
 import mmie.jobs as mjobs
 import mmie.failures as mfailures
 
+mcfg.refuse_renamed(config)  # a key of an older mmie: the message names its new name
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 mcfg.check(config)  # relative data paths are relative to the working directory
 numerics.apply(config)  # portable CPU numerics: in the environment before any job imports torch
@@ -31,20 +32,20 @@ SETS = mcfg.set_names(config)
 NEIGHBOURS = list(config["languages"]["neighbours"])
 NEIGHBOUR_ROLES = [f"neighbour_{code}" for code in NEIGHBOURS]
 # every split file prepare_data writes
-SPLIT_FILES = mdata.split_files(f"{R}/data", mdata.split_roles(NEIGHBOURS), mdata.SPLITS)
+SPLIT_FILES = mdata.split_paths(f"{R}/data", mdata.split_roles(NEIGHBOURS), mdata.SPLITS)
 # what fitting and choosing jobs may read: train and dev parts only (never test or holdout)
-TRAIN_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train"])
-DEV_FILES = mdata.split_files(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["dev"])
-FIT_FILES = mdata.split_files(f"{R}/data", ["forget", "retain"], ["train", "dev"])
+TRAIN_FILES = mdata.split_paths(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["train"])
+DEV_FILES = mdata.split_paths(f"{R}/data", ["forget", "retain", *NEIGHBOUR_ROLES], ["dev"])
+FIT_FILES = mdata.split_paths(f"{R}/data", ["forget", "retain"], ["train", "dev"])
 # the dev texts of every language (romanized target included): human text of fluency_ratio's references
-DEV_TEXTS = mdata.split_files(f"{R}/data", mdata.split_roles(NEIGHBOURS), ["dev"])
+DEV_TEXTS = mdata.split_paths(f"{R}/data", mdata.split_roles(NEIGHBOURS), ["dev"])
 # arm lists, from the method declarations (mmie/arms/methods/<method>.py; mmie.config.arm_groups)
 GROUPS = mcfg.arm_groups(config)
 TRAINED_ARMS = GROUPS["trained"]      # a train job per (arm, seed): checkpoints/<arm>/seed<k>
 LAYER_ARMS = GROUPS["layer_arms"]     # arms that read the layer selection
 GATE_ARMS = GROUPS["sae"]             # arms that need each selected layer's SAE and features
 SWEEP_ARMS = GROUPS["sweep"]          # arms with a dose-response sweep (dev data)
-GPU_MEM = config["resources"]["gpu_mem_mb"]
+GPU_MEM = config["resources"]["model_job_mem_mb"]
 
 
 def gpu_mem(wildcards, attempt):
@@ -56,7 +57,7 @@ def cpu_mem(wildcards, attempt):
     return CPU_MEM * 2 ** (attempt - 1)
 
 
-CPU_MEM = config["resources"]["cpu_mem_mb"]
+CPU_MEM = config["resources"]["light_job_mem_mb"]
 TORCH_THREADS = config["resources"]["torch_threads"]  # threads: of the torch rules (jobs use snakemake.threads)
 # Scheduling only (which ready job starts first when there are more than cores; nothing computed
 # changes): the heads of the longest chains go first, so that no core waits at the end for a chain
@@ -232,7 +233,7 @@ def tune_if_tuned(wildcards):
 
 def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
-    return {"model": model_dir(), "splits": mdata.split_files(f"{R}/data", ["forget", "retain"], ["dev"]),
+    return {"model": model_dir(), "splits": mdata.split_paths(f"{R}/data", ["forget", "retain"], ["dev"]),
             "detector": f"{R}/lid/romanized_detector.json",
             **layer_asset_inputs(spec["method"], spec.get("layers") or selected_layers())}
 
@@ -250,7 +251,8 @@ def checkpoint_param(wildcards):
     return checkpoint_dir(wildcards) or None
 
 
-def train_logs(wildcards=None):
+def trained_checkpoints(wildcards=None):
+    """Every trained arm's checkpoint folder, every seed (their training logs feed the training curves)."""
     return expand(f"{R}/checkpoints/{{arm}}/seed{{seed}}", arm=TRAINED_ARMS, seed=SEEDS)
 
 
@@ -294,7 +296,7 @@ SEEDED_ATTACKS_RUN = SEEDED_ATTACKS_RUN or sorted(attacks.SEEDED)
 
 # the probe's texts: train (fit), dev (C) and test (score) of the target (in its script and romanized), the
 # retain language and each neighbour
-PROBE_FILES = mdata.split_files(f"{R}/data", ["forget", "forget_romanized", "retain", *NEIGHBOUR_ROLES],
+PROBE_FILES = mdata.split_paths(f"{R}/data", ["forget", "forget_romanized", "retain", *NEIGHBOUR_ROLES],
                                 ["train", "dev", "test"])
 
 
@@ -319,10 +321,19 @@ def final_outputs():
     return out
 
 
-# the figures of the plots rule (each also as PDF beside its PNG, for a paper)
-PLOT_RULE_FIGURES = ["target_rate", "output_language", "perplexity", "lid_confusion", "es_ci", "tradeoff", "neighbours",
-                     "mia"]
-PLOTS = PLOT_RULE_FIGURES + (
+# the figures of the plots job, each with its report category; the job's outputs and report()
+# entries (caption report/<name>.rst) are generated from this table; each PNG also as PDF, for a paper
+PLOT_RULE_FIGURES = {
+    "target_rate": "Plots",
+    "output_language": "Plots",
+    "perplexity": "Plots",
+    "lid_confusion": "Language ID",
+    "es_ci": "Results",
+    "tradeoff": "Results",
+    "neighbours": "Results",
+    "mia": "Results",
+}
+PLOTS = list(PLOT_RULE_FIGURES) + (
     ["demo_training"] if config["model"]["source"] == "demo" else []
 ) + (["training_curves"] if TRAINED_ARMS else [])
 

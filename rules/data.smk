@@ -22,8 +22,8 @@ rule prepare_data:
 
 rule fit_lid:
     input:
-        splits=FIT_FILES + mdata.split_files(f"{R}/data", ["forget_romanized"], ["train", "dev"])
-        + mdata.split_files(f"{R}/data", NEIGHBOUR_ROLES, ["train"]),
+        splits=FIT_FILES + mdata.split_paths(f"{R}/data", ["forget_romanized"], ["train", "dev"])
+        + mdata.split_paths(f"{R}/data", NEIGHBOUR_ROLES, ["train"]),
         lid_check=f"{R}/data/lid_check.jsonl",
         report=f"{R}/data/prepare_report.json",
         lid_audit=lid_audit_input,

@@ -10,7 +10,7 @@ rule evaluate:
         mia=[f"{R}/data/forget/train.jsonl", f"{R}/data/forget/holdout.jsonl"],
         fluency=DEV_TEXTS,
     output:
-        generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
+        generations=expand(f"{R}/{{arm}}/seed{{seed}}/{{s}}/generations.jsonl", s=SETS, allow_missing=True),
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
         mia=f"{R}/{{arm}}/seed{{seed}}/mia.jsonl",
     log:
@@ -36,13 +36,13 @@ rule evaluate:
 # set. Each set keeps its own metrics.json, so a target path still reruns just that arm and seed.
 rule score:
     input:
-        generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
+        generations=expand(f"{R}/{{arm}}/seed{{seed}}/{{s}}/generations.jsonl", s=SETS, allow_missing=True),
         manifest=f"{R}/{{arm}}/seed{{seed}}/evaluate.json",
         detector=f"{R}/lid/romanized_detector.json",
         mia=f"{R}/{{arm}}/seed{{seed}}/mia.jsonl",
         judge=judge_files,
     output:
-        metrics=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/metrics.json", s=SETS),
+        metrics=expand(f"{R}/{{arm}}/seed{{seed}}/{{s}}/metrics.json", s=SETS, allow_missing=True),
     log:
         f"{R}/logs/score/{{arm}}/seed{{seed}}.log",
     benchmark:
@@ -61,9 +61,9 @@ rule score:
 rule judge:
     # one job per (arm, seed) for every set (one client, one rate limiter), one judge.json per set
     input:
-        generations=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/generations.jsonl", s=SETS),
+        generations=expand(f"{R}/{{arm}}/seed{{seed}}/{{s}}/generations.jsonl", s=SETS, allow_missing=True),
     output:
-        judged=expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/{{s}}/judge.json", s=SETS),
+        judged=expand(f"{R}/{{arm}}/seed{{seed}}/{{s}}/judge.json", s=SETS, allow_missing=True),
     log:
         f"{R}/logs/judge/{{arm}}/seed{{seed}}.log",
     benchmark:

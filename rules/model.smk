@@ -2,7 +2,7 @@ if config["model"]["source"] == "demo":
 
     rule build_demo_model:
         input:
-            splits=TRAIN_FILES + mdata.split_files(f"{R}/data", ["forget", "retain"], ["dev"]),
+            splits=TRAIN_FILES + mdata.split_paths(f"{R}/data", ["forget", "retain"], ["dev"]),
             detector=f"{R}/lid/romanized_detector.json",
             prepare=f"{R}/data/prepare_report.json",
         output:
@@ -29,7 +29,7 @@ if config["model"]["source"] == "demo":
     rule build_oracle_model:
         input:
             # train and dev (early stopping) parts of retain and the neighbours: no forget or romanized split
-            splits=mdata.split_files(f"{R}/data", ["retain", *NEIGHBOUR_ROLES], ["train", "dev"]),
+            splits=mdata.split_paths(f"{R}/data", ["retain", *NEIGHBOUR_ROLES], ["train", "dev"]),
             # forget dev, read after training only: the reported share of target prompts continued in the target
             target_prompts=str(mdata.split_path(f"{R}/data", "forget", "dev")),
             base_model=f"{R}/model",

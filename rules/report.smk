@@ -58,47 +58,11 @@ rule plots:
     input:
         unpack(plot_inputs),
     output:
-        target_rate=report(
-            f"{R}/plots/target_rate.png",
-            caption="../report/target_rate.rst",
-            category="Plots",
-        ),
-        output_language=report(
-            f"{R}/plots/output_language.png",
-            caption="../report/output_language.rst",
-            category="Plots",
-        ),
-        perplexity=report(
-            f"{R}/plots/perplexity.png",
-            caption="../report/perplexity.rst",
-            category="Plots",
-        ),
-        lid_confusion=report(
-            f"{R}/plots/lid_confusion.png",
-            caption="../report/lid_confusion.rst",
-            category="Language ID",
-        ),
-        es_ci=report(
-            f"{R}/plots/es_ci.png",
-            caption="../report/es_ci.rst",
-            category="Results",
-        ),
-        tradeoff=report(
-            f"{R}/plots/tradeoff.png",
-            caption="../report/tradeoff.rst",
-            category="Results",
-        ),
-        neighbours=report(
-            f"{R}/plots/neighbours.png",
-            caption="../report/neighbours.rst",
-            category="Results",
-        ),
-        mia=report(
-            f"{R}/plots/mia.png",
-            caption="../report/mia.rst",
-            category="Results",
-        ),
-        pdf=expand(f"{R}/plots/{{name}}.pdf", name=PLOT_RULE_FIGURES),
+        **{
+            name: report(f"{R}/plots/{name}.png", caption=f"../report/{name}.rst", category=category)
+            for name, category in PLOT_RULE_FIGURES.items()
+        },
+        pdf=expand(f"{R}/plots/{{name}}.pdf", name=list(PLOT_RULE_FIGURES)),
     log:
         f"{R}/logs/plots.log",
     benchmark:
@@ -139,7 +103,7 @@ rule plot_demo_training:
 
 rule plot_training_curves:
     input:
-        checkpoints=train_logs,
+        checkpoints=trained_checkpoints,
     output:
         report(
             f"{R}/plots/training_curves.png",

@@ -17,7 +17,7 @@ rule attack:
         splits=[f"{R}/data/forget/holdout.jsonl", *PROBE_FILES],
         detector=f"{R}/lid/romanized_detector.json",
     output:
-        expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/robustness/{{a}}.json", a=ATTACKS_RUN),
+        expand(f"{R}/{{arm}}/seed{{seed}}/robustness/{{a}}.json", a=ATTACKS_RUN, allow_missing=True),
     wildcard_constraints:
         arm=arm_regex(ATTACKED_ARMS),
         seed=arm_regex(map(str, ATTACK_SEEDS)),
@@ -47,7 +47,7 @@ ruleorder: attack_seeded > attack
 
 use rule attack as attack_seeded with:
     output:
-        expand(f"{R}/{{{{arm}}}}/seed{{{{seed}}}}/robustness/{{a}}.json", a=SEEDED_ATTACKS_RUN),
+        expand(f"{R}/{{arm}}/seed{{seed}}/robustness/{{a}}.json", a=SEEDED_ATTACKS_RUN, allow_missing=True),
     wildcard_constraints:
         arm=arm_regex(DETERMINISTIC_ATTACKED_ARMS),
         seed=arm_regex(map(str, LATER_ATTACK_SEEDS)),

@@ -79,7 +79,7 @@ rule train_sae:
 rule select_features:
     input:
         model=model_dir,
-        splits=mdata.split_files(f"{R}/data", ["forget", "retain"], ["train"]),
+        splits=mdata.split_paths(f"{R}/data", ["forget", "retain"], ["train"]),
         acts=f"{R}/acts/layer{{layer}}.safetensors",
         sae=f"{R}/sae/layer{{layer}}",
     output:

@@ -123,8 +123,8 @@ def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int,
     """The edit per layer of an edit arm (its method's ``edit``), and what it used (recorded in the
     manifest). ``method``: another edit method on the same layers (the sweep's random control);
     ``fingerprint``: the model's, when the caller already has it."""
+    from mmie.arms.fingerprint import model_fingerprint
     from mmie.arms.methods import method as method_of
-    from mmie.sae.activations import model_fingerprint
 
     declared = method_of(method or spec["method"])
     if declared.edit is None:

@@ -10,7 +10,7 @@ torch, peft or pyreft only inside the functions that need them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 # layer assets an arm's evaluation can need, per selected layer (paths: rules/common.smk ASSET_FILES)
 ASSETS = ("sae", "features", "directions")
@@ -42,11 +42,49 @@ class BuildContext:
     files: tuple[str, ...] = ()        # the evaluation's inputs from the method's ``files`` (as the rule declares them)
 
 
+# The contracts of a method's functions (what the workflow calls, with what, and what it expects back).
+class Builder(Protocol):
+    def __call__(self, ctx: BuildContext) -> Any:
+        """The arm (``mmie.arms.Arm``) on ``ctx.loaded``: its adapter loaded from ``ctx.checkpoint``
+        (trained methods), its edits hooked (edit methods), or its system prompt (prompt-like)."""
+
+
+class Creator(Protocol):
+    def __call__(self, spec: dict, model: Any, layers: list[int] | None) -> Any:
+        """A fresh, trainable adapter on ``model`` (called after seeding): ``parameters()``, ``active()``,
+        ``reference()`` and ``save(folder)``; ``mmie.arms.lora_adapter.LoraAdapter`` is the model."""
+
+
+class ObjectiveFactory(Protocol):
+    def __call__(self, spec: dict, adapter: Any, forget: list[list[int]], pad_id: int, prefix: list[int],
+                 seed: int) -> Any:
+        """The method's own training objective (an ``mmie.arms.unlearn.Objective``: ``spec``, ``totals``,
+        ``terms``, ``record``), given the adapter and the forget train token ids; None in ``Method``
+        means the arm's ``train.objective``."""
+
+
+class Editor(Protocol):
+    def __call__(self, config: dict, spec: dict, model: Any, assets: Any, layer: int, fingerprint: str, seed: int,
+                 alpha: float | None = None) -> Any:
+        """The edit of one layer: ``(fn, details)`` with ``fn(hidden) -> hidden`` applied to the layer's
+        output (``mmie.model.hooks.edit_layer_outputs``) and ``details`` recorded in the manifest."""
+
+
+class Checker(Protocol):
+    def __call__(self, arm: str, spec: dict, config: dict, workdir: Any) -> None:
+        """Raise ``ConfigError`` naming ``arms.<arm>.<key>`` when the arm's settings cannot work."""
+
+
+class Files(Protocol):
+    def __call__(self, spec: dict, built: dict) -> list[str]:
+        """The evaluation's inputs besides the model (``built``: the models the workflow builds, by name)."""
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     summary: str                                   # one line: docs, error messages
-    build: Callable[[BuildContext], Any]           # the arm (mmie.arms.Arm) on a loaded model
+    build: Builder                                 # the arm (mmie.arms.Arm) on a loaded model
     keys: tuple[str, ...] = ()                     # arm settings it takes besides method and train
     defaults: Mapping[str, Any] = field(default_factory=dict)   # for its keys (the schema has no per-method defaults)
     trains: bool = False                           # a `train` job writes checkpoints/<arm>/seed<k>
@@ -55,11 +93,12 @@ class Method:
     layer_assets: tuple[str, ...] = ()             # what its evaluation needs per layer (ASSETS)
     sits_on: bool = False                          # may sit `on:` a trained arm (lora+sae_gate)
     sweep: bool = False                            # has a dose-response sweep on dev data (sweep_gate rule)
-    create: Callable | None = None                 # trained: create(spec, model, layers) -> a fresh adapter
-    objective: Callable | None = None              # trained: objective(spec, ...) -> its loss; None: train.objective
-    edit: Callable | None = None                   # edit arms: the edit of one layer (mmie.arms.edit_arms)
-    check: Callable | None = None                  # check(arm, spec, config, workdir): ConfigError naming the key
-    files: Callable[[dict, dict], list[str]] | None = None   # files(spec, built): its evaluation's inputs besides the model
+    sweep_controls: tuple[str, ...] = ()           # edit methods swept beside it, on the same layers (its controls)
+    create: Creator | None = None                  # trained: create(spec, model, layers) -> a fresh adapter
+    objective: ObjectiveFactory | None = None      # trained: its own objective; None: the arm's train.objective
+    edit: Editor | None = None                     # edit arms: the edit of one layer (mmie.arms.edit_arms)
+    check: Checker | None = None                   # check(arm, spec, config, workdir): ConfigError naming the key
+    files: Files | None = None                     # files(spec, built): its evaluation's inputs besides the model
     #   (built: the models the workflow builds for arms, by name: rules/common.smk BUILT_MODELS)
     param_markers: tuple[str, ...] = ()            # names of its adapter parameters inside a model
     imports: tuple[str, ...] = ()                  # libraries its jobs import (start-up estimates, benchmarks/)
@@ -71,6 +110,8 @@ class Method:
             raise ValueError(f"method {self.name}: unknown layer assets {sorted(unknown)}; known: {ASSETS}")
         if self.trains and self.create is None:
             raise ValueError(f"method {self.name}: a trained method needs `create`")
+        if self.sweep_controls and not self.sweep:
+            raise ValueError(f"method {self.name}: sweep_controls without sweep")
         if set(self.defaults) - set(self.keys):
             raise ValueError(f"method {self.name}: defaults for keys it does not take: "
                              f"{sorted(set(self.defaults) - set(self.keys))}")

@@ -36,9 +36,11 @@ import math
 import pickle
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -166,10 +168,14 @@ class Objective:
       micro-batch divided by the whole batch's total, so that micro-batches add up to the batch.
       It runs its own forward passes (the frozen reference under ``adapter.reference()``).
 
+    - ``record``: what the checkpoint's manifest keeps of a method's own objective (under
+      ``objective``: its settings, e.g. RMU's layer and coefficient); empty by default.
+
     The training loop does the splitting, backward passes, gradient accumulation, logging, the
     NaN guard and clipping."""
 
     spec: dict[str, Term]
+    record: Mapping[str, Any] = MappingProxyType({})
 
     def totals(self, forget_mask: torch.Tensor, retain_mask: torch.Tensor) -> dict:
         raise NotImplementedError

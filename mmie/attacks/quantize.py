@@ -5,7 +5,7 @@ model's weights where it can be, the merged model saved and reloaded with bitsan
 LLM.int8, ``Linear8bitLt``, outlier threshold 6.0; 4 bit: NF4, ``Linear4bit``, no double
 quantization, compute in the model's dtype; ``mmie.model.loading.quantization_config``), and then
 evaluated like any arm. Embeddings, norms and the output head stay in the model's dtype (transformers
-leaves them unquantized), so the model's fingerprint (``mmie.sae.activations.model_fingerprint``)
+leaves them unquantized), so the model's fingerprint (``mmie.arms.fingerprint.model_fingerprint``)
 is unchanged and edit arms' layer assets still fit. bitsandbytes 0.50.2 also runs on the CPU; its
 8-bit matmul casts float32 inputs to float16 there (it warns on every call).
 
@@ -19,7 +19,7 @@ What is merged, per method (``details["quantization"]``: ``merged``, ``how``, ``
   (built once on the full-precision model, where the layer assets' fingerprint is checked) stay on,
   in full precision, on top of the quantized merged model;
 - base; an external/oracle arm given as a whole model (loaded at the base model's quantization by
-  ``mmie.arms.external``): nothing to merge, the model is loaded quantized;
+  ``mmie.arms.external_model``): nothing to merge, the model is loaded quantized;
 - prompt (an instruction), reft (interventions on hidden states), edit arms (hooks on the
   residual stream), an edit arm on a ReFT arm: not a weight delta, so nothing can be merged; they
   stay on, in full precision, on top of the quantized base model (built by ``mmie.arms.build`` on it).
@@ -49,7 +49,7 @@ WHY_NOT = {
             "quantized base model",
     "edit": "edits of the residual stream (hooks), not a weight delta: they stay on, in full precision, on the "
             "quantized base model",
-    "whole": "nothing to merge: a whole model, loaded quantized like the base model (mmie.arms.external)",
+    "whole": "nothing to merge: a whole model, loaded quantized like the base model (mmie.arms.external_model)",
 }
 
 

@@ -234,7 +234,7 @@ def split_path(data_dir: str | Path, role: str, part: str) -> Path:
     return Path(data_dir) / split_dir(role) / f"{part}.jsonl"
 
 
-def split_files(data_dir: str | Path, roles, parts) -> list[str]:
+def split_paths(data_dir: str | Path, roles, parts) -> list[str]:
     """The split files of ``roles`` x ``parts`` (rule inputs and outputs)."""
     return [str(split_path(data_dir, role, part)) for role in roles for part in parts]
 
@@ -301,7 +301,7 @@ def stable_order(texts: list[str], seed: int, salt: str) -> list[str]:
     return sorted(texts, key=key)
 
 
-def split_texts(texts: list[str], fractions: dict[str, float], seed: int, role: str) -> dict[str, list[str]]:
+def assign_parts(texts: list[str], fractions: dict[str, float], seed: int, role: str) -> dict[str, list[str]]:
     """train/dev/test/holdout parts of a role (``data.split``): the stable hash order cut by counts;
     dev, test and holdout get at least one text each and train the rest."""
     ordered = stable_order(texts, seed, role)

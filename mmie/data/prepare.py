@@ -8,12 +8,12 @@ import logging
 from pathlib import Path
 
 from mmie import io
-from mmie.config import eval_sets
 from mmie.data.corpus import (
     FIT_SPLITS,
     MAX_LINE_BYTES,
     SPLITS,
     RoleReport,
+    assign_parts,
     check_min_items,
     dedup,
     dedup_key,
@@ -29,7 +29,6 @@ from mmie.data.corpus import (
     script_histogram,
     split_dir,
     split_path,
-    split_texts,
     stable_order,
 )
 from mmie.errors import DataError
@@ -136,8 +135,9 @@ def _derive_romanized(forget: dict[str, list[str]], retain: list[str], scheme: s
     return parts, rep
 
 
-def prepare(config: dict, out_dir: str | Path) -> dict:
-    """Write everything under ``out_dir`` (results/<experiment>/data) and return the report.
+def prepare(config: dict, out_dir: str | Path, sets) -> dict:
+    """Write everything under ``out_dir`` (results/<experiment>/data) and return the report. ``sets``:
+    the evaluation sets to build, in order (``mmie.config.eval_sets(config)``).
 
     Order: read and clean every role; remove texts shared by two split roles; split forget, retain
     (and a natural romanized file); drop neighbour texts that contain a forget/retain train or dev
@@ -173,13 +173,13 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
     for role in split_now:
         check_min_items(texts[role], role, reports[role], data["min_items"], "removing texts found in two roles")
 
-    splits = {role: split_texts(texts[role], data["split"], seed, role)
+    splits = {role: assign_parts(texts[role], data["split"], seed, role)
               for role in split_now if not role.startswith("neighbour_")}
     fit_norm = [normalize(t) for role in ("forget", "retain") for part in FIT_SPLITS for t in splits[role][part]]
     for role in neighbours:
         texts[role] = remove_overlap(texts[role], fit_norm, reports[role])
         check_min_items(texts[role], role, reports[role], data["min_items"], "removing overlap with train/dev texts")
-        splits[role] = split_texts(texts[role], data["split"], seed, role)
+        splits[role] = assign_parts(texts[role], data["split"], seed, role)
     if romanized_derived:
         splits["forget_romanized"], reports["forget_romanized"] = _derive_romanized(
             splits["forget"], texts["retain"], config["lid"]["romanization"], cross_role, lang["target"]["script"])
@@ -200,7 +200,7 @@ def prepare(config: dict, out_dir: str | Path) -> dict:
     source = {"forget": splits["forget"]["test"], "retain": splits["retain"]["test"],
               "romanized": splits["forget_romanized"]["test"]}
     set_counts = {}
-    for info in eval_sets(config):
+    for info in sets:
         if info.kind == "yes_no":
             qa = read_yes_no(data["yes_no"], data["max_line_bytes"])
             rows = [{"id": item_id("yes_no", q["question"]), "prompt": q["question"], "text": None, "lang": None,

@@ -244,7 +244,7 @@ def cfg_of(snakemake, rule: str | None = None) -> JobConfig:
 
 
 # ----------------------------------------------------------------------------- declared paths
-def split_files(paths) -> dict[tuple[str, str], str]:
+def splits_by_role(paths) -> dict[tuple[str, str], str]:
     """A rule's declared split files keyed by (role, part) (``mmie.data.corpus.split_path`` in
     reverse; each is checked to round-trip through it)."""
     from mmie.data.corpus import SPLITS, split_path
@@ -264,7 +264,7 @@ def split_files(paths) -> dict[tuple[str, str], str]:
     return out
 
 
-def split_texts(splits: Mapping[tuple[str, str], str], role: str, part: str, rule: str) -> list[str]:
+def read_declared_split(splits: Mapping[tuple[str, str], str], role: str, part: str, rule: str) -> list[str]:
     """The texts of a declared split file, in file order (an empty file is an error)."""
     from mmie import io
     from mmie.errors import DataError

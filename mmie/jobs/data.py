@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.config import raw_data_files
+from mmie.config import eval_sets, raw_data_files
 from mmie.data.corpus import warn_truncation
-from mmie.jobs import EVAL_SETS, JobConfig, job, split_files, split_texts
+from mmie.jobs import EVAL_SETS, JobConfig, job, read_declared_split, splits_by_role
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def prepare_data(cfg: JobConfig, report_path: str, outputs=()) -> None:
     declared outputs, are checked to be what was written."""
     from mmie.data.prepare import prepare
 
-    report = prepare(cfg, Path(report_path).parent)
+    report = prepare(cfg, Path(report_path).parent, eval_sets(cfg))
     missing = [str(p) for p in outputs if str(p) != str(report_path) and not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"prepare_data did not write the declared outputs {missing} (rules/data.smk "
@@ -72,10 +72,10 @@ def fit_lid(cfg: JobConfig, splits, lid_check: str, prepare_report: str, detecto
     from mmie.lang.lid import LID, confusion, fit_detector
     from mmie.lang.translit import romanize
 
-    files = split_files(splits)
+    files = splits_by_role(splits)
 
     def read(role: str, part: str) -> list[str]:
-        return split_texts(files, role, part, "fit_lid")
+        return read_declared_split(files, role, part, "fit_lid")
 
     languages = cfg["languages"]
     target, retain = languages["target"]["code"], languages["retain"]["code"]

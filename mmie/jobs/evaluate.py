@@ -12,7 +12,7 @@ from pathlib import Path
 from mmie import io, provenance
 from mmie.config import eval_sets
 from mmie.data.corpus import warn_truncation
-from mmie.jobs import EVAL_SETS, JobConfig, job, split_files, view
+from mmie.jobs import EVAL_SETS, JobConfig, job, splits_by_role, view
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
     if mia_out:
         # membership inference: forget/train (members, seen by the base model's training when it is
         # the demo model) vs forget/holdout (never seen) — same language, so it measures memorisation
-        mia_files = split_files(mia_inputs)
+        mia_files = splits_by_role(mia_inputs)
         n = ev["mia_max_items"]
         rows = [(r, 1) for r in io.read_jsonl(mia_files["forget", "train"])[:n]] + \
                [(r, 0) for r in io.read_jsonl(mia_files["forget", "holdout"])[:n]]
@@ -231,18 +231,18 @@ def fluency_reference(config, model, tok, split_paths, ev: dict, oom_log: list) 
     ``eval.prompt_fraction``) with nothing but the tokenizer's prefix before them. Dev texts only (never
     test); the same for every arm, since it runs on the base model."""
     from mmie.data.corpus import prompt_prefix
-    from mmie.jobs import split_texts
+    from mmie.jobs import read_declared_split
     from mmie.model.generation import special_prefix
     from mmie.model.likelihood import score_sequences
 
-    files = split_files(split_paths)
+    files = splits_by_role(split_paths)
     lang = config["languages"]
     labels = {"forget": lang["target"]["code"], "retain": lang["retain"]["code"],
               "forget_romanized": f"{lang['target']['code']}_rom",
               **{f"neighbour_{c}": c for c in lang.get("neighbours", {})}}
     out = {}
     for role, label in labels.items():
-        texts = split_texts(files, role, "dev", "evaluate")[:ev["fluency_texts"]]
+        texts = read_declared_split(files, role, "dev", "evaluate")[:ev["fluency_texts"]]
         conts = [t[len(prompt_prefix(t, ev["prompt_fraction"])):].strip() for t in texts]
         conts = [c for c in conts if c]
         if not conts:

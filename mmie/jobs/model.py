@@ -8,7 +8,7 @@ import math
 
 from mmie import io, provenance
 from mmie.errors import ModelError
-from mmie.jobs import JobConfig, job, split_files, split_texts
+from mmie.jobs import JobConfig, job, read_declared_split, splits_by_role
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,10 @@ def build_demo_model(cfg: JobConfig, splits, lid_detector: str, out_dir: str, re
     from mmie.model import demo as demo_model
 
     config, cfg = cfg, cfg["demo_model"]
-    files = split_files(splits)
+    files = splits_by_role(splits)
 
     def texts_of(role: str, part: str) -> list[str]:
-        return split_texts(files, role, part, "build_demo_model")
+        return read_declared_split(files, role, part, "build_demo_model")
 
     # trained on train splits; early stopping, the reload check and the generation check use dev
     used = {f"{split_dir(role)}/train": texts_of(role, "train")
@@ -69,7 +69,7 @@ def oracle_training_texts(config: JobConfig, files: dict[tuple[str, str], str]) 
     from mmie.data.corpus import split_dir
 
     roles = ("retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {})))
-    return {f"{split_dir(role)}/train": split_texts(files, role, "train", "build_oracle_model") for role in roles}
+    return {f"{split_dir(role)}/train": read_declared_split(files, role, "train", "build_oracle_model") for role in roles}
 
 
 @job("demo_model", "generation", "deterministic", "model", "languages", "lid", "eval.prompt_fraction")
@@ -90,7 +90,7 @@ def build_oracle_model(cfg: JobConfig, splits, target_prompts: str, base_model: 
     from mmie.model import demo as demo_model
 
     config, cfg = cfg, cfg["demo_model"]
-    files = split_files(splits)
+    files = splits_by_role(splits)
     leaked = sorted("/".join(k) for k in files if k[0] in TARGET_ROLES)
     if leaked:
         raise ValueError(f"build_oracle_model was given target-language splits {leaked}: the oracle never sees the "
@@ -100,7 +100,7 @@ def build_oracle_model(cfg: JobConfig, splits, target_prompts: str, base_model: 
     retain = config["languages"]["retain"]["code"]
     target = config["languages"]["target"]["code"]
     learned = {retain: "retain", **{c: f"neighbour_{c}" for c in config["languages"].get("neighbours", {})}}
-    heldout = {code: split_texts(files, role, "dev", "build_oracle_model") for code, role in learned.items()}
+    heldout = {code: read_declared_split(files, role, "dev", "build_oracle_model") for code, role in learned.items()}
     used.update({f"{split_dir(role)}/dev": heldout[code] for code, role in learned.items()})
     tokenizer = demo_model.load_tokenizer(base_model)
     with io.atomic_dir(out_dir) as tmp:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mmie import io, provenance
 from mmie.failures import PartialFailure, is_memory_error
-from mmie.jobs import JobConfig, job, split_files
+from mmie.jobs import JobConfig, job, splits_by_role
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,12 @@ def relearn(ctx: Loaded, forget_set: str, splits, out: str) -> None:
     """The relearning attack: a fresh LoRA on top of the arm, trained for k steps on forget/holdout
     texts (``robustness.relearn``), the forget test prompts measured at each k."""
     from mmie.attacks.relearn import relearn as attack
-    from mmie.jobs import split_texts
+    from mmie.jobs import read_declared_split
 
     t0 = time.time()
     config, arm_name, seed, lm, arm, lid = ctx.config, ctx.arm_name, ctx.seed, ctx.lm, ctx.arm, ctx.lid
     cfg = config["robustness"]["relearn"]
-    texts = split_texts(split_files(splits), "forget", "holdout", "relearn")[:cfg["texts"]]
+    texts = read_declared_split(splits_by_role(splits), "forget", "holdout", "relearn")[:cfg["texts"]]
     measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
     curve, details = attack(arm, lm, texts, sorted(cfg["steps"]), lr=cfg["lr"], rank=cfg["rank"],
                             batch_size=cfg["batch_size"], max_length=cfg["max_length"], seed=seed,
@@ -175,11 +175,11 @@ def relearn(ctx: Loaded, forget_set: str, splits, out: str) -> None:
 def incontext(ctx: Loaded, forget_set: str, splits, out: str) -> None:
     """In-context relearning: n forget/holdout sentences before each forget test prompt."""
     from mmie.attacks.incontext import with_examples
-    from mmie.jobs import split_texts
+    from mmie.jobs import read_declared_split
 
     t0 = time.time()
     config, arm_name, seed, lm, arm, lid = ctx.config, ctx.arm_name, ctx.seed, ctx.lm, ctx.arm, ctx.lid
-    examples = split_texts(split_files(splits), "forget", "holdout", "incontext")
+    examples = read_declared_split(splits_by_role(splits), "forget", "holdout", "incontext")
     measure = Measure(config, lid, forget_set, lm.tokenizer, seed, arm.system)
     shots = sorted(config["robustness"]["incontext"]["shots"])
     prompted = {n: with_examples(measure.items, examples, n, seed=seed) for n in shots}
@@ -279,7 +279,7 @@ def probe(ctx: Loaded, splits, out: str) -> None:
     t0 = time.time()
     config, seed, lm, arm = ctx.config, ctx.seed, ctx.lm, ctx.arm
     cfg, ev = config["robustness"]["probe"], config["eval"]
-    files = split_files(splits)
+    files = splits_by_role(splits)
     lang = config["languages"]
     target = lang["target"]["code"]
     roles = {"forget": target, "forget_romanized": target, "retain": lang["retain"]["code"],
@@ -312,14 +312,14 @@ def probe(ctx: Loaded, splits, out: str) -> None:
 
 def _holdout(splits) -> list[str]:
     """The forget/holdout split among a job's split files: what relearn and incontext read."""
-    return [str(p) for (role, part), p in split_files(splits).items() if (role, part) == ("forget", "holdout")]
+    return [str(p) for (role, part), p in splits_by_role(splits).items() if (role, part) == ("forget", "holdout")]
 
 
 def _probe_splits(config, splits) -> list[str]:
     """The split files the probe reads: train, dev and test of the target (script and romanized), the
     retain language and each neighbour (the rule's ``splits`` also hold forget/holdout)."""
     roles = {"forget", "forget_romanized", "retain", *(f"neighbour_{c}" for c in config["languages"].get("neighbours", {}))}
-    return [str(p) for (role, part), p in split_files(splits).items() if role in roles and part in ("train", "dev", "test")]
+    return [str(p) for (role, part), p in splits_by_role(splits).items() if role in roles and part in ("train", "dev", "test")]
 
 
 def _rows(files, role: str, part: str) -> list[dict]:

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.errors import DataError, ModelError, SAEError
-from mmie.jobs import JobConfig, job, split_files, split_texts
+from mmie.errors import DataError, ModelError
+from mmie.jobs import JobConfig, job, read_declared_split, splits_by_role
+from mmie.sae.holdout import NOT_TRAINED_ON, draw_holdout_texts, sae_seed, split_holdout_tokens, verified_holdout_texts
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ def select_layers(config: JobConfig, model_dir: str | None, splits, out: str,
         sel = config["layers"]["selection"]
         lm = load_model(config["model"], model_dir)
         neighbours = [f"neighbour_{c}" for c in config["languages"].get("neighbours", {})]
-        files = split_files(splits)
-        dev = {role: split_texts(files, role, "dev", "select_layers")[:sel["max_texts"]]
+        files = splits_by_role(splits)
+        dev = {role: read_declared_split(files, role, "dev", "select_layers")[:sel["max_texts"]]
                for role in ("forget", "retain", *neighbours)}
         texts = {"target": dev["forget"], "retain": dev["retain"], "neighbours": [t for r in neighbours for t in dev[r]]}
         used = {f"{split_dir(role)}/dev": t for role, t in dev.items()}
@@ -68,9 +69,10 @@ def cache_activations(config: JobConfig, layer: int, model_dir: str | None, spli
     directions fitted on them (difference in means, script eraser). ``splits``: the rule's train
     split files."""
 
+    from mmie.arms.fingerprint import model_fingerprint
     from mmie.model.hooks import check_layers
     from mmie.model.loading import load_model
-    from mmie.sae.activations import cache_roles, collect, model_fingerprint, write_cache
+    from mmie.sae.activations import cache_roles, collect, write_cache
     from mmie.sae.directions import fit_layer_directions, save_directions
 
     t0 = time.time()
@@ -78,8 +80,8 @@ def cache_activations(config: JobConfig, layer: int, model_dir: str | None, spli
     lm = load_model(config["model"], model_dir)
     check_layers(lm.model, [layer])
     fp = model_fingerprint(lm.model)
-    files = split_files(splits)
-    roles = cache_roles(config, files, act["max_texts"])
+    files = splits_by_role(splits)
+    roles = cache_roles(config, lambda role: read_declared_split(files, role, "train", "cache_activations"), act["max_texts"])
     oom_log: list = []
     acts = {role: collect(lm.model, lm.tokenizer, texts, [layer], max_length=act["max_length"],
                           batch_size=act["batch_size"], desc=f"layer {layer} {role}", oom_log=oom_log)[layer]
@@ -105,18 +107,20 @@ def cache_activations(config: JobConfig, layer: int, model_dir: str | None, spli
 def sweep_gate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, splits, lid_detector: str,
                assets, out: str) -> None:
     """Dose-response of an SAE gate arm: target rate on forget/dev prompts and retain/dev perplexity for
-    each alpha in gate.sweep_alphas, for the arm's features and for as many random features (the
-    control). It informs the choice of gate.alpha, so it reads dev (``splits``), never the evaluation
-    sets. ``assets``: the rule's named layer-asset inputs (``LayerAssets.from_inputs``)."""
+    each alpha in gate.sweep_alphas, for the arm's own edit and for each of its method's
+    ``sweep_controls`` (``random_gate``: as many random features) on the same layers. It informs the
+    choice of gate.alpha, so it reads dev (``splits``), never the evaluation sets. ``assets``: the rule's
+    named layer-asset inputs (``LayerAssets.from_inputs``)."""
 
     from mmie.arms.edit_arms import LayerAssets, layer_edits
+    from mmie.arms.fingerprint import model_fingerprint
+    from mmie.arms.methods import method as method_of
     from mmie.data.corpus import prompt_prefix
     from mmie.lang.lid import load_lid
     from mmie.model.generation import Decoding, generate, special_prefix
     from mmie.model.hooks import edit_layer_outputs
     from mmie.model.likelihood import perplexity, score_sequences
     from mmie.model.loading import load_model
-    from mmie.sae.activations import model_fingerprint
     from mmie.seeding import seed_everything
 
     t0 = time.time()
@@ -129,7 +133,7 @@ def sweep_gate(config: JobConfig, arm_name: str, seed: int, model_dir: str | Non
     assets = LayerAssets.from_inputs(assets)   # loads each layer's SAE once for every sweep point
     fingerprint = model_fingerprint(model)
     n = g["sweep_prompts"]
-    files = split_files(splits)
+    files = splits_by_role(splits)
     forget = io.read_jsonl(files["forget", "dev"])[:n]
     prompts = [{"id": r["id"], "prompt": prompt_prefix(r["text"], config["eval"]["prompt_fraction"])} for r in forget]
     retain = io.read_jsonl(files["retain", "dev"])[:n]
@@ -138,7 +142,7 @@ def sweep_gate(config: JobConfig, arm_name: str, seed: int, model_dir: str | Non
     decoding = Decoding.from_config(config["generation"])
     ev = config["eval"]
     rows = []
-    for method in ("sae_gate", "random_gate"):
+    for method in (spec["method"], *method_of(spec["method"]).sweep_controls):
         for alpha in g["sweep_alphas"]:
             fns, used = layer_edits(config, spec, model, assets, seed, alpha=alpha, method=method,
                                     fingerprint=fingerprint)
@@ -161,53 +165,12 @@ def sweep_gate(config: JobConfig, arm_name: str, seed: int, model_dir: str | Non
                                                               "retain/dev": [r["text"] for r in retain]})})
 
 
-# Roles the SAE is not trained on: gibberish is a control for feature selection, and the romanized
-# target must stay unseen so that `semantic` selection tests generalisation across scripts.
-NOT_TRAINED_ON = ("gibberish", "forget_romanized")
-
-
-def sae_seed(config: dict) -> int:
-    """The SAE is shared by every run seed: it is trained (and its features chosen) with the first."""
-    return int(config["seeds"][0])
-
-
-def holdout_texts(doc: dict, fraction: float, seed: int, *, source: str = "activation cache") -> dict[str, list[int]]:
-    """Per role, the indices of the cached texts held out of SAE training: ``max(1,
-    round(fraction × texts))`` whole texts (at most all but one), drawn by a generator seeded with
-    ``seed`` (roles in sorted order). ``doc[role]`` is the text index of every cached token."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    held = {}
-    for role in sorted(doc):
-        texts = torch.unique(doc[role])
-        if len(texts) < 2:
-            raise DataError(f"{source}: role {role!r} has {len(texts)} text(s); holding out whole texts for the SAE's "
-                            f"quality needs at least 2 per role (raise layers.activations.max_texts)")
-        n_hold = min(len(texts) - 1, max(1, round(fraction * len(texts))))
-        pick = torch.randperm(len(texts), generator=gen)[:n_hold]
-        held[role] = sorted(int(t) for t in texts[pick])
-    return held
-
-
-def split_by_text(cache, roles: list[str], held: dict[str, list[int]]):
-    """The cached tokens of ``roles`` split into (training rows, held-out rows): a token is held
-    out exactly when its text is in ``held[role]``."""
-    import torch
-
-    train, test = [], []
-    for role in roles:
-        mask = torch.isin(cache.doc[role], torch.tensor(held[role], dtype=cache.doc[role].dtype))
-        train.append(cache.acts[role][~mask])
-        test.append(cache.acts[role][mask])
-    return torch.cat(train), torch.cat(test)
-
-
 @job("sae", "seeds", "deterministic")
 def train_sae(config: JobConfig, layer: int, cache_path: str, out_dir: str) -> None:
     """Train the layer's SAE on every cached role except gibberish and the romanized target,
     holding out whole texts — ``sae.holdout_fraction`` of each role's cached texts (seeded; see
-    ``holdout_texts``) — for the quality figures, which go into ``mmie.json`` under ``quality``;
+    ``mmie.sae.holdout.draw_holdout_texts``) — for the quality figures, which go into ``mmie.json``
+    under ``quality``;
     the held-out text indices go under ``data.holdout_texts`` (``select_features`` computes loss
     recovered on them)."""
     import torch
@@ -226,9 +189,9 @@ def train_sae(config: JobConfig, layer: int, cache_path: str, out_dir: str) -> N
     roles = sorted(r for r in cache.acts if r not in NOT_TRAINED_ON)
     if not roles:
         raise DataError(f"activation cache {cache_path} has no roles to train an SAE on ({sorted(cache.acts)})")
-    texts = holdout_texts({r: cache.doc[r] for r in roles}, cfg["holdout_fraction"], seed,
+    texts = draw_holdout_texts({r: cache.doc[r] for r in roles}, cfg["holdout_fraction"], seed,
                           source=f"activation cache {cache_path}")
-    train, held = split_by_text(cache, roles, texts)
+    train, held = split_holdout_tokens(cache, roles, texts)
     n, n_hold = train.shape[0] + held.shape[0], held.shape[0]
     if train.shape[0] < 2 or n_hold == 0:
         raise DataError(f"activation cache {cache_path}: holding out texts {texts} leaves {train.shape[0]} training "
@@ -253,34 +216,6 @@ def train_sae(config: JobConfig, layer: int, cache_path: str, out_dir: str) -> N
     save_sae(sae, out_dir, meta)
 
 
-def held_out_texts(cache, meta: dict, role: str, rows: list[str], tok, max_length: int, limit: int,
-                   where: str) -> list[int]:
-    """The first ``limit`` of the SAE's held-out texts of ``role`` (indices into ``rows``, the
-    role's train texts), each checked against the cache: text i must encode to as many tokens as
-    the cache holds for text i (a cache built from other texts is an error, not a silent leak)."""
-    from mmie.sae.activations import encode_texts
-
-    held = meta.get("data", {}).get("holdout_texts")
-    if held is None:
-        raise SAEError(f"{where}/mmie.json has no data.holdout_texts: the SAE was trained by an older mmie that held "
-                       f"out tokens, not texts; delete the folder and rerun train_sae")
-    if not held.get(role):
-        raise DataError(f"{where}/mmie.json: no held-out {role!r} texts (held out: {sorted(held)}); the SAE must be "
-                        f"trained on the {role} role")
-    idx = [int(i) for i in held[role][:limit]]
-    if idx[-1] >= len(rows):
-        raise DataError(f"{where}: held-out {role} text {idx[-1]} does not exist ({len(rows)} texts); the data changed "
-                        f"after the activation cache was built: rerun cache_activations")
-    seqs, skip = encode_texts(tok, [rows[i] for i in idx], max_length)
-    for i, seq in zip(idx, seqs, strict=True):
-        cached = int((cache.doc[role] == i).sum())
-        if cached != len(seq) - skip:
-            raise DataError(f"activation cache: {role} text {i} has {cached} cached tokens but the data's {role} "
-                            f"text {i} encodes to {len(seq) - skip}: the cache was built from other texts; rerun "
-                            f"cache_activations")
-    return idx
-
-
 @job("model", "features", "sae.quality_texts", "layers.activations", "seeds", "deterministic")
 def select_features(config: JobConfig, layer: int, model_dir: str | None, splits, cache_path: str, sae_dir: str,
                     features_out: str, quality_out: str) -> None:
@@ -289,8 +224,9 @@ def select_features(config: JobConfig, layer: int, model_dir: str | None, splits
     ``sae.quality_texts`` held-out forget/train texts and as many held-out retain/train texts: texts
     the SAE never trained on) and the selected features."""
 
+    from mmie.arms.fingerprint import model_fingerprint
     from mmie.model.loading import load_model
-    from mmie.sae.activations import model_fingerprint, read_cache
+    from mmie.sae.activations import read_cache
     from mmie.sae.autoencoder import WEIGHTS_FILE, load_sae, loss_recovered, read_meta
     from mmie.sae.features import select_features as choose
     from mmie.seeding import seed_everything
@@ -304,12 +240,12 @@ def select_features(config: JobConfig, layer: int, model_dir: str | None, splits
     device = str(next(lm.model.parameters()).device)
     sae = load_sae(sae_dir, layer=layer, model_fingerprint=fp, d_in=cache.d_in, device=device)
     meta = read_meta(sae_dir)
-    files = split_files(splits)
+    files = splits_by_role(splits)
     forget = [r["text"] for r in io.read_jsonl(files["forget", "train"])]
     retain = [r["text"] for r in io.read_jsonl(files["retain", "train"])]
     acts_cfg = config["layers"]["activations"]
     n_q = config["sae"]["quality_texts"]
-    lr_texts = {role: held_out_texts(cache, meta, role, rows, lm.tokenizer, acts_cfg["max_length"], n_q, str(sae_dir))
+    lr_texts = {role: verified_holdout_texts(cache, meta, role, rows, lm.tokenizer, acts_cfg["max_length"], n_q, str(sae_dir))
                 for role, rows in (("forget", forget), ("retain", retain))}
     lr = loss_recovered(lm.model, lm.tokenizer, layer, sae,
                         [forget[i] for i in lr_texts["forget"]] + [retain[i] for i in lr_texts["retain"]],

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from mmie import io, provenance
-from mmie.jobs import JobConfig, job, split_files
+from mmie.jobs import JobConfig, job, splits_by_role
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
             "layers": getattr(adapter, "layers", None),
             "trainable_parameters": sum(p.numel() for p in adapter.parameters()),
             "train_texts": {"forget": len(run.forget), "retain": len(run.retain)}, "summary": result.summary,
-            **({"objective": objective.record} if objective is not None else {}),
+            **({"objective": dict(objective.record)} if objective is not None else {}),
             "provenance": provenance.build(config, seed=seed, runtime=run.lm.runtime, rule="train",
                                            inputs=[data["forget", "train"], data["retain", "train"],
                                                    *([tuned] if tuned else [])],
@@ -76,7 +76,7 @@ class _Setup:
             p.requires_grad_(False)
         tok = self.tok = self.lm.tokenizer
         self.prefix = special_prefix(tok)
-        self.data = split_files(splits)
+        self.data = splits_by_role(splits)
 
         def enc(path: str, limit: int | None = None) -> list[list[int]]:
             rows = io.read_jsonl(path)[:limit]
@@ -96,8 +96,8 @@ class _Setup:
         (or None) and the loop's result. ``resume``: the folder of the resumable state (None: none)."""
         from mmie import arms
         from mmie.arms import unlearn
+        from mmie.arms.fingerprint import model_fingerprint
         from mmie.arms.methods import method
-        from mmie.sae.activations import model_fingerprint
         from mmie.seeding import seed_everything
 
         model = self.lm.model if model is None else model

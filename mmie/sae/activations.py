@@ -15,7 +15,6 @@ splits are cached: feature selection and the fitted directions never see dev, te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -23,31 +22,9 @@ from pathlib import Path
 
 import torch
 
-from mmie.errors import ConfigError, DataError, ModelError
+from mmie.errors import ConfigError, DataError
 
 CACHE_FORMAT = 1
-
-
-def model_fingerprint(model) -> str:
-    """A content hash of the model: architecture sizes plus the bytes of a few weight tensors
-    (embedding, first and last parameter). The same weights give the same fingerprint whatever
-    folder or hub cache they were loaded from; a different model (or a fine-tuned copy) does not."""
-    cfg = getattr(model, "config", None)
-    h = hashlib.sha256()
-    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
-        h.update(f"{key}={getattr(cfg, key, None)};".encode())
-    # adapter weights are not the model's: each trained method declares how its parameters are named
-    from mmie.arms.methods import methods
-
-    markers = {m for declared in methods().values() for m in declared.param_markers}
-    params = [p for n, p in model.named_parameters() if not any(m in n.lower() for m in markers)]
-    if not params:
-        raise ModelError("model has no parameters to fingerprint")
-    emb = model.get_input_embeddings().weight
-    for t in (emb, params[0], params[-1]):
-        flat = t.detach().reshape(-1)[:65536].to("cpu", torch.float32).contiguous()
-        h.update(flat.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def gibberish_from(texts: list[str], seed: int) -> list[str]:
@@ -65,14 +42,10 @@ def gibberish_from(texts: list[str], seed: int) -> list[str]:
     return out
 
 
-def cache_roles(config, splits, max_texts: int) -> dict[str, list[str]]:
-    """The texts of every cached role (see the module doc), at most ``max_texts`` each; ``splits``:
-    the rule's declared train split files by (role, part) (``mmie.jobs.split_files``)."""
-    from mmie.jobs import split_texts
+def cache_roles(config, texts_of, max_texts: int) -> dict[str, list[str]]:
+    """The texts of every cached role (see the module doc), at most ``max_texts`` each; ``texts_of``:
+    role -> that role's train texts (the job reads them from the rule's declared split files)."""
     from mmie.lang.translit import romanize
-
-    def texts_of(role: str) -> list[str]:
-        return split_texts(splits, role, "train", "cache_activations")
 
     forget = texts_of("forget")[:max_texts]
     roles = {

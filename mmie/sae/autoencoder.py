@@ -12,7 +12,7 @@ quality figures, sha256 of the two sae-lens files and the provenance. ``load_sae
 them against what the caller expects.
 
 Quality: ``quality`` (fraction of variance unexplained, L0, dead-latent share, MSE on the tokens of
-held-out cached texts: whole texts the SAE never trains on, see ``mmie.jobs.sae.holdout_texts``) and
+held-out cached texts: whole texts the SAE never trains on, see ``mmie.sae.holdout``) and
 ``loss_recovered`` (next-token cross-entropy with the layer's output replaced by the reconstruction,
 between the clean model and the zero-ablated layer)."""
 

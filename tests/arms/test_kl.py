@@ -56,9 +56,9 @@ def assets(tiny_lm, tmp_path_factory):
     from sae_lens import TopKSAE, TopKSAEConfig
 
     from mmie import io
-    from mmie.arms.lora import LoraAdapter
-    from mmie.arms.reft import ReftAdapter
-    from mmie.sae.activations import model_fingerprint
+    from mmie.arms.fingerprint import model_fingerprint
+    from mmie.arms.lora_adapter import LoraAdapter
+    from mmie.arms.reft_adapter import ReftAdapter
     from mmie.sae.autoencoder import save_sae
     from mmie.sae.directions import fit_layer_directions, save_directions
 
@@ -203,7 +203,7 @@ def test_lora_enabled_behind_mmies_back_is_refused(tiny_lm, assets):
 
 def test_lora_keeps_its_requires_grad_flags(tiny_lm, assets):
     """peft's enable/disable flips requires_grad of the adapter weights; mmie keeps them as created."""
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     loaded = build("lora", tiny_lm, assets).adapter
     trainable = LoraAdapter.create(copy.deepcopy(tiny_lm[0]), LORA)

@@ -90,3 +90,26 @@ def test_the_train_rule_serves_every_trained_method():
     text = (ROOT / "rules" / "train.smk").read_text()
     assert text.count("\nrule ") + text.startswith("rule ") == 1 and "TRAINED_ARMS" in text
     assert Path(ROOT / "scripts" / "train.py").is_file()
+
+
+def test_sweep_controls_are_declared_edit_methods(tmp_path, monkeypatch):
+    """The sweep_gate job sweeps an arm's own edit and its method's ``sweep_controls`` (no method names
+    in the job); a control that is not a declared edit method is refused when the registry loads."""
+    assert registry.method("sae_gate").sweep_controls == ("random_gate",)
+    with pytest.raises(ValueError, match="sweep_controls without sweep"):
+        Method(name="x", summary="x", build=lambda ctx: None, sweep_controls=("random_gate",))
+    pkg = tmp_path / "extra"
+    pkg.mkdir()
+    (pkg / "toy.py").write_text(
+        "from mmie.arms.method import Method\n"
+        "METHOD = Method(name='toy', summary='a test method', build=lambda ctx: None, edit=lambda *a: None,\n"
+        "                sweep=True, sweep_controls=('lora',))\n")
+    monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(pkg)])
+    registry.methods.cache_clear()
+    try:
+        with pytest.raises(TypeError, match="sweep control 'lora' is not a declared edit method"):
+            registry.methods()
+    finally:
+        monkeypatch.undo()
+        registry.methods.cache_clear()
+        sys.modules.pop("mmie.arms.methods.toy", None)

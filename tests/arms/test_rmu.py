@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, write_lines
 from mmie import arms
 from mmie.arms import unlearn
-from mmie.arms.lora import LoraAdapter
+from mmie.arms.lora_adapter import LoraAdapter
 from mmie.arms.methods import rmu
 from mmie.config import check_arm, load
 from mmie.errors import ConfigError

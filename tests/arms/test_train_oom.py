@@ -11,8 +11,8 @@ from test_unlearn import TRAIN, data, seqs  # noqa: F401  (data is a fixture)
 
 from conftest import oom_above
 from mmie.arms import unlearn
-from mmie.arms.lora import LoraAdapter
-from mmie.arms.reft import ReftAdapter
+from mmie.arms.lora_adapter import LoraAdapter
+from mmie.arms.reft_adapter import ReftAdapter
 from mmie.model.likelihood import right_pad
 from mmie.seeding import seed_everything
 

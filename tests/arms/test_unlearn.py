@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mmie.arms import unlearn
-from mmie.arms.lora import LoraAdapter
-from mmie.arms.reft import ReftAdapter
+from mmie.arms.lora_adapter import LoraAdapter
+from mmie.arms.reft_adapter import ReftAdapter
 from mmie.errors import ConfigError, ModelError
 from mmie.model.hooks import hook_count
 from mmie.model.likelihood import right_pad

@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from mmie.arms import build
-from mmie.arms.lora import LoraAdapter
-from mmie.arms.reft import ReftAdapter
+from mmie.arms.fingerprint import model_fingerprint
+from mmie.arms.lora_adapter import LoraAdapter
+from mmie.arms.reft_adapter import ReftAdapter
 from mmie.arms.state import ArmStateError
 from mmie.arms.unlearn import masked_mean, token_logprobs
 from mmie.attacks.quantize import plan, quantized_arm, quantized_modules
 from mmie.errors import ConfigError
 from mmie.model.likelihood import right_pad
 from mmie.model.loading import load_model
-from mmie.sae.activations import model_fingerprint
 
 REL_TOL = {8: 1e-3, 4: 1e-2}
 

@@ -7,8 +7,8 @@ import torch
 
 from mmie.arms import Arm, build
 from mmie.arms.edit_arms import EditAdapter
-from mmie.arms.lora import LoraAdapter
-from mmie.arms.reft import ReftAdapter
+from mmie.arms.lora_adapter import LoraAdapter
+from mmie.arms.reft_adapter import ReftAdapter
 from mmie.attacks.relearn import HookLora, batches, relearn
 from mmie.errors import ConfigError
 from mmie.model.generation import special_prefix

@@ -66,6 +66,30 @@ def test_semantic_checks_name_the_key(tmp_path):
         check(cfg, ROOT)
 
 
+@pytest.mark.parametrize("old,new", [("gpu_mem_mb", "model_job_mem_mb"), ("cpu_mem_mb", "light_job_mem_mb")])
+def test_a_renamed_key_is_refused_with_its_new_name(tmp_path, old, new):
+    import subprocess
+
+    from conftest import SNAKEMAKE
+    from mmie.config import RENAMED, refuse_renamed
+
+    cfg = raw_demo()
+    cfg.setdefault("resources", {})[old] = 4000
+    with pytest.raises(ConfigError, match=rf"resources\.{old} was renamed resources\.{new} \(it is the host memory"):
+        refuse_renamed(cfg)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=rf"resources\.{new}"):
+        load(path)
+    # and the workflow refuses it before anything runs (rules/common.smk), with the same message
+    res = subprocess.run(SNAKEMAKE + ["-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile", str(path),
+                                      "--cores", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and f"resources.{old} was renamed resources.{new}" in res.stdout + res.stderr
+    cfg["resources"][new] = cfg["resources"].pop(old)
+    refuse_renamed(cfg)
+    assert all(k.startswith("resources.") for k in RENAMED)
+
+
 def test_demo_config_is_valid_and_filled_with_defaults():
     cfg = load(ROOT / "config.yaml")
     check(cfg, ROOT)

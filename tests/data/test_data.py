@@ -7,6 +7,7 @@ from conftest import DEMO as DEMO_DIR
 from conftest import write_lines
 from mmie.data.corpus import (
     RoleReport,
+    assign_parts,
     check_min_items,
     dedup,
     extract_text,
@@ -15,7 +16,6 @@ from mmie.data.corpus import (
     remove_cross_role,
     remove_overlap,
     script_filter,
-    split_texts,
 )
 from mmie.errors import DataError
 from mmie.lang.scripts import dominant_script, script_proportions
@@ -103,20 +103,20 @@ def test_script_filter_and_min_items_error_names_everything():
 def test_split_is_deterministic_disjoint_and_seeded():
     texts = [f"sentence number {i}" for i in range(100)]
     fr = {"train": 0.6, "dev": 0.1, "test": 0.2, "holdout": 0.1}
-    a, b = split_texts(texts, fr, 1, "forget"), split_texts(list(reversed(texts)), fr, 1, "forget")
+    a, b = assign_parts(texts, fr, 1, "forget"), assign_parts(list(reversed(texts)), fr, 1, "forget")
     assert a == b
     assert {p: len(v) for p, v in a.items()} == {"train": 60, "dev": 10, "test": 20, "holdout": 10}
     assert sorted(sum(a.values(), [])) == sorted(texts)
     assert sum(map(len, a.values())) == len(set(sum(a.values(), [])))   # no text in two parts
-    assert split_texts(texts, fr, 2, "forget")["train"] != a["train"]
+    assert assign_parts(texts, fr, 2, "forget")["train"] != a["train"]
     # adding a text moves at most the texts at the part boundaries, never reshuffles a part
-    c = split_texts(texts + ["one more sentence"], fr, 1, "forget")
+    c = assign_parts(texts + ["one more sentence"], fr, 1, "forget")
     assert len(set(a["test"]) ^ set(c["test"])) <= 2
 
 
 def test_split_too_small_names_role_and_fix():
     with pytest.raises(DataError, match=r"role 'neighbour_ur': 3 texts .*data.split"):
-        split_texts(["a", "b", "c"], {"train": 0.6, "dev": 0.1, "test": 0.2, "holdout": 0.1}, 1, "neighbour_ur")
+        assign_parts(["a", "b", "c"], {"train": 0.6, "dev": 0.1, "test": 0.2, "holdout": 0.1}, 1, "neighbour_ur")
 
 
 def test_cross_role_duplicates_are_removed_from_both_roles_and_counted():
@@ -142,22 +142,23 @@ def test_prompt_prefix_leaves_something_to_continue():
 
 def test_prepare_stops_on_empty_role_before_any_model(tmp_path, demo_config):
     """Audit #3: a forget file in the wrong script stops prepare_data with role, file, filter and counts."""
-    from mmie.config import deep_update
+    from mmie.config import deep_update, eval_sets
     from mmie.data.prepare import prepare
 
     bad = write_lines(tmp_path / "forget.jsonl", [{"text": f"mera naam raj hai {i}"} for i in range(40)])
     cfg = deep_update(demo_config, {"data": {"forget": str(bad)}})
     with pytest.raises(DataError) as err:
-        prepare(cfg, tmp_path / "out")
+        prepare(cfg, tmp_path / "out", eval_sets(cfg))
     msg = str(err.value)
     assert "'forget'" in msg and str(bad) in msg and "devanagari" in msg and "40 removed" in msg
     assert not (tmp_path / "out" / "eval_sets").exists()
 
 
 def test_prepare_demo_writes_disjoint_splits_and_report(tmp_path, demo_config):
+    from mmie.config import eval_sets
     from mmie.data.prepare import prepare
 
-    report = prepare(demo_config, tmp_path)
+    report = prepare(demo_config, tmp_path, eval_sets(demo_config))
     rows = {p: [json.loads(x)["text"] for x in (tmp_path / "forget" / f"{p}.jsonl").read_text().splitlines()]
             for p in ("train", "dev", "test", "holdout")}
     assert not set(rows["train"]) & (set(rows["dev"]) | set(rows["test"]) | set(rows["holdout"]))
@@ -173,7 +174,7 @@ def test_prepare_never_puts_one_text_in_two_splits_or_two_roles(tmp_path, demo_c
     Devanagari neighbour file (spacing changed). prepare removes both copies of each, counts them
     per role and per pair, and no text ends in two split files; the evaluation sets come from test
     parts only."""
-    from mmie.config import deep_update
+    from mmie.config import deep_update, eval_sets
     from mmie.data.corpus import SPLITS, dedup_key, split_path, split_roles
     from mmie.data.prepare import prepare
 
@@ -187,7 +188,7 @@ def test_prepare_never_puts_one_text_in_two_splits_or_two_roles(tmp_path, demo_c
     cfg = deep_update(demo_config, {"data": {"retain": str(retain_file), "neighbours": {"mr": str(mr_file)}},
                                     "languages": {"neighbours": {"mr": {"name": "Marathi", "script": "devanagari"}}}})
     out = tmp_path / "out"
-    report = prepare(cfg, out)
+    report = prepare(cfg, out, eval_sets(cfg))
     assert report["cross_role_duplicates"] == {"forget_romanized|retain": 1, "forget|neighbour_mr": 1}
     removed = {role: rep["cross_role_removed"] for role, rep in report["roles"].items() if rep["cross_role_removed"]}
     assert removed == {"forget": 1, "retain": 1, "forget_romanized": 1, "neighbour_mr": 1}

@@ -166,7 +166,7 @@ DECLARED_FRAGMENTS = [r'"sae" /', r"features/layer", r"directions\.safetensors",
 # the one place that maps split files (the declaration rules/common.smk uses), the writer of
 # prepare_data's declared outputs, and a command-line tool that reads a finished results tree
 ALLOWED = {"mmie/data/corpus.py": "split_path", "mmie/data/prepare.py": "writes prepare_data's outputs",
-           "mmie/jobs/__init__.py": "split_files: checks each declared split file round-trips through split_path",
+           "mmie/jobs/__init__.py": "splits_by_role: checks each declared split file round-trips through split_path",
            "mmie/report/demo_results.py": "reads a finished run (python -m mmie.report.demo_results)"}
 
 
@@ -184,18 +184,18 @@ def test_no_library_code_rebuilds_a_declared_path():
     assert not found, "library code builds paths a rule declares:\n" + "\n".join(found)
 
 
-def test_split_files_map_declared_paths_and_refuse_others(tmp_path):
-    from mmie.data.corpus import split_files
+def test_splits_by_role_maps_declared_paths_and_refuses_others(tmp_path):
+    from mmie.data.corpus import split_paths
 
     data = tmp_path / "results" / "x" / "data"
-    files = split_files(data, ["forget", "forget_romanized", "neighbour_ur"], ["train", "dev"])
-    mapped = jobs.split_files(files)
+    files = split_paths(data, ["forget", "forget_romanized", "neighbour_ur"], ["train", "dev"])
+    mapped = jobs.splits_by_role(files)
     assert mapped[("neighbour_ur", "dev")] == str(data / "neighbours" / "ur" / "dev.jsonl")
     assert mapped[("forget_romanized", "train")] == str(data / "romanized" / "train.jsonl")
     with pytest.raises(ValueError, match="not a split file"):
-        jobs.split_files([str(data / "forget" / "other.jsonl")])
+        jobs.splits_by_role([str(data / "forget" / "other.jsonl")])
     with pytest.raises(ValueError, match=r"reads the retain/train split, which its rule does not declare"):
-        jobs.split_texts(mapped, "retain", "train", "fit_lid")
+        jobs.read_declared_split(mapped, "retain", "train", "fit_lid")
 
 
 def test_layer_assets_come_from_the_declared_inputs(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mmie import io, jobs
-from mmie.data.corpus import SPLITS, split_files, split_path, split_roles
+from mmie.data.corpus import SPLITS, split_path, split_paths, split_roles
 from mmie.provenance import text_sha256, used_hashes
 
 FORBIDDEN_PARTS = ("test", "holdout")
@@ -71,7 +71,7 @@ def small_run(tmp_path_factory, demo_config):
     })
     data = root / "data"
     data_job.prepare_data(cfg, str(data / "prepare_report.json"))
-    splits = split_files(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
+    splits = split_paths(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
     data_job.fit_lid(cfg, splits, str(data / "lid_check.jsonl"), str(data / "prepare_report.json"),
                      str(root / "lid" / "detector.json"), str(root / "lid" / "report.json"))
     model = root / "model"
@@ -109,7 +109,7 @@ def test_adapter_early_stopping_texts_are_train_and_dev(small_run):
 
     cfg, root = small_run
     data = root / "data"
-    texts = adapter_texts(jobs.split_files(split_files(data, ["forget", "retain"], ["train", "dev"])), 8)
+    texts = adapter_texts(jobs.splits_by_role(split_paths(data, ["forget", "retain"], ["train", "dev"])), 8)
     assert set(texts) == {"forget/train", "retain/train", "forget/dev", "retain/dev"} and len(texts["forget/dev"]) == 8
     forbidden = forbidden_hashes(data, cfg["languages"]["neighbours"])
     assert not {text_sha256(t) for group in texts.values() for t in group} & forbidden

@@ -270,7 +270,7 @@ def test_gates_may_name_lang_share_noise(demo_config):
 
 def test_fit_lid_reports_precision_recall_on_the_check_set_and_the_audit_set(tmp_path, demo_config):
     from mmie.config import raw_data_files
-    from mmie.data.corpus import SPLITS, split_files, split_roles
+    from mmie.data.corpus import SPLITS, split_paths, split_roles
     from mmie.jobs import data as data_job
 
     audit = tmp_path / "audit.jsonl"
@@ -285,7 +285,7 @@ def test_fit_lid_reports_precision_recall_on_the_check_set_and_the_audit_set(tmp
     assert raw_data_files(cfg)["lid_audit"] == str(audit)
     data = tmp_path / "data"
     data_job.prepare_data(cfg, str(data / "prepare_report.json"))
-    splits = split_files(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
+    splits = split_paths(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
     det, rep = tmp_path / "lid" / "det.json", tmp_path / "lid" / "report.json"
     data_job.fit_lid(cfg, splits, str(data / "lid_check.jsonl"), str(data / "prepare_report.json"), str(det),
                      str(rep), lid_audit=str(audit))

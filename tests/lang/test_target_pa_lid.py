@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import ROOT
 from mmie import config as mcfg
-from mmie.data.corpus import SPLITS, split_files, split_path, split_roles
+from mmie.data.corpus import SPLITS, split_path, split_paths, split_roles
 
 
 def test_punjabi_target_romanized_set_and_lid_check(tmp_path, monkeypatch):
@@ -19,7 +19,7 @@ def test_punjabi_target_romanized_set_and_lid_check(tmp_path, monkeypatch):
     rom = [json.loads(line)["text"] for line in split_path(data, "forget_romanized", "test").read_text().splitlines()]
     assert rom and all(not any("\u0a00" <= ch <= "\u0a7f" for ch in t) for t in rom)   # no Gurmukhi left
     assert sum(ch.isascii() and ch.isalpha() for t in rom for ch in t) > 0.9 * sum(ch.isalpha() for t in rom for ch in t)
-    splits = split_files(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
+    splits = split_paths(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
     report = tmp_path / "lid" / "report.json"
     data_job.fit_lid(cfg, splits, str(data / "lid_check.jsonl"), str(data / "prepare_report.json"),
                      str(tmp_path / "lid" / "detector.json"), str(report))

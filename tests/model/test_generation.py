@@ -104,7 +104,7 @@ def _lora_arm(tiny_lm):
     import copy
 
     from mmie.arms import Arm
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     model, _ = tiny_lm
     adapter = LoraAdapter.create(copy.deepcopy(model), {"rank": 2, "alpha": 4, "dropout": 0.0,

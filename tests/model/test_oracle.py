@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, SNAKEMAKE, planned_jobs, reduced_config
 from mmie import io
 from mmie.config import check, load, oracle_arm
-from mmie.data.corpus import SPLITS, split_files, split_path, split_roles
+from mmie.data.corpus import SPLITS, split_path, split_paths, split_roles
 from mmie.errors import ConfigError
 from mmie.provenance import text_sha256, used_hashes
 
@@ -40,7 +40,7 @@ def small_build(tmp_path_factory, demo_config):
     })
     data = root / "data"
     data_job.prepare_data(cfg, str(data / "prepare_report.json"))
-    splits = split_files(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
+    splits = split_paths(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
     detector = root / "lid" / "detector.json"
     data_job.fit_lid(cfg, splits, str(data / "lid_check.jsonl"), str(data / "prepare_report.json"), str(detector),
                      str(root / "lid" / "report.json"))
@@ -54,7 +54,7 @@ def small_build(tmp_path_factory, demo_config):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(demo, "train", recording)
         model_job.build_demo_model(cfg, splits, str(detector), str(root / "model"), str(root / "model_report.json"))
-        oracle_inputs = split_files(data, *ORACLE_SPLITS)
+        oracle_inputs = split_paths(data, *ORACLE_SPLITS)
         model_job.build_oracle_model(cfg, oracle_inputs, str(split_path(data, "forget", "dev")), str(root / "model"),
                                      str(detector), str(root / "oracle_model"), str(root / "oracle_report.json"))
     return cfg, root, trained_on
@@ -102,7 +102,7 @@ def test_the_oracle_job_refuses_a_target_split(small_build, tmp_path):
     cfg, root, _ = small_build
     data = root / "data"
     for role in ("forget", "forget_romanized"):
-        splits = split_files(data, ORACLE_SPLITS[0], ["train", "dev"]) + split_files(data, [role], ["train"])
+        splits = split_paths(data, ORACLE_SPLITS[0], ["train", "dev"]) + split_paths(data, [role], ["train"])
         with pytest.raises(ValueError, match=rf"target-language splits \['{role}/train'\]"):
             model_job.build_oracle_model(cfg, splits, str(split_path(data, "forget", "dev")), str(root / "model"),
                                          str(root / "lid" / "detector.json"), str(tmp_path / "o"), str(tmp_path / "r.json"))

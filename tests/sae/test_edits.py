@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from mmie.arms.edit_arms import EditAdapter
+from mmie.arms.fingerprint import model_fingerprint
 from mmie.errors import ConfigError, DataError
 from mmie.model.hooks import edit_layer_outputs, hook_count, record_layer_outputs
 from mmie.sae import edits, layers
-from mmie.sae.activations import cache_roles, collect, gibberish_from, model_fingerprint, read_cache, write_cache
+from mmie.sae.activations import cache_roles, collect, gibberish_from, read_cache, write_cache
 from mmie.sae.directions import fit_leace, mean_difference
 
 
@@ -77,7 +78,7 @@ def test_every_hook_type_is_removed_when_the_block_raises(lm, kind):
 
 
 def test_edit_adapter_with_inner_adapter_removes_everything_on_error(lm):
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     model, tok, ids, mask, clean = lm
     model = copy.deepcopy(model)
@@ -306,7 +307,7 @@ def test_cache_round_trip_and_mismatches(tmp_path, tiny_lm):
 
 
 def test_model_fingerprint_tracks_weights_not_folders(tiny_lm):
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     model, _ = tiny_lm
     fp = model_fingerprint(model)
@@ -322,6 +323,7 @@ def test_model_fingerprint_tracks_weights_not_folders(tiny_lm):
 
 def test_cache_roles_and_gibberish(tmp_path):
     from mmie import io
+    from mmie.jobs import read_declared_split
 
     data = tmp_path / "data"
     io.write_jsonl(data / "forget" / "train.jsonl", [{"id": "a", "text": "मेरा नाम राम है"}])
@@ -329,8 +331,9 @@ def test_cache_roles_and_gibberish(tmp_path):
     io.write_jsonl(data / "neighbours" / "ur" / "train.jsonl", [{"id": "c", "text": "میرا نام رام ہے"}])
     cfg = {"lid": {"romanization": "iast_plain"}, "data": {"gibberish": None, "seed": 1},
            "languages": {"target": {"code": "hi", "script": "devanagari"}, "neighbours": {"ur": {}}}}
-    roles = cache_roles(cfg, {(r, "train"): str(p / "train.jsonl") for r, p in (
-        ("forget", data / "forget"), ("retain", data / "retain"), ("neighbour_ur", data / "neighbours" / "ur"))}, 10)
+    files = {(r, "train"): str(p / "train.jsonl") for r, p in (
+        ("forget", data / "forget"), ("retain", data / "retain"), ("neighbour_ur", data / "neighbours" / "ur"))}
+    roles = cache_roles(cfg, lambda role: read_declared_split(files, role, "train", "cache_activations"), 10)
     assert set(roles) == {"forget", "forget_romanized", "gibberish", "retain", "neighbour_ur"}
     assert roles["forget_romanized"][0].isascii()
     g = roles["gibberish"][0]

@@ -432,20 +432,20 @@ def text_codes(rows: torch.Tensor) -> set[int]:
 
 
 def test_holdout_is_whole_texts_and_seeded():
-    from mmie.jobs.sae import holdout_texts, split_by_text
+    from mmie.sae.holdout import draw_holdout_texts, split_holdout_tokens
 
     cache = text_coded_cache()
     roles = ["forget", "neighbour_ur", "retain"]
-    held = holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=0)
+    held = draw_holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=0)
     assert {r: len(t) for r, t in held.items()} == {r: 3 for r in roles}
-    train, test = split_by_text(cache, roles, held)
+    train, test = split_holdout_tokens(cache, roles, held)
     assert not text_codes(train) & text_codes(test)  # no text has tokens on both sides
     assert text_codes(test) == {100 * TEXT_ROLES.index(r) + t for r in roles for t in held[r]}
     assert len(train) + len(test) == sum(len(cache.acts[r]) for r in roles)
-    assert holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=0) == held
-    assert holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=1) != held
+    assert draw_holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=0) == held
+    assert draw_holdout_texts({r: cache.doc[r] for r in roles}, 0.1, seed=1) != held
     with pytest.raises(Exception, match="role 'retain' has 1 text.*at least 2"):
-        holdout_texts({"retain": torch.zeros(5, dtype=torch.long)}, 0.1, seed=0)
+        draw_holdout_texts({"retain": torch.zeros(5, dtype=torch.long)}, 0.1, seed=0)
 
 
 def test_train_sae_job_never_trains_on_a_quality_text(tmp_path, demo_config, monkeypatch):
@@ -480,9 +480,10 @@ def test_train_sae_job_never_trains_on_a_quality_text(tmp_path, demo_config, mon
 def test_jobs_train_and_select(tmp_path, trained_lm, demo_texts, demo_config):
     """train_sae and select_features as the rules call them: the SAE folder, its quality and features."""
     from conftest import write_lines
+    from mmie.arms.fingerprint import model_fingerprint
     from mmie.config import deep_update
     from mmie.jobs import sae as sae_jobs
-    from mmie.sae.activations import collect, model_fingerprint, write_cache
+    from mmie.sae.activations import collect, write_cache
     from mmie.sae.autoencoder import load_sae
 
     model, tok = trained_lm

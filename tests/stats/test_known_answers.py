@@ -32,7 +32,7 @@ import pytest
 
 from mmie import io
 from mmie.config import eval_sets
-from mmie.data.corpus import SPLITS, split_files, split_roles
+from mmie.data.corpus import SPLITS, split_paths, split_roles
 from mmie.jobs import data as data_jobs
 from mmie.lang.lid import load_lid
 from mmie.stats.gates import Results, decide, expand_gates
@@ -54,9 +54,9 @@ def world(tmp_path_factory, demo_config):
     cfg = copy.deepcopy(demo_config)
     cfg["data"]["lid_audit"] = None          # the LID's own audit is not what this test is about
     data = tmp / "data"
-    report = prepare(cfg, data)
+    report = prepare(cfg, data, eval_sets(cfg))
     io.write_json(data / "prepare_report.json", report)
-    splits = split_files(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
+    splits = split_paths(data, split_roles(cfg["languages"]["neighbours"]), SPLITS)
     data_jobs.fit_lid(cfg, splits, str(data / "lid_check.jsonl"), str(data / "prepare_report.json"),
                       str(tmp / "detector.json"), str(tmp / "lid_report.json"))
     lid = load_lid(cfg["lid"], cfg["languages"], tmp / "detector.json")

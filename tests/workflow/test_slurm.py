@@ -130,7 +130,7 @@ def test_profile_resolves_gpu_requests_memory_and_runtime_per_rule(tmp_path):
     fresh directory)."""
     path = reduced_config(tmp_path)
     cfg = yaml.safe_load(path.read_text())
-    cfg["resources"] = {**(cfg.get("resources") or {}), "gpu_mem_mb": 7100, "cpu_mem_mb": 1700}
+    cfg["resources"] = {**(cfg.get("resources") or {}), "model_job_mem_mb": 7100, "light_job_mem_mb": 1700}
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     res = subprocess.run(SNAKEMAKE + ["-n", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
                                       str(tmp_path / "config.yaml"), "--profile", str(PROFILE)],
@@ -138,7 +138,7 @@ def test_profile_resolves_gpu_requests_memory_and_runtime_per_rule(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     jobs = job_resources(res.stdout + res.stderr)
     model = profile()["set-resources"]["evaluate"]["gpu_model"]
-    # memory from the workflow config (resources.gpu_mem_mb / cpu_mem_mb), runtime from the profile
+    # memory from the workflow config (resources.model_job_mem_mb / light_job_mem_mb), runtime from the profile
     assert jobs["evaluate"] == {(("gpu", "1"), ("gpu_model", model), ("mem_mb", "7100"), ("runtime", "240"))}
     assert jobs["score"] == {(("mem_mb", "1700"), ("runtime", "30"))}
     assert all(dict(r).get("gpu_model") == model for r in jobs["train"] | jobs["build_demo_model"])
@@ -180,7 +180,7 @@ def grid_config(work: Path) -> Path:
     cfg = yaml.safe_load(path.read_text())
     cfg["arms"] = {a: cfg["arms"][a] for a in ARMS}
     cfg["robustness"] = {"attacks": []}     # the attacks are jobs like evaluate's (tests/workflow cover them)
-    cfg["resources"] = {**(cfg.get("resources") or {}), "gpu_mem_mb": GPU_MEM, "cpu_mem_mb": CPU_MEM}
+    cfg["resources"] = {**(cfg.get("resources") or {}), "model_job_mem_mb": GPU_MEM, "light_job_mem_mb": CPU_MEM}
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return path
 

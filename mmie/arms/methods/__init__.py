@@ -23,6 +23,10 @@ def methods() -> dict[str, Method]:
         if declared.name != info.name:
             raise TypeError(f"{module.__name__} declares method {declared.name!r}; the module must be named after it")
         found[declared.name] = declared
+    for declared in found.values():
+        for control in declared.sweep_controls:
+            if control not in found or found[control].edit is None:
+                raise TypeError(f"method {declared.name}: sweep control {control!r} is not a declared edit method")
     return found
 
 

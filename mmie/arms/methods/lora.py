@@ -1,12 +1,12 @@
 """``lora``: a peft LoRA adapter trained with an unlearning objective (``train.objective``); the adapter
-itself is ``mmie.arms.lora``."""
+itself is ``mmie.arms.lora_adapter``."""
 
 from mmie.arms.method import BuildContext, Method
 
 
 def build(ctx: BuildContext):
     from mmie.arms import Arm
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     adapter = LoraAdapter.load(ctx.loaded.model, ctx.checkpoint)
     return Arm(name=ctx.name, method=ctx.spec["method"], model=adapter.model, adapter=adapter,
@@ -14,7 +14,7 @@ def build(ctx: BuildContext):
 
 
 def create(spec: dict, model, layers):
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     return LoraAdapter.create(model, spec)
 

@@ -1,7 +1,7 @@
 """``oracle``: the model that never learned the target language, the known answer every gate must pass
 (and the reference of membership inference). Untrained here and seedless, evaluated once like an
 ``external`` arm with a whole model (loaded next to the base model, which stays the reference of the
-base-relative metrics such as token KL; the loading is ``mmie.arms.external``).
+base-relative metrics such as token KL; the loading is ``mmie.arms.external_model``).
 
 - ``model.source: demo`` and no settings: the workflow builds it (rules/model.smk ``build_oracle_model``:
   the demo model's recipe and tokenizer, no target-language text) and this arm evaluates that folder;
@@ -22,7 +22,7 @@ def declared(spec: dict) -> bool:
 
 
 def build(ctx: BuildContext):
-    from mmie.arms import external
+    from mmie.arms import external_model as external
     from mmie.errors import ConfigError
 
     if declared(ctx.spec):
@@ -39,7 +39,7 @@ def build(ctx: BuildContext):
 
 
 def check(arm: str, spec: dict, config: dict, workdir) -> None:
-    from mmie.arms.external import check_spec
+    from mmie.arms.external_model import check_spec
     from mmie.errors import ConfigError
 
     if declared(spec):
@@ -55,7 +55,7 @@ def check(arm: str, spec: dict, config: dict, workdir) -> None:
 
 
 def files(spec: dict, built: dict) -> list[str]:
-    from mmie.arms.external import files as external_files
+    from mmie.arms.external_model import files as external_files
 
     if declared(spec):
         return external_files(spec)

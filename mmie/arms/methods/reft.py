@@ -1,5 +1,5 @@
 """``reft``: pyreft interventions (LoReFT by default) after the selected layers, trained with an
-unlearning objective; the adapter itself is ``mmie.arms.reft``."""
+unlearning objective; the adapter itself is ``mmie.arms.reft_adapter``."""
 
 from mmie.arms.method import BuildContext, Method, unless_own_layers
 from mmie.errors import ConfigError
@@ -7,7 +7,7 @@ from mmie.errors import ConfigError
 
 def build(ctx: BuildContext):
     from mmie.arms import Arm
-    from mmie.arms.reft import ReftAdapter
+    from mmie.arms.reft_adapter import ReftAdapter
 
     adapter = ReftAdapter.load(ctx.loaded.model, ctx.checkpoint)
     return Arm(name=ctx.name, method="reft", model=ctx.loaded.model, adapter=adapter,
@@ -15,7 +15,7 @@ def build(ctx: BuildContext):
 
 
 def create(spec: dict, model, layers):
-    from mmie.arms.reft import ReftAdapter
+    from mmie.arms.reft_adapter import ReftAdapter
 
     return ReftAdapter.create(model, spec, layers)
 

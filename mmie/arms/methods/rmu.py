@@ -15,7 +15,7 @@ model's forget activations at ℓ on the forget train texts (measured before tra
 
 What is updated: a peft LoRA on the MLP modules (``targets``) of the ``update_layers`` layers up to ℓ
 (ℓ−2..ℓ by default, clipped at layer 0), so the checkpoint is a standard peft adapter folder that
-``mmie.arms.lora.LoraAdapter.load`` reads. The reference code trains the full ``down_proj`` weights of
+``mmie.arms.lora_adapter.LoraAdapter.load`` reads. The reference code trains the full ``down_proj`` weights of
 ℓ−2..ℓ instead. Training, early stopping, resume, the NaN guard and the memory back-off are those of
 every trained arm (``mmie.arms.unlearn.train``); only the objective is RMU's. The train settings
 ``objective``, ``beta``, ``bound``, ``retain_kl`` and ``retain_nll`` do not apply to it."""
@@ -33,7 +33,7 @@ NORM_BATCH = 16      # their batch size (halved on out-of-memory errors)
 
 def build(ctx: BuildContext):
     from mmie.arms import Arm
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
 
     adapter = LoraAdapter.load(ctx.loaded.model, ctx.checkpoint)
     return Arm(name=ctx.name, method="rmu", model=adapter.model, adapter=adapter,
@@ -73,7 +73,7 @@ def updated_layers(layer: int, update_layers: int) -> list[int]:
 def create(spec: dict, model, layers):
     from peft import LoraConfig, get_peft_model
 
-    from mmie.arms.lora import LoraAdapter
+    from mmie.arms.lora_adapter import LoraAdapter
     from mmie.model.hooks import check_layers
 
     layer = the_layer(layers)

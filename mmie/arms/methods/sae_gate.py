@@ -16,4 +16,4 @@ def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, 
 METHOD = Method(
     name="sae_gate", summary="scale the chosen SAE latents at the selected layers", build=build_edit_arm, edit=edit,
     keys=("layers", "on", "gate_alpha", "gate_mode", "gate_clamp"), needs_selection=lambda spec: True,
-    layer_assets=("sae", "features"), sits_on=True, sweep=True, imports=("sae_lens",))
+    layer_assets=("sae", "features"), sits_on=True, sweep=True, sweep_controls=("random_gate",), imports=("sae_lens",))
