@@ -99,10 +99,13 @@ def key(path: list[str] | None = None, env: dict | None = None) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _socket_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"mmie-warm-{os.getuid()}"
+
+
 def private_dir() -> Path | None:
     """This user's directory for server sockets, created 0700; None when it exists with other rights."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    path = Path(base) / f"mmie-warm-{os.getuid()}"
+    path = _socket_dir()
     try:
         path.mkdir(mode=0o700, exist_ok=True)
     except OSError:
@@ -134,6 +137,8 @@ def delegate() -> None:
         return
     directory = private_dir()
     if directory is None:
+        print(f"mmie warm start: {_socket_dir()} is not a directory only this user can enter; this job runs in "
+              "its own process (remove that path, or set MMIE_WARM=0 to silence this)", file=sys.stderr)
         return
     ident = key()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

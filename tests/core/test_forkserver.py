@@ -172,6 +172,12 @@ def test_a_socket_directory_others_can_enter_is_not_used(tmp_path, monkeypatch):
     shared.chmod(0o777)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
     assert forkserver.private_dir() is None
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "script.py").write_text(SCRIPT)
+    res = run(job, {**os.environ, "MMIE_WARM": "1", "XDG_RUNTIME_DIR": str(base), "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and (job / "warm.txt").read_text() == "False"
+    assert "is not a directory only this user can enter" in res.stderr and not list(shared.iterdir())
     shared.chmod(0o700)
     assert forkserver.private_dir() == shared
 
