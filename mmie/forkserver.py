@@ -352,6 +352,8 @@ def _supervise(conn: socket.socket) -> None:
         if pid == 0:
             conn.close()
             _run_job(request, fds)  # never returns
+        with contextlib.suppress(ProcessLookupError):  # a job that ended at once
+            os.setpgid(pid, pid)  # as the job does itself: its group exists before anyone may signal it
         for fd in fds:
             os.close(fd)
         conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
@@ -361,17 +363,17 @@ def _supervise(conn: socket.socket) -> None:
             if pidfd in readable:
                 break
             if conn.recv(1, socket.MSG_PEEK) == b"":  # the client is gone
-                os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # the job ended meanwhile
+                    os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 os._exit(1)
         _, wstatus = os.waitpid(pid, 0)
         status = os.waitstatus_to_exitcode(wstatus)
         conn.sendall((json.dumps({"status": status}) + "\n").encode())
         code = 0
-    except BaseException:  # noqa: BLE001 (reported; the job goes on in its own process)
+    except BaseException:  # noqa: BLE001 (to the server's log; the client reports a missing status itself)
         import traceback
 
-        print("mmie warm start: could not start the warm server:", file=sys.stderr)
         traceback.print_exc()
     finally:
         sys.stderr.flush()
