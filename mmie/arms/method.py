@@ -58,7 +58,7 @@ class Creator(Protocol):
 class ObjectiveFactory(Protocol):
     def __call__(self, spec: dict, adapter: Any, forget: list[list[int]], pad_id: int, prefix: list[int],
                  seed: int) -> Any:
-        """The method's own training objective (an ``mmie.arms.unlearn.Objective``: ``spec``, ``totals``,
+        """The method's own training objective (an ``mmie.arms.objectives.Objective``: ``spec``, ``totals``,
         ``terms``, ``record``), given the adapter and the forget train token ids; None in ``Method``
         means the arm's ``train.objective``."""
 

@@ -167,7 +167,7 @@ def relearn(arm, loaded, texts: list[str], steps: list[int], *, lr: float, rank:
     ``targets``, ``how``. Afterwards the fresh LoRA is gone and the arm is off."""
     import torch
 
-    from mmie.arms.unlearn import masked_mean, token_logprobs
+    from mmie.arms.objectives import masked_mean, token_logprobs
     from mmie.model.generation import special_prefix
     from mmie.model.likelihood import right_pad
 

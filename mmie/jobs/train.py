@@ -98,6 +98,7 @@ class _Setup:
         from mmie.arms import unlearn
         from mmie.arms.fingerprint import model_fingerprint
         from mmie.arms.methods import method
+        from mmie.arms.resume import ResumeStore
         from mmie.seeding import seed_everything
 
         model = self.lm.model if model is None else model
@@ -110,7 +111,7 @@ class _Setup:
                 "arm": self.arm_name, "seed": seed, "spec": self.spec, "layers": getattr(adapter, "layers", None),
                 "deterministic": self.config["deterministic"], "model": model_fingerprint(model),
                 "data": [self.forget, self.retain, self.h_forget, self.h_retain], **(extra_key or {})})
-            store = self.store = unlearn.ResumeStore(resume, key)
+            store = self.store = ResumeStore(resume, key)
         declared = method(spec["method"])   # a method's own objective (rmu), else train.objective
         objective = (declared.objective(spec, adapter, self.forget, self.tok.pad_token_id, self.prefix, seed)
                      if declared.objective else None)
@@ -216,7 +217,7 @@ def sweep_killed_run(out_dir: Path) -> None:
     """Remove what a killed training job of this checkpoint left half-written: its temporary
     checkpoint folders (``.<name>.*`` beside it) and unfinished resume-state files. The resume
     state itself stays: it is what the rerun continues from."""
-    from mmie.arms.unlearn import sweep_unfinished_writes
+    from mmie.arms.resume import sweep_unfinished_writes
 
     for stale in io.sweep_stale(out_dir):
         log.warning("removed %s, the unfinished checkpoint folder of a killed run", stale)

@@ -19,7 +19,7 @@ from mmie.arms.methods import lora
 
 
 def objective(spec, adapter, forget, pad_id, prefix, seed):
-    from mmie.arms.unlearn import Objective, Term, count, masked_mean, next_token_valid, token_logprobs
+    from mmie.arms.objectives import Objective, Term, count, masked_mean, next_token_valid, token_logprobs
 
     class Ascent(Objective):   # no ``record``: the base's empty one
         spec = {"ascent": Term(1.0), "retain_nll": Term(1.0)}

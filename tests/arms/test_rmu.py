@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, write_lines
 from mmie import arms
-from mmie.arms import unlearn
+from mmie.arms import resume, unlearn
 from mmie.arms.lora_adapter import LoraAdapter
 from mmie.arms.methods import rmu
 from mmie.config import check_arm, load
@@ -242,7 +242,7 @@ def _run(tiny_lm, data, store, seed=0):
 
 def test_a_resumed_rmu_run_ends_bit_identical(tiny_lm, data, tmp_path):
     whole = _run(tiny_lm, data, None)
-    store = unlearn.ResumeStore(tmp_path / "seed0.resume", key="rmu")
+    store = resume.ResumeStore(tmp_path / "seed0.resume", key="rmu")
     first = _run(tiny_lm, data, store)              # leaves the state of step 8 behind (the job clears it)
     assert torch.load(store.path, weights_only=True)["step"] == 8
     again = _run(tiny_lm, data, store)

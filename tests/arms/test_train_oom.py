@@ -10,7 +10,7 @@ import torch
 from test_unlearn import TRAIN, data, seqs  # noqa: F401  (data is a fixture)
 
 from conftest import oom_above
-from mmie.arms import unlearn
+from mmie.arms import objectives, resume, unlearn
 from mmie.arms.lora_adapter import LoraAdapter
 from mmie.arms.reft_adapter import ReftAdapter
 from mmie.model.likelihood import right_pad
@@ -72,7 +72,7 @@ def test_an_out_of_memory_error_at_micro_batch_size_1_names_the_step(tiny_lm, da
     assert "redoing the step in micro-batches of 1" in caplog.text
 
 
-@pytest.mark.parametrize("objective", unlearn.OBJECTIVES)
+@pytest.mark.parametrize("objective", objectives.OBJECTIVES)
 def test_micro_batch_gradients_add_up_to_the_whole_batch(tiny_lm, data, objective):  # noqa: F811
     """One step's gradient, loss and terms in micro-batches of 3, 2 and 1 (uneven lengths, padding,
     a last micro-batch of another size) equal those of the whole batch of 5; for ``bounded`` this
@@ -89,7 +89,7 @@ def test_micro_batch_gradients_add_up_to_the_whole_batch(tiny_lm, data, objectiv
     pad = tiny_lm[1].pad_token_id
     f_ids, f_mask = right_pad([s[:n] for s, n in zip(data["forget"][:5], (30, 7, 19, 3, 25), strict=True)], pad, "cpu")
     r_ids, r_mask = right_pad([s[:n] for s, n in zip(data["retain"][:5], (12, 28, 5, 20, 9), strict=True)], pad, "cpu")
-    objective_ = unlearn.make_objective({**CFG, "objective": objective, "bound": 2.0})
+    objective_ = objectives.make_objective({**CFG, "objective": objective, "bound": 2.0})
 
     def run(micro):
         for p in params:
@@ -109,7 +109,7 @@ def test_micro_batch_gradients_add_up_to_the_whole_batch(tiny_lm, data, objectiv
 
 
 def test_the_micro_batch_size_and_the_retries_survive_a_resume(tiny_lm, data, tmp_path):  # noqa: F811
-    store = unlearn.ResumeStore(tmp_path / "r", key="k")
+    store = resume.ResumeStore(tmp_path / "r", key="k")
     first = _train(tiny_lm, data, "lora", "npo", oom=lambda m: oom_in_training_above(m, 2), store=store)
     saved = torch.load(store.path, weights_only=True)
     assert saved["micro_batch"] == 2 and saved["oom_retries"] == [{"where": "train t step 1", "new_batch_size": 2}]

@@ -17,19 +17,19 @@ CHILD = r'''
 import json, logging, os, signal, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 from mmie.jobs import train as train_job
-from mmie.arms import unlearn
+from mmie.arms import objectives
 args = json.load(open(sys.argv[1]))
 if args["reference_out"]:
     train_job.train(args["config"], "lora", 0, None, args["data"], args["reference_out"])
 if args["kill_at_step"]:
-    real, calls = unlearn.kl_to_reference, {"n": 0}
+    real, calls = objectives.kl_to_reference, {"n": 0}
 
     def kill_mid_step(*a, **k):   # called once per training step, between forward and backward
         calls["n"] += 1
         if calls["n"] == args["kill_at_step"]:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*a, **k)
-    unlearn.kl_to_reference = kill_mid_step
+    objectives.kl_to_reference = kill_mid_step
 train_job.train(args["config"], "lora", 0, None, args["data"], args["out"])
 '''
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmie.arms import unlearn
+from mmie.arms import objectives, resume, unlearn
 from mmie.arms.lora_adapter import LoraAdapter
 from mmie.arms.reft_adapter import ReftAdapter
 from mmie.errors import ConfigError, ModelError
@@ -47,27 +47,27 @@ def test_losses_are_token_averaged_and_ignore_padding(fresh):
     ids2, m2 = right_pad([a, a + [3] * 0], tok.pad_token_id, "cpu")
     ids3, m3 = right_pad([b, a], tok.pad_token_id, "cpu")   # b is padded to a's length
     with torch.no_grad():
-        lp1, v1 = unlearn.token_logprobs(model(input_ids=ids1, attention_mask=m1).logits, ids1, m1)
-        lp3, v3 = unlearn.token_logprobs(model(input_ids=ids3, attention_mask=m3).logits, ids3, m3)
-        lp2, v2 = unlearn.token_logprobs(model(input_ids=ids2, attention_mask=m2).logits, ids2, m2)
+        lp1, v1 = objectives.token_logprobs(model(input_ids=ids1, attention_mask=m1).logits, ids1, m1)
+        lp3, v3 = objectives.token_logprobs(model(input_ids=ids3, attention_mask=m3).logits, ids3, m3)
+        lp2, v2 = objectives.token_logprobs(model(input_ids=ids2, attention_mask=m2).logits, ids2, m2)
     assert v3[0].sum() == len(b) - 1 and v3[1].sum() == len(a) - 1
     # the padded positions of b contribute nothing: row 1 of the mixed batch equals a alone
-    assert torch.allclose(unlearn.masked_mean(lp3[1:], v3[1:]), unlearn.masked_mean(lp1, v1), atol=1e-5)
+    assert torch.allclose(objectives.masked_mean(lp3[1:], v3[1:]), objectives.masked_mean(lp1, v1), atol=1e-5)
     for kind in ("ga", "bounded", "npo"):
-        l1 = unlearn.forget_loss(kind, lp1, v1, lp1.detach() - 0.1, 0.1, 10.0)
-        l2 = unlearn.forget_loss(kind, lp2, v2, lp2.detach() - 0.1, 0.1, 10.0)
+        l1 = objectives.forget_loss(kind, lp1, v1, lp1.detach() - 0.1, 0.1, 10.0)
+        l2 = objectives.forget_loss(kind, lp2, v2, lp2.detach() - 0.1, 0.1, 10.0)
         assert torch.allclose(l1, l2, atol=1e-5), kind
     with torch.no_grad():
         lg = model(input_ids=ids3, attention_mask=m3).logits
-    assert float(unlearn.kl_to_reference(lg, lg, m3)) == pytest.approx(0.0, abs=1e-6)
+    assert float(objectives.kl_to_reference(lg, lg, m3)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_npo_at_reference_equals_its_known_value():
     lp = torch.full((2, 4), -2.0)
     valid = torch.ones(2, 4, dtype=torch.bool)
     # ratio 0: -(2/beta) log sigmoid(0) = (2/beta) log 2
-    assert float(unlearn.forget_loss("npo", lp, valid, lp.clone(), 0.1, 10.0)) == pytest.approx(20 * 0.693147, rel=1e-5)
-    assert float(unlearn.forget_loss("ga", lp, valid, None, 0.1, 10.0)) == pytest.approx(-2.0)
+    assert float(objectives.forget_loss("npo", lp, valid, lp.clone(), 0.1, 10.0)) == pytest.approx(20 * 0.693147, rel=1e-5)
+    assert float(objectives.forget_loss("ga", lp, valid, None, 0.1, 10.0)) == pytest.approx(-2.0)
 
 
 @pytest.mark.parametrize("method", ["lora", "reft"])
@@ -223,15 +223,15 @@ def test_npo_uses_sequence_log_likelihoods_as_published():
     for beta in (0.1, 2.0):
         expected = -(2 / beta) * 0.5 * (math.log(1 / (1 + math.exp(-(-beta * -0.5))))
                                         + math.log(1 / (1 + math.exp(-(-beta * -0.2)))))
-        got = float(unlearn.forget_loss("npo", lp, valid, ref, beta, 10.0))
+        got = float(objectives.forget_loss("npo", lp, valid, ref, beta, 10.0))
         assert got == pytest.approx(expected, rel=1e-6), beta
     # the token-mean variant is a separately named objective: means -3.5/3, -1.6 vs -1.0, -1.5
     beta = 0.1
     r1, r2 = -3.5 / 3 - -1.0, -1.6 - -1.5
     expected_mean = -(2 / beta) * 0.5 * (math.log(1 / (1 + math.exp(beta * r1))) + math.log(1 / (1 + math.exp(beta * r2))))
-    assert float(unlearn.forget_loss("npo_token_mean", lp, valid, ref, beta, 10.0)) == pytest.approx(expected_mean,
+    assert float(objectives.forget_loss("npo_token_mean", lp, valid, ref, beta, 10.0)) == pytest.approx(expected_mean,
                                                                                                       rel=1e-6)
-    assert expected_mean != pytest.approx(float(unlearn.forget_loss("npo", lp, valid, ref, beta, 10.0)), rel=1e-3)
+    assert expected_mean != pytest.approx(float(objectives.forget_loss("npo", lp, valid, ref, beta, 10.0)), rel=1e-3)
 
 
 def test_npo_gradient_weights_every_token_of_a_sequence_alike():
@@ -240,7 +240,7 @@ def test_npo_gradient_weights_every_token_of_a_sequence_alike():
     lp = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -0.2, -7.0]], requires_grad=True)
     ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, -7.0]])
     valid = torch.tensor([[True, True, True], [True, True, False]])
-    unlearn.forget_loss("npo", lp, valid, ref, 0.1, 10.0).backward()
+    objectives.forget_loss("npo", lp, valid, ref, 0.1, 10.0).backward()
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     want = torch.tensor([[sig(0.1 * -0.5)] * 3, [sig(0.1 * -0.2)] * 2 + [0.0]])   # 2 sigma(beta r) / 2 sequences
     assert torch.allclose(lp.grad, want, atol=1e-6)
@@ -253,7 +253,7 @@ def test_schema_names_the_token_mean_variant_separately():
 
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     objective = schema["$defs"]["train"]["properties"]["objective"]
-    assert set(objective["enum"]) == set(unlearn.OBJECTIVES)
+    assert set(objective["enum"]) == set(objectives.OBJECTIVES)
     assert objective["default"] == "npo"
 
 
@@ -331,7 +331,7 @@ def test_resumed_training_ends_bit_identical_to_an_uninterrupted_run(tiny_lm, da
     adapter, log rows and kept step (LoReFT: pyreft's load_state_dict would rebuild the rotation and
     leave the optimizer training orphaned tensors)."""
     whole = _run(tiny_lm, data, method, None)
-    store = unlearn.ResumeStore(tmp_path / "seed0.resume", key="run-a")
+    store = resume.ResumeStore(tmp_path / "seed0.resume", key="run-a")
     first = _run(tiny_lm, data, method, store)   # leaves the state of step 8 behind (the pipeline clears it)
     assert first.summary["resumed_after_step"] is None
     saved = torch.load(store.path, weights_only=True)
@@ -349,18 +349,18 @@ def test_resumed_training_ends_bit_identical_to_an_uninterrupted_run(tiny_lm, da
 
 
 def test_a_resume_state_of_another_run_is_ignored_loudly(tiny_lm, data, tmp_path, caplog):
-    store = unlearn.ResumeStore(tmp_path / "r", key="settings-a")
+    store = resume.ResumeStore(tmp_path / "r", key="settings-a")
     _run(tiny_lm, data, "lora", store)
     with caplog.at_level("WARNING", logger="mmie.arms.unlearn"):
-        other = _run(tiny_lm, data, "lora", unlearn.ResumeStore(tmp_path / "r", key="settings-b"))
+        other = _run(tiny_lm, data, "lora", resume.ResumeStore(tmp_path / "r", key="settings-b"))
     assert other.summary["resumed_after_step"] is None
     assert "belongs to another run" in caplog.text
     assert [r["step"] for r in other.log_rows] == list(range(13))
 
 
 def test_an_unreadable_resume_state_is_an_error_naming_the_file(tiny_lm, data, tmp_path):
-    store = unlearn.ResumeStore(tmp_path / "r", key="k")
+    store = resume.ResumeStore(tmp_path / "r", key="k")
     store.dir.mkdir()
     store.path.write_bytes(b"not a torch file")
-    with pytest.raises(unlearn.ResumeError, match=r"(?s)state\.pt cannot be read.*delete"):
+    with pytest.raises(resume.ResumeError, match=r"(?s)state\.pt cannot be read.*delete"):
         _run(tiny_lm, data, "lora", store)

@@ -13,9 +13,9 @@ import torch
 from mmie.arms import build
 from mmie.arms.fingerprint import model_fingerprint
 from mmie.arms.lora_adapter import LoraAdapter
+from mmie.arms.objectives import masked_mean, token_logprobs
 from mmie.arms.reft_adapter import ReftAdapter
 from mmie.arms.state import ArmStateError
-from mmie.arms.unlearn import masked_mean, token_logprobs
 from mmie.attacks.quantize import plan, quantized_arm, quantized_modules
 from mmie.errors import ConfigError
 from mmie.model.likelihood import right_pad

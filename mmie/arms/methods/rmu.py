@@ -153,7 +153,7 @@ def objective_type():
     """The objective class (defined on first use: this module stays light at import)."""
     import torch
 
-    from mmie.arms.unlearn import Objective, Term, count, masked_mean
+    from mmie.arms.objectives import Objective, Term, count, masked_mean
 
     class RmuObjective(Objective):
         """forget_loss: masked token mean of mean_hidden (h_θ − c·u)² on forget rows; retain_loss:
