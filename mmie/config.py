@@ -4,7 +4,9 @@ schema cannot express. Light: no torch. Used by rules/common.smk and by the rule
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from mmie.errors import ConfigError
 from mmie.stats.sets import SetInfo
@@ -260,15 +262,21 @@ RENAMED = {
 }
 
 
+def lookup(config: Mapping, key: str) -> Any:
+    """The value at a dotted key (``"lid.romanization"``); None where a part is missing."""
+    value: Any = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
 def refuse_renamed(config: dict) -> None:
     """A config that sets a renamed key fails with the new name (before the schema, whose own message
     would only call the old key unexpected)."""
     for old, (new, why) in RENAMED.items():
         section, key = old.rsplit(".", 1)
-        node = config
-        for part in section.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node:
+        node = lookup(config, section)
+        if isinstance(node, Mapping) and key in node:
             raise ConfigError(f"{old} was renamed {new} ({why}): rename the key in your config")
 
 

@@ -304,7 +304,6 @@ def preload() -> None:
     if transformers is not None:
         for name in TRANSFORMERS_NAMES:
             getattr(transformers, name)
-    importlib.import_module("mmie.jobs")
     for name in importlib.import_module("mmie.jobs").MODULES:
         importlib.import_module(f"mmie.jobs.{name}")
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmie.config import lookup
 from mmie.errors import ConfigError
 
 #: the job modules, one per rules file
@@ -54,7 +55,7 @@ class Job:
 
     def sections_of(self, config: Mapping) -> tuple[str, ...]:
         """The keys the job reads under ``config``: its sections and each ``when`` key whose condition holds."""
-        return self.sections + tuple(k for k, cond in self.when if _lookup(config, cond))
+        return self.sections + tuple(k for k, cond in self.when if lookup(config, cond))
 
 
 _JOBS: dict[str, Job] = {}
@@ -110,13 +111,6 @@ def declaration(rule: str) -> Job:
     return jobs[rule]
 
 
-def _lookup(config: Mapping, key: str) -> Any:
-    value: Any = config
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return value
-
-
 def _arm_specs(config: Mapping, rule: str, arm_name: str | None) -> dict:
     if arm_name is None:
         raise ValueError(f"job {rule!r} reads an arm's settings (arm=True) but was given no arm")
@@ -134,7 +128,7 @@ def settings(config: Mapping, rule: str, arm_name: str | None = None) -> dict:
     """The values of the sections ``rule``'s job declares (dotted keys as given), plus ``arm`` (and
     ``on``) for an arm job: the rule's rerun trigger and its provenance's ``config_section``."""
     declared = declaration(rule) if rule not in _JOBS else _JOBS[rule]
-    out = {k: _lookup(config, k) for k in declared.sections_of(config)}
+    out = {k: lookup(config, k) for k in declared.sections_of(config)}
     if declared.arm:
         out.update(_arm_specs(config, rule, arm_name))
     return out
