@@ -217,24 +217,41 @@ def check(config: dict, workdir: str | Path = ".") -> None:
     check_gates(config)
 
 
-ARM_KEYS = ("method", "train")   # every arm has these (train: the schema's defaults, used by trained methods)
+def validate_arm(arm: str, spec: dict) -> None:
+    """An arm's settings against its method's declared settings (``mmie/arms/methods/<method>.py``,
+    ``Setting``): the method exists, every key is one of its settings, every value fits the setting's
+    schema. A ConfigError names ``arms.<arm>.<key>``. A key set to null counts as left out."""
+    import jsonschema
 
-
-def check_arm(config: dict, arm: str, spec: dict, workdir: Path) -> None:
-    """An arm's settings against its method's declaration (``mmie/arms/methods/<method>.py``): its own
-    check, then only the keys the method takes."""
+    from mmie.arms.method import RESERVED
     from mmie.arms.methods import method
 
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arm):
         raise ConfigError(f"arms.{arm}: arm names may use letters, digits and _ . + - only")
     declared = method(spec["method"], f"arms.{arm}.method")
-    if declared.check is not None:
-        declared.check(arm, spec, config, workdir)
-    extra = sorted(k for k, v in spec.items() if v is not None and k not in ARM_KEYS + declared.keys)
+    extra = sorted(k for k, v in spec.items() if v is not None and k not in RESERVED + declared.keys)
     if extra:
         takes = ", ".join(declared.keys) or "no settings besides method"
         raise ConfigError(f"arms.{arm}: {extra} {'is' if len(extra) == 1 else 'are'} not a setting of method "
                           f"{declared.name!r} (it takes: {takes})")
+    given = {k: v for k, v in spec.items() if v is not None}
+    errors = sorted(jsonschema.Draft202012Validator(declared.schema()).iter_errors(given),
+                    key=lambda e: [str(p) for p in e.absolute_path])
+    for error in errors:
+        path = [str(p) for p in error.absolute_path]
+        about = f"; {declared.setting(path[0]).description}" if path and path[0] in declared.keys else ""
+        raise ConfigError(f"{'.'.join(['arms', arm, *path])}: {error.message} (method {declared.name!r}{about})")
+
+
+def check_arm(config: dict, arm: str, spec: dict, workdir: Path) -> None:
+    """An arm's settings against its method's declaration (``mmie/arms/methods/<method>.py``): the
+    declared settings (``validate_arm``), then the method's own check."""
+    from mmie.arms.methods import method
+
+    validate_arm(arm, spec)
+    declared = method(spec["method"], f"arms.{arm}.method")
+    if declared.check is not None:
+        declared.check(arm, spec, config, workdir)
     if spec.get("on") is not None:
         from mmie.arms import base_arm
 
@@ -292,6 +309,8 @@ def load(path: str | Path, overrides: dict | None = None) -> dict:
         config = deep_update(config, overrides)
     refuse_renamed(config)
     validate(config, str(SCHEMA), set_default=True)
+    for arm, spec in config["arms"].items():
+        validate_arm(arm, spec)   # the settings each method declares (the schema file has no per-method keys)
     return config
 
 

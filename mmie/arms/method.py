@@ -1,19 +1,58 @@
 """The declaration of an arm method (docs/extending.md): everything the workflow, the config checks and
 the jobs need to know about one method, in one place. Each method lives in its own module under
 ``mmie/arms/methods/`` and declares ``METHOD = Method(...)``; the registry (``mmie.arms.methods``)
-finds it there. The schema's method list, the Snakemake arm lists, checkpoint paths, the ``train``
-rule, the layer assets an arm's evaluation needs and the SLURM run time all derive from these fields.
+finds it there. The arm's settings (``Setting``: name, JSON-schema type, default, description) and
+so the arm schema (``mmie.arms.methods.arm_schema``) and config/README.md's arms table, the Snakemake
+arm lists, checkpoint paths, the ``train`` rule, the layer assets an arm's evaluation needs and the
+SLURM run time all derive from these fields.
 
 Declarations are read when Snakemake parses the workflow, so a method module stays light: it imports
 torch, peft or pyreft only inside the functions that need them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 # layer assets an arm's evaluation can need, per selected layer (paths: rules/common.smk ASSET_FILES)
 ASSETS = ("sae", "features", "directions")
+
+
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+#: a setting without a fixed default (left out: the method decides, e.g. from the config's ``gate`` section)
+NO_DEFAULT: Any = _NoDefault()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One arm setting a method takes: ``arms.<arm>.<name>``. ``schema`` is its JSON schema (type and
+    bounds; checked when the config is read, the error naming the arm and the key), ``default`` what an
+    arm that leaves it out gets (``mmie.arms.resolve_spec``; ``NO_DEFAULT``: the method decides, and
+    ``default_doc`` says how), ``description`` what it means (config/README.md's arms table)."""
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str
+    default: Any = NO_DEFAULT
+    default_doc: str = ""              # the default in words, where it is not a fixed value
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name) or self.name in RESERVED:
+            raise ValueError(f"setting {self.name!r}: a lower-case identifier other than {RESERVED}")
+        if "default" in self.schema:
+            raise ValueError(f"setting {self.name}: the default goes in Setting.default, not in its schema")
+
+
+#: the schema of a list of layer indices (``layers`` of the layer-based methods)
+LAYERS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+
+#: keys every arm has, whatever its method: its method and the train section (config/schema.yaml)
+RESERVED = ("method", "train")
 
 
 def never(spec: dict) -> bool:
@@ -85,8 +124,8 @@ class Method:
     name: str
     summary: str                                   # one line: docs, error messages
     build: Builder                                 # the arm (mmie.arms.Arm) on a loaded model
-    keys: tuple[str, ...] = ()                     # arm settings it takes besides method and train
-    defaults: Mapping[str, Any] = field(default_factory=dict)   # for its keys (the schema has no per-method defaults)
+    settings: tuple[Setting, ...] = ()             # arm settings it takes besides method and train
+    description: str = ""                          # config/README.md's arms table (markdown; default: summary)
     trains: bool = False                           # a `train` job writes checkpoints/<arm>/seed<k>
     seeded: bool = False                           # outputs depend on the seed without training (random_gate)
     needs_selection: Callable[[dict], bool] = never   # reads layers/selection.json (given the arm's settings)
@@ -112,6 +151,26 @@ class Method:
             raise ValueError(f"method {self.name}: a trained method needs `create`")
         if self.sweep_controls and not self.sweep:
             raise ValueError(f"method {self.name}: sweep_controls without sweep")
-        if set(self.defaults) - set(self.keys):
-            raise ValueError(f"method {self.name}: defaults for keys it does not take: "
-                             f"{sorted(set(self.defaults) - set(self.keys))}")
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method {self.name}: settings declared twice: {sorted({n for n in names if names.count(n) > 1})}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The names of the arm settings it takes (besides method and train)."""
+        return tuple(s.name for s in self.settings)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The fixed defaults of its settings (``mmie.arms.resolve_spec`` fills them in)."""
+        return {s.name: s.default for s in self.settings if s.default is not NO_DEFAULT}
+
+    def setting(self, name: str) -> Setting:
+        return next(s for s in self.settings if s.name == name)
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema of an arm of this method: its declared settings, besides ``method`` and ``train``
+        (whose schema is config/schema.yaml's); nothing else."""
+        return {"type": "object", "required": ["method"], "additionalProperties": False,
+                "properties": {"method": {"const": self.name}, "train": {},
+                               **{s.name: dict(s.schema) for s in self.settings}}}

@@ -107,9 +107,8 @@ def test_adapter_for_another_model_is_a_clear_error_at_load(tiny_lm, tmp_path):
     ({"method": "prompt", "instruction": "x", "adapter": "a"}, r"arms\.ext: \['adapter'\] is not a setting of method 'prompt'"),
 ])
 def test_config_check_names_the_external_arm(spec, needle):
-    cfg = load(ROOT / "config.yaml", {"arms": {"ext": spec}})
-    with pytest.raises(ConfigError, match=needle):
-        check(cfg, ROOT)
+    with pytest.raises(ConfigError, match=needle):   # the declared settings (load), then the method's check
+        check(load(ROOT / "config.yaml", {"arms": {"ext": spec}}), ROOT)
 
 
 def test_adapter_folder_without_weights_is_a_config_error(tiny_lm, tmp_path):

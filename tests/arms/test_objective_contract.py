@@ -40,8 +40,8 @@ def objective(spec, adapter, forget, pad_id, prefix, seed):
 
 
 METHOD = Method(name="toyascent", summary="a test method with its own objective", build=lora.build,
-                create=lora.create, objective=objective, trains=True, keys=lora.METHOD.keys,
-                defaults=lora.METHOD.defaults, param_markers=lora.METHOD.param_markers)
+                create=lora.create, objective=objective, trains=True, settings=lora.METHOD.settings,
+                param_markers=lora.METHOD.param_markers)
 '''
 
 

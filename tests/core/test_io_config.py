@@ -45,10 +45,15 @@ def raw_demo():
     (lambda c: c["generation"].update(max_new_tokens="many"), "many"),
 ])
 def test_schema_rejects_bad_config(mutate, needle):
+    """The schema file, then each arm against its method's declared settings (as rules/common.smk does)."""
+    from mmie.config import validate_arm
+
     cfg = raw_demo()
     mutate(cfg)
     with pytest.raises(Exception) as err:
         validate(cfg, str(SCHEMA), set_default=True)
+        for arm, spec in cfg["arms"].items():
+            validate_arm(arm, spec)
     assert needle in str(err.value)
 
 

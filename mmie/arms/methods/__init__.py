@@ -30,6 +30,17 @@ def methods() -> dict[str, Method]:
     return found
 
 
+def arm_schema() -> dict:
+    """The JSON schema of an arm, composed from the declarations: ``method`` one of the registry's, and
+    for each method exactly its declared settings (``Method.schema``) besides ``train`` (config/schema.yaml's
+    ``$defs/train``, checked there). ``mmie.config.check_arm`` applies it arm by arm."""
+    found = methods()
+    return {"type": "object", "required": ["method"],
+            "properties": {"method": {"type": "string", "enum": list(found)}},
+            "allOf": [{"if": {"properties": {"method": {"const": name}}, "required": ["method"]},
+                       "then": declared.schema()} for name, declared in found.items()]}
+
+
 def method(name: str, where: str = "method") -> Method:
     try:
         return methods()[name]

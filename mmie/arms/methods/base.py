@@ -9,4 +9,5 @@ def build(ctx: BuildContext):
     return Arm(name=ctx.name, method="base", model=ctx.loaded.model)
 
 
-METHOD = Method(name="base", summary="the model as loaded (the reference of every comparison)", build=build)
+METHOD = Method(name="base", summary="the model as loaded (the reference of every comparison)", build=build,
+                description="the model as loaded; every comparison is against it (a config needs an arm `base` of this method)")

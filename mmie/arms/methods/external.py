@@ -1,7 +1,7 @@
 """``external``: a model unlearned elsewhere (a peft adapter folder or a whole model), evaluated once
 like every other arm; the loading is ``mmie.arms.external_model``."""
 
-from mmie.arms.method import BuildContext, Method
+from mmie.arms.method import BuildContext, Method, Setting
 
 
 def build(ctx: BuildContext):
@@ -22,5 +22,19 @@ def files(spec: dict, built: dict) -> list[str]:
     return external_files(spec)
 
 
-METHOD = Method(name="external", summary="a model unlearned elsewhere (adapter folder or whole model)",
-                build=build, check=check, files=files, keys=("adapter", "model"), imports=("peft",))
+#: where the model of an external (or a declared oracle) arm comes from: exactly one of the two
+MODEL_SETTINGS = (
+    Setting("adapter", {"type": "string"}, "a peft adapter folder (save_pretrained) for the configured base model"),
+    Setting("model", {"type": "object", "additionalProperties": False, "required": ["source"],
+                      "properties": {"source": {"type": "string", "enum": ["hub", "local"]},
+                                     "id": {"type": "string"}, "revision": {"type": "string"},
+                                     "path": {"type": "string"}}},
+            "a whole model: `{source: hub, id, revision}` with a pinned revision (commit hash), or "
+            "`{source: local, path}` (a Hugging Face model folder); it must share the base model's tokenizer"),
+)
+
+METHOD = Method(
+    name="external", summary="a model unlearned elsewhere (adapter folder or whole model)",
+    build=build, check=check, files=files, settings=MODEL_SETTINGS, imports=("peft",),
+    description="a model or adapter unlearned elsewhere, evaluated once (seedless) like any other arm; exactly one of "
+                "`adapter` and `model` ([docs/method.md §6](../docs/method.md#6-arms))")

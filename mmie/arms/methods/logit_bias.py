@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 
-from mmie.arms.method import BuildContext, Method
+from mmie.arms.method import BuildContext, Method, Setting
 from mmie.arms.state import Switch
 from mmie.errors import ConfigError
 
@@ -125,6 +125,16 @@ def build(ctx: BuildContext):
     return Arm(name=ctx.name, method="logit_bias", model=model, adapter=LogitBias(model, vector), details=details)
 
 
-METHOD = Method(name="logit_bias", build=build, keys=("bias", "bias_shared"), defaults={"bias": -8.0, "bias_shared": False},
-                summary="planted suppression for known-answer checks: a negative bias on target-script tokens' logits "
-                        "(weights untouched; not an unlearning method)")
+METHOD = Method(
+    name="logit_bias", build=build,
+    settings=(Setting("bias", {"type": "number", "exclusiveMaximum": 0},
+                      "the constant added to the logits of every token that writes the target script", default=-8.0),
+              Setting("bias_shared", {"type": "boolean"},
+                      "bias the byte pieces the target script shares with other scripts too (false: left alone, so a "
+                      "byte-level model can still write the target through them; true pushes the neighbours sharing "
+                      "them down too)", default=False)),
+    description="a planted suppression for known-answer checks, not an unlearning method: `bias` added to the logits "
+                "of every token that writes the target script (`languages.target.script`); weights untouched "
+                "([docs/method.md §6](../docs/method.md#6-arms))",
+    summary="planted suppression for known-answer checks: a negative bias on target-script tokens' logits "
+            "(weights untouched; not an unlearning method)")

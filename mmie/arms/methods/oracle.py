@@ -12,6 +12,7 @@ base-relative metrics such as token KL; the loading is ``mmie.arms.external_mode
 At most one arm of a config is an oracle (``mmie.config.oracle_arm``)."""
 
 from mmie.arms.method import BuildContext, Method
+from mmie.arms.methods.external import MODEL_SETTINGS
 
 BUILT = "oracle"   # the name of the model the workflow builds for it (rules/common.smk BUILT_MODELS)
 
@@ -64,4 +65,9 @@ def files(spec: dict, built: dict) -> list[str]:
 
 METHOD = Method(name="oracle", summary="the model that never learned the target language (built for the demo, "
                                        "declared otherwise)",
-                build=build, check=check, files=files, keys=("adapter", "model"), imports=("peft",))
+                build=build, check=check, files=files, settings=MODEL_SETTINGS, imports=("peft",),
+                description="the model that never learned the target language: the known answer every gate must "
+                            "pass and the reference of `mia_vs_oracle`; seedless; at most one per study. Demo model: "
+                            "no settings (the workflow builds it); any other model: `adapter` or `model` as for "
+                            "`external` (a model trained without the target language, sharing the tokenizer) "
+                            "([docs/method.md §6](../docs/method.md#6-arms))")

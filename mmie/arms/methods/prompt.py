@@ -1,6 +1,6 @@
 """``prompt``: an instruction given to the model (system message, or a prefix without a chat template)."""
 
-from mmie.arms.method import BuildContext, Method
+from mmie.arms.method import BuildContext, Method, Setting
 from mmie.errors import ConfigError
 
 
@@ -16,5 +16,8 @@ def check(arm: str, spec: dict, config: dict, workdir) -> None:
         raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")
 
 
-METHOD = Method(name="prompt", summary="an instruction to answer in the retain language", build=build,
-                keys=("instruction",), check=check)
+METHOD = Method(
+    name="prompt", summary="an instruction to answer in the retain language", build=build, check=check,
+    settings=(Setting("instruction", {"type": "string"}, "the instruction given as system message (or as a "
+                      "plain-text prefix line when the tokenizer has no chat template)", default_doc="required"),),
+    description="an instruction to answer in the retain language; the weights are untouched")

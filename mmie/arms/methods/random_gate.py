@@ -3,6 +3,7 @@ matched in forget firing frequency, drawn from the seed (docs/method.md §7)."""
 
 from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import Method
+from mmie.arms.methods.sae_gate import GATE_SETTINGS
 
 
 def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
@@ -16,5 +17,8 @@ def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, 
 
 METHOD = Method(
     name="random_gate", summary="the SAE gate's control: matched random latents", build=build_edit_arm, edit=edit,
-    keys=("layers", "on", "gate_alpha", "gate_mode", "gate_clamp"), needs_selection=lambda spec: True,
+    settings=GATE_SETTINGS,
+    description="the control of `sae_gate`: the same gate on as many latents drawn (seeded) from the eligible pool "
+                "and matched on forget firing frequency ([docs/method.md §7](../docs/method.md#7-layers-and-saes))",
+    needs_selection=lambda spec: True,
     layer_assets=("sae", "features"), sits_on=True, seeded=True, imports=("sae_lens",))

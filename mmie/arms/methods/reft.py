@@ -1,7 +1,7 @@
 """``reft``: pyreft interventions (LoReFT by default) after the selected layers, trained with an
 unlearning objective; the adapter itself is ``mmie.arms.reft_adapter``."""
 
-from mmie.arms.method import BuildContext, Method, unless_own_layers
+from mmie.arms.method import LAYERS, BuildContext, Method, Setting, unless_own_layers
 from mmie.errors import ConfigError
 
 
@@ -29,6 +29,12 @@ def check(arm: str, spec: dict, config: dict, workdir) -> None:
 METHOD = Method(
     name="reft", summary="ReFT interventions after the selected layers, trained with an unlearning objective",
     build=build, create=create, check=check, trains=True, needs_selection=unless_own_layers,
-    keys=("rank", "intervention", "layers", "init"),
-    defaults={"rank": 4, "intervention": "loreft", "layers": None, "init": "random"},
+    settings=(Setting("rank", {"type": "integer", "minimum": 1}, "the intervention's rank", default=4),
+              Setting("intervention", {"type": "string", "enum": ["loreft", "noreft"]}, "the pyreft intervention",
+                      default="loreft"),
+              Setting("layers", LAYERS, "the layers intervened after", default=None, default_doc="the selected layers"),
+              Setting("init", {"type": "string", "enum": ["random", "identity"]},
+                      "pyreft's random start, or the identity", default="random")),
+    description="pyreft intervention on the residual stream after each layer, at every position, trained with the "
+                "unlearning objective (`train`; LoReFT needs `train.weight_decay: 0`)",
     param_markers=("reft",), imports=("pyreft",))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 
-from mmie.arms.method import BuildContext, Method, unless_own_layers
+from mmie.arms.method import LAYERS, BuildContext, Method, Setting, unless_own_layers
 from mmie.errors import ConfigError
 
 NORM_TEXTS = 64      # forget train texts whose frozen activations at ℓ set N (c = steering × N)
@@ -222,7 +222,21 @@ METHOD = Method(
     name="rmu", summary="RMU: forget activations at one layer pushed to a scaled random direction (LoRA on the MLPs "
                         "of the layers up to it)",
     build=build, create=create, objective=objective, check=check, trains=True, needs_selection=unless_own_layers,
-    keys=("layers", "update_layers", "targets", "rank", "steering", "retain_weight"),
-    defaults={"layers": None, "update_layers": 3, "targets": ["gate_proj", "up_proj", "down_proj"], "rank": 8,
-              "steering": 2.0, "retain_weight": 10.0},
+    settings=(
+        Setting("layers", LAYERS, "its one layer [ℓ]", default=None, default_doc="the selected layer"),
+        Setting("update_layers", {"type": "integer", "minimum": 1},
+                "how many layers up to ℓ get a LoRA on their MLPs (3: ℓ−2..ℓ as in the paper; clipped at layer 0)",
+                default=3),
+        Setting("targets", {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "the MLP modules adapted in the updated layers", default=["gate_proj", "up_proj", "down_proj"]),
+        Setting("rank", {"type": "integer", "minimum": 1}, "LoRA rank (lora_alpha 2 × rank)", default=8),
+        Setting("steering", {"type": "number", "exclusiveMinimum": 0},
+                "forget activations at ℓ are pushed toward c·u, u a random unit vector from the seed and c = "
+                "steering × the mean per-token norm of the frozen model's forget activations at ℓ", default=2.0),
+        Setting("retain_weight", {"type": "number", "minimum": 0},
+                "weight of the retain term, the mean squared distance of retain activations at ℓ to the frozen "
+                "model's (the paper's α)", default=10.0)),
+    description="RMU (Li et al. 2024): forget activations at ℓ pushed toward c·u, retain activations kept; one "
+                "checkpoint (peft folder) per seed; `train` as for lora except `objective`, `beta`, `bound`, "
+                "`retain_kl`, `retain_nll` (its own objective) ([docs/method.md §6](../docs/method.md#6-arms))",
     param_markers=("lora_",), imports=("peft",))
