@@ -157,3 +157,16 @@ def test_cost_model_without_throughputs_prints_the_token_counts(capsys):
     out = capsys.readouterr().out
     assert "### Tokens per GPU job" in out and "GPU-h" not in out
     assert "| evaluate | 36 | 15,360 |" in out          # 12 arms x 3 seeds; 10 sets x 48 prompts x 32 tokens
+
+
+def test_lid_voter_variants_switch_exactly_one_voter():
+    from benchmarks import lid_voters
+    from mmie.config import load
+
+    lid = load(ROOT / "config.yaml")["lid"]
+    assert lid["voters"]["langid"] and lid["voters"]["fasttext"]["enabled"]
+    off = lid_voters.variant_config(lid, lid_voters.VARIANTS["without langid"])
+    assert off["voters"]["langid"] is False and off["voters"]["fasttext"] == lid["voters"]["fasttext"]
+    off = lid_voters.variant_config(lid, lid_voters.VARIANTS["without fastText"])
+    assert off["voters"]["fasttext"]["enabled"] is False and off["voters"]["langid"] is True
+    assert off["voters"]["fasttext"]["model"] == lid["voters"]["fasttext"]["model"] and lid["voters"]["fasttext"]["enabled"]
