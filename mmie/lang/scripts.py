@@ -1,7 +1,11 @@
-"""Writing-system (script) proportions of a text (docs/method.md §1, §4).
+"""Writing-system (script) proportions of a text (docs/method.md §1, §4), from the Unicode Character
+Database through ``regex``'s ``\\p{Script=…}`` and ``\\p{Script_Extensions=…}`` properties.
 
 Only letters and combining marks count; digits, punctuation, whitespace and the dandas U+0964/U+0965
-(used by Hindi, Bengali and Punjabi alike) are script-neutral."""
+(used by Hindi, Bengali and Punjabi alike) are script-neutral. A letter or mark whose own script is
+Common or Inherited (Arabic harakat, the tatweel, Vedic signs) belongs to the one configured script its
+script extensions name; one shared by several of them (U+0951 udatta: Devanagari, Bengali, Gurmukhi, …)
+is neutral like the dandas."""
 
 from __future__ import annotations
 
@@ -9,36 +13,41 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
-# (name, inclusive ranges). Order matters only for readability; ranges do not overlap.
-SCRIPT_RANGES: dict[str, tuple[tuple[int, int], ...]] = {
-    "latin": ((0x0041, 0x005A), (0x0061, 0x007A), (0x00C0, 0x024F), (0x1E00, 0x1EFF)),
-    "devanagari": ((0x0900, 0x097F), (0xA8E0, 0xA8FF)),
-    "bengali": ((0x0980, 0x09FF),),
-    "gurmukhi": ((0x0A00, 0x0A7F),),
-    "gujarati": ((0x0A80, 0x0AFF),),
-    "arabic": ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)),
-    "cyrillic": ((0x0400, 0x04FF),),
-    "greek": ((0x0370, 0x03FF),),
-    "han": ((0x4E00, 0x9FFF),),
-}
+import regex
+
+# mmie's script names -> the Unicode Script property value
+UNICODE_SCRIPTS = {"latin": "Latin", "devanagari": "Devanagari", "bengali": "Bengali", "gurmukhi": "Gurmukhi",
+                   "gujarati": "Gujarati", "arabic": "Arabic", "cyrillic": "Cyrillic", "greek": "Greek", "han": "Han"}
 NEUTRAL = {0x0964, 0x0965}  # danda, double danda
-SCRIPTS = tuple(SCRIPT_RANGES) + ("other",)
+SCRIPTS = tuple(UNICODE_SCRIPTS) + ("other",)
+_SCRIPT = {name: regex.compile(rf"\p{{Script={value}}}") for name, value in UNICODE_SCRIPTS.items()}
+_EXTENSIONS = {name: regex.compile(rf"\p{{Script_Extensions={value}}}") for name, value in UNICODE_SCRIPTS.items()}
+
+
+def script_pattern(script: str, run: bool = False) -> regex.Pattern:
+    """A character (``run``: one or more) of ``script`` by its script extensions: the script's own
+    letters, marks and digits and the Common/Inherited ones it uses (transliteration converts such runs)."""
+    if script not in UNICODE_SCRIPTS:
+        raise ValueError(f"unknown script {script!r}; known: {sorted(UNICODE_SCRIPTS)}")
+    return regex.compile(rf"\p{{Script_Extensions={UNICODE_SCRIPTS[script]}}}" + ("+" if run else ""))
 
 
 @lru_cache(maxsize=None)
 def char_script(ch: str) -> str | None:
-    """Script of one character, or None when it is script-neutral (not a letter or mark)."""
-    cp = ord(ch)
-    if cp in NEUTRAL:
+    """Script of one character, or None when it is script-neutral (not a letter or mark, a danda, or
+    a Common/Inherited mark several configured scripts share)."""
+    if ord(ch) in NEUTRAL:
         return None
     cat = unicodedata.category(ch)
     if not (cat.startswith("L") or cat.startswith("M")):
         return None
-    for name, ranges in SCRIPT_RANGES.items():
-        for lo, hi in ranges:
-            if lo <= cp <= hi:
-                return name
-    return "other"
+    for name, pattern in _SCRIPT.items():
+        if pattern.match(ch):
+            return name
+    owners = [name for name, pattern in _EXTENSIONS.items() if pattern.match(ch)]
+    if len(owners) > 1:
+        return None
+    return owners[0] if owners else "other"
 
 
 def script_counts(text: str) -> Counter:

@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from indic_transliteration import sanscript
 
-from mmie.lang.scripts import SCRIPT_RANGES, script_counts
+from mmie.lang.scripts import UNICODE_SCRIPTS, script_counts, script_pattern
 
 SCHEMES = {"iast_plain": sanscript.IAST, "iast": sanscript.IAST, "itrans": sanscript.ITRANS, "hk": sanscript.HK}
 # target scripts indic-transliteration converts (its scheme name per mmie script name)
@@ -37,12 +37,11 @@ _DANDAS = str.maketrans({"\u0964": ".", "\u0965": "."})
 
 
 @lru_cache(maxsize=None)
-def _run(script: str) -> re.Pattern:
-    """One or more characters of ``script`` (its ranges in mmie.lang.scripts)."""
-    if script not in SCRIPT_RANGES:
-        raise ValueError(f"romanize: unknown script {script!r}; known: {sorted(SCRIPT_RANGES)}")
-    return re.compile("[" + "".join(f"\\u{lo:04X}-\\u{hi:04X}" if hi <= 0xFFFF else "" for lo, hi in SCRIPT_RANGES[script])
-                      + "]+")
+def _run(script: str):
+    """One or more characters of ``script`` (``mmie.lang.scripts.script_pattern``)."""
+    if script not in UNICODE_SCRIPTS:
+        raise ValueError(f"romanize: unknown script {script!r}; known: {sorted(UNICODE_SCRIPTS)}")
+    return script_pattern(script, run=True)
 
 
 @lru_cache(maxsize=1)
@@ -75,11 +74,11 @@ def romanize(text: str, scheme: str = "iast_plain", script: str = "devanagari") 
     if script in INDIC:
         source, target = INDIC[script], SCHEMES[scheme]
 
-        def convert(m: re.Match) -> str:
+        def convert(m) -> str:   # a regex match of one run
             out = sanscript.transliterate(m.group(0), source, target)
             return _plain_word(out) if scheme == "iast_plain" else out
     else:
-        def convert(m: re.Match) -> str:
+        def convert(m) -> str:   # a regex match of one run
             return _uroman().romanize_string(m.group(0)).lower()
 
     out = pattern.sub(convert, text.translate(_DANDAS))

@@ -120,15 +120,14 @@ def mean_distinct_n(texts: list[str], n: int = 2) -> float | None:
 
 
 def auc(positive: list[float], negative: list[float]) -> float:
-    """ROC AUC that a positive scores higher than a negative (ties count half; Mann–Whitney U)."""
+    """ROC AUC that a positive scores higher than a negative, ties counting half (the Mann–Whitney U
+    over n·m): scikit-learn's ``roc_auc_score``. A NaN score is an error (scikit-learn's), not a
+    silent loss."""
     if not positive or not negative:
         raise ValueError("AUC needs at least one positive and one negative score")
-    import numpy as np
+    from sklearn.metrics import roc_auc_score
 
-    pos, neg = np.asarray(positive, float), np.asarray(negative, float)
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+    return float(roc_auc_score([1] * len(positive) + [0] * len(negative), [*positive, *negative]))
 
 
 def yes_no(text: str, yes_words: list[str], no_words: list[str]) -> str | None:

@@ -68,6 +68,39 @@ def test_holm_and_bh_match_reference_computations():
         adjust(q, "bonferroni-ish")
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_bh_and_bonferroni_match_statsmodels(seed):
+    """statsmodels' multipletests is the reference implementation of every correction mmie offers."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.random(12), rng.random(6) * 0.01, [0.5, 0.5]]).tolist()   # ties included
+    for ours, theirs in (("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")):
+        assert adjust(p, ours) == pytest.approx(multipletests(p, method=theirs)[1], abs=1e-12), ours
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_is_the_mann_whitney_count_and_the_bootstrap_auc_is_scikit_learns(seed):
+    """text.auc against an independent pairwise count (ties half); the bootstrap's vectorised rank AUC
+    against scikit-learn's roc_auc_score on resampled, tied scores."""
+    from sklearn.metrics import roc_auc_score
+
+    from mmie.stats.gates import _auc_reps
+    from mmie.stats.text import auc
+
+    rng = np.random.default_rng(seed)
+    pos, neg = rng.integers(0, 6, size=17).astype(float), rng.integers(0, 5, size=11).astype(float)   # many ties
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in pos for b in neg]
+    assert auc(pos.tolist(), neg.tolist()) == pytest.approx(sum(pairs) / len(pairs), abs=1e-12)
+    reps_p, reps_n = pos[rng.integers(0, 17, (8, 17))], neg[rng.integers(0, 11, (8, 11))]
+    want = [roc_auc_score([1] * 17 + [0] * 11, np.concatenate([a, b])) for a, b in zip(reps_p, reps_n, strict=True)]
+    assert _auc_reps(reps_p, reps_n) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError):
+        auc([], [1.0])
+    with pytest.raises(ValueError):
+        auc([float("nan")], [1.0])
+
+
 # ----------------------------------------------------------------------------- the crossed design
 def test_copies_of_one_run_carry_no_extra_information():
     """Three seeds with identical outputs (a seed-independent arm run three times) give exactly the
