@@ -5,7 +5,8 @@
 #
 # CUDA: torch 2.13.0 on PyPI is the CUDA 13.0 build; CUDA/cuDNN/NCCL come as pip packages (nvidia-*-cu13,
 # cuda-toolkit), so no CUDA base image is needed. The host's NVIDIA driver arrives at run time (--nv) and
-# must support CUDA 13.0 (driver >= 580).
+# must support CUDA 13.0 (driver >= 580). For a cluster whose driver is older, pick another torch build
+# with TORCH_INDEX_URL / TORCH_VERSION below (no edit of this file).
 ARG BASE=debian:12-slim
 FROM ${BASE}
 
@@ -18,6 +19,15 @@ ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 # the hash before installing. Without it mmie uses torch's `sdpa` and records attn_implementation: sdpa.
 ARG FLASH_ATTN_WHEEL=""
 ARG FLASH_ATTN_SHA256=""
+# Which torch build. Default: torch==2.13.0 from PyPI (CUDA 13.0), installed with every other pin in one
+# resolver run. TORCH_INDEX_URL: a wheel index holding other builds, e.g. PyTorch's CUDA 12.6 builds
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126     (driver >= 560)
+# torch comes from there alone (its own dependencies with it), then every other pin from PIP_INDEX_URL as
+# usual. TORCH_VERSION: another version (only where the index has no 2.13.0 build for your CUDA; results
+# are then not those of the pinned torch). The build records which build it took (MMIE_TORCH_BUILD, in
+# every job's provenance) and fails unless torch imports as that version with CUDA.
+ARG TORCH_INDEX_URL=""
+ARG TORCH_VERSION=2.13.0
 
 # Debian's own Python 3.11 (the venv's minor version); no compiler: nothing is compiled (the four sdists
 # among the pins, langid, py2store, connection_pool, transformers-stream-generator, are pure Python).
@@ -44,9 +54,17 @@ VOLUME ["/hf-cache"]
 # pins. torch==2.13.0 resolves to PyPI's CUDA wheel (2.13.0+cu130); the venv's pip freeze
 # and the image's agree except for torch's "+cpu" and the CUDA packages (tests/image/check_lock.py).
 COPY requirements.txt requirements-nodeps.txt constraints.txt /tmp/pins/
-RUN pip install --no-cache-dir --disable-pip-version-check -r /tmp/pins/requirements.txt -c /tmp/pins/constraints.txt \
-    && pip install --no-cache-dir --disable-pip-version-check --no-deps -r /tmp/pins/requirements-nodeps.txt \
-    && python -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__; assert torch.version.cuda, 'CPU-only torch'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+RUN set -e; pins=/tmp/pins; \
+    if [ -n "${TORCH_INDEX_URL}" ] || [ "${TORCH_VERSION}" != "2.13.0" ]; then \
+      pip install --no-cache-dir --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} "torch==${TORCH_VERSION}"; \
+      grep -v '^torch==' $pins/requirements.txt > $pins/requirements-rest.txt; \
+      grep -v '^torch==' $pins/constraints.txt > $pins/constraints-rest.txt; \
+      pip install --no-cache-dir --disable-pip-version-check -r $pins/requirements-rest.txt -c $pins/constraints-rest.txt; \
+    else \
+      pip install --no-cache-dir --disable-pip-version-check -r $pins/requirements.txt -c $pins/constraints.txt; \
+    fi; \
+    pip install --no-cache-dir --disable-pip-version-check --no-deps -r $pins/requirements-nodeps.txt; \
+    python -c "import sys, torch; v = sys.argv[1]; assert torch.__version__.split('+')[0] == v, (torch.__version__, v); assert torch.version.cuda, 'CPU-only torch'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" "${TORCH_VERSION}"
 RUN if [ -n "${FLASH_ATTN_WHEEL}" ]; then \
       [ -n "${FLASH_ATTN_SHA256}" ] || { echo "FLASH_ATTN_WHEEL needs FLASH_ATTN_SHA256 (the wheel's sha256)" >&2; exit 1; }; \
       python -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], '/tmp/' + sys.argv[1].rsplit('/', 1)[-1])" "${FLASH_ATTN_WHEEL}" \
@@ -70,9 +88,11 @@ ARG IMAGE=mmie:0.1.0
 LABEL org.opencontainers.image.title="mmie" \
       org.opencontainers.image.description="Reproducible language-unlearning experiments" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
-      org.opencontainers.image.ref.name="${IMAGE}"
+      org.opencontainers.image.ref.name="${IMAGE}" \
+      org.mmie.torch-build="torch==${TORCH_VERSION} from ${TORCH_INDEX_URL:-PyPI}"
 ENV MMIE_GIT_COMMIT=${GIT_COMMIT} \
-    MMIE_CONTAINER_IMAGE=${IMAGE}
+    MMIE_CONTAINER_IMAGE=${IMAGE} \
+    MMIE_TORCH_BUILD="torch==${TORCH_VERSION} from ${TORCH_INDEX_URL:-PyPI}"
 WORKDIR /mmie
 COPY . /mmie
 CMD ["snakemake", "--help"]

@@ -63,7 +63,7 @@ test-slurm: $(VENV)/.slurm-installed
 IMAGE ?= mmie:0.1.0
 
 image:
-	IMAGE=$(IMAGE) BASE=$(BASE) tests/image/build.sh
+	IMAGE=$(IMAGE) BASE=$(BASE) TORCH_INDEX_URL=$(TORCH_INDEX_URL) TORCH_VERSION=$(TORCH_VERSION) tests/image/build.sh
 
 test-image: setup
 	IMAGE=$(IMAGE) PYTHON=$(BIN)/python CORES=$(CORES) tests/image/test.sh

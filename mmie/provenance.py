@@ -100,7 +100,8 @@ def device_info() -> dict[str, Any]:
     image = os.environ.get("MMIE_CONTAINER_IMAGE")
     if image or os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
         info["container"] = {"image": image, "apptainer": os.environ.get("APPTAINER_CONTAINER")
-                             or os.environ.get("SINGULARITY_CONTAINER")}
+                             or os.environ.get("SINGULARITY_CONTAINER"),
+                             "torch_build": os.environ.get("MMIE_TORCH_BUILD")}   # the image's TORCH_* build args
     torch = sys.modules.get("torch")
     if torch is None:
         info["device"] = "cpu (job does not use torch)"

@@ -5,6 +5,8 @@
 #          BASE=debian:12-slim (the Dockerfile's default) and gets the same release.
 #   IMAGE  the tag (default mmie:0.1.0, stored as localhost/mmie:0.1.0); it is also the image name
 #          recorded in every job's provenance (MMIE_CONTAINER_IMAGE).
+#   TORCH_INDEX_URL, TORCH_VERSION  another torch build (the Dockerfile's build arguments; unset: torch
+#          2.13.0 from PyPI, the CUDA 13.0 build), e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 # The machine's CA bundle is mounted read-only for the build (never copied into the image); pip in
 # the build sees no pip configuration of this machine and uses PyPI only (the Dockerfile's
 # PIP_INDEX_URL). Build time, size and digest go to $MMIE_IMAGE_WORK/build.json.
@@ -47,6 +49,7 @@ commit=$(git rev-parse HEAD)
 ca=/etc/ssl/certs/ca-certificates.crt
 buildah bud --isolation chroot --layers \
   --build-arg BASE="$BASE" --build-arg GIT_COMMIT="$commit" --build-arg IMAGE="$IMAGE" \
+  ${TORCH_INDEX_URL:+--build-arg TORCH_INDEX_URL="$TORCH_INDEX_URL"} ${TORCH_VERSION:+--build-arg TORCH_VERSION="$TORCH_VERSION"} \
   --build-arg PIP_CERT=/run/build-ca.crt -v "$ca:/run/build-ca.crt:ro" \
   -t "$IMAGE" -f Dockerfile .
 end=$(date +%s)

@@ -86,12 +86,62 @@ def test_dockerfile_installs_exactly_the_readme_pins():
     makefile = (ROOT / "Makefile").read_text()
     for pins in ("requirements.txt", "requirements-nodeps.txt", "constraints.txt"):
         assert pins in docker and pins in makefile
-    assert re.search(r"pip install .*-r /tmp/pins/requirements\.txt -c /tmp/pins/constraints\.txt", docker)
-    assert "--no-deps -r /tmp/pins/requirements-nodeps.txt" in docker
+    assert "COPY requirements.txt requirements-nodeps.txt constraints.txt /tmp/pins/" in docker
+    assert re.search(r"pip install .*-r \$pins/requirements\.txt -c \$pins/constraints\.txt", docker)
+    assert "--no-deps -r $pins/requirements-nodeps.txt" in docker   # what runs: test_a_build_argument_selects_the_torch_build
     assert "HF_HOME=/hf-cache" in docker and "org.opencontainers.image.revision" in docker
     # the torch of the image is the pinned version, asserted at build time
     torch_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
-    assert torch_pin == "torch==2.13.0" and "torch.__version__.split('+')[0] == '2.13.0'" in docker
+    assert torch_pin == "torch==2.13.0" and "ARG TORCH_VERSION=2.13.0" in docker
+    assert "torch.__version__.split('+')[0] == v" in docker and "assert torch.version.cuda" in docker
+
+
+def _torch_install_step(pins):
+    """The Dockerfile's pin-install RUN step as one shell command, its pin folder moved to ``pins``."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("RUN set -e; pins=/tmp/pins;"))
+    step = []
+    for line in lines[start:]:
+        step.append(line.rstrip().removesuffix("\\"))
+        if not line.rstrip().endswith("\\"):
+            break
+    return " ".join(step).removeprefix("RUN ").replace("/tmp/pins", str(pins))
+
+
+@pytest.mark.parametrize("args,first", [
+    ({}, None),
+    ({"TORCH_INDEX_URL": "https://example.invalid/whl/cu126"},
+     "install --no-cache-dir --disable-pip-version-check --index-url https://example.invalid/whl/cu126 torch==2.13.0"),
+    ({"TORCH_VERSION": "2.9.1"}, "install --no-cache-dir --disable-pip-version-check torch==2.9.1"),
+])
+def test_a_build_argument_selects_the_torch_build(tmp_path, args, first):
+    """The Dockerfile's install step run by sh with pip and python stubbed: by default one resolver run
+    over every pin (PyPI's torch 2.13.0); with TORCH_INDEX_URL / TORCH_VERSION torch alone from there,
+    then every other pin without torch's, and the version check against the chosen version."""
+    import shutil
+
+    pins, stubs = tmp_path / "pins", tmp_path / "bin"
+    pins.mkdir(), stubs.mkdir()
+    for name in ("requirements.txt", "requirements-nodeps.txt", "constraints.txt"):
+        shutil.copy(ROOT / name, pins / name)
+    for tool in ("pip", "python"):
+        (stubs / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{tmp_path}/calls"\n')
+        (stubs / tool).chmod(0o755)
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "TORCH_INDEX_URL": "", "TORCH_VERSION": "2.13.0", **args}
+    res = subprocess.run(["sh", "-c", _torch_install_step(pins)], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    if first is None:
+        assert calls[0] == f"pip install --no-cache-dir --disable-pip-version-check -r {pins}/requirements.txt -c {pins}/constraints.txt"
+        assert len(calls) == 3
+    else:
+        assert calls[0] == f"pip {first}"
+        assert calls[1] == (f"pip install --no-cache-dir --disable-pip-version-check -r {pins}/requirements-rest.txt "
+                            f"-c {pins}/constraints-rest.txt")
+        rest = (pins / "requirements-rest.txt").read_text() + (pins / "constraints-rest.txt").read_text()
+        assert not any(line.startswith("torch==") for line in rest.splitlines()) and "transformers==" in rest
+    assert calls[-2] == f"pip install --no-cache-dir --disable-pip-version-check --no-deps -r {pins}/requirements-nodeps.txt"
+    assert calls[-1].startswith("python -c import sys, torch;") and calls[-1].endswith(args.get("TORCH_VERSION", "2.13.0"))
 
 
 def test_dockerfile_uses_reachable_registries_and_runs_the_bound_code():
