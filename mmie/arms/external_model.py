@@ -2,8 +2,10 @@
 metrics, gates, report). It is untrained here and seedless (evaluated once, at the config's first
 seed). Two forms:
 
-- ``adapter: <folder>`` — a peft adapter folder (``save_pretrained``) for the configured base model.
-  It is loaded onto the job's model; ``reference()`` is peft's ``disable_adapter()``, so the base
+- ``adapter: <folder>`` — a peft adapter folder (``save_pretrained``) for the configured base model,
+  or ``adapter: {source: hub, id, revision}`` — the same from the Hugging Face Hub, read from the local
+  cache (``HF_HOME``; offline at run time like the base model, so fetched beforehand, and checked at
+  ``snakemake -n``) at a required revision. It is loaded onto the job's model; ``reference()`` is peft's ``disable_adapter()``, so the base
   model's view uses the same weights (no second copy).
 - ``model: {source: hub|local, id|path, revision}`` — a full model. It is loaded next to the base
   model (two copies in memory: the base model remains the reference of the base-relative metrics,
@@ -54,9 +56,37 @@ def check_spec(name: str, spec: dict, workdir: str | Path = ".", method: str = "
         raise ConfigError(f"{key}.model.source must be 'hub' or 'local', got {source!r}")
 
 
-def adapter_files(name: str, adapter: str, workdir: str | Path = ".") -> dict:
+def describe_adapter(adapter: str | dict) -> str:
+    """How the config names the adapter: its folder, or ``hub:<id>@<revision>``."""
+    return adapter if isinstance(adapter, str) else f"hub:{adapter['id']}@{adapter['revision']}"
+
+
+def adapter_folder(name: str, adapter: str | dict, workdir: str | Path = ".") -> Path:
+    """The adapter's folder: a local folder (relative to the working directory), or a hub adapter's
+    snapshot in the local Hugging Face cache at its revision — never downloaded here (offline, like
+    the base model): a missing snapshot is a ConfigError that says how to fetch it."""
+    if isinstance(adapter, str):
+        return Path(workdir) / adapter
+    key = f"arms.{name}.adapter"
+    repo, revision = adapter.get("id"), adapter.get("revision")
+    if not (repo and revision):
+        raise ConfigError(f"{key}: source 'hub' needs 'id' and a pinned 'revision' (a commit hash)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except LocalEntryNotFoundError as err:
+        raise ConfigError(
+            f"{key}: {repo}@{revision} is not in the local Hugging Face cache (HF_HOME; runs are offline). Fetch it "
+            f"once where the network is reachable, into the same HF_HOME: python -c \"from huggingface_hub import "
+            f"snapshot_download as s; s('{repo}', revision='{revision}')\"") from err
+
+
+def adapter_files(name: str, adapter: str | dict, workdir: str | Path = ".") -> dict:
     """The adapter folder's config (parsed) and weights file; ConfigError when either is missing."""
-    folder = Path(workdir) / adapter
+    folder = adapter_folder(name, adapter, workdir)
+    adapter = describe_adapter(adapter)
     key = f"arms.{name}.adapter"
     if not folder.is_dir():
         raise ConfigError(f"{key}: adapter folder not found: {adapter} (a folder written by peft's save_pretrained; "
@@ -72,13 +102,14 @@ def adapter_files(name: str, adapter: str, workdir: str | Path = ".") -> dict:
     weights = [f for f in ADAPTER_WEIGHTS if (folder / f).is_file()]
     if not weights:
         raise ConfigError(f"{key}: {adapter} has none of {list(ADAPTER_WEIGHTS)}: the adapter weights are missing")
-    return {"config": cfg, "weights": folder / weights[0]}
+    return {"config": cfg, "weights": folder / weights[0], "folder": folder}
 
 
 def files(spec: dict) -> list[str]:
     """What an evaluation of the arm reads (Snakemake inputs: a change reruns it)."""
     if spec.get("adapter"):
-        return [spec["adapter"]]
+        # a hub adapter is read from the cache at a pinned revision, like a hub model: no file input
+        return [spec["adapter"]] if isinstance(spec["adapter"], str) else []
     model = spec.get("model") or {}
     return [model["path"]] if model.get("source") == "local" else []
 
@@ -147,14 +178,15 @@ def build(name: str, spec: dict, loaded, checkpoint=None, method: str = "externa
     return Arm(name=name, method=method, model=adapter.model, adapter=adapter, details=details)
 
 
-def load_adapter(name: str, folder: str, loaded) -> tuple[PeftExternal, dict]:
+def load_adapter(name: str, adapter: str | dict, loaded) -> tuple[PeftExternal, dict]:
     """Load strictly: every tensor of the adapter file must land in the model with its values."""
     import torch
     from peft import PeftModel, get_peft_model_state_dict
 
     from mmie.provenance import file_sha256
 
-    found = adapter_files(name, folder)
+    found = adapter_files(name, adapter)
+    folder = found["folder"]
     key = f"arms.{name}.adapter"
     try:
         peft_model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
@@ -183,7 +215,8 @@ def load_adapter(name: str, folder: str, loaded) -> tuple[PeftExternal, dict]:
     if declared and declared != loaded.runtime.get("model"):
         log.warning("%s: the adapter was trained for %r, the base model here is %r (shapes and names fit)",
                     key, declared, loaded.runtime.get("model"))
-    details = {"adapter": str(folder), "adapter_sha256": file_sha256(found["weights"]),
+    details = {"adapter": describe_adapter(adapter) if isinstance(adapter, dict) else str(folder),
+               "adapter_sha256": file_sha256(found["weights"]),
                "peft_type": found["config"].get("peft_type"), "adapter_base_model": declared}
     return PeftExternal(peft_model), details
 

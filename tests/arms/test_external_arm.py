@@ -145,3 +145,39 @@ def test_external_arm_is_seedless_in_the_plan(tiny_lm, tmp_path):
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "arms.ext.adapter: adapter folder not found" in res.stdout + res.stderr
+
+
+def test_adapter_by_hub_id_and_revision_from_the_local_cache(tiny_lm, tmp_path, monkeypatch):
+    """``adapter: {source: hub, id, revision}``: the snapshot in the local Hugging Face cache at that
+    revision is the adapter (offline, nothing downloaded); one not in the cache stops the config check
+    with the command that fetches it; the revision is required."""
+    import huggingface_hub.constants as hf_constants
+
+    model, tok = tiny_lm
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--unlearned-lora" / "snapshots" / revision
+    plain_peft_adapter(model, snapshot)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = {"method": "external", "adapter": {"source": "hub", "id": "someone/unlearned-lora", "revision": revision}}
+    cfg = load(ROOT / "config.yaml", {"arms": {"ext": spec}})
+    check(cfg, ROOT)
+    arm = arms.build("ext", spec, loaded(model, tok))
+    local = arms.build("ext", {"method": "external", "adapter": str(snapshot)}, loaded(model, tok))
+    assert arm.details["adapter"] == f"hub:someone/unlearned-lora@{revision}"
+    assert arm.details["adapter_sha256"] == local.details["adapter_sha256"]
+    with arm.active():
+        on = logits(arm.model, tok)
+    with local.active():
+        assert torch.equal(on, logits(local.model, tok))
+    from mmie.arms.external_model import files
+
+    assert files(spec) == []          # read from the cache at a pinned revision, like a hub model
+    missing = {**spec, "adapter": {**spec["adapter"], "id": "someone/elsewhere"}}
+    with pytest.raises(ConfigError, match=r"arms\.ext\.adapter: someone/elsewhere@0123.* not in the local Hugging "
+                                          r"Face cache.*snapshot_download as s; s\('someone/elsewhere'"):
+        check(load(ROOT / "config.yaml", {"arms": {"ext": missing}}), ROOT)
+    with pytest.raises(ConfigError, match=r"arms\.ext\.adapter: .*is not valid under any of the given schemas"):
+        load(ROOT / "config.yaml", {"arms": {"ext": {"method": "external",
+                                                     "adapter": {"source": "hub", "id": "someone/unlearned-lora"}}}})

@@ -24,7 +24,13 @@ def files(spec: dict, built: dict) -> list[str]:
 
 #: where the model of an external (or a declared oracle) arm comes from: exactly one of the two
 MODEL_SETTINGS = (
-    Setting("adapter", {"type": "string"}, "a peft adapter folder (save_pretrained) for the configured base model"),
+    Setting("adapter", {"oneOf": [{"type": "string"},
+                                  {"type": "object", "additionalProperties": False,
+                                   "required": ["source", "id", "revision"],
+                                   "properties": {"source": {"const": "hub"}, "id": {"type": "string"},
+                                                  "revision": {"type": "string"}}}]},
+            "a peft adapter (save_pretrained) for the configured base model: a folder, or `{source: hub, id, "
+            "revision}` read from the local Hugging Face cache at that (required) revision, fetched beforehand"),
     Setting("model", {"type": "object", "additionalProperties": False, "required": ["source"],
                       "properties": {"source": {"type": "string", "enum": ["hub", "local"]},
                                      "id": {"type": "string"}, "revision": {"type": "string"},
