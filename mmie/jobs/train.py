@@ -25,6 +25,7 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
 
     import pandas as pd
 
+    from mmie.report import model_card
     from mmie.seeding import seed_everything
 
     out = Path(out_dir)
@@ -43,7 +44,7 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
     with io.atomic_dir(out) as tmp:
         adapter.save(tmp)
         io.write_csv(tmp / "train_log.csv", pd.DataFrame(result.log_rows))
-        io.write_json(tmp / "manifest.json", {
+        manifest = {
             "arm": arm_name, "seed": seed, "method": spec["method"], "spec": spec,
             **({"tuning": tuning} if tuning else {}),
             "layers": getattr(adapter, "layers", None),
@@ -54,7 +55,11 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
                                            inputs=[data["forget", "train"], data["retain", "train"],
                                                    *([tuned] if tuned else [])],
                                            texts=adapter_texts(data, tcfg["heldout_items"])),
-        })
+        }
+        io.write_json(tmp / "manifest.json", manifest)
+        # the Hub's model card, in place of the placeholder peft's save_pretrained writes
+        io.write_text(tmp / "README.md", model_card.render(manifest, config["model"],
+                                                          peft=(tmp / "adapter_config.json").is_file()))
     run.store.clear()
 
 

@@ -75,6 +75,16 @@ def test_a_method_with_its_own_objective_trains_records_and_builds(tiny_lm, demo
         log = (out / "train_log.csv").read_text().splitlines()
         assert "ascent" in log[0] and "retain_nll" in log[0] and len(log) > 1   # the objective's terms, logged
 
+        # the checkpoint's model card (the Hub's README.md): metadata, the base model, the data it saw
+        import yaml
+
+        card = (out / "README.md").read_text()
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["library_name"] == "peft" and "toyascent" in meta["tags"] and "base_model" not in meta
+        assert f"the local model folder `{tmp_path / 'model'}`" in card and "More Information Needed" not in card
+        assert all(digest in card for digest in manifest["provenance"]["data_hashes"].values())
+        assert manifest["provenance"]["config_hash"] in card and "PeftModel.from_pretrained" in card
+
         loaded = load_model(config["model"], None)
         ids = torch.tensor([[5, 6, 7, 8]])
         with torch.no_grad():
