@@ -20,14 +20,33 @@ from peft import PeftModel
 base = AutoModelForCausalLM.from_pretrained({base}{revision})
 model = PeftModel.from_pretrained(base, "<this folder>")   # model.disable_adapter(): the base model again
 ```"""
-MMIE_LOAD = """```python
-from transformers import AutoModelForCausalLM
-from mmie.arms.reft_adapter import ReftAdapter
+#: mmie's ReFT folder with pyreft alone (no mmie): each layer's pyreft intervention from
+#: reft_weights.safetensors, applied to the decoder layer's output at every position as mmie applies it.
+#: tests/report/test_model_card.py runs this code and compares its logits with mmie's.
+REFT_LOAD = """```python
+import json
 
-base = AutoModelForCausalLM.from_pretrained({base}{revision})
-adapter = ReftAdapter.load(base, "<this folder>")   # strict: every tensor must land
-with adapter.active():                               # interventions on only inside this block
-    ...
+import pyreft
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+folder = "<this folder>"
+model = AutoModelForCausalLM.from_pretrained({base}{revision})
+cfg = json.load(open(f"{{folder}}/reft_config.json"))
+weights = load_file(f"{{folder}}/reft_weights.safetensors")
+kind = {{"loreft": pyreft.LoreftIntervention, "noreft": pyreft.NoreftIntervention}}[cfg["intervention"]]
+for layer in cfg["layers"]:
+    iv = kind(embed_dim=cfg["embed_dim"], low_rank_dimension=cfg["rank"], dtype=torch.float32,
+              **({{"add_bias": True}} if cfg["intervention"] == "noreft" else {{}}))
+    iv.load_state_dict({{k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"layer{{layer}}.")}})
+
+    def hook(module, args, output, iv=iv):   # the residual stream after the layer, every position
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = iv(hidden.float()).to(hidden.dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    model.model.layers[layer].register_forward_hook(hook)
 ```"""
 
 
@@ -96,7 +115,7 @@ def render(manifest: dict, model_cfg: dict, peft: bool) -> str:
         f"config hash `{prov.get('config_hash')}`, seed {prov.get('seed')}",
         f"- device: {(prov.get('device') or {}).get('device')}", "",
         "## Load it", "",
-        (PEFT_LOAD if peft else MMIE_LOAD).format(
+        (PEFT_LOAD if peft else REFT_LOAD).format(
             base=f'"{hub_id}"' if hub_id else '"<the base model folder>"',
             revision=f', revision="{model_cfg["revision"]}"' if hub_id else ""),
         "",
