@@ -318,6 +318,8 @@ def final_outputs():
         out += [f"{R}/summary/sae_quality.csv", f"{R}/plots/layer_selection.png"]
     if ATTACK_RUNS:
         out += [f"{R}/summary/robustness.csv", f"{R}/plots/robustness.png"]
+    if TRAINED_ARMS:
+        out.append(f"{R}/export")
     return out
 
 

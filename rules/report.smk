@@ -8,6 +8,7 @@ localrules:
     plot_demo_training,
     plot_training_curves,
     robustness,
+    export_checkpoints,
 
 
 rule aggregate:
@@ -123,6 +124,30 @@ rule plot_training_curves:
         "../envs/mmie.yaml"
     script:
         "../scripts/plot_training_curves.py"
+
+
+# Each trained checkpoint as a folder to share (hard links), its model card completed with what the
+# study measured of it: decision, headline estimates, the seed's own values.
+rule export_checkpoints:
+    input:
+        checkpoints=trained_checkpoints,
+        headline=f"{R}/summary/headline.csv",
+        decisions=f"{R}/summary/decisions.json",
+        metrics=f"{R}/summary/metrics_long.csv",
+    output:
+        directory(f"{R}/export"),
+    log:
+        f"{R}/logs/export_checkpoints.log",
+    benchmark:
+        f"{R}/benchmarks/export_checkpoints.tsv"
+    resources:
+        mem_mb=cpu_mem,
+    params:
+        settings=job_settings("export_checkpoints"),
+    conda:
+        "../envs/mmie.yaml"
+    script:
+        "../scripts/export_checkpoints.py"
 
 
 rule stats:

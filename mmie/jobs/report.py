@@ -176,3 +176,51 @@ def plot(name: str, config: JobConfig, inputs: dict, out: str) -> None:
     fig = REGISTRY[name](config, inputs)
     io.save_figure(out, fig)
     plt.close(fig)
+
+
+@job("model", "experiment")
+def export_checkpoints(config: JobConfig, checkpoints: list[str], headline: str, decisions: str, metrics_long: str,
+                       out_dir: str) -> None:
+    """Each trained checkpoint as a folder to share (``export/<arm>/seed<k>/``): its files (hard links
+    where the file system allows, else copies) and a model card that adds what the study measured of it
+    (decision, headline estimates, the seed's own values) to the training card. A checkpoint whose
+    training failed is listed in ``export/export.json`` and left out."""
+    import os
+    import shutil
+
+    import pandas as pd
+
+    from mmie import failures
+    from mmie.report import model_card
+
+    rows = {r["arm"]: r for r in pd.read_csv(headline, dtype=str, keep_default_na=False).to_dict("records")}
+    decided = io.read_json(decisions)
+    long = pd.read_csv(metrics_long)
+    out = Path(out_dir)
+    exported, skipped = [], []
+    with io.atomic_dir(out) as tmp:
+        for folder in map(Path, checkpoints):
+            arm, seed = folder.parent.name, int(folder.name.removeprefix("seed"))
+            if (folder / failures.DIR_MARKER).is_file():
+                skipped.append({"arm": arm, "seed": seed, "reason": "training failed", "checkpoint": str(folder)})
+                continue
+            dest = tmp / arm / folder.name
+            dest.mkdir(parents=True)
+            for f in sorted(folder.iterdir()):
+                if f.is_file() and f.name != "README.md" and not f.name.startswith("."):   # not Snakemake's marker
+                    try:
+                        os.link(f, dest / f.name)
+                    except OSError:
+                        shutil.copy2(f, dest / f.name)
+            manifest = io.read_json(folder / "manifest.json")
+            mine = long[(long["arm"] == arm) & (long["seed"] == seed)]
+            values = {f"{r.set}:{r.metric}": float(r.value) for r in mine.itertuples()}
+            card = model_card.render(manifest, config["model"], peft=(folder / "adapter_config.json").is_file())
+            io.write_text(dest / "README.md", card + "\n" + model_card.evaluation_section(
+                arm, seed, decided.get(arm), rows.get(arm), values))
+            exported.append({"arm": arm, "seed": seed, "folder": str(dest.relative_to(tmp)), "checkpoint": str(folder)})
+        io.write_json(tmp / "export.json", {
+            "exported": exported, "left_out": skipped,
+            "provenance": provenance.build(config, rule="export_checkpoints",
+                                           inputs=[headline, decisions, metrics_long])})
+    log.info("exported %d checkpoints to %s (%d left out: training failed)", len(exported), out, len(skipped))

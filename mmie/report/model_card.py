@@ -121,3 +121,27 @@ def render(manifest: dict, model_cfg: dict, peft: bool) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def evaluation_section(arm: str, seed: int, decision: dict | None, headline: dict | None,
+                       seed_values: dict[str, float]) -> str:
+    """What the study measured of this checkpoint: the arm's decision and the gates it failed, the
+    headline estimates over seeds (``summary/headline.csv``'s row) and this seed's own values of the
+    same set:metric pairs (``summary/metrics_long.csv``)."""
+    lines = ["## Evaluation (this study)", ""]
+    if decision is None:
+        lines.append(f"- no decision for arm `{arm}` (it is not in `summary/decisions.json`)")
+    else:
+        failing = decision.get("failing") or []
+        lines.append(f"- decision: **{decision['decision']}**" + (f"; failing gates: {', '.join(f'`{g}`' for g in failing)}"
+                                                                   if failing else ""))
+    if headline:
+        lines += ["", f"| set:metric | arm `{arm}` over seeds ({headline.get('seeds')}) | seed {seed} |", "|---|---|---|"]
+        for key, value in headline.items():
+            if key in ("arm", "seeds"):
+                continue
+            own = seed_values.get(key)
+            lines.append(f"| `{key}` | {value} | {'—' if own is None else f'{own:.4g}'} |")
+    lines += ["", "Estimates with their intervals as the study's results page gives them (`summary/results.md`); "
+              "every gate's reasoning is in `summary/gates.csv`.", ""]
+    return "\n".join(lines)

@@ -204,6 +204,30 @@ def test_trained_arms_record_their_checkpoint(run_dir):
     assert (run_dir / "results" / EXP / "plots" / "training_curves.png").is_file()
 
 
+def test_exported_checkpoints_carry_a_card_with_what_the_study_measured(run_dir):
+    """export/<arm>/seed<k>/: the checkpoint's files as they are, and a model card whose evaluation
+    section holds the arm's decision and this seed's own values from the tidy table."""
+    import csv
+
+    import yaml
+
+    res = run_dir / "results" / EXP
+    decisions = json.loads((res / "summary" / "decisions.json").read_text())
+    long = list(csv.DictReader((res / "summary" / "metrics_long.csv").open()))
+    exported = json.loads((res / "export" / "export.json").read_text())
+    assert {(e["arm"], e["seed"]) for e in exported["exported"]} == {(a, 0) for a in ("lora", "reft", "rmu")}
+    for arm in ("lora", "reft", "rmu"):
+        ckpt, out = res / "checkpoints" / arm / "seed0", res / "export" / arm / "seed0"
+        for f in ckpt.iterdir():
+            if f.name not in ("README.md", ".snakemake_timestamp"):
+                assert (out / f.name).read_bytes() == f.read_bytes(), f
+        card = (out / "README.md").read_text()
+        assert yaml.safe_load(card.split("---\n")[1])["tags"][-1] == arm
+        assert f"decision: **{decisions[arm]['decision']}**" in card
+        value = next(float(r["value"]) for r in long if (r["arm"], r["seed"], r["set"], r["metric"]) == (arm, "0", "forget", "target_rate"))
+        assert "| `forget:target_rate` |" in card and f"| {value:.4g} |" in card
+
+
 def test_same_config_and_seed_give_identical_metrics(run_dir):
     """A trained arm evaluated again from its checkpoint gives the same metrics and per-prompt
     values (the reduced run decodes greedily; sampled decoding's seeding is tested in
