@@ -27,3 +27,7 @@ class MetricError(MMIEError):
 
 class SAEError(MMIEError):
     """A sparse autoencoder cannot be trained, loaded or used (docs/method.md §7)."""
+
+
+class TrackingError(MMIEError):
+    """A configured run-tracking backend (tracking.backend: wandb or mlflow) could not log a run."""

@@ -320,6 +320,8 @@ def final_outputs():
         out += [f"{R}/summary/robustness.csv", f"{R}/plots/robustness.png"]
     if TRAINED_ARMS:
         out.append(f"{R}/export")
+    if config["tracking"]["backend"] != "none":
+        out.append(f"{R}/tracking/tracked.json")
     return out
 
 

@@ -9,6 +9,7 @@ localrules:
     plot_training_curves,
     robustness,
     export_checkpoints,
+    track,
 
 
 rule aggregate:
@@ -217,3 +218,29 @@ rule samples:
         "../envs/mmie.yaml"
     script:
         "../scripts/samples.py"
+
+
+# optional run tracking (tracking.backend: wandb or mlflow; docs/running.md "Tracking runs"): one tracked
+# run per (arm, seed) from the finished outputs, after the summary; planned only when a backend is set
+rule track:
+    input:
+        metrics=all_metrics,
+        checkpoints=trained_checkpoints,
+        decisions=f"{R}/summary/decisions.json",
+        gates=f"{R}/summary/gates.csv",
+    output:
+        f"{R}/tracking/tracked.json",
+    log:
+        f"{R}/logs/track.log",
+    benchmark:
+        f"{R}/benchmarks/track.tsv"
+    resources:
+        mem_mb=cpu_mem,
+    params:
+        settings=job_settings("track"),
+        wandb_dir=f"{R}/tracking/wandb",
+        mlflow_store=f"{R}/tracking/mlflow",
+    conda:
+        "../envs/mmie.yaml"
+    script:
+        "../scripts/track.py"

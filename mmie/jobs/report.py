@@ -224,3 +224,44 @@ def export_checkpoints(config: JobConfig, checkpoints: list[str], headline: str,
             "provenance": provenance.build(config, rule="export_checkpoints",
                                            inputs=[headline, decisions, metrics_long])})
     log.info("exported %d checkpoints to %s (%d left out: training failed)", len(exported), out, len(skipped))
+
+
+@job("tracking", "experiment", "arms")
+def track(config: JobConfig, metric_paths: list[str], checkpoints: list[str], decisions: str, gates: str,
+          out: str, wandb_dir: str, mlflow_store: str) -> None:
+    """One tracked run per (arm, seed) in the configured backend (``mmie.report.tracking``), and the
+    marker ``out``: the backend, where it logged (folder or URI), each run's id, path and what it holds,
+    the (arm, seed) runs not tracked because they failed, provenance. ``wandb_dir`` / ``mlflow_store``:
+    the rule's default places (``tracking.wandb.dir`` / ``tracking.mlflow.uri`` override them)."""
+    from mmie.errors import ConfigError
+    from mmie.report import tracking
+
+    t0 = time.time()
+    cfg = config["tracking"]
+    backend = cfg["backend"]
+    if backend not in tracking.BACKENDS:
+        raise ConfigError(f"tracking.backend is {backend!r}: nothing to track (set it to one of "
+                          f"{list(tracking.BACKENDS)} to run the track job)")
+    project = cfg.get("project") or config["experiment"]
+    runs, failed = tracking.collect(list(metric_paths), list(checkpoints), decisions, gates, config["arms"],
+                                    config["experiment"])
+    if not runs:
+        raise ValueError(f"nothing to track: every (arm, seed) failed ({len(failed)} failed runs)")
+    if backend == "wandb":
+        wb = cfg.get("wandb") or {}
+        mode = wb.get("mode") or "offline"
+        where = {"mode": mode, "dir": str(Path(wb.get("dir") or wandb_dir).resolve()), "project": project,
+                 "entity": wb.get("entity")}
+        logged = tracking.log_wandb(runs, project=project, directory=where["dir"], mode=mode, entity=wb.get("entity"))
+    else:
+        uri = tracking.mlflow_uri((cfg.get("mlflow") or {}).get("uri"), mlflow_store)
+        where = {"uri": uri, "experiment": project}
+        logged = tracking.log_mlflow(runs, experiment=project, uri=uri)
+    for r in failed:
+        log.error("not tracked: %s seed %s failed (%s)", r["arm"], r["seed"], r["error"][:200])
+    sources = [s for run in runs for s in run.sources]
+    io.write_json(out, {"backend": backend, **where, "runs": logged,
+                        "not_tracked": [{k: r[k] for k in ("arm", "seed", "rule", "error")} for r in failed],
+                        "provenance": provenance.build(config, rule="track", inputs=[*sources, decisions, gates])})
+    log.info("tracked %d runs in %s (%s) in %.1f s", len(logged), backend,
+             where.get("dir") or where.get("uri"), time.time() - t0)
