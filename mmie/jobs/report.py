@@ -261,6 +261,8 @@ def track(config: JobConfig, metric_paths: list[str], checkpoints: list[str], de
         log.error("not tracked: %s seed %s failed (%s)", r["arm"], r["seed"], r["error"][:200])
     sources = [s for run in runs for s in run.sources]
     io.write_json(out, {"backend": backend, **where, "runs": logged,
+                        "metric_keys": sorted({k for run in runs for k in run.metrics}),
+                        "curve_keys": sorted({k for run in runs for _, values in run.curve for k in values}),
                         "not_tracked": [{k: r[k] for k in ("arm", "seed", "rule", "error")} for r in failed],
                         "provenance": provenance.build(config, rule="track", inputs=[*sources, decisions, gates])})
     log.info("tracked %d runs in %s (%s) in %.1f s", len(logged), backend,

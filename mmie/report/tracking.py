@@ -284,8 +284,9 @@ def log_mlflow(runs: list[TrackedRun], *, experiment: str, uri: str) -> list[dic
 
 
 def summary_of(run: TrackedRun) -> dict:
-    """The marker's row of one tracked run: what was logged (the values are in the backend)."""
+    """The marker's row of one tracked run: what was logged, counted (the values are in the backend; the
+    metric names, over all runs, are the marker's ``metric_keys``)."""
     return {"arm": run.arm, "seed": run.seed, "name": run.name, "method": run.method,
             "config_hash": run.config_hash, "commit": run.commit, "decision": run.labels.get("decision"),
-            "params": len(run.params), "curve_steps": len(run.curve), "metrics": sorted(run.metrics),
+            "params": len(run.params), "curve_steps": len(run.curve), "metrics": len(run.metrics),
             "skipped": run.skipped, "sources": run.sources}

@@ -99,6 +99,9 @@ def test_mlflow_logs_every_value_to_a_local_file_store(run_folder, monkeypatch):
     assert marker["backend"] == "mlflow" and marker["uri"] == store.resolve().as_uri() and marker["experiment"] == "t"
     assert [(r["arm"], r["seed"]) for r in marker["runs"]] == [("base", 0), ("lora", 0), ("lora", 1)]
     assert marker["not_tracked"] == [] and marker["provenance"]["rule"] == "track"
+    assert set(marker["metric_keys"]) == {f"{s}/{m}" for (_, _, s), values in METRICS.items() for m in values} | {
+        "gate/forget_target_rate/passed", "gate/neighbour_ppl.bn/passed"}
+    assert marker["curve_keys"] == sorted(curve())
     assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ                     # the opt-in stays inside the job
     from mlflow.tracking import MlflowClient
 
