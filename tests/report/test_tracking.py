@@ -280,3 +280,31 @@ def test_track_job_is_planned_only_with_a_backend(tmp_path):
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     res = smk(tmp_path, "-n", check=False)
     assert res.returncode != 0 and "neptune" in res.stdout + res.stderr
+
+
+def test_a_failed_run_is_listed_as_not_tracked(run_folder):
+    """lora seed 1's training failed (mmie.failures stubs): the other runs are tracked, it is listed."""
+    pytest.importorskip("mlflow")
+    from mmie.failures import write_stubs
+
+    origin = {"rule": "train", "wildcards": {"arm": "lora", "seed": "1"}, "error": "RuntimeError: planted",
+              "log": "logs/train/lora/seed1.log"}
+    checkpoint = run_folder["checkpoints"][1]
+    write_stubs([checkpoint], {checkpoint}, origin)
+    stubs = [p for p in run_folder["metrics"] if "/lora/seed1/" in p]
+    write_stubs(stubs, set(), {"rule": "score", "wildcards": {"arm": "lora", "seed": "1"}, "error": "blocked",
+                               "log": "", "blocked_by": origin})
+    marker = track(run_folder, "mlflow")
+    assert [(r["arm"], r["seed"]) for r in marker["runs"]] == [("base", 0), ("lora", 0)]
+    assert marker["not_tracked"] == [{"arm": "lora", "seed": 1, "rule": "train", "error": "RuntimeError: planted"}]
+
+
+def test_mlflow_goes_to_a_server_only_when_configured(tmp_path, monkeypatch):
+    from mmie.report.tracking import mlflow_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")    # the environment does not choose
+    assert mlflow_uri(None, "results/t/tracking/mlflow") == (tmp_path / "results/t/tracking/mlflow").as_uri()
+    assert mlflow_uri("my_store", "unused") == (tmp_path / "my_store").as_uri()
+    assert mlflow_uri("http://mlflow.example:5000", "unused") == "http://mlflow.example:5000"
+    assert mlflow_uri("file:///data/store", "unused") == "file:///data/store"
