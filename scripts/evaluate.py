@@ -14,7 +14,9 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 with outcome(snakemake) as run:
     if run:
         i, o = snakemake.input, snakemake.output
-        evaluate.evaluate(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), snakemake.params.model_dir,
-                          list(i.eval_sets), list(o.generations), o.manifest, snakemake.params.checkpoint,
-                          mia_inputs=list(i.mia), mia_out=o.mia, assets=dict(i.items()), method_files=list(i.method_files),
-                          fluency_inputs=list(i.fluency))
+        files = evaluate.EvaluateFiles(
+            eval_sets=list(i.eval_sets), generations=list(o.generations), manifest=o.manifest,
+            model=snakemake.params.model_dir, checkpoint=snakemake.params.checkpoint,
+            method_files=list(i.method_files), mia=list(i.mia), mia_out=o.mia, fluency=list(i.fluency),
+            named=dict(i.items()))
+        evaluate.evaluate(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), files)

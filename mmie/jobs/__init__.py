@@ -3,7 +3,7 @@
 Each job function declares the config sections it reads, next to it::
 
     @job("model", "generation", "eval", "gate", "deterministic", *EVAL_SETS, arm=True)
-    def evaluate(cfg: JobConfig, arm_name: str, seed: int, *, inputs, outputs, ...): ...
+    def evaluate(cfg: JobConfig, arm_name: str, seed: int, files: EvaluateFiles): ...
 
 That one declaration is
 

@@ -3,11 +3,14 @@ Rule scripts (scripts/*.py) only unpack ``snakemake`` and call these."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from mmie import io, provenance
 from mmie.config import eval_sets
@@ -78,40 +81,64 @@ class FinishedSets:
             shutil.rmtree(self.dir)
 
 
-@job("model", "generation", "eval", "gate", "deterministic", "data.truncation_warn_share", *EVAL_SETS, arm=True)
-def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, set_files, generations_out,
-             manifest_out: str, checkpoint: str | None = None, mia_inputs=(), mia_out: str | None = None,
-             assets=None, method_files=(), fluency_inputs=()) -> None:
-    """One (arm, seed) job: load the model once, then generate and score likelihoods for every set.
-    ``set_files``: the evaluation sets (``<sets>/<set>.jsonl``), ``generations_out`` the
-    ``<run>/<set>/generations.jsonl`` outputs, ``mia_inputs`` the forget/train and forget/holdout
-    split files, ``assets`` the rule's named layer-asset inputs (``LayerAssets.from_inputs``; edit arms),
-    ``method_files`` the files the arm's method declares (``Method.files``: an external or oracle model),
-    ``fluency_inputs`` the dev split files of every language (the human text of ``fluency_reference``):
-    all as the rule declares them. Finished sets of an interrupted run wait in ``.partial/`` beside
-    the manifest (``FinishedSets``)."""
-    import torch
+@dataclasses.dataclass(frozen=True)
+class EvaluateFiles:
+    """The evaluate rule's files (rules/evaluate.smk), by the names the rule declares them under:
+    ``eval_sets`` the evaluation sets (``<sets>/<set>.jsonl``), ``generations`` the
+    ``<run>/<set>/generations.jsonl`` outputs, ``manifest`` ``<run>/evaluate.json``, ``model`` the
+    model folder (None: a hub model, read from the Hugging Face cache), ``checkpoint`` the arm's
+    checkpoint folder (None: nothing trained), ``method_files`` the files the arm's method declares
+    (``Method.files``: an external or oracle model), ``mia`` the forget/train and forget/holdout split
+    files and ``mia_out`` the membership scores written from them, ``fluency`` the dev split files of
+    every language (the human text of ``fluency_reference``), and ``named`` every named input (the
+    layer assets of an edit arm: ``LayerAssets.from_inputs``). scripts/evaluate.py fills it from
+    ``snakemake.input``, ``snakemake.output`` and ``snakemake.params``."""
+    eval_sets: list[str]
+    generations: list[str]
+    manifest: str
+    model: str | None = None
+    checkpoint: str | None = None
+    method_files: list[str] = dataclasses.field(default_factory=list)
+    mia: list[str] = dataclasses.field(default_factory=list)
+    mia_out: str | None = None
+    fluency: list[str] = dataclasses.field(default_factory=list)
+    named: dict = dataclasses.field(default_factory=dict)
 
-    from mmie.model.generation import Decoding, encode_prompt, generate, special_prefix
-    from mmie.model.likelihood import mia_scores, reference_nll, score_sequences, token_kl
+
+@dataclasses.dataclass
+class Evaluation:
+    """One (arm, seed) evaluation as its passes share it: the arm on its loaded model, the tokenizer,
+    the decoding, the ``eval`` settings, ``data.truncation_warn_share``, and the out-of-memory
+    back-offs of every pass so far (the manifest's ``oom_retries``)."""
+    arm_name: str
+    seed: int
+    arm: Any
+    tok: Any
+    decoding: Any
+    ev: Mapping
+    truncation_warn_share: float
+    oom_log: list = dataclasses.field(default_factory=list)
+
+
+@job("model", "generation", "eval", "gate", "deterministic", "data.truncation_warn_share", *EVAL_SETS, arm=True)
+def evaluate(config: JobConfig, arm_name: str, seed: int, files: EvaluateFiles) -> None:
+    """One (arm, seed) job: load the model once, then generate and score likelihoods for every set
+    (``evaluate_set``), score membership (``score_membership``), the human fluency reference
+    (``fluency_reference``), and write the manifest (``evaluation_manifest``). ``files``: the rule's
+    files (``EvaluateFiles``). Finished sets of an interrupted run wait in ``.partial/`` beside the
+    manifest (``FinishedSets``)."""
+    from mmie.model.generation import Decoding
     from mmie.seeding import seed_everything
 
     t0 = time.time()
     seed_everything(seed, config["deterministic"])
-    lm, arm, assets = load_arm(config, arm_name, seed, model_dir, checkpoint, assets, method_files)
-    sets = {s.name for s in eval_sets(config)}
-    set_paths, gen_paths = sets_by_name(set_files, sets), by_set(generations_out, "generations.jsonl")
-    if sorted(gen_paths) != sorted(sets):
-        raise ValueError(f"evaluate {arm_name}/seed{seed}: generations outputs for sets {sorted(gen_paths)} but the "
-                         f"config's evaluation sets are {sorted(sets)}; the evaluate rule is miswired (rules/evaluate.smk)")
-    model, tok = arm.model, lm.tokenizer
-    decoding = Decoding.from_config(config["generation"])
-    ev = config["eval"]
-    oom_log: list = []
-    timings = {}
-    key = evaluation_key(config, arm_name, seed, model_dir, checkpoint, assets, method_files)
-    finished = FinishedSets(Path(manifest_out).parent, key)
-    reused: list[str] = []
+    lm, arm, assets = load_arm(config, arm_name, seed, files.model, files.checkpoint, files.named, files.method_files)
+    set_paths, gen_paths = _set_files(config, arm_name, seed, files)
+    run = Evaluation(arm_name, seed, arm, lm.tokenizer, Decoding.from_config(config["generation"]), config["eval"],
+                     config["data"]["truncation_warn_share"])
+    key = evaluation_key(config, arm_name, seed, files.model, files.checkpoint, assets, files.method_files)
+    finished = FinishedSets(Path(files.manifest).parent, key)
+    timings, reused = {}, []
     for info in eval_sets(config):
         t_set = time.time()
         set_file = Path(set_paths[info.name])
@@ -123,85 +150,146 @@ def evaluate(config: JobConfig, arm_name: str, seed: int, model_dir: str | None,
             io.write_jsonl(gen_paths[info.name], rows)
             reused.append(info.name)
             continue
-        with arm.active():
-            gens = generate(model, tok, items, decoding, system=arm.system, seed=seed,
-                            desc=f"{arm_name}/seed{seed}/{info.name}", oom_log=oom_log)
-            refs = [it for it in items if it.get("text")]
-            if refs:
-                ref_scores = reference_nll(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
-                                           max_length=ev["max_length"], desc=f"ppl {info.name}", oom_log=oom_log)
-                by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
-        if refs and info.kind == "retain":
-            # token KL(base ‖ arm) on retain texts, outside active(): the base pass runs on the base model
-            kls = token_kl(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
-                           max_length=ev["max_length"], desc=f"token KL {info.name}", oom_log=oom_log)
-            for it, k in zip(refs, kls, strict=True):
-                by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
-        with arm.reference():
-            # the outputs under the base model: conditioned on the raw prompt (no instruction; gen_ppl_base,
-            # reported) and on nothing but the tokenizer's prefix (fluency_ratio: comparable with human text)
-            contexts = [encode_prompt(tok, it["prompt"], None, decoding)[0] for it in items]
-            base_scores = score_sequences(model, tok.pad_token_id, contexts, [g["output_ids"] for g in gens],
-                                          batch_size=ev["score_batch_size"], max_length=ev["max_length"],
-                                          desc=f"gen_ppl_base {info.name}", oom_log=oom_log)
-            uncond = score_sequences(model, tok.pad_token_id, [special_prefix(tok)] * len(gens),
-                                     [g["output_ids"] for g in gens], batch_size=ev["score_batch_size"],
-                                     max_length=ev["max_length"], desc=f"fluency {info.name}", oom_log=oom_log)
-        rows = []
-        for it, g, b, u in zip(items, gens, base_scores, uncond, strict=True):
-            row = {k: v for k, v in g.items() if k != "output_ids"}
-            for key in ("answer", "translation"):
-                if key in it:
-                    row[key] = it[key]
-            row.update(gen_nll_base=b["nll"], gen_tokens_base=b["tokens"], gen_nll_uncond=u["nll"],
-                       gen_tokens_uncond=u["tokens"])
-            if it.get("text"):
-                s = by_id[it["id"]]
-                row.update(reference=it["text"], ref_nll=s["nll"], ref_tokens=s["tokens"], ref_truncated=s["truncated"])
-                if "kl" in s:
-                    row.update(kl=s["kl"], kl_tokens=s["kl_tokens"])
-            rows.append(row)
-        limit = config["data"]["truncation_warn_share"]
-        warn_truncation(info.name, sum(r["prompt_truncated"] for r in rows), len(rows), limit, "prompts")
-        warn_truncation(info.name, sum(bool(r.get("ref_truncated")) for r in rows), len(rows), limit,
-                        "reference texts")
+        rows = evaluate_set(run, info, items)
         io.write_jsonl(gen_paths[info.name], rows)
         finished.save(info.name, set_file, rows)
         timings[info.name] = round(time.time() - t_set, 2)
-        del gens, rows
-        if torch.cuda.is_available():
-            # hand the set's cached blocks back to the GPU; on a CPU a full collection is all cost
-            # (0.1-0.6 s per set with torch and transformers loaded: a fifth of a demo evaluate job)
-            gc.collect()
-            torch.cuda.empty_cache()
-    if mia_out:
-        # membership inference: forget/train (members, seen by the base model's training when it is
-        # the demo model) vs forget/holdout (never seen) — same language, so it measures memorisation
-        mia_files = splits_by_role(mia_inputs)
-        n = ev["mia_max_items"]
-        rows = [(r, 1) for r in io.read_jsonl(mia_files["forget", "train"])[:n]] + \
-               [(r, 0) for r in io.read_jsonl(mia_files["forget", "holdout"])[:n]]
-        seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:ev["max_length"]]
-                for r, _ in rows]
-        with arm.active():
-            scores = mia_scores(model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"],
-                                oom_log=oom_log)
-        io.write_jsonl(mia_out, ({"id": r["id"], "member": m, **s} for (r, m), s in zip(rows, scores, strict=True)))
+        del rows
+        _release_gpu_memory()
+    if files.mia_out:
+        score_membership(run, files.mia, files.mia_out)
     with arm.reference():
-        reference = fluency_reference(config, model, tok, fluency_inputs, ev, oom_log)
+        reference = fluency_reference(config, arm.model, run.tok, files.fluency, run.ev, run.oom_log)
+    io.write_json(files.manifest, evaluation_manifest(
+        config, run, runtime=lm.runtime, reference=reference, timings=timings, reused=reused,
+        set_files=[set_paths[s.name] for s in eval_sets(config)], checkpoint=files.checkpoint, t0=t0))
+    finished.clear()
+
+
+def _set_files(config, arm_name: str, seed: int, files: EvaluateFiles) -> tuple[dict[str, str], dict[str, str]]:
+    """The rule's evaluation-set inputs and generations outputs, each keyed by set name; both must be
+    the config's evaluation sets."""
+    sets = {s.name for s in eval_sets(config)}
+    set_paths, gen_paths = sets_by_name(files.eval_sets, sets), by_set(files.generations, "generations.jsonl")
+    if sorted(gen_paths) != sorted(sets):
+        raise ValueError(f"evaluate {arm_name}/seed{seed}: generations outputs for sets {sorted(gen_paths)} but the "
+                         f"config's evaluation sets are {sorted(sets)}; the evaluate rule is miswired (rules/evaluate.smk)")
+    return set_paths, gen_paths
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        # hand the set's cached blocks back to the GPU; on a CPU a full collection is all cost
+        # (0.1-0.6 s per set with torch and transformers loaded: a fifth of a demo evaluate job)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def evaluate_set(run: Evaluation, info, items: list[dict]) -> list[dict]:
+    """One evaluation set's rows of ``generations.jsonl``, one per item: with the arm on, its outputs
+    and the likelihood of the item's reference text (if any); the token KL(base ‖ arm) on a retain
+    set's reference texts; and, on the base model, the likelihood of each output given the raw
+    prompt (``gen_ppl_base``) and given nothing but the tokenizer's prefix (``fluency_ratio``)."""
+    from mmie.model.generation import generate
+    from mmie.model.likelihood import reference_nll, token_kl
+
+    arm, tok, ev = run.arm, run.tok, run.ev
+    by_id: dict = {}
+    with arm.active():
+        gens = generate(arm.model, tok, items, run.decoding, system=arm.system, seed=run.seed,
+                        desc=f"{run.arm_name}/seed{run.seed}/{info.name}", oom_log=run.oom_log)
+        refs = [it for it in items if it.get("text")]
+        if refs:
+            ref_scores = reference_nll(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
+                                       max_length=ev["max_length"], desc=f"ppl {info.name}", oom_log=run.oom_log)
+            by_id = {it["id"]: s for it, s in zip(refs, ref_scores, strict=True)}
+    if refs and info.kind == "retain":
+        # token KL(base ‖ arm) on retain texts, outside active(): the base pass runs on the base model
+        kls = token_kl(arm, tok, [it["text"] for it in refs], batch_size=ev["score_batch_size"],
+                       max_length=ev["max_length"], desc=f"token KL {info.name}", oom_log=run.oom_log)
+        for it, k in zip(refs, kls, strict=True):
+            by_id[it["id"]] = {**by_id[it["id"]], "kl": k["kl"], "kl_tokens": k["tokens"]}
+    base_scores, uncond = _base_scores(run, info, items, gens)
+    rows = [_row(it, g, b, u, by_id.get(it["id"]))
+            for it, g, b, u in zip(items, gens, base_scores, uncond, strict=True)]
+    limit = run.truncation_warn_share
+    warn_truncation(info.name, sum(r["prompt_truncated"] for r in rows), len(rows), limit, "prompts")
+    warn_truncation(info.name, sum(bool(r.get("ref_truncated")) for r in rows), len(rows), limit, "reference texts")
+    return rows
+
+
+def _base_scores(run: Evaluation, info, items: list[dict], gens: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The outputs under the base model: conditioned on the raw prompt (no instruction; gen_ppl_base,
+    reported) and on nothing but the tokenizer's prefix (fluency_ratio: comparable with human text)."""
+    from mmie.model.generation import encode_prompt, special_prefix
+    from mmie.model.likelihood import score_sequences
+
+    tok, ev, outputs = run.tok, run.ev, [g["output_ids"] for g in gens]
+    with run.arm.reference():
+        contexts = [encode_prompt(tok, it["prompt"], None, run.decoding)[0] for it in items]
+        base = score_sequences(run.arm.model, tok.pad_token_id, contexts, outputs, batch_size=ev["score_batch_size"],
+                               max_length=ev["max_length"], desc=f"gen_ppl_base {info.name}", oom_log=run.oom_log)
+        uncond = score_sequences(run.arm.model, tok.pad_token_id, [special_prefix(tok)] * len(gens), outputs,
+                                 batch_size=ev["score_batch_size"], max_length=ev["max_length"],
+                                 desc=f"fluency {info.name}", oom_log=run.oom_log)
+    return base, uncond
+
+
+def _row(item: dict, gen: dict, base: dict, uncond: dict, ref: dict | None) -> dict:
+    """One item's row of ``generations.jsonl``; ``ref``: its reference text's scores (None without one)."""
+    row = {k: v for k, v in gen.items() if k != "output_ids"}
+    for key in ("answer", "translation"):
+        if key in item:
+            row[key] = item[key]
+    row.update(gen_nll_base=base["nll"], gen_tokens_base=base["tokens"], gen_nll_uncond=uncond["nll"],
+               gen_tokens_uncond=uncond["tokens"])
+    if item.get("text"):
+        row.update(reference=item["text"], ref_nll=ref["nll"], ref_tokens=ref["tokens"], ref_truncated=ref["truncated"])
+        if "kl" in ref:
+            row.update(kl=ref["kl"], kl_tokens=ref["kl_tokens"])
+    return row
+
+
+def score_membership(run: Evaluation, split_files, out: str) -> None:
+    """Membership inference, written to ``out`` (``mia.jsonl``): the arm's Min-K%++ and loss scores of
+    forget/train texts (members, seen by the base model's training when it is the demo model) and
+    forget/holdout texts (never seen), ``eval.mia_max_items`` of each; same language, so it measures
+    memorisation. ``split_files``: the rule's two split files."""
+    from mmie.model.generation import special_prefix
+    from mmie.model.likelihood import mia_scores
+
+    tok, ev = run.tok, run.ev
+    mia_files = splits_by_role(split_files)
+    n = ev["mia_max_items"]
+    rows = [(r, 1) for r in io.read_jsonl(mia_files["forget", "train"])[:n]] + \
+           [(r, 0) for r in io.read_jsonl(mia_files["forget", "holdout"])[:n]]
+    seqs = [(special_prefix(tok) + tok(r["text"], add_special_tokens=False)["input_ids"])[:ev["max_length"]]
+            for r, _ in rows]
+    with run.arm.active():
+        scores = mia_scores(run.arm.model, tok.pad_token_id, seqs, k=ev["mia_k"], batch_size=ev["score_batch_size"],
+                            oom_log=run.oom_log)
+    io.write_jsonl(out, ({"id": r["id"], "member": m, **s} for (r, m), s in zip(rows, scores, strict=True)))
+
+
+def evaluation_manifest(config: JobConfig, run: Evaluation, *, runtime: dict, reference: dict, timings: dict,
+                        reused: list[str], set_files: list[str], checkpoint: str | None, t0: float) -> dict:
+    """The content of ``evaluate.json``: the arm and how it was built, the fluency reference, the
+    decoding, the sets, each evaluated set's seconds and the reused ones, every out-of-memory
+    back-off, the job's seconds since ``t0``, provenance, and the checkpoint's training summary."""
+    arm = run.arm
     manifest = {
-        "arm": arm_name, "seed": seed, "arm_details": {"method": arm.method, **arm.details},
+        "arm": run.arm_name, "seed": run.seed, "arm_details": {"method": arm.method, **arm.details},
         "fluency_reference": reference,
-        "decoding": decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
+        "decoding": run.decoding.__dict__, "sets": [s.name for s in eval_sets(config)], "seconds_per_set": timings,
         "reused_sets": reused,
-        "oom_retries": oom_log, "seconds": round(time.time() - t0, 1),
-        "provenance": provenance.build(config, seed=seed, runtime=lm.runtime, rule="evaluate",
-                                       inputs=[set_paths[s.name] for s in eval_sets(config)]),
+        "oom_retries": run.oom_log, "seconds": round(time.time() - t0, 1),
+        "provenance": provenance.build(config, seed=run.seed, runtime=runtime, rule="evaluate", inputs=set_files),
     }
     if checkpoint:
         manifest["checkpoint"] = io.read_json(Path(checkpoint) / "manifest.json")["summary"]
-    io.write_json(manifest_out, manifest)
-    finished.clear()
+    return manifest
 
 
 def load_arm(config, arm_name: str, seed: int, model_dir: str | None, checkpoint: str | None, assets=None,
