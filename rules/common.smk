@@ -132,10 +132,6 @@ def model_dir(wildcards=None):
 BUILT_MODELS = {"oracle": f"{R}/oracle_model"} if config["model"]["source"] == "demo" else {}
 
 
-def model_dir_param(wildcards=None):
-    return model_dir() or None
-
-
 def arm_regex(arms):
     # a pattern that matches nothing when the list is empty
     return "|".join(re.escape(a) for a in arms) or "(?!x)x"
@@ -245,10 +241,6 @@ def sae_report_inputs(wildcards):
             "quality": expand(f"{R}/sae/quality/layer{{layer}}.json", layer=layers) if gates else [],
             "features": expand(f"{R}/sae/features/layer{{layer}}.json", layer=layers) if gates else [],
             "sweeps": expand(f"{R}/sweep/{{arm}}/seed{{seed}}.json", arm=SWEEP_ARMS, seed=SEEDS)}
-
-
-def checkpoint_param(wildcards):
-    return checkpoint_dir(wildcards) or None
 
 
 def trained_checkpoints(wildcards=None):

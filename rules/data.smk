@@ -60,7 +60,6 @@ rule data_report:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("data_report"),
-        model_dir=model_dir_param,
     conda:
         "../envs/mmie.yaml"
     script:

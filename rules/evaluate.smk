@@ -24,8 +24,6 @@ rule evaluate:
     params:
         failed=failure_token("evaluate"),
         settings=job_settings("evaluate"),
-        model_dir=model_dir_param,
-        checkpoint=checkpoint_param,
     conda:
         "../envs/mmie.yaml"
     script:

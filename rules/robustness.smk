@@ -33,8 +33,6 @@ rule attack:
     params:
         failed=failure_token("attack"),
         settings=job_settings("attack"),
-        model_dir=model_dir_param,
-        checkpoint=checkpoint_param,
         workdir=lambda w: f"{R}/{w.arm}/seed{w.seed}/robustness/.quantize",
     conda:
         "../envs/mmie.yaml"
@@ -58,8 +56,6 @@ use rule attack as attack_seeded with:
     params:
         failed=failure_token("attack_seeded"),
         settings=job_settings("attack_seeded"),
-        model_dir=model_dir_param,
-        checkpoint=checkpoint_param,
         workdir=lambda w: f"{R}/{w.arm}/seed{w.seed}/robustness/.quantize",
 
 

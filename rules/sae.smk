@@ -18,7 +18,6 @@ checkpoint select_layers:
         gpu=1,
     params:
         settings=job_settings("select_layers"),
-        model_dir=model_dir_param,
         judge_cache=config["judge"]["cache_dir"],
     conda:
         "../envs/mmie.yaml"
@@ -46,7 +45,6 @@ rule cache_activations:
         gpu=1,
     params:
         settings=job_settings("cache_activations"),
-        model_dir=model_dir_param,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -97,7 +95,6 @@ rule select_features:
     params:
         failed=failure_token("select_features"),
         settings=job_settings("select_features"),
-        model_dir=model_dir_param,
     conda:
         "../envs/mmie.yaml"
     script:
@@ -125,7 +122,6 @@ rule sweep_gate:
     params:
         failed=failure_token("sweep_gate"),
         settings=job_settings("sweep_gate"),
-        model_dir=model_dir_param,
     conda:
         "../envs/mmie.yaml"
     script:

@@ -25,7 +25,6 @@ rule train:
     params:
         failed=failure_token("train"),
         settings=job_settings("train"),
-        model_dir=model_dir_param,
     conda:
         "../envs/mmie.yaml"
     script:

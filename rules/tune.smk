@@ -24,7 +24,6 @@ rule tune:
     params:
         failed=failure_token("tune"),
         settings=job_settings("tune"),
-        model_dir=model_dir_param,
         seed=SEEDS[0],
     conda:
         "../envs/mmie.yaml"

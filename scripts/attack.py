@@ -5,7 +5,7 @@ from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
 from mmie.failures import outcome  # noqa: E402
-from mmie.jobs import cfg_of, robustness  # noqa: E402
+from mmie.jobs import cfg_of, optional_input, robustness  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
@@ -14,7 +14,8 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 with outcome(snakemake) as run:
     if run:
         i, p = snakemake.input, snakemake.params
-        args = (snakemake.wildcards.arm, int(snakemake.wildcards.seed), p.model_dir, p.checkpoint, list(snakemake.output))
+        args = (snakemake.wildcards.arm, int(snakemake.wildcards.seed), optional_input(i, "model"),
+                optional_input(i, "checkpoint"), list(snakemake.output))
         kwargs = dict(forget_set=i.forget_set, retain_set=i.retain_set, splits=list(i.splits), detector=i.detector,
                       workdir=p.workdir, assets=dict(i.items()), method_files=list(i.method_files))
         if snakemake.rule == "attack":

@@ -4,10 +4,10 @@ delegate()  # a warm process with torch imported runs this script when one is up
 from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
-from mmie.jobs import cfg_of, sae  # noqa: E402
+from mmie.jobs import cfg_of, optional_input, sae  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
-sae.cache_activations(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.params.model_dir,
+sae.cache_activations(cfg_of(snakemake), int(snakemake.wildcards.layer), optional_input(snakemake.input, "model"),
                       list(snakemake.input.splits), snakemake.output.acts, snakemake.output.directions,
                       snakemake.output.meta)

@@ -5,7 +5,7 @@ from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
 from mmie.failures import outcome  # noqa: E402
-from mmie.jobs import cfg_of, evaluate  # noqa: E402
+from mmie.jobs import cfg_of, evaluate, optional_input  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
@@ -16,7 +16,7 @@ with outcome(snakemake) as run:
         i, o = snakemake.input, snakemake.output
         files = evaluate.EvaluateFiles(
             eval_sets=list(i.eval_sets), generations=list(o.generations), manifest=o.manifest,
-            model=snakemake.params.model_dir, checkpoint=snakemake.params.checkpoint,
+            model=optional_input(i, "model"), checkpoint=optional_input(i, "checkpoint"),
             method_files=list(i.method_files), mia=list(i.mia), mia_out=o.mia, fluency=list(i.fluency),
             named=dict(i.items()))
         evaluate.evaluate(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), files)

@@ -5,7 +5,7 @@ from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
 from mmie.failures import outcome  # noqa: E402
-from mmie.jobs import cfg_of, sae  # noqa: E402
+from mmie.jobs import cfg_of, optional_input, sae  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
@@ -13,6 +13,6 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 # one failed job is recorded and every other arm goes on (mmie/failures.py)
 with outcome(snakemake) as run:
     if run:
-        sae.select_features(cfg_of(snakemake), int(snakemake.wildcards.layer), snakemake.params.model_dir,
+        sae.select_features(cfg_of(snakemake), int(snakemake.wildcards.layer), optional_input(snakemake.input, "model"),
                             list(snakemake.input.splits), snakemake.input.acts, snakemake.input.sae,
                             snakemake.output.features, snakemake.output.quality)

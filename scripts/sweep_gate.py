@@ -5,7 +5,7 @@ from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
 from mmie.failures import outcome  # noqa: E402
-from mmie.jobs import cfg_of, sae  # noqa: E402
+from mmie.jobs import cfg_of, optional_input, sae  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
@@ -14,5 +14,5 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 with outcome(snakemake) as run:
     if run:
         sae.sweep_gate(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed),
-                       snakemake.params.model_dir, list(snakemake.input.splits), snakemake.input.detector,
+                       optional_input(snakemake.input, "model"), list(snakemake.input.splits), snakemake.input.detector,
                        dict(snakemake.input.items()), snakemake.output[0])

@@ -5,7 +5,7 @@ from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
 from mmie.failures import outcome  # noqa: E402
-from mmie.jobs import cfg_of, train  # noqa: E402
+from mmie.jobs import cfg_of, optional_input, train  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
@@ -13,5 +13,5 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 # no grid point within the retain budget: recorded, the arm's training is blocked, every other arm goes on
 with outcome(snakemake) as run:
     if run:
-        train.tune(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.params.seed), snakemake.params.model_dir,
+        train.tune(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.params.seed), optional_input(snakemake.input, "model"),
                    list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None)

@@ -238,6 +238,20 @@ def cfg_of(snakemake, rule: str | None = None) -> JobConfig:
 
 
 # ----------------------------------------------------------------------------- declared paths
+def optional_input(inputs: Mapping, name: str) -> str | None:
+    """The path of a rule's named input that its input function may leave empty, or None: ``model``
+    (no folder for a hub model, which is read from the Hugging Face cache) and ``checkpoint`` (none
+    for an arm that is not trained and sits on no trained arm). ``inputs``: ``snakemake.input`` or a
+    mapping of the same names; an absent name, ``None`` or an empty list is None."""
+    value = inputs.get(name)
+    if value is None or isinstance(value, str | Path):
+        return str(value) if value else None
+    paths = list(value)
+    if len(paths) > 1:
+        raise ValueError(f"the rule's {name!r} input is {paths}: one path or none expected (rules/*.smk)")
+    return str(paths[0]) if paths else None
+
+
 def splits_by_role(paths) -> dict[tuple[str, str], str]:
     """A rule's declared split files keyed by (role, part) (``mmie.data.corpus.split_path`` in
     reverse; each is checked to round-trip through it)."""

@@ -92,7 +92,8 @@ class EvaluateFiles:
     files and ``mia_out`` the membership scores written from them, ``fluency`` the dev split files of
     every language (the human text of ``fluency_reference``), and ``named`` every named input (the
     layer assets of an edit arm: ``LayerAssets.from_inputs``). scripts/evaluate.py fills it from
-    ``snakemake.input``, ``snakemake.output`` and ``snakemake.params``."""
+    ``snakemake.input`` and ``snakemake.output`` (``model`` and ``checkpoint`` through
+    ``mmie.jobs.optional_input``)."""
     eval_sets: list[str]
     generations: list[str]
     manifest: str

@@ -213,6 +213,29 @@ def test_layer_assets_come_from_the_declared_inputs(tmp_path):
         LayerAssets.from_inputs({"sae3": "x"})
 
 
+def test_model_and_checkpoint_are_read_from_the_rules_inputs_never_repeated_as_params():
+    """A rule declares the model folder and the checkpoint once, as its named inputs ``model`` and
+    ``checkpoint``; no param repeats them and no script reads them from the params."""
+    for name, block in rule_blocks().items():
+        params = re.search(r"^    params:\n((?:        .*\n)+)", block, re.M)
+        text = params.group(1) if params else ""
+        assert not re.search(r"\b(model_dir|checkpoint_dir)\w*\b|^\s*(model_dir|checkpoint)=", text, re.M), name
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        assert not re.search(r"params\.(model_dir|checkpoint)\b", script.read_text()), script
+
+
+def test_an_empty_model_or_checkpoint_input_is_none():
+    """An input function's ``[]`` (a hub model, an arm with no checkpoint) and an absent input are
+    None; one path is that path; two are a miswired rule."""
+    from mmie.jobs import optional_input
+
+    assert optional_input({"model": []}, "model") is None and optional_input({}, "checkpoint") is None
+    assert optional_input({"model": "results/x/model"}, "model") == "results/x/model"
+    assert optional_input({"checkpoint": ["c/seed0"]}, "checkpoint") == "c/seed0"
+    with pytest.raises(ValueError, match="one path or none"):
+        optional_input({"model": ["a", "b"]}, "model")
+
+
 def test_every_script_hands_itself_to_the_warm_server_first():
     """A script's first statement is ``delegate()`` (mmie/forkserver.py): anything before it would
     run twice (in the client, then again in the warm fork), and a script without it always starts cold."""
