@@ -10,13 +10,21 @@ available the checks are skipped with a warning that says so, and the jobs check
 
 Module names come from instantiating the architecture on PyTorch's ``meta`` device (no weights, no
 memory); they are cached under ``.snakemake/mmie/`` by a hash of the architecture, so only the first
-dry run pays for the torch import."""
+dry run pays for the torch import.
+
+The checks run once per workflow run. Snakemake parses the Snakefile again in every job it submits
+to a cluster (``python -m snakemake`` on the node) and offers no public way to tell that parse from its
+main process; so the process that ran the checks leaves a mark in its environment
+(``MMIE_CHECKED``: a digest of the config and the working directory), the jobs it starts inherit it
+(SLURM's plugin submits with ``sbatch --export=ALL``), and a parse that finds the mark of its own config
+skips the checks (:func:`checked`). Without the mark a job checks again, as before."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 from mmie.errors import ConfigError
@@ -24,6 +32,8 @@ from mmie.errors import ConfigError
 log = logging.getLogger(__name__)
 CACHE = Path(".snakemake") / "mmie"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: the mark of a process that checked a config (see the module doc)
+CHECKED_ENV = "MMIE_CHECKED"
 
 
 def architecture(config: dict, workdir: str | Path = ".") -> tuple[dict | None, str]:
@@ -127,3 +137,20 @@ def check(config: dict, workdir: str | Path = ".", cache_dir: Path | None = None
                 raise ConfigError(f"arms.{arm}.targets: {missing} match no module of the model ({origin}); "
                                   f"module names include {', '.join(leaves)}")
     return {"checked": True, "origin": origin, "layers": n, "lora_targets": lora}
+
+
+def checked_key(config: dict, workdir: str | Path = ".") -> str:
+    """A digest of the (validated) config and the absolute working directory."""
+    blob = json.dumps({"workdir": str(Path(workdir).resolve()), "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checked(config: dict, workdir: str | Path = ".") -> bool:
+    """Whether the process that started this one (the workflow's main process, for a job's parse of
+    the Snakefile) already checked this config in this working directory."""
+    return os.environ.get(CHECKED_ENV) == checked_key(config, workdir)
+
+
+def mark_checked(config: dict, workdir: str | Path = ".") -> None:
+    """Leave the mark for the processes this one starts (after the checks passed)."""
+    os.environ[CHECKED_ENV] = checked_key(config, workdir)

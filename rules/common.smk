@@ -17,9 +17,11 @@ import mmie.failures as mfailures
 
 mcfg.refuse_renamed(config)  # a key of an older mmie: the message names its new name
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
-mcfg.check(config)  # relative data paths are relative to the working directory
-numerics.apply(config)  # portable CPU numerics: in the environment before any job imports torch
-preflight.check(config)  # layer indices and LoRA targets against the model's architecture
+numerics.apply(config)  # portable CPU numerics: in the environment before any job imports torch (every parse)
+if not preflight.checked(config):  # once per run: a cluster job's parse of this file skips them (mmie/preflight.py)
+    mcfg.check(config)  # relative data paths are relative to the working directory
+    preflight.check(config)  # layer indices and LoRA targets against the model's architecture
+    preflight.mark_checked(config)
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     # jobs import mmie from this workflow's folder: the environment of envs/ does not install it
     os.environ.update(PYTHONPATH=mcfg.with_workflow_on_path(workflow.basedir))

@@ -73,16 +73,21 @@ def test_an_unknown_architecture_source_is_skipped_with_the_reason(tmp_path):
     assert not out["checked"] and "no config.json" in out["why"]
 
 
-def test_dry_run_stops_on_a_bad_layer(tmp_path):
-    from tests.conftest import reduced_config
-
-    path = reduced_config(tmp_path)
-    path.write_text(path.read_text() + "\n")
+def bad_layer_config(workdir):
+    """The reduced config with a layer the demo model does not have."""
     import yaml
 
+    from tests.conftest import reduced_config
+
+    path = reduced_config(workdir)
     cfg = yaml.safe_load(path.read_text())
     cfg["layers"]["force_layers"] = [9]
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return path
+
+
+def test_dry_run_stops_on_a_bad_layer(tmp_path):
+    bad_layer_config(tmp_path)
     res = smk(tmp_path, "-n", check=False)
     assert res.returncode != 0 and "layers.force_layers: layers [9] do not exist" in res.stdout + res.stderr
 
@@ -92,3 +97,41 @@ def test_a_shipped_config_json_is_found_from_any_working_directory(tmp_path):
     assert out["checked"] and out["origin"] == "config/models/qwen2.5-1.5b-instruct.json"
     with pytest.raises(ConfigError, match="model.config_json: file not found: nowhere.json"):
         preflight.check(qwen(config_json="nowhere.json"), tmp_path, cache_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- once per workflow run
+def test_the_mark_names_one_config_in_one_working_directory(cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv(preflight.CHECKED_ENV, raising=False)
+    assert not preflight.checked(cfg, tmp_path)
+    preflight.mark_checked(cfg, tmp_path)
+    assert preflight.checked(cfg, tmp_path)
+    other = copy.deepcopy(cfg)
+    other["seeds"] = [0]
+    assert not preflight.checked(other, tmp_path)
+    assert not preflight.checked(cfg, tmp_path / "elsewhere")
+
+
+def test_the_checks_leave_the_config_as_they_found_it(tmp_path):
+    """A job's parse computes the mark of its config before the checks would run, the main process
+    after they ran: the two agree only if the checks change nothing."""
+    from mmie.config import check
+
+    names = ["config.yaml", "config/qwen2.5-1.5b-a100.yaml", "config/gemma3-270m-cpu.yaml", "config/studies/forget-bn.yaml"]
+    for name in names:
+        cfg = load(ROOT / name)
+        before = copy.deepcopy(cfg)
+        check(cfg, ROOT)
+        preflight.check(cfg, ROOT, cache_dir=tmp_path)
+        assert cfg == before, name
+
+
+def test_a_parse_that_finds_the_mark_of_its_config_skips_the_checks(tmp_path, monkeypatch):
+    """What a cluster job's parse of the Snakefile does: the main process that checked this config
+    in this working directory left its mark in the job's environment. Another mark checks again."""
+    path = bad_layer_config(tmp_path)
+    monkeypatch.setenv(preflight.CHECKED_ENV, preflight.checked_key(load(path), tmp_path))
+    res = smk(tmp_path, "-n", check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    monkeypatch.setenv(preflight.CHECKED_ENV, preflight.checked_key(load(path), tmp_path / "elsewhere"))
+    res = smk(tmp_path, "-n", check=False)
+    assert res.returncode != 0 and "layers.force_layers: layers [9] do not exist" in res.stdout + res.stderr
