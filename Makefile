@@ -42,6 +42,8 @@ report: setup
 lint: setup
 	$(BIN)/ruff check mmie scripts tests benchmarks
 	$(BIN)/snakemake --lint
+	$(BIN)/mypy
+	$(BIN)/snakefmt --check Snakefile rules/
 
 test: lint
 	$(BIN)/python -m pytest tests
