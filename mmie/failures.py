@@ -206,7 +206,8 @@ def split(paths: list[str]) -> tuple[list[str], list[dict]]:
     """``paths`` (per-(arm, seed, set) files: ``<arm>/seed<k>/<set>/<file>``) into the real outputs and
     the failed (arm, seed) units: one row per unit with the failed job (the origin, when the unit was
     blocked by an upstream failure), its error and log, and the sets it cost."""
-    ok, failed = [], {}
+    ok: list[str] = []
+    failed: dict[tuple[str, int], dict] = {}
     for path in paths:
         info = stub_of(path)
         if info is None:

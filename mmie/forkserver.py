@@ -357,8 +357,9 @@ def _supervise(conn: socket.socket) -> None:
             os.close(fd)
         conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
         pidfd = os.pidfd_open(pid)
+        watched: list[int | socket.socket] = [pidfd, conn]
         while True:
-            readable, _, _ = select.select([pidfd, conn], [], [])
+            readable, _, _ = select.select(watched, [], [])
             if pidfd in readable:
                 break
             if conn.recv(1, socket.MSG_PEEK) == b"":  # the client is gone

@@ -8,6 +8,7 @@ marks a block that needs the base model and fails inside ``active()`` (the rule:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ def resolve_spec(spec: dict) -> dict:
     return {**defaults, **{k: v for k, v in spec.items() if v is not None}}
 
 
-def arm_layers(config: dict, spec: dict, selected: list[int] | None = None) -> list[int]:
+def arm_layers(config: Mapping, spec: dict, selected: list[int] | None = None) -> list[int]:
     """Layers of a layer-based arm: its own ``layers``, else the selected layers (layer selection's
     artifact, which holds ``layers.force_layers`` when those are set)."""
     layers = spec.get("layers") or selected or config["layers"]["force_layers"]
@@ -83,14 +84,14 @@ def build(name: str, spec: dict, loaded, checkpoint: str | None = None, *, confi
                                        config=config, seed=seed, assets=assets, files=tuple(map(str, files))))
 
 
-def create_adapter(config: dict, spec: dict, model, selected: list[int] | None = None):
+def create_adapter(config: Mapping, spec: dict, model, selected: list[int] | None = None):
     """A fresh, trainable adapter for a trained arm (call after seeding); ``selected``: the layers
     layer selection chose (the default of a method that reads them)."""
     from mmie.arms.methods import method
 
     spec = resolve_spec(spec)
     declared = method(spec["method"])
-    if not declared.trains:
+    if not declared.trains or declared.create is None:   # a trained method has `create` (Method checks it)
         raise ConfigError(f"method {spec['method']!r} is not trained")
     layers = arm_layers(config, spec, selected) if declared.needs_selection(spec) or spec.get("layers") else None
     return declared.create(spec, model, layers)

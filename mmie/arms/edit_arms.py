@@ -118,7 +118,7 @@ def gate_edit(config: dict, spec: dict, model, assets: LayerAssets, layer: int, 
     return edits.sae_gate(enc, chosen, **g), {"features": chosen, **g, "feature_method": feats.get("method")}
 
 
-def layer_edits(config: dict, spec: dict, model, assets: LayerAssets, seed: int, *, alpha: float | None = None,
+def layer_edits(config: Mapping, spec: dict, model, assets: LayerAssets, seed: int, *, alpha: float | None = None,
                 method: str | None = None, fingerprint: str | None = None) -> tuple[dict, dict]:
     """The edit per layer of an edit arm (its method's ``edit``), and what it used (recorded in the
     manifest). ``method``: another edit method on the same layers (the sweep's random control);

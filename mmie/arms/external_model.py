@@ -43,6 +43,7 @@ def check_spec(name: str, spec: dict, workdir: str | Path = ".", method: str = "
     if adapter is not None:
         adapter_files(name, adapter, workdir)
         return
+    assert model is not None   # exactly one of the two is given
     source = model.get("source")
     if source == "hub":
         if not (model.get("id") and model.get("revision")):
@@ -171,6 +172,7 @@ def build(name: str, spec: dict, loaded, checkpoint=None, method: str = "externa
     from mmie.arms import Arm
 
     check_spec(name, spec, method=method)
+    adapter: PeftExternal | ModelSwitch
     if spec.get("adapter"):
         adapter, details = load_adapter(name, spec["adapter"], loaded)
     else:

@@ -91,8 +91,10 @@ class LoraAdapter(Switch):
         from peft import set_peft_model_state_dict
 
         res = set_peft_model_state_dict(self.model, state)
-        if res.unexpected_keys:
-            raise ModelError(f"LoRA state has unexpected keys: {sorted(res.unexpected_keys)[:5]}")
+        # peft annotates the result as `namedtuple`; it is torch's load_state_dict result
+        unexpected = res.unexpected_keys  # type: ignore[attr-defined]
+        if unexpected:
+            raise ModelError(f"LoRA state has unexpected keys: {sorted(unexpected)[:5]}")
 
     def _live_tensors(self) -> dict[str, torch.Tensor]:
         named = dict(self.model.named_parameters()) | dict(self.model.named_buffers())

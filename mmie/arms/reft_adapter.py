@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,6 +61,7 @@ class ReftAdapter(Switch):
         """Start as the identity: the learned source equals the projection it replaces, with zero bias
         (LoReFT: W = R^T, b = 0, so R^T(Wh + b − Rh) = 0). pyreft's random start perturbs models with
         large residual streams (Gemma) far outside the retain budget before the first step."""
+        module: Any   # a pyreft intervention (untyped; torch types its sub-layers as Tensor | Module)
         with torch.no_grad():
             for module in self.interventions.values():
                 proj = module.rotate_layer.weight.T if self.kind == "loreft" else module.proj_layer.weight

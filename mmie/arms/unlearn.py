@@ -50,6 +50,8 @@ def _combine(objective: Objective, parts: dict[str, torch.Tensor], names=None) -
     for name in objective.spec if names is None else names:
         part = objective.spec[name].weight * parts[name]
         loss = part if loss is None else loss + part
+    if loss is None:
+        raise ValueError("no objective terms to combine")
     return loss
 
 
@@ -110,6 +112,7 @@ def step_gradients(objective: Objective, model, adapter, params: list[torch.Tens
         del values   # this micro-batch's graph goes before the next one's forward pass
     for k, term in outer.items():
         at = sums[k].clone().requires_grad_(True)
+        assert term.outer is not None   # outer holds the terms that have one
         (slope,) = torch.autograd.grad(term.outer(at), at)
         for p, g in zip(params, inner_grads[k], strict=True):
             if g is not None:
@@ -211,6 +214,7 @@ def train(model, adapter, pad_id: int, forget: list[list[int]], retain: list[lis
         kept: dict | None = None   # the initial state is no result (LoReFT is not even the identity at init)
         tokens, start, seconds_before, resumed_from = 0, 1, 0.0, None
     else:
+        assert resume is not None   # saved came from it
         adapter.load_resume_state(saved["adapter"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])

@@ -109,6 +109,7 @@ def fit_probe(train: tuple, dev: tuple, test: tuple, *, Cs: list[float], seed: i
         by_c[c] = acc
         if best is None or acc > best[0]:
             best = (acc, c, clf, converged)
+    assert best is not None   # Cs is not empty (checked above)
     dev_acc, c, clf, converged = best
     pred = clf.predict(Xte)
     correct = (pred == yte).astype(int)

@@ -175,6 +175,7 @@ def quantized_arm(arm_name: str, spec: dict, model_cfg: dict, model_dir: str | N
             how = ("the adapter merged into a full-precision copy (peft merge_and_unload), saved, reloaded "
                    "quantized; no base model behind it (reference() raises)")
         else:
+            assert edits is not None   # what == "inner"
             fns, prefix = edits
             arm = Arm(name=arm_name, method=spec["method"], model=loaded.model, details=details,
                       adapter=EditAdapter(loaded.model, fns, Merged(arm_name), skip_prefix=prefix))

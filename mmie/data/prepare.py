@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmie import io
@@ -101,7 +102,7 @@ def read_translations(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) ->
     return read_records(path, {"source": ok, "reference": ok}, "translations (data.translations)", max_line_bytes)
 
 
-def _load_role(config: dict, role: str, path: str, script: str | None) -> tuple[list[str], RoleReport]:
+def _load_role(config: Mapping, role: str, path: str, script: str | None) -> tuple[list[str], RoleReport]:
     data = config["data"]
     texts, rep = read_role_file(path, role, on_bad_line=data["on_bad_line"], clean_debris=data["clean_debris"],
                                 max_line_bytes=data["max_line_bytes"])
@@ -135,7 +136,7 @@ def _derive_romanized(forget: dict[str, list[str]], retain: list[str], scheme: s
     return parts, rep
 
 
-def prepare(config: dict, out_dir: str | Path, sets) -> dict:
+def prepare(config: Mapping, out_dir: str | Path, sets) -> dict:
     """Write everything under ``out_dir`` (results/<experiment>/data) and return the report. ``sets``:
     the evaluation sets to build, in order (``mmie.config.eval_sets(config)``).
 

@@ -60,6 +60,7 @@ def train(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, sp
         # the Hub's model card, in place of the placeholder peft's save_pretrained writes
         io.write_text(tmp / "README.md", model_card.render(manifest, config["model"],
                                                           peft=(tmp / "adapter_config.json").is_file()))
+    assert run.store is not None   # fit was given a resume folder
     run.store.clear()
 
 

@@ -21,6 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmie import io
 from mmie.errors import ConfigError, MMIEError
@@ -59,8 +60,11 @@ def cache_key(model: str, instr: str, items: list[str]) -> str:
     return hashlib.sha256(json.dumps([model, instr, items], ensure_ascii=False).encode()).hexdigest()
 
 
-def parse_scores(text: str, n: int) -> list[float]:
-    """Validate an answer: JSON object with a list of exactly ``n`` numbers in [0, 1]."""
+def parse_scores(text: str | None, n: int) -> list[float]:
+    """Validate an answer: JSON object with a list of exactly ``n`` numbers in [0, 1] (None: the SDK's
+    response had no text)."""
+    if text is None:
+        raise JudgeError("answer is not valid JSON: 'None'")
     try:
         obj = json.loads(text)
     except (json.JSONDecodeError, TypeError) as err:
@@ -128,8 +132,9 @@ class Judge:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.limiter = RateLimiter(self.rpm, self.cache_dir / ".ratelimit")
         # the SDK's own retry is off: ours honours Retry-After and bounds the total time
+        extra: dict[str, Any] = {"base_url": self.base_url} if self.base_url else {}
         opts = types.HttpOptions(timeout=int(self.timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1),
-                                 **({"base_url": self.base_url} if self.base_url else {}))
+                                 **extra)
         self._client = genai.Client(api_key=api_key(), http_options=opts)
         self._types = types
 
@@ -140,7 +145,7 @@ class Judge:
                    initial_delay_s=cfg["initial_delay_s"], max_delay_s=cfg["max_delay_s"],
                    max_total_s=cfg["max_total_s"], base_url=cfg.get("base_url"))
 
-    def _request(self, items: list[str]) -> str:
+    def _request(self, items: list[str]) -> str | None:
         from google.genai import errors
         from httpx2 import TransportError
 

@@ -58,7 +58,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 from mmie.errors import LIDError
 from mmie.lang.scripts import char_script, dominant_script, lexical_tokens, script_counts
@@ -138,7 +138,7 @@ class RomanizedDetector:
 
     @classmethod
     def train(cls, target_rom_texts: list[str], retain_texts: list[str], noise_texts: list[str] | None = None,
-              alpha: float = 0.5, n_max: int = 4, lexicons: dict[str, Iterable[str]] | None = None,
+              alpha: float = 0.5, n_max: int = 4, lexicons: Mapping[str, Iterable[str]] | None = None,
               lexicon_sources: dict[str, dict] | None = None) -> "RomanizedDetector":
         """``noise_texts`` default: ``synthetic_noise`` of the two classes' texts, as many as retain texts."""
         if not target_rom_texts or not retain_texts:
@@ -227,7 +227,7 @@ def general_words(code: str, top_n: int) -> list[str] | None:
 
 
 def fit_detector(lid_cfg: dict, languages: dict, train: dict[str, list[str]],
-                 romanized_train: list[str] = ()) -> RomanizedDetector:
+                 romanized_train: Sequence[str] = ()) -> RomanizedDetector:
     """The romanized detector and the lexicons from each configured language's train texts (``train``:
     code -> texts; target, retain and every neighbour) and natural romanized train texts. With
     ``lid.lexicon.general: wordfreq`` each lexicon also gets the language's most frequent words."""
@@ -502,7 +502,7 @@ class LID:
         if self.noise_on:
             lexicons = detector.lexicons if detector is not None else {}
             missing = sorted(set(self.label_script) - set(lexicons))
-            if missing:
+            if missing or detector is None:   # without a detector, missing names every label
                 raise LIDError(f"lid.noise.enabled needs a word lexicon of every label; the detector has none for "
                                f"{missing} (rerun the fit_lid rule, or set lid.noise.enabled: false)")
             by_script: dict[str, set] = {}
@@ -541,7 +541,7 @@ class LID:
         for tok in tokens:
             n = max(len(tok) - free, 0)
             total += n
-            scripts = {char_script(c) for c in tok} - {None}
+            scripts = {s for c in tok if (s := char_script(c)) is not None}
             if len(scripts) != 1 or not any(c.isalpha() for c in tok) or char_run_letters(tok):
                 continue
             (script,) = scripts

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmie.errors import ModelError
@@ -36,7 +37,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
                                    model_max_length=max_length, padding_side="left")
 
 
-def build_model(cfg: dict, tokenizer):
+def build_model(cfg: Mapping, tokenizer):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
@@ -98,7 +99,7 @@ def load_tokenizer(folder: str | Path):
                                    model_max_length=saved["model_max_length"], padding_side=saved["padding_side"])
 
 
-def train(cfg: dict, train_texts: list[str], heldout: dict[str, list[str]], out_dir: str | Path,
+def train(cfg: Mapping, train_texts: list[str], heldout: dict[str, list[str]], out_dir: str | Path,
           tokenizer=None) -> dict:
     """Train the model (and its tokenizer, on ``train_texts``, unless one is given), keep the state with
     the lowest mean held-out loss, save an HF folder. A given tokenizer (the oracle: the base model's) is
@@ -132,7 +133,7 @@ def train(cfg: dict, train_texts: list[str], heldout: dict[str, list[str]], out_
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(cfg["seed"])
-    best = (float("inf"), None, -1)
+    best: tuple[float, dict | None, int] = (float("inf"), None, -1)   # (mean held-out loss, state, step)
     history = []
     bad_evals = 0
     model.train()

@@ -8,6 +8,7 @@ the negative log-likelihood of its target tokens and their count, so perplexity 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from mmie.model.memory import in_batches
 
@@ -89,7 +90,7 @@ def right_pad(seqs: list[list[int]], pad_id: int, device):
 
 
 def kl_items(model, arm, pad_id: int, arm_context: list[int], targets: list[list[int]], *, batch_size: int = 16,
-             max_length: int = 256, desc: str = "token KL", base_context: list[int] = (),
+             max_length: int = 256, desc: str = "token KL", base_context: Sequence[int] = (),
              oom_log: list | None = None) -> list[dict]:
     """Per item: Σ over the target's predicted tokens of KL(p_base ‖ p_arm) and the token count.
 

@@ -191,7 +191,7 @@ def load_model(model_cfg: dict, demo_dir: str | None = None) -> LoadedModel:
     if model is None:
         raise ModelError(f"could not load {src['path']} with any attention backend: {attempts}")
     if device_map is None and quant is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers wraps PreTrainedModel.to with functools.wraps: mypy loses `self`
     model.eval()
     used = getattr(model.config, "_attn_implementation", None) or attempts[-1]["attn_implementation"]
     tok = load_tokenizer(src)

@@ -4,6 +4,7 @@ confidence intervals (Markdown)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -29,7 +30,7 @@ def unmeasurable(measurable: dict | None) -> set[str]:
     return {m for v in (measurable or {}).values() if not v["measurable"] for m in v["metrics"]}
 
 
-def cell(iv: pd.DataFrame, arm: str, set_name: str, metric: str, not_measurable: set[str] = frozenset()) -> str:
+def cell(iv: pd.DataFrame, arm: str, set_name: str, metric: str, not_measurable: set[str] | frozenset[str] = frozenset()) -> str:
     r = iv[(iv.arm == arm) & (iv.set == set_name) & (iv.metric == metric)]
     if r.empty:
         return "—"
@@ -80,7 +81,7 @@ def latex(table: pd.DataFrame, caption: str) -> str:
                            environment="table")
 
 
-def samples_html(config: dict, generations: dict[tuple[str, str], list[dict]], n: int) -> str:
+def samples_html(config: Mapping, generations: dict[tuple[str, str], list[dict]], n: int) -> str:
     """The first ``n`` prompts of every set with each arm's output side by side (the arm's first
     seed), so a reader sees what the numbers mean: Hindi, English, a neighbour language or noise."""
     import html
@@ -235,7 +236,7 @@ def lid_quality(report: dict) -> list[str]:
     return lines
 
 
-def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: dict,
+def page(iv: pd.DataFrame, gates: pd.DataFrame, decisions: dict, arms: list[str], sets: list[str], config: Mapping,
          selection: dict | None = None, measurable: dict | None = None, lid_report: dict | None = None,
          forget_quality: dict | None = None, tuning: list[dict] | None = None,
          failed: list[dict] | None = None, features: list[dict] | None = None,

@@ -93,7 +93,7 @@ def table(results: list[dict], *, n_boot: int, rng_seed: int, level: float, base
     return df
 
 
-def recovered_at(df: pd.DataFrame, attack: str, arm: str, threshold: float) -> tuple[object | None, list]:
+def recovered_at(df: pd.DataFrame, attack: str, arm: str, threshold: float) -> tuple[str | float | None, list]:
     """The weakest strength of ``attack`` at which ``arm``'s forget target rate (point estimate over its
     seeds) is >= threshold (None when none is), and the strengths measured, weakest first."""
     sub = df[(df["attack"] == attack) & (df["arm"] == arm) & (df["set"] == "forget") & (df["metric"] == "target_rate")]
@@ -125,6 +125,8 @@ def readings(df: pd.DataFrame, *, base: str | None, oracle: str | None, fraction
     if df.empty:
         return pd.DataFrame(columns=cols)
     arms = list(dict.fromkeys(df["arm"]))
+    value: float | str   # a row's "value" and "oracle": a number, or quantize's strength as measured
+    ref: float | str
 
     def rate(attack, arm, strength):
         sub = df[(df["attack"] == attack) & (df["arm"] == arm) & (df["set"] == "forget") & (df["metric"] == "target_rate")

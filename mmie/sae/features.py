@@ -36,6 +36,7 @@ from __future__ import annotations
 import bisect
 import logging
 import random
+from typing import Any
 
 import torch
 
@@ -377,7 +378,7 @@ def matched_random(feats: dict, seed: int, *, strata: int = CONTROL_STRATA) -> t
         drawn.append(rng.sample(members[k], min(quota[k], len(members[k]))))
     taken = {i for part in drawn for i in part}
     left = [[i for i in members[k] if i not in taken] for k in range(s)]
-    widened = []
+    widened: list[dict[str, Any]] = []
     for k in range(s):
         short = missing = quota[k] - len(drawn[k])
         if short <= 0:

@@ -5,6 +5,8 @@ in ``select_features``). Also the roles it never trains on and the seed every SA
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mmie.errors import DataError, SAEError
 
 # Roles the SAE is not trained on: gibberish is a control for feature selection, and the romanized
@@ -12,7 +14,7 @@ from mmie.errors import DataError, SAEError
 NOT_TRAINED_ON = ("gibberish", "forget_romanized")
 
 
-def sae_seed(config: dict) -> int:
+def sae_seed(config: Mapping) -> int:
     """The SAE is shared by every run seed: it is trained (and its features chosen) with the first."""
     return int(config["seeds"][0])
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def stability(scores: list[dict[int, float]], n_layers: int, floor: float, tol: 
             "stable": not below and not tie, "stability_floor": floor}
 
 
-def forced(config: dict) -> dict:
+def forced(config: Mapping) -> dict:
     layers = [int(x) for x in config["layers"]["force_layers"]]
     return {"forced": True, "layers": layers, "reason": "layers.force_layers is set: selection bypassed",
             "candidates": None, "resamples": [], "votes": {}, "frequency": {}, "mean_scores": {},
@@ -122,7 +123,7 @@ def halves(n: int, fraction: float, rng: np.random.Generator) -> tuple[list[int]
     return sorted(int(i) for i in perm[:k]), sorted(int(i) for i in perm[k:])
 
 
-def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
+def select(config: Mapping, lm, data: dict[str, list[str]], judge=None) -> dict:
     """Run the selection on a loaded model. ``data``: dev texts of roles ``target``, ``retain`` and
     ``neighbours``; ``judge``: a ``mmie.lang.judge.Judge`` when judge-assisted."""
     from mmie.model.generation import special_prefix
@@ -156,8 +157,8 @@ def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
             pooled=True, desc=f"pooled {role}").items()}
 
     # every target/retain dev text scored once without an edit; each resample sums its held half
-    seqs, skip = encode_texts(tok, data["target"] + data["retain"], act["max_length"])
-    seqs = {"target": seqs[:len(data["target"])], "retain": seqs[len(data["target"]):]}
+    encoded, skip = encode_texts(tok, data["target"] + data["retain"], act["max_length"])
+    seqs = {"target": encoded[:len(data["target"])], "retain": encoded[len(data["target"]):]}
     prefix = seqs["target"][0][:skip]
 
     def nll(role: str, idx: list[int]) -> tuple[list[float], list[int]]:
@@ -201,6 +202,7 @@ def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
             with edit_layer_outputs(model, {ly: ablate(direction)}, skip_prefix=special_prefix(tok)):
                 ablated = {role: sum(nll(role, held[role])[0]) for role in held}
                 if judge is not None:
+                    assert prompts is not None and dec is not None   # set above when there is a judge
                     chosen = [prompts[i] for i in held["target"]]
                     judged = judge.score([g["output"] for g in generate(model, tok, chosen, dec, seed=0,
                                                                         desc=f"judge r{r} L{ly}")])
@@ -210,6 +212,7 @@ def select(config: dict, lm, data: dict[str, list[str]], judge=None) -> dict:
                    "mass_lost_target": lost["target"], "mass_lost_retain": lost["retain"],
                    "causal": lost["target"] - lost["retain"]}
             if judge is not None:
+                assert judge_base is not None   # set above when there is a judge
                 base_rate = float(np.mean([judge_base[i] for i in held["target"]]))
                 if base_rate <= 0:
                     raise ModelError(f"layer selection: the judge finds no target language in the base model's "

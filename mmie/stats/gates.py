@@ -126,8 +126,8 @@ class Results:
                               f"(the crossed design needs the same prompts in every seed; rerun the evaluation)")
         if metric.startswith("lang_share_"):
             label = metric.removeprefix("lang_share_")
-            nums = [self._ordered(recs[s], "label") for s in seeds]
-            nums = [np.array([lab == label for lab in n], float) for n in nums]
+            labels = [self._ordered(recs[s], "label") for s in seeds]
+            nums = [np.array([lab == label for lab in n], float) for n in labels]
             return Sample(nums, [np.ones(len(n)) for n in nums], seeds=tuple(seeds)), None
         if metric not in RATIO_METRICS:
             return None, f"metric {metric} has no per-prompt form"
@@ -211,7 +211,7 @@ def auc_bootstrap(arm_rows, base_rows, n_boot: int, seed: int) -> tuple[np.ndarr
 # capability metrics: measurable on a model only when base itself beats chance at them (a metric base
 # cannot do is reported as "not measurable on this model", never gated or read as removal):
 # metric -> (set, the metrics it vouches for, chance level: a number or a per-prompt key whose mean is it)
-CAPABILITIES = {
+CAPABILITIES: dict[str, tuple[str, tuple[str, ...], str | float]] = {
     "yes_no_accuracy": ("yes_no", ("yes_no_accuracy", "yes_no_unparsed_share"), "yes_no_majority"),
     "comprehension_chrf_gain": ("comprehension", ("comprehension_chrf", "comprehension_chrf_gain"), 0.0),
 }
@@ -386,14 +386,15 @@ def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, l
     row = _blank_row(arm, gate, arm_seeds)
     metric, set_name = gate["metric"], gate["set"]
     kind, ref = gate_reference(gate, oracle)
+    ref_arm = ref if isinstance(ref, str) else ""   # the reference arm (kind "arm": ref is its name)
     row["reference"] = ref if kind == "arm" else f"constant {ref:g}"
-    ref_seeds = arm_seeds.get(ref, []) if kind == "arm" else []
+    ref_seeds = arm_seeds.get(ref_arm, []) if kind == "arm" else []
     if kind == "arm" and not ref_seeds:
         row["reason"] = f"missing metric: the reference arm {ref!r} is not part of this run"
         return row
     if metric in AUC_METRICS:
         arm_rows, reason = results.auc_rows(arm, metric, seeds)
-        ref_rows, reason_b = results.auc_rows(ref, metric, ref_seeds) if kind == "arm" else (None, None)
+        ref_rows, reason_b = results.auc_rows(ref_arm, metric, ref_seeds) if kind == "arm" else (None, None)
         if arm_rows is None or (kind == "arm" and ref_rows is None):
             row["reason"] = f"missing metric: {reason or reason_b}"
             return row
@@ -405,11 +406,11 @@ def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, l
         row["n_prompts"] = len(arm_rows[0][0]) + len(arm_rows[0][1])
     else:
         sa, reason = results.sample(arm, set_name, metric, seeds)
-        sb, reason_b = results.sample(ref, set_name, metric, ref_seeds) if kind == "arm" else (sa, None)
+        sb, reason_b = results.sample(ref_arm, set_name, metric, ref_seeds) if kind == "arm" else (sa, None)
         if sa is None or sb is None:
             row["reason"] = f"missing metric: {reason or reason_b}"
             return row
-        if kind == "arm" and results.ids(arm, set_name, seeds[0]) != results.ids(ref, set_name, ref_seeds[0]):
+        if kind == "arm" and results.ids(arm, set_name, seeds[0]) != results.ids(ref_arm, set_name, ref_seeds[0]):
             row["reason"] = (f"cannot compare with {ref}: {arm} and {ref} were evaluated on different {set_name} "
                              f"prompts (rerun both evaluations on the same prepared data)")
             return row
@@ -421,7 +422,8 @@ def evaluate_gate(results: Results, arm: str, gate: dict, arm_seeds: dict[str, l
             pa = sa.point()
         row["n_prompts"] = sa.n_prompts
     if kind == "constant":
-        b, pb = np.full_like(a, ref, dtype=float), ref
+        b, pb = np.full_like(a, ref, dtype=float), float(ref)
+    assert b is not None   # auc_bootstrap leaves it None only without a reference arm: kind "constant", set above
     test = _from_reps(a, b, pa, pb, gate)
     margin = test["value"] - (test["base"] if test["kind"] == "within" else test["threshold"])
     row.update(value=test["value"], base=test["base"], threshold=test["threshold"], margin=margin)
@@ -483,13 +485,14 @@ def decide(results: Results, arms: list[str], gates: list[dict], arm_seeds: dict
     with verdict "not_configured" that the decision leaves out; ``mmie.config.gates_not_configured``);
     ``oracle``: the oracle arm, reference of ``reference: oracle`` gates."""
     seeded = seeded or default_seeded(arm_seeds)
+    not_configured = not_configured or {}
     rows, decisions = [], {}
     for arm in arms:
         if arm == "base":
             continue
         arm_rows = []
         for g in gates:
-            if sets is not None and g["set"] not in sets and g["name"] in (not_configured or {}):
+            if sets is not None and g["set"] not in sets and g["name"] in not_configured:
                 arm_rows.append({**_blank_row(arm, g, arm_seeds), "passed": None, "verdict": "not_configured",
                                  "reason": not_configured[g["name"]], "seeded": seeded[arm],
                                  "correction": cfg["correction"]})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from mmie.stats.text import extraction_strength, is_empty, is_repetitive, ngram_entropy, target_letters, yes_no
 
@@ -28,7 +28,7 @@ def _mean(values: list[float]) -> float:
 
 
 def compute_set_metrics(records: list[dict], info: SetInfo, lid: LID, *, target_script: str,
-                        romanization_scheme: str, yes_words: list[str] = (), no_words: list[str] = (),
+                        romanization_scheme: str, yes_words: Sequence[str] = (), no_words: Sequence[str] = (),
                         fluency_reference: dict[str, dict] | None = None, extraction: dict | None = None) -> dict:
     """Returns {"metrics": {...}, "per_prompt": {...}, "failures": {...}, "diagnostics": {...}}.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Callable
+from typing import Callable, Sequence
 
 from mmie.lang.scripts import script_counts, word_script
 
@@ -130,7 +130,7 @@ def auc(positive: list[float], negative: list[float]) -> float:
     return float(roc_auc_score([1] * len(positive) + [0] * len(negative), [*positive, *negative]))
 
 
-def yes_no(text: str, yes_words: list[str], no_words: list[str]) -> str | None:
+def yes_no(text: str, yes_words: Sequence[str], no_words: Sequence[str]) -> str | None:
     """The first whole-word yes/no answer in ``text`` ("yes", "no" or None). Whole words only:
     "know", "nothing" or "yesterday" are not answers. Word boundaries also hold for Indic scripts,
     whose vowel signs Python's \\b does not treat as word characters."""
