@@ -35,6 +35,7 @@ include: "rules/train.smk"
 include: "rules/tune.smk"
 include: "rules/evaluate.smk"
 include: "rules/robustness.smk"
+include: "rules/utility.smk"
 include: "rules/report.smk"
 
 

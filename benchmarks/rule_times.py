@@ -60,6 +60,10 @@ STARTUP_IMPORTS = {
                        "sklearn.linear_model"],
     "attack_seeded": MODEL + ["mmie.arms", "mmie.jobs.robustness", "mmie.attacks.relearn", "mmie.lang.lid"],
     "robustness": ["mmie.report.robustness", "mmie.report.plots"],
+    # utility through lm-evaluation-harness (rules/utility.smk): the arm as evaluate, plus lm-eval
+    "utility": MODEL + ["mmie.arms", "mmie.jobs.utility", "mmie.model.harness", "lm_eval",
+                        "lm_eval.models.huggingface"],
+    "utility_table": ["mmie.report.utility"],
 }
 
 

@@ -1,6 +1,6 @@
 """Recorded job failures: one failed (arm, seed) never costs the other arms' tables (docs/running.md).
 
-A *tolerant* job (tune, train, evaluate, score, judge, attack, sweep_gate, train_sae, select_features,
+A *tolerant* job (tune, train, evaluate, score, judge, attack, utility, sweep_gate, train_sae, select_features,
 build_oracle_model: the jobs of one arm or one layer) runs its work inside ``outcome(snakemake)``:
 
 - When the work raises, the error and its traceback go to the job's log, a **failure record**

@@ -303,6 +303,25 @@ def robustness_if_run(wildcards=None):
     return f"{R}/summary/robustness_readings.csv" if ATTACK_RUNS else []
 
 
+# utility through lm-evaluation-harness (rules/utility.smk): one job per (arm, seed) when utility.tasks is set
+UTILITY_TASKS = list(config["utility"]["tasks"])
+
+
+def utility_results(wildcards=None):
+    """Every (arm, seed) utility result (a seed-independent arm only at the first seed, as its evaluation)."""
+    if not UTILITY_TASKS:
+        return []
+    return [f"{R}/{arm}/seed{seed}/utility.json" for arm in ARMS for seed in mcfg.arm_seeds(config, arm)]
+
+
+def utility_task_files(wildcards=None):
+    """The files of utility.include_path (the user's lm-eval task YAMLs and their data): a change reruns the jobs."""
+    folder = config["utility"]["include_path"]
+    if not folder:
+        return []
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
 def final_outputs():
     out = [f"{R}/summary/samples.html", f"{R}/summary/headline.tex", f"{R}/summary/metrics_long.csv", f"{R}/summary/summary.csv", f"{R}/summary/summary.md",
            f"{R}/summary/gates.csv", f"{R}/summary/decisions.json", f"{R}/summary/results.md",
@@ -316,6 +335,8 @@ def final_outputs():
         out.append(f"{R}/export")
     if config["tracking"]["backend"] != "none":
         out.append(f"{R}/tracking/tracked.json")
+    if UTILITY_TASKS:
+        out.append(f"{R}/summary/utility.csv")
     return out
 
 

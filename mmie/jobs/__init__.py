@@ -36,7 +36,7 @@ from mmie.config import lookup
 from mmie.errors import ConfigError
 
 #: the job modules, one per rules file
-MODULES = ("data", "model", "sae", "train", "evaluate", "robustness", "report")
+MODULES = ("data", "model", "sae", "train", "evaluate", "robustness", "utility", "report")
 #: what ``mmie.config.eval_sets`` (the evaluation sets and their order) reads
 EVAL_SETS = ("languages", "data.mixed", "data.adversarial", "data.yes_no", "data.translations", "eval.comprehension")
 
