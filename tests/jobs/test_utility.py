@@ -58,6 +58,11 @@ def test_the_job_runs_lm_eval_with_the_arm_switched_on(demo_config, model_dir, t
     for arm in ("base", "lb", "prompt"):
         utility.utility(cfg, arm, 0, str(model_dir), str(tmp_path / arm / "utility.json"), task_files=files)
         out[arm] = io.read_json(tmp_path / arm / "utility.json")
+    import jsonschema
+
+    schema = yaml.safe_load((ROOT / "config" / "results.schema.yaml").read_text())
+    for res in out.values():
+        jsonschema.validate(res, {"$ref": "#/$defs/utility_json", "$defs": schema["$defs"]})
     base, lb = out["base"], out["lb"]
     assert lb["method"] == "logit_bias" and lb["arm_details"]["bias"] == -50.0
     for res in out.values():
