@@ -140,3 +140,30 @@ def test_utility_is_planned_only_when_tasks_are_set(tmp_path):
     out = res.stdout + res.stderr
     assert "results/t/lora/seed1/utility.json" in out and "results/t/base/seed1/utility.json" not in out
     assert str(TASKS / "tiny_mc.jsonl") in out
+
+
+def test_the_workflow_runs_utility_jobs_and_the_table(model_dir, tmp_path, monkeypatch):
+    """The rule, its script and the table through Snakemake on a local tiny model (no upstream job: base
+    and logit_bias need only the model folder); a failed job is recorded and left out of the table, and
+    the next call reruns it."""
+    import pandas as pd
+
+    cfg = yaml.safe_load(reduced_config(tmp_path).read_text())
+    cfg["model"] = {"source": "local", "path": str(model_dir)}
+    cfg["arms"] = {"base": {"method": "base"}, "lb": {"method": "logit_bias", "bias": -50.0}}
+    cfg["robustness"] = {"attacks": []}
+    cfg["utility"] = {"tasks": ["mmie_tiny_hi"], "include_path": str(TASKS), "bootstrap_iters": 100, "limit": 4}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    r = tmp_path / "results" / "t"
+    monkeypatch.setenv("MMIE_FAULT", "utility:lb:0")
+    smk(tmp_path, "results/t/summary/utility.csv")
+    assert pd.read_csv(r / "summary" / "utility.csv").arm.tolist() == ["base"]
+    assert (r / "failures" / "utility").is_dir() and "mmie_failed" in io.read_json(r / "lb" / "seed0" / "utility.json")
+    monkeypatch.delenv("MMIE_FAULT")
+    smk(tmp_path, "results/t/summary/utility.csv")
+    df = pd.read_csv(r / "summary" / "utility.csv")
+    assert list(zip(df.arm, df.task, df.metric, df.n, strict=True)) == [("base", "mmie_tiny_hi", "acc", 4),
+                                                                       ("lb", "mmie_tiny_hi", "acc", 4)]
+    assert df[df.arm == "lb"].value.iloc[0] == 0.0 and (r / "logs" / "utility" / "lb" / "seed0.log").is_file()
+    assert (r / "benchmarks" / "utility" / "base" / "seed0.tsv").is_file()
+    assert io.read_json(r / "lb" / "seed0" / "utility.json")["provenance"]["rule"] == "utility"
