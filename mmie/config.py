@@ -215,6 +215,10 @@ def check(config: dict, workdir: str | Path = ".") -> None:
     if "base" not in config["arms"] or config["arms"]["base"]["method"] != "base":
         raise ConfigError("arms: an arm named 'base' with method 'base' is required (every comparison is against it)")
     check_gates(config)
+    folder = (config.get("utility") or {}).get("include_path")
+    if folder and not (workdir / folder).is_dir():
+        raise ConfigError(f"utility.include_path: folder not found: {folder} (the folder of your own lm-eval task "
+                          f"YAMLs; relative paths are relative to the working directory, snakemake -d)")
 
 
 def validate_arm(arm: str, spec: dict) -> None:

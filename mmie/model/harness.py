@@ -37,14 +37,14 @@ def offline() -> Iterator[None]:
     os.environ.update(OFFLINE_ENV)
     patched = []
     for module, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
-                         ("datasets.config", "HF_DATASETS_OFFLINE"), ("transformers.utils.hub", "_is_offline_mode")):
+                         ("datasets.config", "HF_DATASETS_OFFLINE")):
         import importlib
         import sys
 
         if module.split(".")[0] not in sys.modules:
             continue   # imported later: reads the environment set above
         mod = importlib.import_module(module)
-        if hasattr(mod, attr):
+        if isinstance(getattr(mod, attr, None), bool):
             patched.append((mod, attr, getattr(mod, attr)))
             setattr(mod, attr, True)
     try:

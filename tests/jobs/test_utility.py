@@ -91,6 +91,30 @@ def test_the_job_runs_lm_eval_with_the_arm_switched_on(demo_config, model_dir, t
     assert set(df.metric) == {"acc", "acc_norm"} and len(df) == 2 * 3
 
 
+def test_offline_switches_the_hugging_face_libraries_off_the_network_and_back(monkeypatch):
+    import os
+
+    import datasets.config
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    before = (huggingface_hub.is_offline_mode(), datasets.config.HF_HUB_OFFLINE)
+    with harness.offline():
+        assert huggingface_hub.is_offline_mode() and datasets.config.HF_HUB_OFFLINE
+        assert datasets.config.HF_DATASETS_OFFLINE and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert (huggingface_hub.is_offline_mode(), datasets.config.HF_HUB_OFFLINE) == before
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_a_missing_task_folder_is_a_config_error(demo_config):
+    from mmie.config import check
+    from mmie.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"utility.include_path: folder not found: no/such/tasks"):
+        check(config_with(demo_config, include_path="no/such/tasks"), ROOT)
+    check(config_with(demo_config, include_path="tests/fixtures/lm_eval"), ROOT)
+
+
 def test_a_task_that_needs_a_download_fails_naming_it(tmp_path):
     folder = tmp_path / "tasks"
     folder.mkdir()
