@@ -54,7 +54,10 @@ def utility(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, 
         "lm_eval": {"version": metadata.version("lm_eval"), "tasks": list(u["tasks"]), "limit": u["limit"],
                     "num_fewshot": u["num_fewshot"], "batch_size": u["batch_size"],
                     "bootstrap_iters": u["bootstrap_iters"], "include_path": u["include_path"],
-                    "system_instruction": arm.system, "configs": harness.configs(result)},
+                    "system_instruction": arm.system,
+                    "seeds": {k: result.get("config", {}).get(k)
+                              for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")},
+                    "configs": harness.configs(result)},
         "seconds": round(time.time() - t0, 1),
         "provenance": provenance.build(config, seed=seed, runtime=lm.runtime, rule="utility", inputs=list(task_files)),
     })

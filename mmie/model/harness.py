@@ -140,7 +140,10 @@ def run(model, tokenizer, tasks: Sequence[str], *, include_paths: Sequence[str] 
         bootstrap_iters: int = 100000, log_samples: bool = False, system_instruction: str | None = None) -> dict:
     """lm-eval's ``simple_evaluate`` of ``tasks`` on ``model`` as it is now (the caller switches an arm
     on around this call), offline. Returns lm-eval's result dict. ``bootstrap_iters``: lm-eval's
-    resamples for the standard error of a metric without a closed form (its default, 100000)."""
+    resamples for the standard error of a metric without a closed form (its default, 100000). lm-eval's
+    own seeds of document order and few-shot sampling stay at its defaults, so every arm and seed sees
+    the same prompts (and lm-eval's published runs did too); ``seed`` is torch's (a generation task's
+    sampling)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -150,8 +153,8 @@ def run(model, tokenizer, tasks: Sequence[str], *, include_paths: Sequence[str] 
     with offline():
         result = lm_eval.simple_evaluate(
             model=lm, tasks=objs, task_manager=tm, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
-            bootstrap_iters=bootstrap_iters, log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed, system_instruction=system_instruction)
+            bootstrap_iters=bootstrap_iters, log_samples=log_samples, torch_random_seed=seed,
+            system_instruction=system_instruction)
     if result is None:
         raise HarnessError("lm_eval.simple_evaluate returned nothing (not rank 0?)")
     return result

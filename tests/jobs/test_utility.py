@@ -78,6 +78,8 @@ def test_the_job_runs_lm_eval_with_the_arm_switched_on(demo_config, model_dir, t
     assert out["prompt"]["lm_eval"]["system_instruction"] == "Respond only in English."
     assert out["prompt"]["items"]["mmie_tiny_mc"]["loglikelihoods"] != base["items"]["mmie_tiny_mc"]["loglikelihoods"]
     assert base["lm_eval"]["system_instruction"] is None
+    # lm-eval's few-shot and order seeds are its defaults for every arm and seed; torch's is the run's
+    assert base["lm_eval"]["seeds"] == {"random_seed": 0, "numpy_seed": 1234, "torch_seed": 0, "fewshot_seed": 1234}
 
     from mmie.jobs.utility import utility_table
 
