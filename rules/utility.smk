@@ -23,8 +23,6 @@ rule utility:
     params:
         failed=failure_token("utility"),
         settings=job_settings("utility"),
-        model_dir=model_dir_param,
-        checkpoint=checkpoint_param,
     conda:
         "../envs/mmie.yaml"
     script:

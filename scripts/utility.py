@@ -5,7 +5,7 @@ from mmie.logs import setup  # noqa: E402
 
 setup(snakemake.log[0])
 from mmie.failures import outcome  # noqa: E402
-from mmie.jobs import cfg_of, utility  # noqa: E402
+from mmie.jobs import cfg_of, optional_input, utility  # noqa: E402
 from mmie.model.loading import setup_job  # noqa: E402
 
 setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.config, snakemake.config["model"]["device"])
@@ -13,7 +13,7 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 # one failed job is recorded and every other arm goes on (mmie/failures.py)
 with outcome(snakemake) as run:
     if run:
-        i, p = snakemake.input, snakemake.params
-        utility.utility(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), p.model_dir,
-                        snakemake.output[0], p.checkpoint, assets=dict(i.items()), method_files=list(i.method_files),
-                        task_files=list(i.tasks))
+        i = snakemake.input
+        utility.utility(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed),
+                        optional_input(i, "model"), snakemake.output[0], optional_input(i, "checkpoint"),
+                        assets=dict(i.items()), method_files=list(i.method_files), task_files=list(i.tasks))
