@@ -14,7 +14,7 @@ from mmie.stats.sets import SetInfo
 FIXED_SETS = ("forget", "retain", "romanized", "mixed", "adversarial", "comprehension", "yes_no")
 
 
-def eval_sets(config: dict) -> list[SetInfo]:
+def eval_sets(config: Mapping) -> list[SetInfo]:
     """Evaluation sets in report order (docs/method.md §11 names)."""
     lang = config["languages"]
     target, retain = lang["target"]["code"], lang["retain"]["code"]
@@ -34,18 +34,18 @@ def eval_sets(config: dict) -> list[SetInfo]:
     return sets
 
 
-def set_names(config: dict) -> list[str]:
+def set_names(config: Mapping) -> list[str]:
     return [s.name for s in eval_sets(config)]
 
 
-def set_info(config: dict, name: str) -> SetInfo:
+def set_info(config: Mapping, name: str) -> SetInfo:
     for s in eval_sets(config):
         if s.name == name:
             return s
     raise ConfigError(f"unknown evaluation set {name!r}; configured sets: {set_names(config)}")
 
 
-def is_seeded(config: dict, arm: str) -> bool:
+def is_seeded(config: Mapping, arm: str) -> bool:
     """Whether an arm's outputs depend on the seed: trained arms, seeded methods (the random-gate
     control draws its features from the seed), any arm sitting ``on:`` a trained arm, and every arm
     when generation samples (``generation.do_sample``). Every other arm is deterministic given the
@@ -56,7 +56,7 @@ def is_seeded(config: dict, arm: str) -> bool:
     return declared.trains or declared.seeded or bool(spec.get("on")) or bool(config["generation"]["do_sample"])
 
 
-def arm_groups(config: dict) -> dict[str, list[str]]:
+def arm_groups(config: Mapping) -> dict[str, list[str]]:
     """The workflow's arm lists, from the method declarations (``mmie/arms/methods``): ``trained``
     (a train job per seed), ``layer_arms`` (read the layer selection), ``sae`` (need each selected
     layer's SAE and features), ``sweep`` (a dose-response sweep: sweep methods not sitting on a trained arm)."""
@@ -73,12 +73,12 @@ def arm_groups(config: dict) -> dict[str, list[str]]:
     }
 
 
-def tuned_arms(config: dict) -> list[str]:
+def tuned_arms(config: Mapping) -> list[str]:
     """The trained arms with a ``train.tune`` grid (rule tune: one job each, before their train jobs)."""
     return [a for a in arm_groups(config)["trained"] if (config["arms"][a].get("train") or {}).get("tune")]
 
 
-def oracle_arm(config: dict) -> str | None:
+def oracle_arm(config: Mapping) -> str | None:
     """The arm whose method is ``oracle`` (the model that never learned the target language: the
     reference of membership inference), or None; ConfigError when several arms are oracles."""
     found = [a for a, spec in config["arms"].items() if spec["method"] == "oracle"]
@@ -88,14 +88,14 @@ def oracle_arm(config: dict) -> str | None:
     return found[0] if found else None
 
 
-def arm_seeds(config: dict, arm: str) -> list[int]:
+def arm_seeds(config: Mapping, arm: str) -> list[int]:
     """The seeds an arm is evaluated with: every configured seed for a seeded arm, the first
     configured seed only for a seed-independent one (evaluated once, reported as one run)."""
     seeds = [int(s) for s in config["seeds"]]
     return seeds if is_seeded(config, arm) else seeds[:1]
 
 
-def unevaluated_reason(config: dict, set_name: str) -> str:
+def unevaluated_reason(config: Mapping, set_name: str) -> str:
     """Why a known set is not part of this run (for a gate on it)."""
     why = {"mixed": "data.mixed is not set", "adversarial": "data.adversarial is not set",
            "yes_no": "data.yes_no is not set", "comprehension": "data.translations is not set or eval.comprehension.enabled is false",
@@ -111,7 +111,7 @@ def default_gates() -> list[dict]:
         return yaml.safe_load(fh)["properties"]["gates"]["default"]
 
 
-def gates_not_configured(config: dict) -> dict[str, str]:
+def gates_not_configured(config: Mapping) -> dict[str, str]:
     """Default gates follow the configured sets: a gate of the schema's defaults (same name, metric and
     set) on a set this study does not configure (no data.mixed, no neighbours, ...) is not part of the
     study — gate name -> why, reported as "not configured" and left out of the decision. A gate the
@@ -125,7 +125,7 @@ def gates_not_configured(config: dict) -> dict[str, str]:
             for g in config.get("gates", []) if g["set"] not in sets and (g["name"], g["metric"], g["set"]) in defaults}
 
 
-def check_gates(config: dict) -> None:
+def check_gates(config: Mapping) -> None:
     """Every gate names a known set and a metric that exists on it; names are unique. A gate on a set
     this run does not evaluate is allowed here and fails at the statistics step as "not evaluated" (a
     default gate on such a set is "not configured" there instead: ``gates_not_configured``)."""
@@ -164,7 +164,7 @@ def check_gates(config: dict) -> None:
                               f"with method 'oracle' or set the gate's 'fallback' (e.g. 0.5 for an AUC)")
 
 
-def raw_data_files(config: dict) -> dict[str, str]:
+def raw_data_files(config: Mapping) -> dict[str, str]:
     """role -> raw file path, for every configured input file."""
     data = config["data"]
     files = {role: data[role] for role in ("forget", "retain", "forget_romanized", "mixed", "adversarial",
@@ -174,7 +174,7 @@ def raw_data_files(config: dict) -> dict[str, str]:
     return files
 
 
-def check(config: dict, workdir: str | Path = ".") -> None:
+def check(config: Mapping, workdir: str | Path = ".") -> None:
     """Consistency checks beyond the schema; raised at `snakemake -n` time with the key named."""
     workdir = Path(workdir)
     lang = config["languages"]
@@ -247,7 +247,7 @@ def validate_arm(arm: str, spec: dict) -> None:
         raise ConfigError(f"{'.'.join(['arms', arm, *path])}: {error.message} (method {declared.name!r}{about})")
 
 
-def check_arm(config: dict, arm: str, spec: dict, workdir: Path) -> None:
+def check_arm(config: Mapping, arm: str, spec: dict, workdir: Path) -> None:
     """An arm's settings against its method's declaration (``mmie/arms/methods/<method>.py``): the
     declared settings (``validate_arm``), then the method's own check."""
     from mmie.arms.methods import method

@@ -53,7 +53,7 @@ def arm_layers(config: Mapping, spec: dict, selected: list[int] | None = None) -
     return [int(x) for x in layers]
 
 
-def base_arm(config: dict, name: str) -> str | None:
+def base_arm(config: Mapping, name: str) -> str | None:
     """The trained arm an edit arm sits on (``on:``), checked; None when it edits the base model."""
     from mmie.arms.methods import method, methods
 
@@ -69,7 +69,7 @@ def base_arm(config: dict, name: str) -> str | None:
     return on
 
 
-def build(name: str, spec: dict, loaded, checkpoint: str | None = None, *, config: dict | None = None,
+def build(name: str, spec: dict, loaded, checkpoint: str | None = None, *, config: Mapping | None = None,
           seed: int = 0, assets=None, files=()) -> Arm:
     """The arm ``name`` on a loaded model, built by its method's declaration. Edit arms need
     ``config``, ``seed`` and ``assets`` (``mmie.arms.edit_arms.LayerAssets``); an edit arm with

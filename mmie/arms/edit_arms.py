@@ -86,7 +86,7 @@ class LayerAssets:
         return self._gates[key]
 
 
-def gate_settings(config: dict, spec: dict) -> dict:
+def gate_settings(config: Mapping, spec: dict) -> dict:
     g = config["gate"]
     return {"alpha": spec.get("gate_alpha", g["alpha"]), "mode": spec.get("gate_mode", g["mode"]),
             "clamp": spec.get("gate_clamp", g["clamp"])}
@@ -105,7 +105,7 @@ def random_features(feats: dict, seed: int, layer: int) -> tuple[list[int], dict
     return matched_random(feats, seed)
 
 
-def gate_edit(config: dict, spec: dict, model, assets: LayerAssets, layer: int, fingerprint: str, chosen: list[int],
+def gate_edit(config: Mapping, spec: dict, model, assets: LayerAssets, layer: int, fingerprint: str, chosen: list[int],
               *, alpha: float | None = None) -> tuple:
     """The SAE gate of one layer on the latents ``chosen`` (sae_gate: the features file's; random_gate:
     the matched random draw), and what it used."""

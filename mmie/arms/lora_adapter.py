@@ -23,6 +23,9 @@ WEIGHTS = "adapter_model.safetensors"
 
 class LoraAdapter(Switch):
     method = "lora"
+    # set by a method that fixes its layers (rmu: its layer and the layers it updates); absent otherwise
+    layers: list[int]
+    updated_layers: list[int]
 
     def __init__(self, peft_model) -> None:
         self.model = peft_model

@@ -75,10 +75,19 @@ class BuildContext:
     spec: dict
     loaded: Any
     checkpoint: str | None = None
-    config: dict | None = None
+    config: Mapping[str, Any] | None = None
     seed: int = 0
     assets: Any = None
     files: tuple[str, ...] = ()        # the evaluation's inputs from the method's ``files`` (as the rule declares them)
+
+    def trained_checkpoint(self) -> str:
+        """The checkpoint folder a trained method loads; an error naming the arm when the job has none."""
+        if not self.checkpoint:
+            from mmie.errors import ConfigError
+
+            raise ConfigError(f"arm {self.name} ({self.spec.get('method')}) is trained but its job was given no "
+                              f"checkpoint: the rule's checkpoint input is miswired (rules/common.smk checkpoint_dir)")
+        return str(self.checkpoint)
 
 
 # The contracts of a method's functions (what the workflow calls, with what, and what it expects back).
@@ -103,14 +112,14 @@ class ObjectiveFactory(Protocol):
 
 
 class Editor(Protocol):
-    def __call__(self, config: dict, spec: dict, model: Any, assets: Any, layer: int, fingerprint: str, seed: int,
+    def __call__(self, config: Mapping[str, Any], spec: dict, model: Any, assets: Any, layer: int, fingerprint: str, seed: int,
                  alpha: float | None = None) -> Any:
         """The edit of one layer: ``(fn, details)`` with ``fn(hidden) -> hidden`` applied to the layer's
         output (``mmie.model.hooks.edit_layer_outputs``) and ``details`` recorded in the manifest."""
 
 
 class Checker(Protocol):
-    def __call__(self, arm: str, spec: dict, config: dict, workdir: Any) -> None:
+    def __call__(self, arm: str, spec: dict, config: Mapping[str, Any], workdir: Any) -> None:
         """Raise ``ConfigError`` naming ``arms.<arm>.<key>`` when the arm's settings cannot work."""
 
 

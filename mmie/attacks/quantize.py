@@ -28,6 +28,7 @@ What is merged, per method (``details["quantization"]``: ``merged``, ``how``, ``
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmie.arms.state import ArmStateError, Switch
@@ -71,7 +72,7 @@ class Merged(Switch):
                             f"base quantities on the base model (the base arm's own quantized load)")
 
 
-def plan(arm_name: str, spec: dict, config: dict | None) -> tuple[str | None, str | None]:
+def plan(arm_name: str, spec: dict, config: Mapping | None) -> tuple[str | None, str | None]:
     """What can be merged: ``("peft", None)`` (the arm's adapter), ``("inner", None)`` (the LoRA/RMU arm
     an edit arm sits on), or ``(None, why_not)``."""
     from mmie.arms import base_arm
@@ -127,7 +128,7 @@ def _free_memory() -> None:
 
 
 def quantized_arm(arm_name: str, spec: dict, model_cfg: dict, model_dir: str | None, checkpoint: str | None, *,
-                  bits: int, config: dict | None = None, seed: int = 0, assets=None, files=(), workdir: str):
+                  bits: int, config: Mapping | None = None, seed: int = 0, assets=None, files=(), workdir: str):
     """The arm ``arm_name`` on its model reloaded at ``bits`` (8 or 4). Returns ``(arm, loaded)``: an
     ``mmie.arms.Arm`` whose ``model`` is the quantized model, and the quantized ``LoadedModel``
     (its tokenizer and ``runtime``, for provenance). ``arm.details["quantization"]``: ``bits``,

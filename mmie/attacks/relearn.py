@@ -152,7 +152,7 @@ def batches(seqs: list[list[int]], batch_size: int, n: int, seed: int) -> list[l
 
 
 def relearn(arm, loaded, texts: list[str], steps: list[int], *, lr: float, rank: int, batch_size: int,
-            max_length: int, seed: int, measure: Callable) -> tuple[list[tuple[int, object]], dict]:
+            max_length: int, seed: int, measure: Callable) -> tuple[list[tuple[int, dict]], dict]:
     """Train a fresh LoRA on top of ``arm`` (switched on throughout) with next-token NLL on ``texts``
     and call ``measure(model)`` after every k in ``sorted(steps)`` optimizer steps (k = 0: before
     any). ``model`` is ``arm.model`` with the arm and the fresh LoRA on; ``measure`` runs inside
@@ -186,7 +186,7 @@ def relearn(arm, loaded, texts: list[str], steps: list[int], *, lr: float, rank:
         raise ValueError(f"relearn: none of the {len(texts)} training texts has two tokens to train on")
     order = batches(seqs, batch_size, ks[-1], seed)
     targets, alpha = default_targets(), 2 * rank
-    results: list[tuple[int, object]] = []
+    results: list[tuple[int, dict]] = []
     losses: list[float] = []
     with arm.active():
         model = arm.model                      # inside active(): the external arm's own model

@@ -247,6 +247,8 @@ def _row(item: dict, gen: dict, base: dict, uncond: dict, ref: dict | None) -> d
     row.update(gen_nll_base=base["nll"], gen_tokens_base=base["tokens"], gen_nll_uncond=uncond["nll"],
                gen_tokens_uncond=uncond["tokens"])
     if item.get("text"):
+        if ref is None:
+            raise ValueError(f"item {item.get('id')!r} has a reference text but no reference scores")
         row.update(reference=item["text"], ref_nll=ref["nll"], ref_tokens=ref["tokens"], ref_truncated=ref["truncated"])
         if "kl" in ref:
             row.update(kl=ref["kl"], kl_tokens=ref["kl_tokens"])
@@ -313,7 +315,7 @@ def load_arm(config, arm_name: str, seed: int, model_dir: str | None, checkpoint
     return lm, arm, assets
 
 
-def fluency_reference(config, model, tok, split_paths, ev: dict, oom_log: list) -> dict[str, dict]:
+def fluency_reference(config, model, tok, split_paths, ev: Mapping, oom_log: list) -> dict[str, dict]:
     """Per language label (the target, the retain language, each neighbour, ``<target>_rom``), the
     base model's NLL of human text in that language, scored exactly like an output for
     ``fluency_ratio``: the continuations of its dev texts (the words after the evaluation prompt's
@@ -406,7 +408,7 @@ def score(config: JobConfig, arm_name: str, seed: int, generations, manifest: st
     log.info("scored %d sets of %s/seed%d in %.2f s", len(outs), arm_name, seed, time.time() - t0)
 
 
-def score_set(config: dict, arm_name: str, seed: int, info, generations: str, man: dict, lid, lid_detector: str,
+def score_set(config: Mapping, arm_name: str, seed: int, info, generations: str, man: dict, lid, lid_detector: str,
               mia: str | None = None, judge: str | None = None) -> dict:
     """The metrics.json content of one set (see ``score``)."""
     from mmie.stats.sets import compute_set_metrics
@@ -458,7 +460,7 @@ def merge_judge(result: dict, judged: dict) -> None:
             "neither": sum(not a and not b for a, b in zip(jt, lt, strict=True))}
 
 
-def judge_set(config: dict, generations: str, cache_dir: str, out: str, judge=None) -> None:
+def judge_set(config: Mapping, generations: str, cache_dir: str, out: str, judge=None) -> None:
     """The judge's scores of one set's generations, or a recorded failure, never a stand-in."""
     from mmie.lang.judge import Judge, JudgeError, redact
 

@@ -13,10 +13,15 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mmie import io, provenance
 from mmie.failures import PartialFailure, is_memory_error
 from mmie.jobs import JobConfig, job, splits_by_role
+
+if TYPE_CHECKING:
+    from mmie.arms import Arm
+    from mmie.model.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +90,10 @@ class Loaded:
     config: JobConfig
     arm_name: str
     seed: int
-    lm: object
-    arm: object
-    layer_assets: object
-    lid: object
+    lm: LoadedModel
+    arm: Arm
+    layer_assets: Any
+    lid: Any
     model_dir: str | None
     checkpoint: str | None
     method_files: list

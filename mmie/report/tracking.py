@@ -122,13 +122,13 @@ def collect(metric_paths: list[str], checkpoints: list[str], decisions: str, gat
     for (arm, seed), paths in by_unit.items():
         spec = resolve_spec(dict(arms[arm]))
         hashes, commits, metrics, skipped = set(), set(), {}, []
-        for p in sorted(paths):
-            data = io.read_json(p)
+        for path in sorted(paths):
+            data = io.read_json(path)
             prov = data.get("provenance") or {}
             hashes.add(str(prov.get("config_hash")))
             commits.add(str((prov.get("git") or {}).get("commit")))
             for name, value in (data.get("metrics") or {}).items():
-                key = f"{safe_key(data.get('set') or p.parent.name)}/{safe_key(name)}"
+                key = f"{safe_key(data.get('set') or path.parent.name)}/{safe_key(name)}"
                 number = _number(value)
                 if number is None:
                     skipped.append(key)
@@ -208,7 +208,8 @@ def log_wandb(runs: list[TrackedRun], *, project: str, directory: str | Path, mo
             import wandb
         except ImportError as exc:
             raise TrackingError(f"tracking.backend wandb: wandb cannot be imported ({exc}); install requirements.txt") from exc
-        settings = wandb.Settings(mode=mode, disable_git=True, save_code=False, console="off", silent=True,
+        settings = wandb.Settings(mode="online" if mode == "online" else "offline",   # checked above
+                                  disable_git=True, save_code=False, console="off", silent=True,
                                   x_disable_stats=True, x_disable_machine_info=True)
         for run in runs:
             try:

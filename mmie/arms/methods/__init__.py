@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from functools import cache
 
 from mmie.arms.method import Method
@@ -48,6 +49,6 @@ def method(name: str, where: str = "method") -> Method:
         raise ConfigError(f"{where}: unknown method {name!r}; known methods: {', '.join(methods())}") from None
 
 
-def of(config: dict, arm: str) -> Method:
+def of(config: Mapping, arm: str) -> Method:
     """The method of a configured arm."""
     return method(config["arms"][arm]["method"], f"arms.{arm}.method")

@@ -1,10 +1,12 @@
 """``dim``: difference-in-means steering at the selected layers, away from the target language."""
 
+from collections.abc import Mapping
+
 from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import LAYERS, Method, Setting
 
 
-def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
+def edit(config: Mapping, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
     from mmie.sae import edits
     from mmie.sae.directions import load_directions
 

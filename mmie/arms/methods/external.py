@@ -1,6 +1,8 @@
 """``external``: a model unlearned elsewhere (a peft adapter folder or a whole model), evaluated once
 like every other arm; the loading is ``mmie.arms.external_model``."""
 
+from collections.abc import Mapping
+
 from mmie.arms.method import BuildContext, Method, Setting
 
 
@@ -10,7 +12,7 @@ def build(ctx: BuildContext):
     return external.build(ctx.name, ctx.spec, ctx.loaded, ctx.checkpoint)
 
 
-def check(arm: str, spec: dict, config: dict, workdir) -> None:
+def check(arm: str, spec: dict, config: Mapping, workdir) -> None:
     from mmie.arms.external_model import check_spec
 
     check_spec(arm, spec, workdir)

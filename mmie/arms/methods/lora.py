@@ -8,7 +8,7 @@ def build(ctx: BuildContext):
     from mmie.arms import Arm
     from mmie.arms.lora_adapter import LoraAdapter
 
-    adapter = LoraAdapter.load(ctx.loaded.model, ctx.checkpoint)
+    adapter = LoraAdapter.load(ctx.loaded.model, ctx.trained_checkpoint())
     return Arm(name=ctx.name, method=ctx.spec["method"], model=adapter.model, adapter=adapter,
                details={"checkpoint": str(ctx.checkpoint)})
 

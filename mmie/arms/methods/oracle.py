@@ -11,6 +11,8 @@ base-relative metrics such as token KL; the loading is ``mmie.arms.external_mode
 
 At most one arm of a config is an oracle (``mmie.config.oracle_arm``)."""
 
+from collections.abc import Mapping
+
 from mmie.arms.method import BuildContext, Method
 from mmie.arms.methods.external import MODEL_SETTINGS
 
@@ -39,7 +41,7 @@ def build(ctx: BuildContext):
     return arm
 
 
-def check(arm: str, spec: dict, config: dict, workdir) -> None:
+def check(arm: str, spec: dict, config: Mapping, workdir) -> None:
     from mmie.arms.external_model import check_spec
     from mmie.errors import ConfigError
 

@@ -1,5 +1,7 @@
 """``prompt``: an instruction given to the model (system message, or a prefix without a chat template)."""
 
+from collections.abc import Mapping
+
 from mmie.arms.method import BuildContext, Method, Setting
 from mmie.errors import ConfigError
 
@@ -11,7 +13,7 @@ def build(ctx: BuildContext):
                details={"instruction": ctx.spec["instruction"]})
 
 
-def check(arm: str, spec: dict, config: dict, workdir) -> None:
+def check(arm: str, spec: dict, config: Mapping, workdir) -> None:
     if not spec.get("instruction"):
         raise ConfigError(f"arms.{arm}: method 'prompt' needs an 'instruction'")
 

@@ -1,12 +1,14 @@
 """``random_gate``: the control of ``sae_gate``: as many random latents, passing the same filters and
 matched in forget firing frequency, drawn from the seed (docs/method.md §7)."""
 
+from collections.abc import Mapping
+
 from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import Method
 from mmie.arms.methods.sae_gate import GATE_SETTINGS
 
 
-def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
+def edit(config: Mapping, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
     from mmie.arms.edit_arms import gate_edit, random_features
 
     feats = assets.gate(layer, fingerprint, int(model.config.hidden_size))[1]

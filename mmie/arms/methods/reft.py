@@ -1,6 +1,8 @@
 """``reft``: pyreft interventions (LoReFT by default) after the selected layers, trained with an
 unlearning objective; the adapter itself is ``mmie.arms.reft_adapter``."""
 
+from collections.abc import Mapping
+
 from mmie.arms.method import LAYERS, BuildContext, Method, Setting, unless_own_layers
 from mmie.errors import ConfigError
 
@@ -9,7 +11,7 @@ def build(ctx: BuildContext):
     from mmie.arms import Arm
     from mmie.arms.reft_adapter import ReftAdapter
 
-    adapter = ReftAdapter.load(ctx.loaded.model, ctx.checkpoint)
+    adapter = ReftAdapter.load(ctx.loaded.model, ctx.trained_checkpoint())
     return Arm(name=ctx.name, method="reft", model=ctx.loaded.model, adapter=adapter,
                details={"checkpoint": str(ctx.checkpoint), "layers": adapter.layers})
 
@@ -20,7 +22,7 @@ def create(spec: dict, model, layers):
     return ReftAdapter.create(model, spec, layers)
 
 
-def check(arm: str, spec: dict, config: dict, workdir) -> None:
+def check(arm: str, spec: dict, config: Mapping, workdir) -> None:
     if spec.get("intervention", "loreft") == "loreft" and spec["train"]["weight_decay"] != 0:
         raise ConfigError(f"arms.{arm}.train.weight_decay must be 0 for LoReFT: weight decay collapses its "
                           f"orthogonal rotation to zero after one AdamW step")

@@ -23,6 +23,7 @@ every trained arm (``mmie.arms.unlearn.train``); only the objective is RMU's. Th
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 from mmie.arms.method import LAYERS, BuildContext, Method, Setting, unless_own_layers
 from mmie.errors import ConfigError
@@ -35,12 +36,12 @@ def build(ctx: BuildContext):
     from mmie.arms import Arm
     from mmie.arms.lora_adapter import LoraAdapter
 
-    adapter = LoraAdapter.load(ctx.loaded.model, ctx.checkpoint)
+    adapter = LoraAdapter.load(ctx.loaded.model, ctx.trained_checkpoint())
     return Arm(name=ctx.name, method="rmu", model=adapter.model, adapter=adapter,
                details={"checkpoint": str(ctx.checkpoint)})
 
 
-def check(arm: str, spec: dict, config: dict, workdir) -> None:
+def check(arm: str, spec: dict, config: Mapping, workdir) -> None:
     """RMU misdirects exactly one layer: the arm's own ``layers``, else the forced or selected ones."""
     own = spec.get("layers")
     forced = config["layers"]["force_layers"]

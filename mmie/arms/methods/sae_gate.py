@@ -1,11 +1,13 @@
 """``sae_gate``: scales the chosen SAE latents at the selected layers by 1 − alpha (docs/method.md §7);
 may sit ``on:`` a trained arm (``lora+sae_gate``)."""
 
+from collections.abc import Mapping
+
 from mmie.arms.edit_arms import build_edit_arm
 from mmie.arms.method import LAYERS, Method, Setting
 
 
-def edit(config: dict, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
+def edit(config: Mapping, spec: dict, model, assets, layer: int, fingerprint: str, seed: int, alpha=None):
     from mmie.arms.edit_arms import gate_edit
 
     feats = assets.gate(layer, fingerprint, int(model.config.hidden_size))[1]
