@@ -43,10 +43,10 @@ FIT_FILES = mdata.split_paths(f"{R}/data", ["forget", "retain"], ["train", "dev"
 DEV_TEXTS = mdata.split_paths(f"{R}/data", mdata.split_roles(NEIGHBOURS), ["dev"])
 # arm lists, from the method declarations (mmie/arms/methods/<method>.py; mmie.config.arm_groups)
 GROUPS = mcfg.arm_groups(config)
-TRAINED_ARMS = GROUPS["trained"]      # a train job per (arm, seed): checkpoints/<arm>/seed<k>
-LAYER_ARMS = GROUPS["layer_arms"]     # arms that read the layer selection
-GATE_ARMS = GROUPS["sae"]             # arms that need each selected layer's SAE and features
-SWEEP_ARMS = GROUPS["sweep"]          # arms with a dose-response sweep (dev data)
+TRAINED_ARMS = GROUPS["trained"]  # a train job per (arm, seed): checkpoints/<arm>/seed<k>
+LAYER_ARMS = GROUPS["layer_arms"]  # arms that read the layer selection
+GATE_ARMS = GROUPS["sae"]  # arms that need each selected layer's SAE and features
+SWEEP_ARMS = GROUPS["sweep"]  # arms with a dose-response sweep (dev data)
 GPU_MEM = config["resources"]["model_job_mem_mb"]
 
 
@@ -66,8 +66,17 @@ TORCH_THREADS = config["resources"]["torch_threads"]  # threads: of the torch ru
 # that started late (measured: the oracle's model, built last, kept one of two cores idle 40 s).
 # Snakemake maximises the summed priority of the jobs it starts together: the oracle's build takes
 # two threads, so its priority exceeds any two others' (else two small jobs always win the cores).
-PRIORITY = {"build_oracle_model": 100, "tune": 40, "select_layers": 30, "cache_activations": 30, "train_sae": 30,
-            "select_features": 30, "sweep_gate": 30, "train": 20, "attack": 10}
+PRIORITY = {
+    "build_oracle_model": 100,
+    "tune": 40,
+    "select_layers": 30,
+    "cache_activations": 30,
+    "train_sae": 30,
+    "select_features": 30,
+    "sweep_gate": 30,
+    "train": 20,
+    "attack": 10,
+}
 
 
 wildcard_constraints:
@@ -183,8 +192,11 @@ def gibberish_file(wildcards=None):
 
 
 # where each layer asset a method can declare (mmie.arms.method.ASSETS) is written
-ASSET_FILES = {"sae": f"{R}/sae/layer{{layer}}", "features": f"{R}/sae/features/layer{{layer}}.json",
-               "directions": f"{R}/acts/layer{{layer}}.directions.safetensors"}
+ASSET_FILES = {
+    "sae": f"{R}/sae/layer{{layer}}",
+    "features": f"{R}/sae/features/layer{{layer}}.json",
+    "directions": f"{R}/acts/layer{{layer}}.directions.safetensors",
+}
 
 
 def layer_asset_inputs(method, layers):
@@ -231,18 +243,23 @@ def tune_if_tuned(wildcards):
 
 def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
-    return {"model": model_dir(), "splits": mdata.split_paths(f"{R}/data", ["forget", "retain"], ["dev"]),
-            "detector": f"{R}/lid/romanized_detector.json",
-            **layer_asset_inputs(spec["method"], spec.get("layers") or selected_layers())}
+    return {
+        "model": model_dir(),
+        "splits": mdata.split_paths(f"{R}/data", ["forget", "retain"], ["dev"]),
+        "detector": f"{R}/lid/romanized_detector.json",
+        **layer_asset_inputs(spec["method"], spec.get("layers") or selected_layers()),
+    }
 
 
 def sae_report_inputs(wildcards):
     layers = selected_layers()
     gates = bool(GATE_ARMS)
-    return {"selection": selection_file(),
-            "quality": expand(f"{R}/sae/quality/layer{{layer}}.json", layer=layers) if gates else [],
-            "features": expand(f"{R}/sae/features/layer{{layer}}.json", layer=layers) if gates else [],
-            "sweeps": expand(f"{R}/sweep/{{arm}}/seed{{seed}}.json", arm=SWEEP_ARMS, seed=SEEDS)}
+    return {
+        "selection": selection_file(),
+        "quality": expand(f"{R}/sae/quality/layer{{layer}}.json", layer=layers) if gates else [],
+        "features": expand(f"{R}/sae/features/layer{{layer}}.json", layer=layers) if gates else [],
+        "sweeps": expand(f"{R}/sweep/{{arm}}/seed{{seed}}.json", arm=SWEEP_ARMS, seed=SEEDS),
+    }
 
 
 def trained_checkpoints(wildcards=None):
@@ -264,8 +281,7 @@ def eval_set_files(wildcards=None):
 def all_metrics(wildcards=None):
     """Every (arm, seed, set) metrics file: a seed-independent arm (mmie.config.is_seeded) only for
     the first configured seed, a seeded arm for every seed."""
-    return [f"{R}/{arm}/seed{seed}/{s}/metrics.json" for arm in ARMS for seed in mcfg.arm_seeds(config, arm)
-            for s in SETS]
+    return [f"{R}/{arm}/seed{seed}/{s}/metrics.json" for arm in ARMS for seed in mcfg.arm_seeds(config, arm) for s in SETS]
 
 
 def sample_generations(wildcards=None):
@@ -283,15 +299,15 @@ ATTACKS_RUN = [a for a in attacks.ATTACKS if a in config["robustness"]["attacks"
 SEEDED_ATTACKS_RUN = [a for a in ATTACKS_RUN if a in attacks.SEEDED]
 ATTACK_SEEDS = sorted({seed for _, _, seed in ATTACK_RUNS})
 LATER_ATTACK_SEEDS = ATTACK_SEEDS[1:]
-DETERMINISTIC_ATTACKED_ARMS = [a for a in ATTACKED_ARMS if not mcfg.is_seeded(config, a)] \
-    if SEEDED_ATTACKS_RUN and LATER_ATTACK_SEEDS else []
+DETERMINISTIC_ATTACKED_ARMS = (
+    [a for a in ATTACKED_ARMS if not mcfg.is_seeded(config, a)] if SEEDED_ATTACKS_RUN and LATER_ATTACK_SEEDS else []
+)
 ATTACKS_RUN = ATTACKS_RUN or list(attacks.ATTACKS)
 SEEDED_ATTACKS_RUN = SEEDED_ATTACKS_RUN or sorted(attacks.SEEDED)
 
 # the probe's texts: train (fit), dev (C) and test (score) of the target (in its script and romanized), the
 # retain language and each neighbour
-PROBE_FILES = mdata.split_paths(f"{R}/data", ["forget", "forget_romanized", "retain", *NEIGHBOUR_ROLES],
-                                ["train", "dev", "test"])
+PROBE_FILES = mdata.split_paths(f"{R}/data", ["forget", "forget_romanized", "retain", *NEIGHBOUR_ROLES], ["train", "dev", "test"])
 
 
 def attack_results(wildcards=None):
@@ -323,9 +339,18 @@ def utility_task_files(wildcards=None):
 
 
 def final_outputs():
-    out = [f"{R}/summary/samples.html", f"{R}/summary/headline.tex", f"{R}/summary/metrics_long.csv", f"{R}/summary/summary.csv", f"{R}/summary/summary.md",
-           f"{R}/summary/gates.csv", f"{R}/summary/decisions.json", f"{R}/summary/results.md",
-           f"{R}/data/data_report.json", f"{R}/lid/lid_report.json"]
+    out = [
+        f"{R}/summary/samples.html",
+        f"{R}/summary/headline.tex",
+        f"{R}/summary/metrics_long.csv",
+        f"{R}/summary/summary.csv",
+        f"{R}/summary/summary.md",
+        f"{R}/summary/gates.csv",
+        f"{R}/summary/decisions.json",
+        f"{R}/summary/results.md",
+        f"{R}/data/data_report.json",
+        f"{R}/lid/lid_report.json",
+    ]
     out += expand(f"{R}/plots/{{name}}.png", name=PLOTS)
     if LAYER_ARMS:
         out += [f"{R}/summary/sae_quality.csv", f"{R}/plots/layer_selection.png"]
@@ -352,14 +377,15 @@ PLOT_RULE_FIGURES = {
     "neighbours": "Results",
     "mia": "Results",
 }
-PLOTS = list(PLOT_RULE_FIGURES) + (
-    ["demo_training"] if config["model"]["source"] == "demo" else []
-) + (["training_curves"] if TRAINED_ARMS else [])
+PLOTS = (
+    list(PLOT_RULE_FIGURES)
+    + (["demo_training"] if config["model"]["source"] == "demo" else [])
+    + (["training_curves"] if TRAINED_ARMS else [])
+)
 
 
 def plot_inputs(wildcards):
-    return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json",
-            "intervals": f"{R}/summary/intervals.csv"}
+    return {"long": f"{R}/summary/metrics_long.csv", "lid": f"{R}/lid/lid_report.json", "intervals": f"{R}/summary/intervals.csv"}
 
 
 # per-study tuning (rules/tune.smk)

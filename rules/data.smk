@@ -10,19 +10,20 @@ rule prepare_data:
         f"{R}/logs/prepare_data.log",
     benchmark:
         f"{R}/benchmarks/prepare_data.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("prepare_data"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/prepare_data.py"
 
 
 rule fit_lid:
     input:
-        splits=FIT_FILES + mdata.split_paths(f"{R}/data", ["forget_romanized"], ["train", "dev"])
+        splits=FIT_FILES
+        + mdata.split_paths(f"{R}/data", ["forget_romanized"], ["train", "dev"])
         + mdata.split_paths(f"{R}/data", NEIGHBOUR_ROLES, ["train"]),
         lid_check=f"{R}/data/lid_check.jsonl",
         report=f"{R}/data/prepare_report.json",
@@ -34,12 +35,12 @@ rule fit_lid:
         f"{R}/logs/fit_lid.log",
     benchmark:
         f"{R}/benchmarks/fit_lid.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("fit_lid"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/fit_lid.py"
 
@@ -56,11 +57,11 @@ rule data_report:
         f"{R}/logs/data_report.log",
     benchmark:
         f"{R}/benchmarks/data_report.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("data_report"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/data_report.py"

@@ -17,6 +17,8 @@ rule evaluate:
         f"{R}/logs/evaluate/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{arm}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -24,8 +26,6 @@ rule evaluate:
     params:
         failed=failure_token("evaluate"),
         settings=job_settings("evaluate"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -45,13 +45,13 @@ rule score:
         f"{R}/logs/score/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/score/{{arm}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         failed=failure_token("score"),
         settings=job_settings("score"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/score.py"
 
@@ -66,13 +66,13 @@ rule judge:
         f"{R}/logs/judge/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/judge/{{arm}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         failed=failure_token("judge"),
         settings=job_settings("judge"),
         cache_dir=config["judge"]["cache_dir"],
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/judge.py"

@@ -12,14 +12,14 @@ if config["model"]["source"] == "demo":
             f"{R}/logs/build_demo_model.log",
         benchmark:
             f"{R}/benchmarks/build_demo_model.tsv"
+        conda:
+            "../envs/mmie.yaml"
         threads: 2
         resources:
             mem_mb=cpu_mem,
             gpu=1,
         params:
             settings=job_settings("build_demo_model"),
-        conda:
-            "../envs/mmie.yaml"
         script:
             "../scripts/build_demo_model.py"
 
@@ -40,9 +40,11 @@ if config["model"]["source"] == "demo":
             report=f"{R}/oracle_report.json",
         log:
             f"{R}/logs/build_oracle_model.log",
-        priority: PRIORITY["build_oracle_model"]
         benchmark:
             f"{R}/benchmarks/build_oracle_model.tsv"
+        priority: PRIORITY["build_oracle_model"]
+        conda:
+            "../envs/mmie.yaml"
         threads: 2
         resources:
             mem_mb=cpu_mem,
@@ -50,8 +52,6 @@ if config["model"]["source"] == "demo":
         params:
             failed=failure_token("build_oracle_model"),
             settings=job_settings("build_oracle_model"),
-        conda:
-            "../envs/mmie.yaml"
         script:
             "../scripts/build_oracle_model.py"
 
@@ -66,12 +66,12 @@ if config["model"]["source"] == "gemma3-270m":
             f"{R}/logs/convert_gemma.log",
         benchmark:
             f"{R}/benchmarks/convert_gemma.tsv"
+        conda:
+            "../envs/mmie.yaml"
         threads: 2
         resources:
             mem_mb=6000,
         params:
             settings=job_settings("convert_gemma"),
-        conda:
-            "../envs/mmie.yaml"
         script:
             "../scripts/convert_gemma.py"

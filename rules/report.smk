@@ -46,12 +46,12 @@ rule aggregate:
         f"{R}/logs/aggregate.log",
     benchmark:
         f"{R}/benchmarks/aggregate.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("aggregate"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -69,12 +69,12 @@ rule plots:
         f"{R}/logs/plots.log",
     benchmark:
         f"{R}/benchmarks/plots.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("plots"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/plots.py"
 
@@ -93,12 +93,12 @@ rule plot_demo_training:
         f"{R}/logs/plot_demo_training.log",
     benchmark:
         f"{R}/benchmarks/plot_demo_training.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("plot_demo_training"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/plot_demo_training.py"
 
@@ -117,12 +117,12 @@ rule plot_training_curves:
         f"{R}/logs/plot_training_curves.log",
     benchmark:
         f"{R}/benchmarks/plot_training_curves.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("plot_training_curves"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/plot_training_curves.py"
 
@@ -141,12 +141,12 @@ rule export_checkpoints:
         f"{R}/logs/export_checkpoints.log",
     benchmark:
         f"{R}/benchmarks/export_checkpoints.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("export_checkpoints"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/export_checkpoints.py"
 
@@ -186,12 +186,12 @@ rule stats:
         f"{R}/logs/stats.log",
     benchmark:
         f"{R}/benchmarks/stats.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("stats"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/stats.py"
 
@@ -209,13 +209,13 @@ rule samples:
         f"{R}/logs/samples.log",
     benchmark:
         f"{R}/benchmarks/samples.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("samples"),
         n=5,
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/samples.py"
 
@@ -234,13 +234,13 @@ rule track:
         f"{R}/logs/track.log",
     benchmark:
         f"{R}/benchmarks/track.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("track"),
         wandb_dir=f"{R}/tracking/wandb",
         mlflow_store=f"{R}/tracking/mlflow",
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/track.py"

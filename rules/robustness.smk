@@ -18,14 +18,16 @@ rule attack:
         detector=f"{R}/lid/romanized_detector.json",
     output:
         expand(f"{R}/{{arm}}/seed{{seed}}/robustness/{{a}}.json", a=ATTACKS_RUN, allow_missing=True),
+    log:
+        f"{R}/logs/attack/{{arm}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/attack/{{arm}}/seed{{seed}}.tsv"
     wildcard_constraints:
         arm=arm_regex(ATTACKED_ARMS),
         seed=arm_regex(map(str, ATTACK_SEEDS)),
-    log:
-        f"{R}/logs/attack/{{arm}}/seed{{seed}}.log",
     priority: PRIORITY["attack"]
-    benchmark:
-        f"{R}/benchmarks/attack/{{arm}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -34,8 +36,6 @@ rule attack:
         failed=failure_token("attack"),
         settings=job_settings("attack"),
         workdir=lambda w: f"{R}/{w.arm}/seed{w.seed}/robustness/.quantize",
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/attack.py"
 
@@ -46,13 +46,13 @@ ruleorder: attack_seeded > attack
 use rule attack as attack_seeded with:
     output:
         expand(f"{R}/{{arm}}/seed{{seed}}/robustness/{{a}}.json", a=SEEDED_ATTACKS_RUN, allow_missing=True),
-    wildcard_constraints:
-        arm=arm_regex(DETERMINISTIC_ATTACKED_ARMS),
-        seed=arm_regex(map(str, LATER_ATTACK_SEEDS)),
     log:
         f"{R}/logs/attack_seeded/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/attack_seeded/{{arm}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        arm=arm_regex(DETERMINISTIC_ATTACKED_ARMS),
+        seed=arm_regex(map(str, LATER_ATTACK_SEEDS)),
     params:
         failed=failure_token("attack_seeded"),
         settings=job_settings("attack_seeded"),
@@ -79,11 +79,11 @@ rule robustness:
         f"{R}/logs/robustness.log",
     benchmark:
         f"{R}/benchmarks/robustness.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("robustness"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/robustness.py"

@@ -9,9 +9,11 @@ checkpoint select_layers:
         f"{R}/layers/selection.json",
     log:
         f"{R}/logs/select_layers.log",
-    priority: PRIORITY["select_layers"]
     benchmark:
         f"{R}/benchmarks/select_layers.tsv"
+    priority: PRIORITY["select_layers"]
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -19,8 +21,6 @@ checkpoint select_layers:
     params:
         settings=job_settings("select_layers"),
         judge_cache=config["judge"]["cache_dir"],
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/select_layers.py"
 
@@ -36,17 +36,17 @@ rule cache_activations:
         meta=f"{R}/acts/layer{{layer}}.json",
     log:
         f"{R}/logs/cache_activations/layer{{layer}}.log",
-    priority: PRIORITY["cache_activations"]
     benchmark:
         f"{R}/benchmarks/cache_activations/layer{{layer}}.tsv"
+    priority: PRIORITY["cache_activations"]
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
         gpu=1,
     params:
         settings=job_settings("cache_activations"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/cache_activations.py"
 
@@ -58,9 +58,11 @@ rule train_sae:
         directory(f"{R}/sae/layer{{layer}}"),
     log:
         f"{R}/logs/train_sae/layer{{layer}}.log",
-    priority: PRIORITY["train_sae"]
     benchmark:
         f"{R}/benchmarks/train_sae/layer{{layer}}.tsv"
+    priority: PRIORITY["train_sae"]
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -68,8 +70,6 @@ rule train_sae:
     params:
         failed=failure_token("train_sae"),
         settings=job_settings("train_sae"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/train_sae.py"
 
@@ -85,9 +85,11 @@ rule select_features:
         quality=f"{R}/sae/quality/layer{{layer}}.json",
     log:
         f"{R}/logs/select_features/layer{{layer}}.log",
-    priority: PRIORITY["select_features"]
     benchmark:
         f"{R}/benchmarks/select_features/layer{{layer}}.tsv"
+    priority: PRIORITY["select_features"]
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -95,8 +97,6 @@ rule select_features:
     params:
         failed=failure_token("select_features"),
         settings=job_settings("select_features"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/select_features.py"
 
@@ -108,13 +108,15 @@ rule sweep_gate:
         unpack(sweep_inputs),
     output:
         f"{R}/sweep/{{arm}}/seed{{seed}}.json",
-    wildcard_constraints:
-        arm=arm_regex(SWEEP_ARMS),
     log:
         f"{R}/logs/sweep_gate/{{arm}}/seed{{seed}}.log",
-    priority: PRIORITY["sweep_gate"]
     benchmark:
         f"{R}/benchmarks/sweep_gate/{{arm}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        arm=arm_regex(SWEEP_ARMS),
+    priority: PRIORITY["sweep_gate"]
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -122,8 +124,6 @@ rule sweep_gate:
     params:
         failed=failure_token("sweep_gate"),
         settings=job_settings("sweep_gate"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/sweep_gate.py"
 
@@ -158,10 +158,10 @@ rule sae_report:
         f"{R}/logs/sae_report.log",
     benchmark:
         f"{R}/benchmarks/sae_report.tsv"
-    resources:
-        mem_mb=cpu_mem,
     conda:
         "../envs/mmie.yaml"
+    resources:
+        mem_mb=cpu_mem,
     params:
         settings=job_settings("sae_report"),
     script:

@@ -10,13 +10,15 @@ rule train:
         tuned=tune_if_tuned,
     output:
         directory(f"{R}/checkpoints/{{arm}}/seed{{seed}}"),
-    wildcard_constraints:
-        arm=arm_regex(TRAINED_ARMS),
     log:
         f"{R}/logs/train/{{arm}}/seed{{seed}}.log",
-    priority: PRIORITY["train"]
     benchmark:
         f"{R}/benchmarks/train/{{arm}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        arm=arm_regex(TRAINED_ARMS),
+    priority: PRIORITY["train"]
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -25,7 +27,5 @@ rule train:
     params:
         failed=failure_token("train"),
         settings=job_settings("train"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/train.py"

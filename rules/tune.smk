@@ -9,13 +9,15 @@ rule tune:
         selection=selection_if_read,
     output:
         f"{R}/tune/{{arm}}.json",
-    wildcard_constraints:
-        arm=arm_regex(TUNED_ARMS),
     log:
         f"{R}/logs/tune/{{arm}}.log",
-    priority: PRIORITY["tune"]
     benchmark:
         f"{R}/benchmarks/tune/{{arm}}.tsv"
+    wildcard_constraints:
+        arm=arm_regex(TUNED_ARMS),
+    priority: PRIORITY["tune"]
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -25,7 +27,5 @@ rule tune:
         failed=failure_token("tune"),
         settings=job_settings("tune"),
         seed=SEEDS[0],
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/tune.py"

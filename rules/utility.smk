@@ -16,6 +16,8 @@ rule utility:
         f"{R}/logs/utility/{{arm}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/utility/{{arm}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/mmie.yaml"
     threads: TORCH_THREADS
     resources:
         mem_mb=gpu_mem,
@@ -23,8 +25,6 @@ rule utility:
     params:
         failed=failure_token("utility"),
         settings=job_settings("utility"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/utility.py"
 
@@ -47,11 +47,11 @@ rule utility_table:
         f"{R}/logs/utility_table.log",
     benchmark:
         f"{R}/benchmarks/utility_table.tsv"
+    conda:
+        "../envs/mmie.yaml"
     resources:
         mem_mb=cpu_mem,
     params:
         settings=job_settings("utility_table"),
-    conda:
-        "../envs/mmie.yaml"
     script:
         "../scripts/utility_table.py"
