@@ -4,19 +4,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# A study config replaces the demo. Snakemake deep-merges every --configfile into a `configfile:` of the
-# Snakefile, and a merge cannot delete a key (the demo's arms, data and tuning would leak into every
-# study), so config.yaml, the demo, is read only when no --configfile is given. Whatever the given
-# files leave out comes from config/schema.yaml's defaults (validated in rules/common.smk).
-# `workflow.overwrite_configfiles` (the --configfile list, which Snakemake also passes to every job it
-# submits) is no documented API, but Snakemake's public means fall short: --replace-workflow-config
-# also drops the demo under a lone --config and is not passed to cluster jobs (their parse would merge
-# the demo back in); `configfile:` in profiles/default would override a study named in a user's
-# --profile (a workflow profile wins over --profile) and leave `--workflow-profile none` and the
-# Python API without any config.
-if not workflow.overwrite_configfiles:
-
-    configfile: "config.yaml"
+# A study config replaces the demo: config.yaml, the demo, is the base only when the given configuration
+# (--configfile files, --config values) sets none of the keys every study sets (languages, data, arms),
+# i.e. without a --configfile or with --config overrides of demo keys (experiment=… renames the run)
+# (mmie.config.with_demo, in rules/common.smk). Snakemake's `configfile:` would deep-merge every study
+# into the demo, and a merge cannot delete a key (the demo's arms, data and tuning would leak into every
+# study). Whatever the given files leave out comes from config/schema.yaml's defaults.
 
 
 report: "report/workflow.rst"

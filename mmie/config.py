@@ -283,6 +283,34 @@ RENAMED = {
 }
 
 
+#: the keys that make a study (config/schema.yaml requires them and has no default for them; a lone
+#: ``experiment`` renames a demo run)
+STUDY_KEYS = ("languages", "data", "arms")
+
+
+def with_demo(config: dict, demo: str | Path) -> bool:
+    """The demo as the base of a configuration that names no study: when ``config`` (what the command line
+    gave: --configfile files and --config values, merged by Snakemake) sets none of ``STUDY_KEYS``, it
+    becomes the demo file ``demo`` with those values on top (Snakemake's own deep merge,
+    ``snakemake.utils.update_config``), in place. A study config is left alone: nothing of the demo leaks
+    into it. Returns whether the demo was used."""
+    if any(key in config for key in STUDY_KEYS):
+        return False
+    import yaml
+    from snakemake.utils import update_config
+
+    path = Path(demo)
+    if not path.is_file():
+        raise ConfigError(f"no study config given (--configfile) and no demo config {path} in the working directory "
+                          f"{Path.cwd()}: pass --configfile your.yaml, or run from the repository (snakemake -d)")
+    with open(path, encoding="utf-8") as fh:
+        merged = yaml.safe_load(fh)
+    update_config(merged, dict(config))
+    config.clear()
+    config.update(merged)
+    return True
+
+
 def lookup(config: Mapping, key: str) -> Any:
     """The value at a dotted key (``"lid.romanization"``); None where a part is missing."""
     value: Any = config

@@ -15,6 +15,7 @@ import mmie.data.corpus as mdata
 import mmie.jobs as mjobs
 import mmie.failures as mfailures
 
+mcfg.with_demo(config, "config.yaml")  # no study given: the demo (relative to the working directory, snakemake -d)
 mcfg.refuse_renamed(config)  # a key of an older mmie: the message names its new name
 validate(config, str(Path(workflow.basedir) / "config" / "schema.yaml"), set_default=True)
 numerics.apply(config)  # portable CPU numerics: in the environment before any job imports torch (every parse)

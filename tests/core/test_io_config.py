@@ -212,3 +212,25 @@ def test_model_folders_are_written_in_one_piece(tmp_path):
         assert not (out / "new.txt").exists()       # nothing visible before the block ends
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_the_demo_is_the_base_only_of_a_configuration_that_names_no_study(tmp_path, monkeypatch):
+    """mmie.config.with_demo (rules/common.smk): no --configfile → the demo; --config overrides of demo keys
+    (a lone experiment renames the run) → the demo with them on top; a study → itself, nothing of the demo."""
+    import copy
+
+    from mmie.config import with_demo
+
+    demo = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg: dict = {}
+    assert with_demo(cfg, ROOT / "config.yaml") and cfg == demo
+    cfg = {"experiment": "again", "generation": {"max_new_tokens": 8}}
+    assert with_demo(cfg, ROOT / "config.yaml")
+    want = copy.deepcopy(demo)
+    want["experiment"], want["generation"]["max_new_tokens"] = "again", 8
+    assert cfg == want                                   # deep merge: the rest of generation stays the demo's
+    study = {"experiment": "s", "languages": {}, "data": {}, "arms": {"base": {"method": "base"}}}
+    assert not with_demo(study, ROOT / "config.yaml") and set(study) == {"experiment", "languages", "data", "arms"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no study config given .* no demo config config.yaml"):
+        with_demo({}, "config.yaml")
