@@ -54,16 +54,16 @@ VOLUME ["/hf-cache"]
 # pins. torch==2.13.0 resolves to PyPI's CUDA wheel (2.13.0+cu130); the venv's pip freeze
 # and the image's agree except for torch's "+cpu" and the CUDA packages (tests/image/check_lock.py).
 COPY requirements.txt requirements-nodeps.txt constraints.txt /tmp/pins/
-RUN set -e; pins=/tmp/pins; \
+RUN set -e; \
     if [ -n "${TORCH_INDEX_URL}" ] || [ "${TORCH_VERSION}" != "2.13.0" ]; then \
       pip install --no-cache-dir --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} "torch==${TORCH_VERSION}"; \
-      grep -v '^torch==' $pins/requirements.txt > $pins/requirements-rest.txt; \
-      grep -v '^torch==' $pins/constraints.txt > $pins/constraints-rest.txt; \
-      pip install --no-cache-dir --disable-pip-version-check -r $pins/requirements-rest.txt -c $pins/constraints-rest.txt; \
+      grep -v '^torch==' /tmp/pins/requirements.txt > /tmp/pins/no-torch.txt; \
+      grep -v '^torch==' /tmp/pins/constraints.txt > /tmp/pins/no-torch-constraints.txt; \
+      pip install --no-cache-dir --disable-pip-version-check -r /tmp/pins/no-torch.txt -c /tmp/pins/no-torch-constraints.txt; \
     else \
-      pip install --no-cache-dir --disable-pip-version-check -r $pins/requirements.txt -c $pins/constraints.txt; \
+      pip install --no-cache-dir --disable-pip-version-check -r /tmp/pins/requirements.txt -c /tmp/pins/constraints.txt; \
     fi; \
-    pip install --no-cache-dir --disable-pip-version-check --no-deps -r $pins/requirements-nodeps.txt; \
+    pip install --no-cache-dir --disable-pip-version-check --no-deps -r /tmp/pins/requirements-nodeps.txt; \
     python -c "import sys, torch; v = sys.argv[1]; assert torch.__version__.split('+')[0] == v, (torch.__version__, v); assert torch.version.cuda, 'CPU-only torch'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" "${TORCH_VERSION}"
 RUN if [ -n "${FLASH_ATTN_WHEEL}" ]; then \
       [ -n "${FLASH_ATTN_SHA256}" ] || { echo "FLASH_ATTN_WHEEL needs FLASH_ATTN_SHA256 (the wheel's sha256)" >&2; exit 1; }; \

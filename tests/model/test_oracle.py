@@ -222,9 +222,8 @@ def test_an_oracle_of_a_pretrained_model_must_be_declared(source, tmp_path):
 
 
 def test_a_demo_oracle_takes_no_other_setting():
-    cfg = load(ROOT / "config.yaml", {"arms": {"oracle": {"method": "oracle", "rank": 4}}})
     with pytest.raises(ConfigError, match=r"arms\.oracle: \['rank'\] is not a setting of method 'oracle'"):
-        check(cfg, ROOT)
+        check(load(ROOT / "config.yaml", {"arms": {"oracle": {"method": "oracle", "rank": 4}}}), ROOT)
 
 
 def dry_run(workdir, cfg) -> subprocess.CompletedProcess:

@@ -87,8 +87,8 @@ def test_dockerfile_installs_exactly_the_readme_pins():
     for pins in ("requirements.txt", "requirements-nodeps.txt", "constraints.txt"):
         assert pins in docker and pins in makefile
     assert "COPY requirements.txt requirements-nodeps.txt constraints.txt /tmp/pins/" in docker
-    assert re.search(r"pip install .*-r \$pins/requirements\.txt -c \$pins/constraints\.txt", docker)
-    assert "--no-deps -r $pins/requirements-nodeps.txt" in docker   # what runs: test_a_build_argument_selects_the_torch_build
+    assert re.search(r"pip install .*-r /tmp/pins/requirements\.txt -c /tmp/pins/constraints\.txt", docker)
+    assert "--no-deps -r /tmp/pins/requirements-nodeps.txt" in docker   # what runs: test_a_build_argument_selects_the_torch_build
     assert "HF_HOME=/hf-cache" in docker and "org.opencontainers.image.revision" in docker
     # the torch of the image is the pinned version, asserted at build time
     torch_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch=="))
@@ -99,7 +99,8 @@ def test_dockerfile_installs_exactly_the_readme_pins():
 def _torch_install_step(pins):
     """The Dockerfile's pin-install RUN step as one shell command, its pin folder moved to ``pins``."""
     lines = (ROOT / "Dockerfile").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("RUN set -e; pins=/tmp/pins;"))
+    copy = next(i for i, line in enumerate(lines) if line.startswith("COPY requirements.txt"))
+    start = next(i for i, line in enumerate(lines) if i > copy and line.startswith("RUN "))
     step = []
     for line in lines[start:]:
         step.append(line.rstrip().removesuffix("\\"))
@@ -136,9 +137,9 @@ def test_a_build_argument_selects_the_torch_build(tmp_path, args, first):
         assert len(calls) == 3
     else:
         assert calls[0] == f"pip {first}"
-        assert calls[1] == (f"pip install --no-cache-dir --disable-pip-version-check -r {pins}/requirements-rest.txt "
-                            f"-c {pins}/constraints-rest.txt")
-        rest = (pins / "requirements-rest.txt").read_text() + (pins / "constraints-rest.txt").read_text()
+        assert calls[1] == (f"pip install --no-cache-dir --disable-pip-version-check -r {pins}/no-torch.txt "
+                            f"-c {pins}/no-torch-constraints.txt")
+        rest = (pins / "no-torch.txt").read_text() + (pins / "no-torch-constraints.txt").read_text()
         assert not any(line.startswith("torch==") for line in rest.splitlines()) and "transformers==" in rest
     assert calls[-2] == f"pip install --no-cache-dir --disable-pip-version-check --no-deps -r {pins}/requirements-nodeps.txt"
     assert calls[-1].startswith("python -c import sys, torch;") and calls[-1].endswith(args.get("TORCH_VERSION", "2.13.0"))
