@@ -133,12 +133,14 @@ def auc(positive: list[float], negative: list[float]) -> float:
 def yes_no(text: str, yes_words: Sequence[str], no_words: Sequence[str]) -> str | None:
     """The first whole-word yes/no answer in ``text`` ("yes", "no" or None). Whole words only:
     "know", "nothing" or "yesterday" are not answers. Word boundaries also hold for Indic scripts,
-    whose vowel signs Python's \\b does not treat as word characters."""
-    import re
+    whose vowel signs Python's \\b does not treat as word characters: a word character is a letter, a mark
+    or a digit of any script (``regex``'s Unicode ``\\w`` and ``\\p{M}``), so sentence marks such as the danda
+    (``हाँ।``) or the Urdu full stop (``ہاں۔``) end a word like a full stop does."""
+    import regex
 
-    letters = r"[\w\u0900-\u0DFF\u0600-\u06FF]"
+    letters = r"[\w\p{M}]"
     words = {w.lower(): "yes" for w in yes_words} | {w.lower(): "no" for w in no_words}
-    pattern = re.compile(rf"(?<!{letters})(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True))
-                         + rf")(?!{letters})", re.IGNORECASE)
+    pattern = regex.compile(rf"(?<!{letters})(" + "|".join(sorted(map(regex.escape, words), key=len, reverse=True))
+                            + rf")(?!{letters})", regex.IGNORECASE)
     m = pattern.search(text)
     return words[m.group(1).lower()] if m else None

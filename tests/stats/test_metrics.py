@@ -149,6 +149,10 @@ def test_yes_no_is_whole_word_and_script_aware():
     assert yes_no("जी नहीं, ऐसा नहीं है", yes, no) == "no"
     assert yes_no("नहींं", yes, no) is None                          # a longer Devanagari word
     assert yes_no("हाँ बिल्कुल", yes, no) == "yes"
+    # a sentence mark ends the word: the danda, the Urdu full stop (they were counted as letters once)
+    assert yes_no("हाँ।", yes, no) == "yes" and yes_no("नहीं।", yes, no) == "no"
+    assert yes_no("جی ہاں۔", ["ہاں"], ["نہیں"]) == "yes"
+    assert yes_no("हाँजी", yes, no) is None                            # still whole words only
 
 
 def test_comprehension_and_yes_no_set_metrics():
