@@ -126,6 +126,7 @@ def test_no_split_file_shares_a_text_with_another(small_run):
                 seen[key] = f"{role}/{part}"
 
 
+@pytest.mark.slow
 def test_workflow_choices_never_see_test_texts(run_dir):
     """End to end (the reduced workflow): every output's provenance with ``texts_used`` — the
     romanized detector, the demo model and its oracle, layer selection, the activation cache, feature selection,
