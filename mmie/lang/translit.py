@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from indic_transliteration import sanscript
 
-from mmie.lang.scripts import UNICODE_SCRIPTS, script_counts, script_pattern
+from mmie.lang.scripts import script_counts, script_pattern
 
 SCHEMES = {"iast_plain": sanscript.IAST, "iast": sanscript.IAST, "itrans": sanscript.ITRANS, "hk": sanscript.HK}
 # target scripts indic-transliteration converts (its scheme name per mmie script name)
@@ -34,14 +34,6 @@ INDIC = {"devanagari": sanscript.DEVANAGARI, "bengali": sanscript.BENGALI, "gurm
          "gujarati": sanscript.GUJARATI}
 # the sentence marks of the Brahmic scripts (danda, double danda) become full stops
 _DANDAS = str.maketrans({"\u0964": ".", "\u0965": "."})
-
-
-@lru_cache(maxsize=None)
-def _run(script: str):
-    """One or more characters of ``script`` (``mmie.lang.scripts.script_pattern``)."""
-    if script not in UNICODE_SCRIPTS:
-        raise ValueError(f"romanize: unknown script {script!r}; known: {sorted(UNICODE_SCRIPTS)}")
-    return script_pattern(script, run=True)
 
 
 @lru_cache(maxsize=1)
@@ -70,7 +62,7 @@ def romanize(text: str, scheme: str = "iast_plain", script: str = "devanagari") 
     if script == "latin":
         raise ValueError("romanize: the target is written in Latin script, so it has no romanized form; turn the "
                          "romanized sets off (eval.sets.romanized: false) for a Latin-script target")
-    pattern = _run(script)
+    pattern = script_pattern(script, run=True)   # an unknown script is a ValueError naming the known ones
     if script in INDIC:
         source, target = INDIC[script], SCHEMES[scheme]
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mmie.environment import temporary
 from mmie.errors import MMIEError
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,6 @@ class HarnessError(MMIEError):
 def offline() -> Iterator[None]:
     """The Hugging Face hub and datasets in offline mode: the environment (for anything imported later)
     and the already-imported libraries' module constants (read at import), restored afterwards."""
-    saved_env = {k: os.environ.get(k) for k in OFFLINE_ENV}
-    os.environ.update(OFFLINE_ENV)
     patched = []
     for module, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
                          ("datasets.config", "HF_DATASETS_OFFLINE")):
@@ -42,21 +40,17 @@ def offline() -> Iterator[None]:
         import sys
 
         if module.split(".")[0] not in sys.modules:
-            continue   # imported later: reads the environment set above
+            continue   # imported later, inside the block: reads the environment set below
         mod = importlib.import_module(module)
         if isinstance(getattr(mod, attr, None), bool):
             patched.append((mod, attr, getattr(mod, attr)))
             setattr(mod, attr, True)
     try:
-        yield
+        with temporary(**OFFLINE_ENV):
+            yield
     finally:
         for mod, attr, value in patched:
             setattr(mod, attr, value)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def task_manager(include_paths: Sequence[str] = ()):

@@ -18,16 +18,16 @@ tracking job never skips silently. The backends are imported only when used."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmie import io
+from mmie.environment import temporary
 from mmie.errors import TrackingError
 
 BACKENDS = ("wandb", "mlflow")
@@ -160,25 +160,6 @@ def collect(metric_paths: list[str], checkpoints: list[str], decisions: str, gat
     return runs, failed
 
 
-@contextlib.contextmanager
-def environment(**values: str | None) -> Iterator[None]:
-    """Set (or, with ``None``, remove) environment variables for the block, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 # ----------------------------------------------------------------------------- W&B
 def wandb_environment(directory: Path, mode: str) -> dict[str, str | None]:
     """The environment of a W&B session: the mode, no git or code capture, no console capture, and
@@ -203,7 +184,7 @@ def log_wandb(runs: list[TrackedRun], *, project: str, directory: str | Path, mo
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     out = []
-    with environment(**wandb_environment(directory, mode)):
+    with temporary(**wandb_environment(directory, mode)):
         try:
             import wandb
         except ImportError as exc:
@@ -247,7 +228,7 @@ def log_mlflow(runs: list[TrackedRun], *, experiment: str, uri: str) -> list[dic
     labels as tags), the per-set metrics and gates at step 0, the curve at its steps. A ``file:`` store
     is MLflow's file backend (in maintenance mode since MLflow 3: allowed here explicitly)."""
     local = uri.startswith("file:")
-    with environment(MLFLOW_ALLOW_FILE_STORE="true" if local else os.environ.get("MLFLOW_ALLOW_FILE_STORE")):
+    with temporary(MLFLOW_ALLOW_FILE_STORE="true" if local else os.environ.get("MLFLOW_ALLOW_FILE_STORE")):
         try:
             from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient

@@ -11,7 +11,7 @@ PACKAGE = ROOT / "mmie"
 
 #: bottom to top; a part is a top-level module or subpackage of mmie
 LAYERS = [
-    {"__init__", "errors", "io", "logs", "numerics", "seeding", "failures", "forkserver"},
+    {"__init__", "errors", "io", "environment", "logs", "numerics", "seeding", "failures", "forkserver"},
     {"lang"},
     {"data"},
     {"provenance"},

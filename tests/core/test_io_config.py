@@ -234,3 +234,17 @@ def test_the_demo_is_the_base_only_of_a_configuration_that_names_no_study(tmp_pa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="no study config given .* no demo config config.yaml"):
         with_demo({}, "config.yaml")
+
+
+def test_temporary_environment_sets_removes_and_restores_even_on_error(monkeypatch):
+    import os
+
+    from mmie.environment import temporary
+
+    monkeypatch.setenv("MMIE_T_SET", "before")
+    monkeypatch.delenv("MMIE_T_UNSET", raising=False)
+    with pytest.raises(RuntimeError):
+        with temporary(MMIE_T_SET=None, MMIE_T_UNSET="inside"):
+            assert "MMIE_T_SET" not in os.environ and os.environ["MMIE_T_UNSET"] == "inside"
+            raise RuntimeError("the block fails")
+    assert os.environ["MMIE_T_SET"] == "before" and "MMIE_T_UNSET" not in os.environ
