@@ -38,6 +38,20 @@ def set_names(config: Mapping) -> list[str]:
     return [s.name for s in eval_sets(config)]
 
 
+# the statistics' name of an lm-eval task of utility.tasks (mmie.report.utility.set_name)
+UTILITY_SET_PREFIX = "utility:"
+
+
+def utility_set(task: str) -> str:
+    """The set under which the statistics see lm-eval task ``task`` (``utility:<task>``)."""
+    return f"{UTILITY_SET_PREFIX}{task}"
+
+
+def utility_sets(config: Mapping) -> list[str]:
+    """The sets the statistics see from the utility jobs, one per task of ``utility.tasks``."""
+    return [utility_set(t) for t in config.get("utility", {}).get("tasks", [])]
+
+
 def set_info(config: Mapping, name: str) -> SetInfo:
     for s in eval_sets(config):
         if s.name == name:
@@ -138,19 +152,31 @@ def check_gates(config: Mapping) -> None:
     labels = sorted({target, f"{target}_rom", lang["retain"]["code"], "und", "noise", *neighbours})
     kinds = {"forget": "forget", "retain": "retain", "comprehension": "comprehension", "yes_no": "yes_no",
              "neighbours": "neighbour", **{c: "neighbour" for c in neighbours}}
+    tasks = list(config.get("utility", {}).get("tasks", []))
     seen = set()
     for i, g in enumerate(config.get("gates", [])):
         where = f"gates[{i}] ({g['name']!r})"
         if g["name"] in seen:
             raise ConfigError(f"{where}: gate names must be unique; {g['name']!r} is used twice")
         seen.add(g["name"])
-        if g["set"] not in known_sets:
-            raise ConfigError(f"{where}: unknown set {g['set']!r}; known sets: {known_sets}")
-        if not gateable(g["metric"], labels):
+        if g["set"].startswith(UTILITY_SET_PREFIX):
+            task = g["set"].removeprefix(UTILITY_SET_PREFIX)
+            if task not in tasks:
+                raise ConfigError(f"{where}: set {g['set']!r} is lm-eval task {task!r}, which utility.tasks does not "
+                                  f"run (utility.tasks: {tasks}); add it there or gate one of "
+                                  f"{utility_sets(config)}")
+            if not re.fullmatch(r"[A-Za-z_][\w.-]*", g["metric"]):
+                raise ConfigError(f"{where}: metric {g['metric']!r} is not an lm-eval metric name (e.g. acc, "
+                                  f"acc_norm, exact_match: a mean over documents, unfiltered)")
+        elif g["set"] not in known_sets:
+            raise ConfigError(f"{where}: unknown set {g['set']!r}; known sets: {known_sets}, or "
+                              f"'{UTILITY_SET_PREFIX}<task>' for a task of utility.tasks")
+        utility = g["set"].startswith(UTILITY_SET_PREFIX)   # its metrics are lm-eval's, checked above
+        if not utility and not gateable(g["metric"], labels):
             raise ConfigError(f"{where}: unknown metric {g['metric']!r}; gateable metrics are the per-prompt "
                               f"metrics of docs/method.md §11 (e.g. es, target_rate, ppl, gen_ppl_base, empty_share, "
                               f"repetitive_share, own_language_rate, mia_auc) and lang_share_<label> for {labels}")
-        allowed = METRIC_SET_KINDS.get(g["metric"])
+        allowed = None if utility else METRIC_SET_KINDS.get(g["metric"])
         if allowed and kinds.get(g["set"]) not in allowed:
             raise ConfigError(f"{where}: metric {g['metric']!r} is only computed on {'/'.join(allowed)} sets, "
                               f"not on {g['set']!r}")

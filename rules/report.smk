@@ -159,6 +159,7 @@ rule stats:
         lid=f"{R}/lid/lid_report.json",
         tuning=expand(f"{R}/tune/{{arm}}.json", arm=mcfg.tuned_arms(config)),
         robustness=robustness_if_run,
+        utility=utility_results,
     output:
         intervals=report(
             f"{R}/summary/intervals.csv",

@@ -10,4 +10,4 @@ o = snakemake.output
 report.stats(cfg_of(snakemake), list(snakemake.input.metrics), o.intervals, o.headline, o.gates, o.decisions, o.results,
              o.headline_tex, snakemake.input.selection or None, lid_report=snakemake.input.lid,
              tuning=list(snakemake.input.get("tuning") or []), features=list(snakemake.input.features),
-             robustness=snakemake.input.robustness or None)
+             robustness=snakemake.input.robustness or None, utility=list(snakemake.input.utility))

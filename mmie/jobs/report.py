@@ -13,21 +13,32 @@ from mmie.jobs import EVAL_SETS, JobConfig, job
 log = logging.getLogger(__name__)
 
 
-@job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", "robustness.gate", *EVAL_SETS)
+@job("stats", "gates", "arms", "experiment", "seeds", "generation.do_sample", "robustness.gate", "utility.tasks",
+     *EVAL_SETS)
 def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headline_out: str, gates_out: str,
           decisions_out: str, results_out: str, headline_tex_out: str, selection: str | None = None,
           lid_report: str | None = None, tuning: list[str] | None = None,
-          features: list[str] | None = None, robustness: str | None = None) -> None:
+          features: list[str] | None = None, robustness: str | None = None, utility: list[str] | None = None) -> None:
     """Intervals, gates, decisions and the results page; ``selection``: the layer-selection artifact,
     whose choice and stability the page reports (an unstable choice is flagged there and in
     decisions.json's ``_choices``); ``tuning``: the tuned arms' tune files (rule tune), whose grids
     and choices the page reports (and ``_choices.tuning``); ``features``: each selected layer's features
     file, whose number of latents (requested, used, what limited it) the page explains and ``_choices``
-    records; ``robustness``: the robustness readings (rule robustness), a section of the page."""
+    records; ``robustness``: the robustness readings (rule robustness), a section of the page;
+    ``utility``: every (arm, seed)'s ``utility.json`` (rule utility), whose per-document lm-eval scores
+    are sets ``utility:<task>`` of the intervals and the gates (``mmie.report.utility.records``)."""
     import pandas as pd
 
     from mmie import failures
-    from mmie.config import arm_seeds, gates_not_configured, is_seeded, oracle_arm, set_names, unevaluated_reason
+    from mmie.config import (
+        arm_seeds,
+        gates_not_configured,
+        is_seeded,
+        oracle_arm,
+        set_names,
+        unevaluated_reason,
+        utility_sets,
+    )
     from mmie.report import results_page
     from mmie.stats import gates as G
 
@@ -36,6 +47,7 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     res = G.Results(metric_paths)
     res.failed = {(r["arm"], r["seed"]): r for r in failed}
     sets = set_names(config)
+    scored = sets + (add_utility(res, list(utility), utility_sets(config)) if utility else [])
     # a failed (arm, seed) is left out: the arm's intervals and gates use its other seeds; an arm with no
     # finished seed gets no estimates and the decision FAILED (a reference arm's failure shows in the
     # reasons of the gates that need it)
@@ -45,13 +57,13 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     arms = [a for a in config["arms"] if a not in failed_arms]
     seeded = {a: is_seeded(config, a) for a in config["arms"]}
     cfg = config["stats"]
-    iv = pd.DataFrame(G.intervals(res, arms, sets, grid, cfg, seeded=seeded),
+    iv = pd.DataFrame(G.intervals(res, arms, scored, grid, cfg, seeded=seeded),
                       columns=["arm", "set", "metric", *G.INTERVAL_COLUMNS, "n_seeds", "seeded", "n_prompts"])
     # every configured gate gets a row: one on a set this run does not evaluate fails as "not evaluated",
     # except a default gate on a set the study does not configure ("not configured", not in the decision)
     gate_specs = G.expand_gates(config["gates"], list(config["languages"]["neighbours"]))
-    reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in sets}
-    rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=sets, set_reasons=reasons, seeded=seeded,
+    reasons = {g["set"]: unevaluated_reason(config, g["set"]) for g in gate_specs if g["set"] not in scored}
+    rows, decisions = G.decide(res, arms, gate_specs, grid, cfg, sets=scored, set_reasons=reasons, seeded=seeded,
                                oracle=oracle_arm(config), not_configured=gates_not_configured(config))
     readings = pd.read_csv(robustness) if robustness else None
     if readings is not None and config["robustness"]["gate"]:
@@ -98,6 +110,27 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
                                                  failed=failed, features=feats,
                                                  robustness=readings))
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
+
+
+def add_utility(res, paths: list[str], sets: list[str]) -> list[str]:
+    """The utility jobs' lm-eval scores as records of ``res`` (``mmie.report.utility.records``); a failed
+    job's (arm, seed) has no record, and a gate or interval that needs it names the failure. Returns the
+    utility sets."""
+    from mmie import failures
+    from mmie.report.utility import records
+
+    for path in paths:
+        info = failures.stub_of(path)
+        if info is None:
+            for rec in records(path):
+                res.add(rec)
+            continue
+        origin = info.get("blocked_by") or info
+        arm, seed = Path(path).parents[1].name, int(Path(path).parent.name.removeprefix("seed"))
+        for set_name in sets:
+            res.unavailable[(arm, set_name, seed)] = (f"{arm} seed {seed}: its utility job failed ({origin['rule']}: "
+                                                      f"{origin['error'][:200]})")
+    return sets
 
 
 @job("experiment", "seeds")

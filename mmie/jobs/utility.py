@@ -50,7 +50,7 @@ def utility(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, 
                  {k: round(v, 4) for k, v in rec["metrics"].items() if v is not None})
     io.write_json(out, {
         "arm": arm_name, "seed": seed, "method": arm.method, "arm_details": arm.details,
-        "tasks": tasks, "items": harness.per_item(result),
+        "tasks": tasks, "items": harness.per_item(result), "groups": harness.groups(result),
         "lm_eval": {"version": metadata.version("lm_eval"), "tasks": list(u["tasks"]), "limit": u["limit"],
                     "num_fewshot": u["num_fewshot"], "batch_size": u["batch_size"],
                     "bootstrap_iters": u["bootstrap_iters"], "include_path": u["include_path"],
@@ -66,7 +66,8 @@ def utility(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, 
 @job("arms", "utility")
 def utility_table(config: JobConfig, inputs: list[str], out: str) -> None:
     """``summary/utility.csv``: one row per (arm, seed, task, metric) with lm-eval's standard error and
-    the value relative to base at the same seed (information; no gate reads it)."""
+    the value relative to base at the same seed (information: the intervals and gates resample the
+    per-document values instead, ``mmie.report.utility.records``)."""
     from mmie.report.utility import table
 
     base = next((a for a, spec in config["arms"].items() if spec["method"] == "base"), None)

@@ -61,41 +61,48 @@ def task_manager(include_paths: Sequence[str] = ()):
     for p in paths:
         if not Path(p).is_dir():
             raise HarnessError(f"utility.include_path {p} is not a folder (it holds the YAML files of extra lm-eval tasks)")
-    return TaskManager(include_path=paths or None)
+    tm = TaskManager(include_path=paths or None)
+    _resolve_local_files(tm, paths)
+    return tm
 
 
-def _local_files(tm, name: str, include_paths: Sequence[str]):
-    """A task of ``include_paths`` whose ``dataset_kwargs.data_files`` are relative paths, as an inline
-    config with those paths made relative to its YAML file (``datasets`` would read them relative to the
-    working directory); any other task by its name."""
-    entry = tm.task_index.get(name)
-    roots = [Path(p).resolve() for p in include_paths]
-    if entry is None or entry.yaml_path is None or entry.cfg is None or "task" not in entry.cfg:
-        return name
-    yaml_path = Path(entry.yaml_path).resolve()
-    if not any(yaml_path.is_relative_to(r) for r in roots):
-        return name
+def _resolve_local_files(tm, include_paths: Sequence[str]) -> None:
+    """Every task of ``include_paths`` whose ``dataset_kwargs.data_files`` are relative paths gets them
+    relative to its YAML file (``datasets`` would read them relative to the working directory): its entry
+    in lm-eval's registry (``TaskManager.task_index``) becomes the resolved config, so it loads so by name,
+    alone or as a member of a group. The YAML's path stays in the config's ``metadata.mmie_yaml``."""
+    import dataclasses
+
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    cfg = load_yaml(yaml_path, resolve_func=True)
-    kwargs = cfg.get("dataset_kwargs") or {}
-    files = kwargs.get("data_files")
+    roots = [Path(p).resolve() for p in include_paths]
 
-    def resolve(f):
+    def resolve(f, folder: Path):
         if isinstance(f, str):
-            return f if "://" in f or Path(f).is_absolute() else str(yaml_path.parent / f)
+            return f if "://" in f or Path(f).is_absolute() else str(folder / f)
         if isinstance(f, list):
-            return [resolve(x) for x in f]
+            return [resolve(x, folder) for x in f]
         if isinstance(f, dict):
-            return {k: resolve(v) for k, v in f.items()}
+            return {k: resolve(v, folder) for k, v in f.items()}
         return f
 
-    if not files or resolve(files) == files:
-        return name
-    return {**cfg, "dataset_kwargs": {**kwargs, "data_files": resolve(files)}}
+    for name, entry in list(tm.task_index.items()):
+        if entry.yaml_path is None or entry.cfg is None or "task" not in entry.cfg or "group" in entry.cfg:
+            continue
+        yaml_path = Path(entry.yaml_path).resolve()
+        if not any(yaml_path.is_relative_to(r) for r in roots):
+            continue
+        cfg = load_yaml(yaml_path, resolve_func=True)
+        kwargs = cfg.get("dataset_kwargs") or {}
+        files = kwargs.get("data_files")
+        if not files or resolve(files, yaml_path.parent) == files:
+            continue
+        cfg = {**cfg, "dataset_kwargs": {**kwargs, "data_files": resolve(files, yaml_path.parent)},
+               "metadata": {**(cfg.get("metadata") or {}), "mmie_yaml": str(yaml_path)}}
+        tm.task_index[name] = dataclasses.replace(entry, yaml_path=None, cfg=cfg)
 
 
-def load_tasks(tm, names: Sequence[str], include_paths: Sequence[str] = ()) -> list:
+def load_tasks(tm, names: Sequence[str]) -> list:
     """The lm-eval Task (or Group) objects of ``names``, each built offline; an unknown name or a task
     whose data is not on this machine raises ``HarnessError`` naming the task."""
     if not names:
@@ -112,10 +119,11 @@ def load_tasks(tm, names: Sequence[str], include_paths: Sequence[str] = ()) -> l
     for name in names:
         with offline():
             try:
-                loaded = tm.load([_local_files(tm, name, include_paths)])
+                loaded = tm.load([name])
             except Exception as err:
                 entry = tm.task_index.get(name)
-                source = f" ({entry.yaml_path})" if entry is not None and entry.yaml_path else ""
+                path = entry and (entry.yaml_path or (entry.cfg or {}).get("metadata", {}).get("mmie_yaml"))
+                source = f" ({path})" if path else ""
                 raise HarnessError(
                     f"lm-eval task {name!r}{source} could not be loaded offline: {type(err).__name__}: {err}. The "
                     f"utility rule never downloads: a task whose dataset is on the Hugging Face Hub (mmlu, arc_easy, "
@@ -142,7 +150,7 @@ def run(model, tokenizer, tasks: Sequence[str], *, include_paths: Sequence[str] 
     from lm_eval.models.huggingface import HFLM
 
     tm = task_manager(include_paths)
-    objs = load_tasks(tm, tasks, include_paths)
+    objs = load_tasks(tm, tasks)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     with offline():
         result = lm_eval.simple_evaluate(
@@ -210,6 +218,12 @@ def per_item(result: dict) -> dict[str, dict[str, list]]:
             rows["loglikelihoods"] = lls
         out[task] = rows
     return out
+
+
+def groups(result: dict) -> dict[str, list[str]]:
+    """lm-eval's groups of the run: group -> its member tasks and groups (``group_subtasks``), what a
+    group's per-document values are pooled from."""
+    return {g: list(members) for g, members in (result.get("group_subtasks") or {}).items() if members}
 
 
 def configs(result: dict) -> dict:

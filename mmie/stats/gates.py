@@ -88,11 +88,15 @@ class Results:
         self.by: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
         # (arm, seed) -> the recorded failure of that run (mmie.failures.split), named in missing-data reasons
         self.failed: dict[tuple[str, int], dict] = {}
+        # (arm, set, seed) -> why that set has no record although the run did not fail (a failed utility job)
+        self.unavailable: dict[tuple[str, str, int], str] = {}
         for p in paths:
             self.add(io.read_json(p))
 
     def add(self, m: dict) -> None:
-        """One metrics.json record (``arm``, ``seed``, ``set``, ``metrics``, ``failures``, ``per_prompt``)."""
+        """One metrics.json record (``arm``, ``seed``, ``set``, ``metrics``, ``failures``, ``per_prompt``;
+        optionally ``forms``: metric -> (numerator, denominator or None, transform) for a metric that is not
+        one of mmie's own, e.g. an lm-eval score from ``mmie.report.utility.records``)."""
         self.by[(m["arm"], m["set"])][int(m["seed"])] = m
 
     @classmethod
@@ -110,6 +114,9 @@ class Results:
         recs = self.by.get((arm, set_name), {})
         missing = [s for s in seeds if s not in recs]
         if missing:
+            gone = [self.unavailable[(arm, set_name, s)] for s in missing if (arm, set_name, s) in self.unavailable]
+            if gone:
+                return None, "; ".join(gone)
             lost = [self.failed[(arm, s)] for s in missing if (arm, s) in self.failed]
             if lost:
                 return None, "; ".join(f"{arm} seed {r['seed']} failed ({r['rule']}: {r['error'][:200]})" for r in lost)
@@ -129,9 +136,10 @@ class Results:
             labels = [self._ordered(recs[s], "label") for s in seeds]
             nums = [np.array([lab == label for lab in n], float) for n in labels]
             return Sample(nums, [np.ones(len(n)) for n in nums], seeds=tuple(seeds)), None
-        if metric not in RATIO_METRICS:
+        form = recs[seeds[0]].get("forms", {}).get(metric) or RATIO_METRICS.get(metric)
+        if form is None:
             return None, f"metric {metric} has no per-prompt form"
-        num_key, den_key, transform = RATIO_METRICS[metric]
+        num_key, den_key, transform = form
         nums, dens = [], []
         for s in seeds:
             if num_key == "entropy":

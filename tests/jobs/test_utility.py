@@ -46,6 +46,25 @@ def test_the_local_tasks_score_offline_with_lm_evals_standard_errors(tiny_lm):
     assert sum(items["acc"]) / 6 == pytest.approx(mc["metrics"]["acc"])
 
 
+def test_a_groups_documents_pool_to_lm_evals_size_weighted_aggregate(tiny_lm, tmp_path):
+    """The statistics' view of a group (mmie.report.utility.records) against lm-eval's own aggregate of
+    it: the mean over all its tasks' documents is lm-eval's weight_by_size value (as MMLU's)."""
+    from mmie.report.utility import records
+
+    model, tok = tiny_lm
+    result = harness.run(model, tok, ["mmie_tiny"], include_paths=[str(TASKS)], bootstrap_iters=100, log_samples=True)
+    path = tmp_path / "utility.json"
+    path.write_text(json.dumps({"arm": "base", "seed": 0, "tasks": harness.summarize(result),
+                                "items": harness.per_item(result), "groups": harness.groups(result)}))
+    recs = {r["set"]: r for r in records(str(path))}
+    assert harness.groups(result) == {"mmie_tiny": ["mmie_tiny_mc", "mmie_tiny_hi"]}
+    group = recs["utility:mmie_tiny"]
+    assert group["failures"] == {} and len(group["per_prompt"]["id"]) == 8 + 8
+    lm_evals = result["groups"]["mmie_tiny"]["acc,none"]
+    assert group["metrics"]["acc"] == pytest.approx(lm_evals, rel=1e-12)
+    assert recs["utility:mmie_tiny_mc"]["metrics"]["acc_norm"] == result["results"]["mmie_tiny_mc"]["acc_norm,none"]
+
+
 def test_the_job_runs_lm_eval_with_the_arm_switched_on(demo_config, model_dir, tmp_path):
     """base and a logit_bias arm (Devanagari logits lowered by 50) on the same tasks: the arm's hook is on
     during lm-eval (every Devanagari answer loses, its log-likelihood falls by at least 50), and the
@@ -125,9 +144,9 @@ def test_a_task_that_needs_a_download_fails_naming_it(tmp_path):
         "output_type": "multiple_choice", "doc_to_text": "{{q}}", "doc_to_choice": "{{c}}", "doc_to_target": 0}))
     tm = harness.task_manager([str(folder)])
     with pytest.raises(harness.HarnessError, match=r"'mmie_needs_hub'.*could not be loaded offline.*HF cache"):
-        harness.load_tasks(tm, ["mmie_needs_hub"], [str(folder)])
+        harness.load_tasks(tm, ["mmie_needs_hub"])
     with pytest.raises(harness.HarnessError, match=r"no lm-eval task, group or tag named \['mmie_no_such_task'\]"):
-        harness.load_tasks(tm, ["mmie_no_such_task"], [str(folder)])
+        harness.load_tasks(tm, ["mmie_no_such_task"])
     with pytest.raises(harness.HarnessError, match="not a folder"):
         harness.task_manager([str(folder / "missing")])
 
@@ -163,6 +182,8 @@ def test_utility_is_planned_only_when_tasks_are_set(tmp_path):
     jobs = planned_jobs(res)
     assert jobs["utility"] == 1 + 1 + 2     # base and prompt at seed 0, lora at both seeds
     assert jobs["utility_table"] == 1
+    # the statistics read them (sets utility:<task> of the intervals and gates)
+    assert planned_jobs(smk(tmp_path, "-n", "results/t/summary/gates.csv"))["utility"] == 4
     out = res.stdout + res.stderr
     assert "results/t/lora/seed1/utility.json" in out and "results/t/base/seed1/utility.json" not in out
     assert str(TASKS / "tiny_mc.jsonl") in out
