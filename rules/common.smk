@@ -242,6 +242,14 @@ def tune_if_tuned(wildcards):
     return f"{R}/tune/{wildcards.arm}.json" if wildcards.arm in mcfg.tuned_arms(config) else []
 
 
+def tuned_run_if_reused(wildcards):
+    """At the tuning seed (the first), the tune job's run of the chosen point: the train job takes it as its
+    checkpoint instead of training the very same run again (mmie.jobs.train.train)."""
+    if wildcards.arm in mcfg.tuned_arms(config) and int(wildcards.seed) == SEEDS[0]:
+        return f"{R}/tune/{wildcards.arm}.chosen"
+    return []
+
+
 def sweep_inputs(wildcards):
     spec = config["arms"][wildcards.arm]
     return {

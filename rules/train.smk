@@ -8,6 +8,7 @@ rule train:
         splits=SPLIT_FILES,
         selection=selection_if_read,
         tuned=tune_if_tuned,
+        chosen=tuned_run_if_reused,
     output:
         directory(f"{R}/checkpoints/{{arm}}/seed{{seed}}"),
     log:

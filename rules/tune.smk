@@ -1,14 +1,16 @@
 # Per-study tuning on dev data (docs/method.md §6 "Tuning"): one job per trained arm with a train.tune grid,
 # at the study's first seed. Each grid point is trained on the forget/retain train texts and scored on
 # their dev texts only (FIT_FILES: never test or holdout); the chosen lr and retain scale feed every
-# seed's train job of the arm (rules/train.smk, tune_if_tuned).
+# seed's train job of the arm (rules/train.smk, tune_if_tuned); the chosen point's run itself is the first
+# seed's checkpoint (tuned_run_if_reused: the train job at that seed copies it rather than train it again).
 rule tune:
     input:
         model=model_dir,
         splits=FIT_FILES,
         selection=selection_if_read,
     output:
-        f"{R}/tune/{{arm}}.json",
+        record=f"{R}/tune/{{arm}}.json",
+        chosen=directory(f"{R}/tune/{{arm}}.chosen"),
     log:
         f"{R}/logs/tune/{{arm}}.log",
     benchmark:

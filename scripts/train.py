@@ -15,4 +15,4 @@ with outcome(snakemake) as run:
     if run:
         train.train(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.wildcards.seed), optional_input(snakemake.input, "model"),
                     list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None,
-                    snakemake.input.get("tuned") or None)
+                    snakemake.input.get("tuned") or None, snakemake.input.get("chosen") or None)

@@ -14,4 +14,5 @@ setup_job(snakemake.rule, snakemake.threads, snakemake.resources, snakemake.conf
 with outcome(snakemake) as run:
     if run:
         train.tune(cfg_of(snakemake), snakemake.wildcards.arm, int(snakemake.params.seed), optional_input(snakemake.input, "model"),
-                   list(snakemake.input.splits), snakemake.output[0], snakemake.input.get("selection") or None)
+                   list(snakemake.input.splits), snakemake.output.record, snakemake.input.get("selection") or None,
+                   snakemake.output.chosen)

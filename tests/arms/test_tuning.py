@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, SNAKEMAKE, planned_jobs, reduced_config, tiny_train_files
@@ -105,7 +106,9 @@ def test_tune_job_writes_its_choice_from_dev_only_and_train_uses_it(tiny_lm, dem
     real = io.read_jsonl
     monkeypatch.setattr(io, "read_jsonl", lambda path, *a, **k: read.append(str(path)) or real(path, *a, **k))
     out = tmp_path / "results" / "tune" / "lora.json"
-    train_job.tune(config, "lora", 0, None, fit, str(out))
+    kept = tmp_path / "results" / "tune" / "lora.chosen"
+    train_job.tune(config, "lora", 0, None, fit, str(out), None, str(kept))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lora.chosen", "lora.json"]   # the other points' runs gone
     assert read and not [p for p in read if p.endswith(("test.jsonl", "holdout.jsonl"))], read
     rec = json.loads(out.read_text())
     assert rec["grid"] == {"lr": [1e-4, 3e-2], "retain_scale": [1.0, 3.0], "configured": train["tune"]}
@@ -142,6 +145,22 @@ def test_tune_job_writes_its_choice_from_dev_only_and_train_uses_it(tiny_lm, dem
     log = {int(r["step"]): r for r in csv.DictReader((ckpt0 / "train_log.csv").open())}
     assert summary["kept_step"] == best["kept_step"]
     assert float(log[best["kept_step"]]["forget_nll"]) == pytest.approx(best["forget_nll"], rel=1e-12)
+    # ... so the train job at that seed takes the tune job's run instead of training it again: the same
+    # weights, log and summary as the retrained checkpoint, and the manifest says where they come from
+    reused = tmp_path / "results" / "checkpoints" / "lora" / "seed0-reused"
+    train_job.train(config, "lora", 0, None, fit, str(reused), None, str(out), str(kept))
+    again = json.loads((reused / "manifest.json").read_text())
+    assert again["trained_by"] == {"rule": "tune", "from": str(kept)}
+    timing = ("tokens_per_second", "train_seconds")   # of the tune job's run
+    assert {k: v for k, v in again["summary"].items() if k not in timing} == {
+        k: v for k, v in summary.items() if k not in timing} and again["spec"] == manifest["spec"]
+    assert (reused / "train_log.csv").read_text() == (ckpt0 / "train_log.csv").read_text()
+    from safetensors.torch import load_file
+    a, b = load_file(reused / "adapter_model.safetensors"), load_file(ckpt0 / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "README.md" in {p.name for p in reused.iterdir()} and not (reused / train_job.RUN_FILE).exists()
+    with pytest.raises(ValueError, match="not of lora at seed 1"):
+        train_job.train(config, "lora", 1, None, fit, str(tmp_path / "wrong-seed"), None, str(out), str(kept))
     # a tune file of another grid is refused
     stale = {**config, "arms": {"lora": {**config["arms"]["lora"],
                                          "train": {**train, "tune": {"lr": [1e-4, 1e-3]}}}}}
@@ -150,8 +169,8 @@ def test_tune_job_writes_its_choice_from_dev_only_and_train_uses_it(tiny_lm, dem
 
 
 # ----------------------------------------------------------------------------- the workflow's plan
-def dry_run(workdir, tune: dict | None, seeds=(0, 1)):
-    workdir.mkdir()
+def dry_run(workdir, tune: dict | None, seeds=(0, 1), target="results/t/checkpoints/lora/seed1"):
+    workdir.mkdir(exist_ok=True)
     path = reduced_config(workdir)
     cfg = yaml.safe_load(path.read_text())
     cfg["seeds"] = list(seeds)
@@ -159,7 +178,7 @@ def dry_run(workdir, tune: dict | None, seeds=(0, 1)):
         cfg["arms"]["lora"]["train"]["tune"] = tune
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     res = subprocess.run(SNAKEMAKE + ["-n", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
-                                      str(path), "--cores", "2", "results/t/checkpoints/lora/seed1"],
+                                      str(path), "--cores", "2", target],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
@@ -173,6 +192,12 @@ def test_a_tuned_arm_plans_one_tune_job_before_its_train_jobs(tmp_path):
     assert text.index("rule tune:") < text.index("rule train:")
     train_job = text.split("rule train:")[1].split("\n\n")[0]
     assert "input:" in train_job and "results/t/tune/lora.json" in train_job.split("output:")[0]
+    assert "lora.chosen" not in train_job.split("output:")[0]
+    # at the tuning seed the train job takes the tune job's run of the chosen point
+    res = dry_run(tmp_path / "tuned", {"lr": [1e-3, 3e-3], "retain_scale": [1, 2]},
+                  target="results/t/checkpoints/lora/seed0")
+    train_job = (res.stdout + res.stderr).split("rule train:")[1].split("\n\n")[0]
+    assert "results/t/tune/lora.chosen" in train_job.split("output:")[0]
     res = dry_run(tmp_path / "plain", None)
     assert "tune" not in planned_jobs(res) and "rule tune:" not in res.stdout + res.stderr
 
