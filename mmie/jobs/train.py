@@ -219,6 +219,7 @@ def tune(config: JobConfig, arm_name: str, seed: int, model_dir: str | None, spl
             log.info("%s: kept step %d, dev retain ppl ratio %.3f, forget dev NLL increase %.4f", desc,
                      row["kept_step"], row["retain_ppl_ratio"], row["forget_nll_increase"])
             if runs is not None:
+                (runs / str(i)).mkdir()   # a method's save writes into an existing folder (as atomic_dir's)
                 adapter.save(runs / str(i))
                 io.write_json(runs / str(i) / RUN_FILE, run.record(arm_name, seed, values, adapter, objective,
                                                                    result, texts))

@@ -168,6 +168,28 @@ def test_tune_job_writes_its_choice_from_dev_only_and_train_uses_it(tiny_lm, dem
         train_job.train(stale, "lora", 0, None, fit, str(tmp_path / "other"), None, str(out))
 
 
+def test_tune_keeps_the_chosen_run_of_every_trained_method(tiny_lm, demo_texts, demo_config, tmp_path):
+    """ReFT's save (unlike peft's) writes into an existing folder: the tune job's kept run of each
+    method is a loadable checkpoint folder, and the train job at the tuning seed makes it the checkpoint."""
+    from mmie.jobs import train as train_job
+
+    data = tiny_train_files(tmp_path, tiny_lm, demo_texts, {"train": slice(0, 16), "dev": slice(200, 204),
+                                                             "test": slice(300, 304), "holdout": slice(300, 304)})
+    fit = [str(data / role / f"{part}.jsonl") for role in ("forget", "retain") for part in ("train", "dev")]
+    config = copy.deepcopy(demo_config)
+    config["model"].update(source="local", path=str(tmp_path / "model"), device="cpu")
+    config["layers"]["force_layers"] = [1]
+    train = {**config["arms"]["lora"]["train"], "max_steps": 2, "eval_every": 1, "batch_size": 4, "max_length": 32,
+             "heldout_items": 4, "max_retain_ppl_ratio": 50.0, "tune": {"lr": [1e-4, 1e-3]}}
+    config["arms"] = {"reft": {"method": "reft", "rank": 2, "train": train}}
+    out, kept = tmp_path / "tune" / "reft.json", tmp_path / "tune" / "reft.chosen"
+    train_job.tune(config, "reft", 0, None, fit, str(out), None, str(kept))
+    assert (kept / train_job.RUN_FILE).is_file() and len(list(kept.iterdir())) > 1
+    ckpt = tmp_path / "checkpoints" / "reft" / "seed0"
+    train_job.train(config, "reft", 0, None, fit, str(ckpt), None, str(out), str(kept))
+    assert json.loads((ckpt / "manifest.json").read_text())["trained_by"]["rule"] == "tune"
+
+
 # ----------------------------------------------------------------------------- the workflow's plan
 def dry_run(workdir, tune: dict | None, seeds=(0, 1), target="results/t/checkpoints/lora/seed1"):
     workdir.mkdir(exist_ok=True)
