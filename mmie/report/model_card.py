@@ -94,6 +94,9 @@ def render(manifest: dict, model_cfg: dict, peft: bool) -> str:
     if manifest.get("tuning"):
         t = manifest["tuning"]
         lines.append(f"- tuned on dev data at seed {t['tuned_at_seed']}: lr {t['lr']}, retain scale {t['retain_scale']}")
+    if manifest.get("trained_by"):
+        lines.append(f"- trained by the `{manifest['trained_by']['rule']}` job as its chosen grid point's run (the same "
+                     f"computation as a training at this seed; kept in `{manifest['trained_by']['from']}`)")
     if manifest.get("objective"):
         lines.append(f"- objective record: `{json.dumps(manifest['objective'], sort_keys=True, default=str)[:2000]}`")
     if manifest.get("layers") is not None:

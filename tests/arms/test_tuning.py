@@ -158,7 +158,8 @@ def test_tune_job_writes_its_choice_from_dev_only_and_train_uses_it(tiny_lm, dem
     from safetensors.torch import load_file
     a, b = load_file(reused / "adapter_model.safetensors"), load_file(ckpt0 / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert "README.md" in {p.name for p in reused.iterdir()} and not (reused / train_job.RUN_FILE).exists()
+    assert not (reused / train_job.RUN_FILE).exists()
+    assert "trained by the `tune` job as its chosen grid point's run" in (reused / "README.md").read_text()
     with pytest.raises(ValueError, match="not of lora at seed 1"):
         train_job.train(config, "lora", 1, None, fit, str(tmp_path / "wrong-seed"), None, str(out), str(kept))
     # a tune file of another grid is refused
