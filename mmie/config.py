@@ -38,7 +38,7 @@ def set_names(config: Mapping) -> list[str]:
     return [s.name for s in eval_sets(config)]
 
 
-# the statistics' name of an lm-eval task of utility.tasks (mmie.report.utility.set_name)
+# the prefix of the set under which the statistics see an lm-eval task of utility.tasks (mmie.report.utility.records)
 UTILITY_SET_PREFIX = "utility:"
 
 
@@ -159,7 +159,8 @@ def check_gates(config: Mapping) -> None:
         if g["name"] in seen:
             raise ConfigError(f"{where}: gate names must be unique; {g['name']!r} is used twice")
         seen.add(g["name"])
-        if g["set"].startswith(UTILITY_SET_PREFIX):
+        utility = g["set"].startswith(UTILITY_SET_PREFIX)   # an lm-eval task: its metrics are lm-eval's
+        if utility:
             task = g["set"].removeprefix(UTILITY_SET_PREFIX)
             if task not in tasks:
                 raise ConfigError(f"{where}: set {g['set']!r} is lm-eval task {task!r}, which utility.tasks does not "
@@ -171,7 +172,6 @@ def check_gates(config: Mapping) -> None:
         elif g["set"] not in known_sets:
             raise ConfigError(f"{where}: unknown set {g['set']!r}; known sets: {known_sets}, or "
                               f"'{UTILITY_SET_PREFIX}<task>' for a task of utility.tasks")
-        utility = g["set"].startswith(UTILITY_SET_PREFIX)   # its metrics are lm-eval's, checked above
         if not utility and not gateable(g["metric"], labels):
             raise ConfigError(f"{where}: unknown metric {g['metric']!r}; gateable metrics are the per-prompt "
                               f"metrics of docs/method.md §11 (e.g. es, target_rate, ppl, gen_ppl_base, empty_share, "

@@ -47,7 +47,9 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     res = G.Results(metric_paths)
     res.failed = {(r["arm"], r["seed"]): r for r in failed}
     sets = set_names(config)
-    scored = sets + (add_utility(res, list(utility), utility_sets(config)) if utility else [])
+    scored = sets + (utility_sets(config) if utility else [])
+    if utility:
+        add_utility(res, list(utility), utility_sets(config))
     # a failed (arm, seed) is left out: the arm's intervals and gates use its other seeds; an arm with no
     # finished seed gets no estimates and the decision FAILED (a reference arm's failure shows in the
     # reasons of the gates that need it)
@@ -112,10 +114,10 @@ def stats(config: JobConfig, metric_paths: list[str], intervals_out: str, headli
     log.info("statistics for %d arms in %.1f s", len(arms), time.time() - t0)
 
 
-def add_utility(res, paths: list[str], sets: list[str]) -> list[str]:
+def add_utility(res, paths: list[str], sets: list[str]) -> None:
     """The utility jobs' lm-eval scores as records of ``res`` (``mmie.report.utility.records``); a failed
-    job's (arm, seed) has no record, and a gate or interval that needs it names the failure. Returns the
-    utility sets."""
+    job's (arm, seed) has no record in ``sets`` (the utility sets), and a gate or interval that needs it
+    names the failure."""
     from mmie import failures
     from mmie.report.utility import records
 
@@ -130,7 +132,6 @@ def add_utility(res, paths: list[str], sets: list[str]) -> list[str]:
         for set_name in sets:
             res.unavailable[(arm, set_name, seed)] = (f"{arm} seed {seed}: its utility job failed ({origin['rule']}: "
                                                       f"{origin['error'][:200]})")
-    return sets
 
 
 @job("experiment", "seeds")

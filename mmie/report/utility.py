@@ -88,19 +88,19 @@ def records(path: str) -> list[dict]:
     items, groups = res["items"], res.get("groups", {})
     out = []
     for task, rec in res["tasks"].items():
+        where = f"lm-eval task {task} in {path}"
+        names = [m for m in rec["metrics"] if not m.endswith("_stderr")]
         leaves = _leaves(task, groups, items)
-        metrics, failures, per = {}, {}, {"id": [f"{t}/{d}" for t in leaves for d in items[t]["doc_id"]]}
-        why = (None if leaves else f"lm-eval logged no documents of {task} (rerun its utility job)")
-        if len(set(per["id"])) != len(per["id"]):
-            why = (f"{len(per['id']) - len(set(per['id']))} documents of {task} were logged more than once (one per "
-                   f"filter?), so their values cannot be paired between arms")
-        if why:
-            failures.update({m: f"lm-eval task {task} in {path}: {why}" for m in rec["metrics"] if not m.endswith("_stderr")})
-            leaves = []
-        for metric, value in rec["metrics"].items():
-            if metric.endswith("_stderr") or not leaves:
-                continue
-            where = f"lm-eval task {task} in {path}"
+        ids = [f"{t}/{d}" for t in leaves for d in items[t]["doc_id"]]
+        metrics, failures, per = {}, {}, {"id": ids}
+        if not leaves or len(set(ids)) != len(ids):
+            why = (f"lm-eval logged no documents of {task} (rerun its utility job)" if not leaves else
+                   f"{len(ids) - len(set(ids))} documents of {task} were logged more than once (one per filter?), "
+                   f"so their values cannot be paired between arms")
+            failures = {m: f"{where}: {why}" for m in names}
+            names = []
+        for metric in names:
+            value = rec["metrics"][metric]
             if "," in metric:
                 failures[metric] = (f"{where}: per-document values are kept for lm-eval's unfiltered metrics only, "
                                     f"not the filtered {metric!r}")
